@@ -1,0 +1,65 @@
+"""The ``modbatt`` command line.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``; the module's
+handler returns an exit code. A :class:`~modbatt.errors.ModbattError` (a user mistake or a
+failed verification) is printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import ModbattError
+
+# Sub-command modules, in the order `modbatt --help` lists them.
+_COMMAND_MODULES = (
+    "demo",
+    "entity",
+    "ledger",
+    "cert",
+    "dbc",
+    "monitor",
+    "bench",
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check ran and failed (e.g. a ledger that does not verify)
+EXIT_USAGE = 2  # the user asked for something unusable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modbatt",
+        description="Workbench for the Modbatt trust protocol (binding, pairing, validation, CAN).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}_cmd":
+                continue  # that face is not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except ModbattError as exc:
+        print(f"modbatt {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED if getattr(exc, "reason", None) is not None else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("modbatt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

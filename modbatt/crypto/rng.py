@@ -1,0 +1,88 @@
+"""Randomness sources: the system CSPRNG, and a seeded stream for tests and docs only.
+
+Protocol machines take a :class:`RandomSource` instead of calling ``os.urandom`` so that a
+simulation or a notebook can be replayed byte for byte. The seeded source refuses to exist
+unless ``MODBATT_REPRODUCIBLE=1`` is set in the environment, and every key it produces is
+marked ``reproducible`` so the key store refuses to persist it (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from typing import Protocol
+
+from ..errors import ReproducibleModeError
+from . import labels
+
+__all__ = [
+    "REPRODUCIBLE_ENV",
+    "RandomSource",
+    "SeededRandom",
+    "SystemRandom",
+    "reproducible_mode_allowed",
+]
+
+REPRODUCIBLE_ENV = "MODBATT_REPRODUCIBLE"
+
+
+def reproducible_mode_allowed() -> bool:
+    """True when the environment explicitly opts in to seeded randomness."""
+    return os.environ.get(REPRODUCIBLE_ENV) == "1"
+
+
+class RandomSource(Protocol):
+    """Where protocol code gets its randomness."""
+
+    reproducible: bool
+
+    def token_bytes(self, n: int) -> bytes:
+        """Return ``n`` random bytes."""
+        ...
+
+
+class SystemRandom:
+    """The operating system's CSPRNG (the default everywhere)."""
+
+    reproducible = False
+
+    def token_bytes(self, n: int) -> bytes:
+        return secrets.token_bytes(n)
+
+    def __repr__(self) -> str:
+        return "SystemRandom()"
+
+
+class SeededRandom:
+    """A deterministic byte stream (SHA-256 in counter mode over a seed).
+
+    Not a DRBG for production use; it exists so that tests, notebooks and spec figures
+    produce identical bytes on every run.
+    """
+
+    reproducible = True
+
+    def __init__(self, seed: bytes | str | int) -> None:
+        if not reproducible_mode_allowed():
+            raise ReproducibleModeError(
+                f"seeded randomness is for tests and docs only; set {REPRODUCIBLE_ENV}=1 to use it"
+            )
+        if isinstance(seed, int):
+            seed = seed.to_bytes(16, "big", signed=False)
+        elif isinstance(seed, str):
+            seed = seed.encode("utf-8")
+        self._seed = hashlib.sha256(labels.REPRODUCIBLE_STREAM + bytes(seed)).digest()
+        self._counter = 0
+        self._buffer = b""
+
+    def token_bytes(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
+            self._counter += 1
+            self._buffer += block
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def __repr__(self) -> str:
+        return "SeededRandom(<seed hidden>)"

@@ -1,0 +1,101 @@
+"""Every error modbatt raises, under one base class.
+
+Verification failures carry a :class:`Reason` so that callers (and the attack
+suite) can count *why* something was rejected, not merely that it was.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AuthorizationError",
+    "ConfigError",
+    "EncodingError",
+    "KeyStoreError",
+    "LedgerError",
+    "ModbattError",
+    "ProtocolError",
+    "Reason",
+    "ReproducibleModeError",
+    "TransportError",
+    "VerificationError",
+]
+
+
+class Reason(str, enum.Enum):
+    """Why a message, key or record was rejected (DESIGN §8: classified failures)."""
+
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_POINT = "invalid_point"
+    BAD_SIGNATURE = "bad_signature"
+    BAD_MAC = "bad_mac"
+    BAD_PROOF = "bad_proof"
+    STALE = "stale"
+    REPLAY = "replay"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    WRONG_PEER = "wrong_peer"
+    WRONG_SESSION = "wrong_session"
+    WRONG_LEVEL = "wrong_level"
+    UNAUTHORIZED = "unauthorized"
+    DUPLICATE = "duplicate"
+    REVOKED = "revoked"
+    EXHAUSTED = "exhausted"
+    TIER_TOO_LOW = "tier_too_low"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    UNKNOWN_BINDING = "unknown_binding"
+    HASH_MISMATCH = "hash_mismatch"
+
+
+class ModbattError(Exception):
+    """Base class of every error raised by modbatt."""
+
+
+class ConfigError(ModbattError):
+    """A configuration value or command-line argument is unusable."""
+
+
+class ReproducibleModeError(ModbattError):
+    """Seeded (reproducible) randomness was requested where it is not allowed."""
+
+
+class EncodingError(ModbattError, ValueError):
+    """Bytes that do not decode as the expected structure."""
+
+    reason = Reason.MALFORMED
+
+
+class VerificationError(ModbattError):
+    """Untrusted input failed a check; :attr:`reason` says which one."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = Reason(reason)
+        self.detail = detail
+        super().__init__(f"{self.reason.value}: {detail}" if detail else self.reason.value)
+
+
+class AuthorizationError(VerificationError):
+    """The requester is not entitled to ask for this."""
+
+    def __init__(self, detail: str = "", reason: Reason = Reason.UNAUTHORIZED) -> None:
+        super().__init__(reason, detail)
+
+
+class ProtocolError(ModbattError):
+    """A protocol machine was driven out of order (a local programming error)."""
+
+
+class KeyStoreError(ModbattError):
+    """A key store cannot be opened, read or written; the file on disk is unchanged."""
+
+
+class LedgerError(ModbattError):
+    """A ledger cannot be opened, appended to or verified."""
+
+
+class TransportError(ModbattError):
+    """An endpoint could not be reached or answered outside the protocol."""
