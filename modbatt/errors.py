@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a message, key or record was rejected (DESIGN §8: classified failures)."""
 
     MALFORMED = "malformed"

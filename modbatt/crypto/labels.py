@@ -22,11 +22,19 @@ SIG_PROOF_OF_POSSESSION = _label("sig/proof-of-possession")
 SIG_BINDING_RECORD = _label("sig/binding-record")
 SIG_BINDING_AUTHORIZATION = _label("sig/binding-authorization")
 SIG_CONTROLLER_REQUEST = _label("sig/controller-request")
+SIG_ENTITY_RESPONSE = _label("sig/entity-response")
+SIG_BINDING_ACK = _label("sig/binding-ack")
 SIG_TREE_HEAD = _label("sig/tree-head")
 SIG_PAIRING_CERTIFICATE = _label("sig/pairing-certificate")
 SIG_PAIRING_COMPLETION = _label("sig/pairing-completion")
+# Sealed-box contexts (ECIES associated data).
+SEAL_PARTNER_KEY = _label("seal/partner-semi-public-key")
 # Commitments recorded in the ledger instead of keys.
 COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
+# CAN secured frames (modbatt.can.secured): traffic keys, binding-tier frame and resync signatures.
+CAN_TRAFFIC_KEY = _label("can/traffic-key")
+SIG_CAN_FRAME = _label("sig/can-frame")
+SIG_CAN_RESYNC = _label("sig/can-resync")
 # Key identifiers.
 KEY_ID = _label("key-id")
 # Key store.

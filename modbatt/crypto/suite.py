@@ -103,7 +103,7 @@ class PublicKey:
     Constructed only from validated encodings; equality and hashing use the compressed point.
     """
 
-    __slots__ = ("_key", "_compressed")
+    __slots__ = ("_compressed", "_key")
 
     def __init__(self, key: ec.EllipticCurvePublicKey) -> None:
         if not isinstance(key.curve, ec.SECP256R1):
@@ -183,7 +183,9 @@ class PublicKey:
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
         if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
-            raise VerificationError(Reason.BAD_SIGNATURE, "signature scalar out of range")
+            # Structurally impossible for any signer, so it is malformed input, not a
+            # signature that merely fails (the docstring of verify() promises MALFORMED).
+            raise VerificationError(Reason.MALFORMED, "signature scalar r or s out of range [1, n-1]")
         try:
             self._key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
