@@ -1,0 +1,1010 @@
+"""The key store: private keys and partner access data, encrypted at rest (DESIGN §3).
+
+One file per store. A small clear header (magic, format version, flags, KDF id and
+parameters, salt, key-check value, nonce, body length) is bound as AES-256-GCM associated
+data; the body is the canonical-CBOR map ``{"format": 1, "keys": {name: scalar},
+"records": {name: map}}``, encrypted under a key-encryption key (KEK).
+
+The KEK comes from a passphrase (Argon2id, or scrypt where Argon2id is unavailable) or from
+a key file of at least 32 random bytes, in both cases finished with HKDF-SHA256 under the
+``keystore/kek`` label (``keystore/backup`` for backups). It is derived once, when the store
+is opened or created, and kept in memory; every write draws a fresh random GCM nonce.
+
+Every write is atomic: a temporary file in the same directory (created 0600), fsync,
+``os.replace``, fsync of the directory. A failed write leaves the previous file and the
+in-memory state exactly as they were. The byte-by-byte format and the threat notes are in
+``docs/crypto.md``.
+
+Nothing secret (scalars, KEK, passphrase, record contents) ever reaches ``repr``, ``str``,
+log records or exception texts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import stat
+import struct
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ..encoding import canonical_dumps, strict_loads
+from ..errors import EncodingError, KeyStoreError, ReproducibleModeError, VerificationError
+from . import labels
+from .rng import REPRODUCIBLE_ENV, reproducible_mode_allowed
+from .suite import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, PrivateKey, aead_decrypt, aead_encrypt, hkdf_sha256
+
+try:  # cryptography >= 44 with OpenSSL >= 3.2
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+except ImportError:  # pragma: no cover - depends on the installed OpenSSL
+    Argon2id = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "BACKUP_MAGIC",
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "STORE_MAGIC",
+    "KdfParams",
+    "KeyStore",
+    "argon2id_available",
+]
+
+_log = logging.getLogger(__name__)
+
+STORE_MAGIC: Final = b"MBKSTORE"
+BACKUP_MAGIC: Final = b"MBKSBKUP"
+FORMAT_VERSION: Final = 1
+_BODY_FORMAT: Final = 1
+
+# magic, version, flags, kdf id, kdf params (3 x u32), salt, key-check value, nonce, body length.
+_HEADER = struct.Struct(">8sBBBIII16s16s12sI")
+HEADER_BYTES: Final = _HEADER.size  # 71
+_SALT_BYTES: Final = 16
+_KCV_BYTES: Final = 16
+_KEK_BYTES: Final = 32
+
+_FLAG_REPRODUCIBLE: Final = 0x01
+_KNOWN_FLAGS: Final = _FLAG_REPRODUCIBLE
+
+_KDF_SCRYPT: Final = 1
+_KDF_ARGON2ID: Final = 2
+_KDF_KEY_FILE: Final = 3
+
+#: Largest body we write or accept; keeps a hostile file from exhausting memory.
+_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+_MAX_FILE_BYTES: Final = HEADER_BYTES + _MAX_BODY_BYTES + AEAD_TAG_BYTES
+_MIN_KEY_FILE_BYTES: Final = 32
+_MAX_KEY_FILE_BYTES: Final = 4096
+_MAX_NAME_CHARS: Final = 128
+
+# Upper bounds on KDF parameters read from a file: a tampered header must not be able to
+# make open() allocate tens of GiB or spin for hours before the KCV check can fail.
+_MAX_KDF_MEMORY_BYTES: Final = 2 * 1024**3
+_MAX_ARGON2_ITERATIONS: Final = 1000
+_MAX_ARGON2_LANES: Final = 64
+_MAX_SCRYPT_P: Final = 16
+# Lower bounds for production (OWASP password-storage minimums); anything weaker is a test
+# profile and needs MODBATT_REPRODUCIBLE=1 to be *created*.
+_MIN_ARGON2_MEMORY_KIB: Final = 19 * 1024
+_MIN_ARGON2_ITERATIONS: Final = 2
+_MIN_SCRYPT_N: Final = 1 << 15
+_MIN_SCRYPT_R: Final = 8
+
+
+_argon2_probe: bool | None = None
+
+
+def argon2id_available() -> bool:
+    """True when ``cryptography`` and its OpenSSL provide Argon2id (OpenSSL >= 3.2)."""
+    global _argon2_probe
+    if _argon2_probe is None:
+        if Argon2id is None:
+            _argon2_probe = False
+        else:
+            try:
+                Argon2id(salt=bytes(8), length=32, iterations=1, lanes=1, memory_cost=8).derive(b"probe")
+                _argon2_probe = True
+            except Exception:  # UnsupportedAlgorithm on an OpenSSL without Argon2
+                _argon2_probe = False
+    return _argon2_probe
+
+
+@dataclasses.dataclass(frozen=True)
+class KdfParams:
+    """How a passphrase becomes key material; stored in the clear header of each file.
+
+    Use :meth:`default` in production, :meth:`cheap` in tests. Argon2id fields are
+    ``iterations``, ``memory_kib`` and ``lanes``; scrypt fields are ``n``, ``r`` and ``p``.
+    """
+
+    algorithm: str
+    iterations: int = 0
+    memory_kib: int = 0
+    lanes: int = 0
+    n: int = 0
+    r: int = 0
+    p: int = 0
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise KeyStoreError(f"unusable KDF parameters: {problem}")
+
+    def _problem(self) -> str:
+        if self.algorithm == "argon2id":
+            if self.n or self.r or self.p:
+                return "argon2id takes iterations, memory_kib and lanes, not n/r/p"
+            if not 1 <= self.iterations <= _MAX_ARGON2_ITERATIONS:
+                return f"argon2id iterations must be 1..{_MAX_ARGON2_ITERATIONS}"
+            if not 1 <= self.lanes <= _MAX_ARGON2_LANES:
+                return f"argon2id lanes must be 1..{_MAX_ARGON2_LANES}"
+            if not 8 * self.lanes <= self.memory_kib <= _MAX_KDF_MEMORY_BYTES // 1024:
+                return "argon2id memory_kib must be at least 8 x lanes and at most 2 GiB"
+            return ""
+        if self.algorithm == "scrypt":
+            if self.iterations or self.memory_kib or self.lanes:
+                return "scrypt takes n, r and p, not iterations/memory_kib/lanes"
+            if self.n < 2 or self.n & (self.n - 1):
+                return "scrypt n must be a power of two >= 2"
+            if not 1 <= self.p <= _MAX_SCRYPT_P or self.r < 1:
+                return f"scrypt needs r >= 1 and 1 <= p <= {_MAX_SCRYPT_P}"
+            if 128 * self.n * self.r > _MAX_KDF_MEMORY_BYTES:
+                return "scrypt memory (128 x n x r) exceeds 2 GiB"
+            return ""
+        return f"unknown KDF {self.algorithm!r} (argon2id or scrypt)"
+
+    @classmethod
+    def argon2id(cls, *, iterations: int = 3, memory_kib: int = 64 * 1024, lanes: int = 4) -> KdfParams:
+        """Argon2id; the defaults are RFC 9106's second recommended option (64 MiB, t=3, p=4)."""
+        return cls("argon2id", iterations=iterations, memory_kib=memory_kib, lanes=lanes)
+
+    @classmethod
+    def scrypt(cls, *, n: int = 1 << 17, r: int = 8, p: int = 1) -> KdfParams:
+        """scrypt; the defaults are OWASP's (N=2^17, r=8, p=1: 128 MiB)."""
+        return cls("scrypt", n=n, r=r, p=p)
+
+    @classmethod
+    def default(cls) -> KdfParams:
+        """Argon2id when available, else scrypt: about 0.2-0.5 s per open on a desktop core."""
+        return cls.argon2id() if argon2id_available() else cls.scrypt()
+
+    @classmethod
+    def cheap(cls) -> KdfParams:
+        """A deliberately weak profile for tests (sub-millisecond). Creating a store with it
+        requires ``MODBATT_REPRODUCIBLE=1``."""
+        if argon2id_available():
+            return cls.argon2id(iterations=1, memory_kib=8, lanes=1)
+        return cls.scrypt(n=16, r=1, p=1)  # pragma: no cover - depends on OpenSSL
+
+    @property
+    def is_weak(self) -> bool:
+        """Below the production minimum (see :meth:`cheap`)."""
+        if self.algorithm == "argon2id":
+            return self.memory_kib < _MIN_ARGON2_MEMORY_KIB or self.iterations < _MIN_ARGON2_ITERATIONS
+        return self.n < _MIN_SCRYPT_N or self.r < _MIN_SCRYPT_R
+
+    def _header_fields(self) -> tuple[int, int, int, int]:
+        if self.algorithm == "argon2id":
+            return _KDF_ARGON2ID, self.iterations, self.memory_kib, self.lanes
+        return _KDF_SCRYPT, self.n, self.r, self.p
+
+    def _derive(self, secret: bytes, salt: bytes) -> bytes:
+        if self.algorithm == "argon2id":
+            if not argon2id_available():
+                raise KeyStoreError("this key store uses Argon2id, which the installed OpenSSL lacks")
+            return Argon2id(
+                salt=salt,
+                length=32,
+                iterations=self.iterations,
+                lanes=self.lanes,
+                memory_cost=self.memory_kib,
+            ).derive(secret)
+        return Scrypt(salt=salt, length=32, n=self.n, r=self.r, p=self.p).derive(secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    magic: bytes
+    flags: int
+    kdf_id: int
+    params: tuple[int, int, int]
+    salt: bytes
+    kcv: bytes
+    nonce: bytes
+    body_len: int
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(
+            self.magic, FORMAT_VERSION, self.flags, self.kdf_id, *self.params,
+            self.salt, self.kcv, self.nonce, self.body_len,
+        )  # fmt: skip
+
+    @property
+    def kdf(self) -> KdfParams | None:
+        return _kdf_from_fields(self.kdf_id, self.params)
+
+
+def _kdf_from_fields(kdf_id: int, params: tuple[int, int, int]) -> KdfParams | None:
+    """The KDF a header names (None for key-file stores); raises on out-of-bounds values."""
+    a, b, c = params
+    if kdf_id == _KDF_ARGON2ID:
+        return KdfParams("argon2id", iterations=a, memory_kib=b, lanes=c)
+    if kdf_id == _KDF_SCRYPT:
+        return KdfParams("scrypt", n=a, r=b, p=c)
+    return None
+
+
+@dataclasses.dataclass
+class _State:
+    """What the body holds. Values are immutable (bytes) or private deep copies."""
+
+    keys: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    records: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def copy(self) -> _State:
+        return _State(dict(self.keys), dict(self.records))
+
+    def encode(self) -> bytes:
+        return canonical_dumps({"format": _BODY_FORMAT, "keys": self.keys, "records": self.records})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unlocked:
+    """Everything needed to write a file again without re-running the KDF."""
+
+    magic: bytes
+    flags: int
+    kdf_id: int
+    params: tuple[int, int, int]
+    salt: bytes
+    kcv: bytes
+    kek: bytes = dataclasses.field(repr=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _passphrase_bytes(passphrase: str | bytes) -> bytes:
+    if isinstance(passphrase, str):
+        # NFC so that the same passphrase typed on different systems gives the same bytes.
+        passphrase = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    elif not isinstance(passphrase, (bytes, bytearray)):
+        raise KeyStoreError("a passphrase is a str or bytes")
+    if not passphrase:
+        raise KeyStoreError("the passphrase is empty")
+    return bytes(passphrase)
+
+
+def _read_key_file(key_file: str | os.PathLike[str]) -> bytes:
+    path = Path(key_file)
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size > _MAX_KEY_FILE_BYTES:
+                raise KeyStoreError(f"key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes")
+            data = fh.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) < _MIN_KEY_FILE_BYTES:
+        raise KeyStoreError(f"key file {path} holds {len(data)} bytes; at least {_MIN_KEY_FILE_BYTES} needed")
+    if st.st_mode & 0o077:
+        _log.warning("key file %s is readable by group or others (mode %o)", path, stat.S_IMODE(st.st_mode))
+    return data
+
+
+def _unlock_secret(
+    passphrase: str | bytes | None, key_file: str | os.PathLike[str] | None
+) -> tuple[bytes, bool]:
+    """The raw secret and whether it came from a key file."""
+    if (passphrase is None) == (key_file is None):
+        raise KeyStoreError("give exactly one of passphrase= or key_file=")
+    if passphrase is not None:
+        return _passphrase_bytes(passphrase), False
+    assert key_file is not None
+    return _read_key_file(key_file), True
+
+
+def _derive(
+    secret: bytes, kdf_id: int, params: tuple[int, int, int], salt: bytes, label: bytes
+) -> tuple[bytes, bytes]:
+    """KEK and key-check value from the unlock secret.
+
+    The passphrase (or key file) goes through the stretching KDF named in the header, then
+    HKDF-SHA256 with the store's label, whose 48 output bytes split into KEK ‖ KCV. The KCV
+    lets open() tell "wrong passphrase" from "corrupted file"; it gives an attacker no
+    cheaper guess test than the GCM tag already does.
+    """
+    if kdf_id == _KDF_KEY_FILE:
+        ikm = secret
+    else:
+        header_kdf = _kdf_from_fields(kdf_id, params)
+        assert header_kdf is not None
+        try:
+            ikm = header_kdf._derive(secret, salt)
+        except KeyStoreError:
+            raise
+        except Exception:
+            # No detail: the KDF's own error text is not ours to vouch for.
+            raise KeyStoreError("the key-derivation function rejected the header's parameters") from None
+    okm = hkdf_sha256(ikm, info=label, salt=salt, length=_KEK_BYTES + _KCV_BYTES)
+    return okm[:_KEK_BYTES], okm[_KEK_BYTES:]
+
+
+def _parse_header(data: bytes, path: object, expected_magic: bytes) -> _Header:
+    if len(data) < HEADER_BYTES:
+        raise KeyStoreError(f"{path} is truncated or is not a modbatt key store ({len(data)} bytes)")
+    magic, version, flags, kdf_id, a, b, c, salt, kcv, nonce, body_len = _HEADER.unpack_from(data)
+    if magic != expected_magic:
+        if magic == BACKUP_MAGIC:
+            raise KeyStoreError(f"{path} is a key-store backup; restore it with KeyStore.restore_backup()")
+        if magic == STORE_MAGIC:
+            raise KeyStoreError(f"{path} is a key store, not a backup")
+        raise KeyStoreError(f"{path} is not a modbatt key store (bad magic)")
+    if version != FORMAT_VERSION:
+        raise KeyStoreError(
+            f"{path} has key-store format version {version}; this modbatt reads {FORMAT_VERSION}"
+        )
+    if flags & ~_KNOWN_FLAGS:
+        raise KeyStoreError(f"{path} has unknown header flags {flags:#04x} (damaged or from a newer modbatt)")
+    header = _Header(magic, flags, kdf_id, (a, b, c), salt, kcv, nonce, body_len)
+    if kdf_id == _KDF_KEY_FILE:
+        if (a, b, c) != (0, 0, 0):
+            raise KeyStoreError(f"{path} has a damaged header (key-file parameters)")
+    elif kdf_id in (_KDF_SCRYPT, _KDF_ARGON2ID):
+        try:
+            header.kdf  # noqa: B018 - validates the parameters against our bounds
+        except KeyStoreError:
+            raise KeyStoreError(f"{path} has a damaged header (KDF parameters out of bounds)") from None
+    else:
+        raise KeyStoreError(f"{path} has a damaged header (unknown KDF id {kdf_id})")
+    if body_len < AEAD_TAG_BYTES or body_len > _MAX_BODY_BYTES + AEAD_TAG_BYTES:
+        raise KeyStoreError(f"{path} has a damaged header (body length {body_len})")
+    actual = len(data) - HEADER_BYTES
+    if actual < body_len:
+        raise KeyStoreError(f"{path} is truncated: body has {actual} of {body_len} bytes")
+    if actual > body_len:
+        raise KeyStoreError(f"{path} has {actual - body_len} unexpected bytes after the body")
+    return header
+
+
+def _decode_body(plain: bytes, path: object) -> _State:
+    try:
+        body = strict_loads(plain, max_bytes=_MAX_BODY_BYTES)
+    except EncodingError:
+        raise KeyStoreError(f"{path} decrypted but its body is not canonical CBOR") from None
+    if not isinstance(body, dict) or set(body) != {"format", "keys", "records"}:
+        raise KeyStoreError(f"{path} decrypted but its body has an unexpected structure")
+    if body["format"] != _BODY_FORMAT:
+        raise KeyStoreError(f"{path} has body format {body['format']!r}; this modbatt reads {_BODY_FORMAT}")
+    keys, records = body["keys"], body["records"]
+    if not isinstance(keys, dict) or not isinstance(records, dict):
+        raise KeyStoreError(f"{path} decrypted but its body has an unexpected structure")
+    for name, scalar in keys.items():
+        _check_name(name)
+        if not isinstance(scalar, bytes) or len(scalar) != 32:
+            raise KeyStoreError(f"{path}: private key {name!r} is not a 32-byte scalar")
+    for name, value in records.items():
+        _check_name(name)
+        if not isinstance(value, dict):
+            raise KeyStoreError(f"{path}: record {name!r} is not a map")
+    if set(keys) & set(records):
+        raise KeyStoreError(f"{path}: a name is used both for a key and for a record")
+    return _State(keys, records)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME_CHARS or not name.isprintable():
+        raise KeyStoreError(f"a key-store name is 1..{_MAX_NAME_CHARS} printable characters")
+    return name
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable. Runs after the commit point, so a failure only warns."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(directory, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _log.warning(
+            "key store written, but directory %s could not be synced (%s); "
+            "the change may not survive a power loss",
+            directory,
+            exc.strerror or type(exc).__name__,
+        )
+
+
+_Fingerprint = tuple[int, int, int, int]
+
+
+def _fingerprint(st: os.stat_result) -> _Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _atomic_write(path: Path, data: bytes, *, exclusive: bool) -> _Fingerprint:
+    """Write ``data`` to ``path`` atomically; on any error the old file is untouched.
+
+    The temporary file is created 0600 with O_EXCL (never chmod-ed afterwards, so there is
+    no window in which it is readable by others) in the same directory, so the rename
+    cannot cross file systems. ``exclusive`` refuses to replace an existing file (create,
+    backups) by linking instead of renaming. Returns the new file's identity.
+    """
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            fingerprint = _fingerprint(os.fstat(fd))
+        finally:
+            os.close(fd)
+        if exclusive:
+            try:
+                os.link(tmp, path)  # atomic "create if absent"
+            except FileExistsError:
+                raise
+            except OSError as exc:  # no hard links here (some FUSE/network file systems)
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
+                    raise
+                if os.path.lexists(path):
+                    raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+                os.replace(tmp, path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+    return fingerprint
+
+
+def _os_error_text(exc: OSError) -> str:
+    # strerror and the file name only: never the message of some wrapped exception.
+    return exc.strerror or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class KeyStore:
+    """Private keys and records (e.g. partner access data), encrypted at rest.
+
+    Create one with :meth:`create`, :meth:`open`, :meth:`in_memory` or
+    :meth:`restore_backup`. Every ``put_*``/``delete`` is written to disk atomically before
+    it returns; :meth:`transaction` batches several changes into one write. Reads return
+    copies: changing a returned record does not change the store.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path | None,
+        unlocked: _Unlocked | None,
+        state: _State,
+        reproducible: bool,
+        fingerprint: _Fingerprint | None = None,
+        _token: object = None,
+    ) -> None:
+        if _token is not _CONSTRUCT:
+            raise TypeError(
+                "use KeyStore.create(), KeyStore.open(), KeyStore.in_memory() or restore_backup()"
+            )
+        self._path = path
+        self._unlocked = unlocked
+        self._state = state
+        self._pending: _State | None = None
+        self._reproducible = reproducible
+        self._fingerprint = fingerprint
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        passphrase: str | bytes | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        kdf: KdfParams | None = None,
+        reproducible: bool = False,
+    ) -> KeyStore:
+        """Create an empty store at ``path`` (which must not exist), unlocked by exactly one of
+        ``passphrase`` or ``key_file``. ``kdf`` applies to passphrases only."""
+        path = Path(path)
+        _refuse_existing(path)
+        secret, from_key_file = _unlock_secret(passphrase, key_file)
+        _check_reproducible_allowed(reproducible)
+        unlocked = _new_unlocked(STORE_MAGIC, labels.KEYSTORE_KEK, secret, from_key_file, kdf, reproducible)
+        store = cls(
+            path=path, unlocked=unlocked, state=_State(), reproducible=reproducible, _token=_CONSTRUCT
+        )
+        store._fingerprint = store._write_state(store._state, exclusive=True)
+        _log.info("created key store %s (%s)", path, store._unlock_description())
+        return store
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        passphrase: str | bytes | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> KeyStore:
+        """Open an existing store. Wrong secret, damage or tampering raise :class:`KeyStoreError`."""
+        # Writes replace the file by rename; resolving a symlink first makes them update its
+        # target instead of silently turning the link into a separate regular file.
+        path = Path(os.path.realpath(path))
+        secret, from_key_file = _unlock_secret(passphrase, key_file)
+        data, fingerprint = _read_file(path, "key store")
+        unlocked, state = _unseal(data, path, STORE_MAGIC, labels.KEYSTORE_KEK, secret, from_key_file)
+        reproducible = bool(unlocked.flags & _FLAG_REPRODUCIBLE)
+        # Checked only after authentication, so a flipped flag bit reads as damage.
+        if reproducible and not reproducible_mode_allowed():
+            raise ReproducibleModeError(
+                f"{path} is a reproducible (test/docs) key store; set {REPRODUCIBLE_ENV}=1 to open it"
+            )
+        kdf = _kdf_from_fields(unlocked.kdf_id, unlocked.params)
+        if kdf is not None and kdf.is_weak and not reproducible_mode_allowed():
+            _log.warning("key store %s uses a test-strength KDF; re-create it with KdfParams.default()", path)
+        store = cls(
+            path=path, unlocked=unlocked, state=state, reproducible=reproducible,
+            fingerprint=fingerprint, _token=_CONSTRUCT,
+        )  # fmt: skip
+        _log.info("opened key store %s (%d keys, %d records)", path, len(state.keys), len(state.records))
+        return store
+
+    @classmethod
+    def in_memory(cls, *, reproducible: bool = False) -> KeyStore:
+        """A store that never touches the disk (simulators, notebooks). Same API and rules;
+        :meth:`export_backup` still works."""
+        _check_reproducible_allowed(reproducible)
+        return cls(path=None, unlocked=None, state=_State(), reproducible=reproducible, _token=_CONSTRUCT)
+
+    @classmethod
+    def restore_backup(
+        cls,
+        backup_path: str | os.PathLike[str],
+        new_path: str | os.PathLike[str],
+        *,
+        backup_passphrase: str | bytes,
+        passphrase: str | bytes | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        kdf: KdfParams | None = None,
+    ) -> KeyStore:
+        """Create a new store at ``new_path`` (must not exist) from a backup made by
+        :meth:`export_backup`, unlocked by a new ``passphrase`` or ``key_file``."""
+        backup_path, new_path = Path(backup_path), Path(new_path)
+        _refuse_existing(new_path)
+        backup_secret = _passphrase_bytes(backup_passphrase)
+        secret, from_key_file = _unlock_secret(passphrase, key_file)
+        data, _ = _read_file(backup_path, "key-store backup")
+        backup, state = _unseal(data, backup_path, BACKUP_MAGIC, labels.KEYSTORE_BACKUP, backup_secret, False)
+        reproducible = bool(backup.flags & _FLAG_REPRODUCIBLE)
+        _check_reproducible_allowed(reproducible)
+        unlocked = _new_unlocked(STORE_MAGIC, labels.KEYSTORE_KEK, secret, from_key_file, kdf, reproducible)
+        store = cls(
+            path=new_path, unlocked=unlocked, state=state, reproducible=reproducible, _token=_CONSTRUCT
+        )
+        store._fingerprint = store._write_state(state, exclusive=True)
+        _log.info("restored key store %s from backup %s", new_path, backup_path)
+        return store
+
+    @staticmethod
+    def generate_key_file(path: str | os.PathLike[str]) -> Path:
+        """Write 32 fresh random bytes to a new file (mode 0600) for ``key_file=`` use."""
+        path = Path(path)
+        try:
+            _atomic_write(path, secrets.token_bytes(32), exclusive=True)
+        except FileExistsError:
+            raise KeyStoreError(f"{path} already exists; refusing to overwrite a key file") from None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot write key file {path}: {_os_error_text(exc)}") from None
+        return path
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def path(self) -> Path | None:
+        """The file, or None for an in-memory store."""
+        return self._path
+
+    @property
+    def reproducible(self) -> bool:
+        """True for a test/docs store; only such a store accepts reproducible keys."""
+        return self._reproducible
+
+    @property
+    def kdf(self) -> KdfParams | None:
+        """The passphrase KDF, or None for key-file and in-memory stores."""
+        if self._unlocked is None:
+            return None
+        return _kdf_from_fields(self._unlocked.kdf_id, self._unlocked.params)
+
+    # ----------------------------------------------------------------- reads
+
+    def names(self) -> list[str]:
+        """All names (private keys and records), sorted."""
+        with self._lock:
+            state = self._view()
+            return sorted([*state.keys, *state.records])
+
+    def key_names(self) -> list[str]:
+        """Names of private keys, sorted."""
+        with self._lock:
+            return sorted(self._view().keys)
+
+    def record_names(self) -> list[str]:
+        """Names of records, sorted."""
+        with self._lock:
+            return sorted(self._view().records)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            state = self._view()
+            return name in state.keys or name in state.records
+
+    def __len__(self) -> int:
+        with self._lock:
+            state = self._view()
+            return len(state.keys) + len(state.records)
+
+    def private_key(self, name: str) -> PrivateKey:
+        """The private key called ``name``; keys from a reproducible store come back marked
+        reproducible, so they can never be copied into a production store."""
+        with self._lock:
+            state = self._view()
+            scalar = state.keys.get(name)
+            if scalar is None:
+                if name in state.records:
+                    raise KeyStoreError(f"{name!r} is a record, not a private key")
+                raise KeyStoreError(f"no private key named {name!r}")
+        try:
+            return PrivateKey.from_scalar_bytes(scalar, reproducible=self._reproducible)
+        except ValueError:
+            raise KeyStoreError(f"stored private key {name!r} is not a valid P-256 scalar") from None
+
+    def record(self, name: str) -> dict[Any, Any]:
+        """A fresh copy of the record called ``name``."""
+        with self._lock:
+            state = self._view()
+            if name not in state.records:
+                if name in state.keys:
+                    raise KeyStoreError(f"{name!r} is a private key, not a record")
+                raise KeyStoreError(f"no record named {name!r}")
+            value = state.records[name]
+        return _deep_copy(value)
+
+    # ----------------------------------------------------------------- writes
+
+    def put_private_key(self, name: str, key: PrivateKey, *, replace: bool = False) -> None:
+        """Store ``key`` as ``name``. Refuses to overwrite an existing key unless ``replace``
+        (losing an identity key is unrecoverable) and refuses a reproducible key in a
+        production store."""
+        _check_name(name)
+        if not isinstance(key, PrivateKey):
+            raise KeyStoreError("put_private_key() takes a modbatt PrivateKey")
+        if key.reproducible and not self._reproducible:
+            raise ReproducibleModeError(
+                f"refusing to store reproducible (seeded, test-only) key {name!r} in a production key store"
+            )
+        scalar = key.scalar_bytes()
+
+        def change(state: _State) -> None:
+            if name in state.records:
+                raise KeyStoreError(f"{name!r} already names a record")
+            if name in state.keys and not replace:
+                raise KeyStoreError(f"a private key named {name!r} exists; pass replace=True to overwrite it")
+            state.keys[name] = scalar
+
+        self._mutate(change)
+
+    def put_record(self, name: str, value: Mapping[Any, Any]) -> None:
+        """Store a CBOR-encodable map as ``name``, replacing any record of that name.
+        The store keeps its own copy; CBOR turns tuples into lists."""
+        _check_name(name)
+        if not isinstance(value, Mapping):
+            raise KeyStoreError(f"record {name!r} must be a mapping")
+        try:
+            copy = cbor2.loads(canonical_dumps(dict(value)))
+        except EncodingError:
+            raise KeyStoreError(f"record {name!r} is not CBOR-encodable") from None
+
+        def change(state: _State) -> None:
+            if name in state.keys:
+                raise KeyStoreError(f"{name!r} already names a private key")
+            state.records[name] = copy
+
+        self._mutate(change)
+
+    def delete(self, name: str) -> None:
+        """Remove the key or record called ``name``."""
+
+        def change(state: _State) -> None:
+            if name in state.keys:
+                del state.keys[name]
+            elif name in state.records:
+                del state.records[name]
+            else:
+                raise KeyStoreError(f"nothing named {name!r} in the key store")
+
+        self._mutate(change)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[KeyStore]:
+        """Batch changes into one atomic write at the end of the ``with`` block.
+
+        An exception inside the block discards every change made in it (nothing is
+        written). Nested transactions are savepoints: the inner block's changes are undone
+        if it raises, and everything is written when the outermost block ends. Other
+        threads wait until the transaction ends.
+        """
+        with self._lock:
+            self._check_open()
+            if self._pending is not None:
+                savepoint = self._pending.copy()
+                try:
+                    yield self
+                except BaseException:
+                    self._pending = savepoint
+                    raise
+                return
+            self._pending = self._state.copy()
+            try:
+                yield self
+            except BaseException:
+                self._pending = None
+                raise
+            pending, self._pending = self._pending, None
+            if pending != self._state:
+                self._commit(pending)
+
+    def export_backup(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        passphrase: str | bytes,
+        kdf: KdfParams | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write an encrypted copy of the committed contents, under its own passphrase,
+        salt and label (``keystore/backup``), so losing the store's passphrase or file is
+        recoverable. Keep the backup passphrase apart from the store's."""
+        path = Path(path)
+        secret = _passphrase_bytes(passphrase)
+        with self._lock:
+            self._check_open()
+            if self._pending is not None:
+                raise KeyStoreError("finish the transaction before exporting a backup")
+            if self._path is not None and path.resolve() == self._path.resolve():
+                raise KeyStoreError("a backup cannot overwrite the key store itself")
+            unlocked = _new_unlocked(
+                BACKUP_MAGIC, labels.KEYSTORE_BACKUP, secret, False, kdf, self._reproducible
+            )
+            data = _seal(unlocked, self._state)
+        try:
+            _atomic_write(path, data, exclusive=not overwrite)
+        except FileExistsError:
+            raise KeyStoreError(f"{path} already exists; pass overwrite=True to replace it") from None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot write backup {path}: {_os_error_text(exc)}") from None
+        _log.info("exported key-store backup to %s", path)
+        return path
+
+    def close(self) -> None:
+        """Forget the KEK and the decrypted contents (best effort: Python cannot wipe memory)."""
+        with self._lock:
+            self._unlocked = None
+            self._state = _State()
+            self._pending = None
+            self._closed = True
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = str(self._path) if self._path is not None else "<memory>"
+        if self._closed:
+            return f"KeyStore({where!r}, closed)"
+        return (
+            f"KeyStore({where!r}, keys={len(self._state.keys)}, records={len(self._state.records)}, "
+            f"unlock={self._unlock_description()}, reproducible={self._reproducible})"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> object:
+        raise TypeError("a KeyStore holds secrets and cannot be pickled; use export_backup()")
+
+    # ----------------------------------------------------------------- internals
+
+    def _unlock_description(self) -> str:
+        if self._unlocked is None:
+            return "none"
+        if self._unlocked.kdf_id == _KDF_KEY_FILE:
+            return "key-file"
+        kdf = self.kdf
+        assert kdf is not None
+        return kdf.algorithm
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KeyStoreError("the key store is closed")
+
+    def _view(self) -> _State:
+        self._check_open()
+        return self._pending if self._pending is not None else self._state
+
+    def _mutate(self, change: Callable[[_State], None]) -> None:
+        # ``change`` validates before it assigns, so a refused change leaves no trace.
+        with self._lock:
+            self._check_open()
+            if self._pending is not None:
+                change(self._pending)
+                return
+            new = self._state.copy()
+            change(new)
+            self._commit(new)
+
+    def _commit(self, new: _State) -> None:
+        """Persist ``new`` and only then adopt it: a failed write changes nothing."""
+        if self._path is not None:
+            self._fingerprint = self._write_state(new, exclusive=False)
+            _log.debug(
+                "key store %s written (%d keys, %d records)", self._path, len(new.keys), len(new.records)
+            )
+        self._state = new
+
+    def _write_state(self, state: _State, *, exclusive: bool) -> _Fingerprint:
+        assert self._path is not None and self._unlocked is not None
+        path = self._path
+        data = _seal(self._unlocked, state)
+        if not exclusive:
+            # Lost-update guard: another process (or a restore) replaced the file since we
+            # read it; overwriting would silently drop its keys.
+            try:
+                current = _fingerprint(os.stat(path))
+            except FileNotFoundError:
+                raise KeyStoreError(f"{path} has disappeared; not recreating it implicitly") from None
+            except OSError as exc:
+                raise KeyStoreError(f"cannot write key store {path}: {_os_error_text(exc)}") from None
+            if current != self._fingerprint:
+                raise KeyStoreError(f"{path} was changed by someone else since it was opened; reopen it")
+        try:
+            return _atomic_write(path, data, exclusive=exclusive)
+        except FileExistsError:
+            raise KeyStoreError(f"{path} already exists; refusing to overwrite it") from None
+        except OSError as exc:
+            if exclusive:
+                raise KeyStoreError(f"cannot create key store {path}: {_os_error_text(exc)}") from None
+            raise KeyStoreError(
+                f"cannot write key store {path}: {_os_error_text(exc)}; the previous file is unchanged"
+            ) from None
+
+
+_CONSTRUCT = object()
+
+
+def _refuse_existing(path: Path) -> None:
+    # Early and friendly; the exclusive link in _atomic_write is what actually guarantees it.
+    if os.path.lexists(path):
+        raise KeyStoreError(f"{path} already exists; refusing to overwrite it")
+
+
+def _check_reproducible_allowed(reproducible: bool) -> None:
+    if reproducible and not reproducible_mode_allowed():
+        raise ReproducibleModeError(
+            f"reproducible key stores are for tests and docs only; set {REPRODUCIBLE_ENV}=1 to create one"
+        )
+
+
+def _new_unlocked(
+    magic: bytes,
+    label: bytes,
+    secret: bytes,
+    from_key_file: bool,
+    kdf: KdfParams | None,
+    reproducible: bool,
+) -> _Unlocked:
+    if from_key_file:
+        if kdf is not None:
+            raise KeyStoreError("kdf= applies to passphrases; a key file is used through HKDF only")
+        kdf_id, params = _KDF_KEY_FILE, (0, 0, 0)
+    else:
+        kdf = kdf if kdf is not None else KdfParams.default()
+        if kdf.is_weak and not reproducible_mode_allowed():
+            raise ReproducibleModeError(
+                f"KDF parameters below the production minimum are for tests only; set {REPRODUCIBLE_ENV}=1"
+            )
+        kdf_id, *rest = kdf._header_fields()
+        params = (rest[0], rest[1], rest[2])
+    salt = secrets.token_bytes(_SALT_BYTES)
+    kek, kcv = _derive(secret, kdf_id, params, salt, label)
+    flags = _FLAG_REPRODUCIBLE if reproducible else 0
+    return _Unlocked(magic, flags, kdf_id, params, salt, kcv, kek)
+
+
+def _seal(unlocked: _Unlocked, state: _State) -> bytes:
+    body = state.encode()
+    if len(body) > _MAX_BODY_BYTES:
+        raise KeyStoreError(f"key-store contents exceed {_MAX_BODY_BYTES} bytes")
+    # A fresh random 96-bit nonce per write under the long-lived KEK: safe for far more
+    # writes (2^32) than a key store will ever see.
+    nonce = secrets.token_bytes(AEAD_NONCE_BYTES)
+    header = _Header(
+        unlocked.magic, unlocked.flags, unlocked.kdf_id, unlocked.params, unlocked.salt, unlocked.kcv,
+        nonce, len(body) + AEAD_TAG_BYTES,
+    ).pack()  # fmt: skip
+    # The whole clear header is associated data, so no header byte can change unnoticed.
+    return header + aead_encrypt(unlocked.kek, nonce, body, labels.KEYSTORE_BLOB + header)
+
+
+def _unseal(
+    data: bytes, path: Path, magic: bytes, label: bytes, secret: bytes, from_key_file: bool
+) -> tuple[_Unlocked, _State]:
+    header = _parse_header(data, path, magic)
+    if header.kdf_id == _KDF_KEY_FILE and not from_key_file:
+        raise KeyStoreError(f"{path} is unlocked with a key file, not a passphrase")
+    if header.kdf_id != _KDF_KEY_FILE and from_key_file:
+        raise KeyStoreError(f"{path} is unlocked with a passphrase, not a key file")
+    kek, kcv = _derive(secret, header.kdf_id, header.params, header.salt, label)
+    if not secrets.compare_digest(kcv, header.kcv):
+        what = "key file" if from_key_file else "passphrase"
+        raise KeyStoreError(f"wrong {what} for {path} (or its header is damaged)")
+    try:
+        plain = aead_decrypt(
+            kek, header.nonce, data[HEADER_BYTES:], labels.KEYSTORE_BLOB + data[:HEADER_BYTES]
+        )
+    except VerificationError:
+        raise KeyStoreError(
+            f"{path} is corrupted or has been tampered with (authentication failed)"
+        ) from None
+    state = _decode_body(plain, path)
+    return _Unlocked(
+        header.magic, header.flags, header.kdf_id, header.params, header.salt, header.kcv, kek
+    ), state
+
+
+def _read_file(path: Path, what: str) -> tuple[bytes, _Fingerprint]:
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size > _MAX_FILE_BYTES:
+                raise KeyStoreError(f"{path} is too large to be a {what}")
+            data = fh.read(_MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyStoreError(f"no {what} at {path}") from None
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read {what} {path}: {_os_error_text(exc)}") from None
+    if st.st_mode & 0o077:
+        _log.warning("%s %s is accessible by group or others (mode %o)", what, path, stat.S_IMODE(st.st_mode))
+    return data, _fingerprint(st)
+
+
+def _deep_copy(value: Any) -> Any:
+    # Records are CBOR values; a CBOR round trip is an exact, cheap deep copy.
+    return cbor2.loads(cbor2.dumps(value, canonical=True))
