@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     UNKNOWN_BINDING = "unknown_binding"
     HASH_MISMATCH = "hash_mismatch"
+    KEY_MISMATCH = "key_mismatch"
 
 
 class ModbattError(Exception):

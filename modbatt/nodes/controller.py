@@ -9,6 +9,7 @@ and records nothing (no half-recorded binding).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -20,9 +21,14 @@ from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ModbattError, Reason, VerificationError
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
+from ..model.pairing import ControllerMode, PairingCertificate
+from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
+from ..model.statements import sign_statement
 from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_revoke_request
 from ..protocol.messages import EntityResponse
+from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
 from ..transport.http import EntityClient
+from ._counting import counts_rejections
 
 __all__ = ["AuthController", "BindingOutcome"]
 
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _RECORD_PREFIX = "binding-record/"
 _REVOKED_PREFIX = "revoked/"
+_PAIRING_PREFIX = "pairing/"
+_PAIRING_REVOKED_PREFIX = "pairing-revoked/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,8 @@ class AuthController:
         self.records = records  # a KeyStore: binding records hold semi-public keys
         self._clock = clock
         self._rng = rng or SystemRandom()
+        #: Rejections by reason (authorizations, entity answers, completions): failure counters.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
 
     @property
     def public_key(self) -> PublicKey:
@@ -70,6 +80,7 @@ class AuthController:
         answer = self.client.call(out.to.endpoint, out.request.op, out.request.to_json())
         return EntityResponse.from_json(answer)
 
+    @counts_rejections
     def bind(
         self,
         entity_a: AccessData,
@@ -121,6 +132,7 @@ class AuthController:
         name = _RECORD_PREFIX + binding_id
         return BindingRecord.from_json(self.records.record(name)) if name in self.records else None
 
+    @counts_rejections
     def revoke(self, binding_id: str, reason: str = "unbound") -> tuple[RevocationRecord, int, list[str]]:
         """Unbind: record the revocation in the ledger, then tell both entities to destroy their keys.
 
@@ -140,14 +152,113 @@ class AuthController:
         self.ledger.signed_tree_head()
         unreached = []
         for entity in (record.entity_a, record.entity_b):
-            out = make_revoke_request(
-                self.controller_key, binding_id, entity.access_data, reason, now, self._rng
-            )
+            out = make_revoke_request(self.controller_key, binding_id, entity.access_data, reason, now, self._rng)
             try:
                 self._deliver(out)
             except ModbattError:
                 unreached.append(entity.access_data.device_id)
         return revocation, index, unreached
+
+    # ----------------------------------------------------------------------- pairing
+
+    @counts_rejections
+    def issue_pairing(
+        self,
+        binding_id: str,
+        *,
+        callback: str = "in-process://controller/api/pairing/complete",
+        mode: ControllerMode = ControllerMode.STANDARD,
+        max_uses: int = 1,
+        valid_for_s: int = 24 * 3600,
+        policy: EncryptionPolicy = DEFAULT_POLICY,
+        context: str = "battery_management",
+        handshake_timeout_s: int = 30,
+    ) -> PairingCertificate:
+        """Issue a pairing certificate for a live binding and record its issue in the ledger.
+
+        The pairing key, its halves and the exchange key exist only inside
+        :func:`~modbatt.protocol.pairing.issue_certificate`; what is stored is
+        :class:`~modbatt.protocol.pairing.PendingPairing`, which holds none of them.
+        """
+        record = self.record(binding_id)
+        if record is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"no binding {binding_id}")
+        if self.is_revoked(binding_id):
+            raise VerificationError(Reason.REVOKED, f"binding {binding_id} is revoked")
+        now = self._clock()
+        cert, pending = issue_certificate(
+            controller_key=self.controller_key, binding=record, callback=callback, now=now,
+            valid_for_s=valid_for_s, max_uses=max_uses, context=context, policy=policy, mode=mode,
+            handshake_timeout_s=handshake_timeout_s, rng=self._rng,
+        )  # fmt: skip
+        self.records.put_record(_PAIRING_PREFIX + pending.pairing_id, pending.to_record())
+        self.ledger.append(
+            sign_statement(
+                self.controller_key,
+                "pairing_issued",
+                {
+                    "pairing_id": pending.pairing_id,
+                    "binding_id": binding_id,
+                    "certificate_hash": cert.certificate_hash,
+                    "metadata_hash": cert.metadata_hash,
+                    "context": context,
+                    "controller_mode": mode.value,
+                    "max_uses": max_uses,
+                    "expires_at": format_timestamp(pending.expires_at),
+                },
+                now,
+            )
+        )
+        self.ledger.signed_tree_head()
+        return cert
+
+    def pending_pairing(self, pairing_id: str) -> PendingPairing:
+        name = _PAIRING_PREFIX + pairing_id
+        if name not in self.records:
+            raise VerificationError(Reason.WRONG_SESSION, f"no pairing {pairing_id} was issued")
+        return PendingPairing.from_record(self.records.record(name))
+
+    @counts_rejections
+    def complete_pairing(self, proof: CompletionProof) -> int:
+        """The callback: verify a completion proof and record it; returns its ledger index."""
+        pending = self.pending_pairing(proof.pairing_id)
+        if _PAIRING_REVOKED_PREFIX + proof.pairing_id in self.records:
+            raise VerificationError(Reason.REVOKED, "this pairing was revoked")
+        now = self._clock()
+        updated = verify_completion(pending, proof, now)
+        entry = sign_statement(
+            self.controller_key,
+            "pairing_completed",
+            {
+                "pairing_id": proof.pairing_id,
+                "binding_id": pending.binding_id,
+                "session_nonce": proof.session_nonce,
+                "use": len(updated.sessions),
+                "entity_signatures": {f"entity_{r}": s for r, s in proof.entity_signatures.items()},
+            },
+            now,
+        )
+        self.records.put_record(_PAIRING_PREFIX + proof.pairing_id, updated.to_record())
+        index = self.ledger.append(entry)
+        self.ledger.signed_tree_head()
+        return index
+
+    @counts_rejections
+    def revoke_pairing(self, pairing_id: str, reason: str = "revoked") -> bytes:
+        """Revoke one pairing; returns the signed statement to hand to both entities."""
+        pending = self.pending_pairing(pairing_id)
+        if _PAIRING_REVOKED_PREFIX + pairing_id in self.records:
+            raise VerificationError(Reason.REVOKED, "this pairing is already revoked")
+        notice = sign_statement(
+            self.controller_key,
+            "pairing_revoked",
+            {"pairing_id": pairing_id, "binding_id": pending.binding_id, "reason": reason},
+            self._clock(),
+        )
+        index = self.ledger.append(notice)
+        self.records.put_record(_PAIRING_REVOKED_PREFIX + pairing_id, {"ledger_index": index})
+        self.ledger.signed_tree_head()
+        return notice
 
     def is_revoked(self, binding_id: str) -> bool:
         return _REVOKED_PREFIX + binding_id in self.records
@@ -159,6 +270,4 @@ class AuthController:
             raise VerificationError(Reason.UNKNOWN_BINDING, f"no binding {old_binding_id}")
         if not self.is_revoked(old_binding_id):
             self.revoke(old_binding_id, "re-binding")
-        return self.bind(
-            old.entity_a.access_data, old.entity_b.access_data, authorization, supersedes=old_binding_id
-        )
+        return self.bind(old.entity_a.access_data, old.entity_b.access_data, authorization, supersedes=old_binding_id)

@@ -7,6 +7,7 @@ changes and the answer leaves, and a rejected request changes nothing.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -17,8 +18,12 @@ from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError, ModbattError, Reason, VerificationError
 from ..model.access import AccessData
+from ..model.pairing import PairingCertificate
+from ..model.statements import read_statement
 from ..protocol.binding import BindingEntity, EntityBindingState, EntityDecision
 from ..protocol.messages import OPERATIONS, ControllerRequest
+from ..protocol.pairing import PairingParticipant, PairingSecrets, PairingState
+from ._counting import counts_rejections
 from .errors_http import http_status
 
 __all__ = ["EntityNode", "rejection"]
@@ -29,6 +34,9 @@ _IDENTITY = "identity"
 _CONFIG = "entity-config"
 _SEEN = "seen-requests"
 _BINDING_PREFIX = "binding/"
+_PAIRING = "pairing/"
+_PAIRING_USES = "pairing-uses/"
+_PAIRING_REVOKED = "pairing-revoked/"
 
 
 def _key_name(binding_id: str) -> str:
@@ -42,12 +50,13 @@ def _record_name(binding_id: str) -> str:
 class EntityNode:
     """An entity's binding service over a key store (any object with the KeyStore API)."""
 
-    def __init__(
-        self, keystore: Any, *, clock: Callable[[], float] = time.time, rng: RandomSource | None = None
-    ):
+    def __init__(self, keystore: Any, *, clock: Callable[[], float] = time.time, rng: RandomSource | None = None):
         self._store = keystore
         self._clock = clock
         self._lock = threading.Lock()
+        self.pairings: dict[str, PairingParticipant] = {}
+        #: Rejections by reason (binding requests, certificates, offers): failure counters.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
         config = keystore.record(_CONFIG) if _CONFIG in keystore else None
         if config is None:
             raise ModbattError("this key store holds no provisioned entity (run provisioning first)")
@@ -122,6 +131,7 @@ class EntityNode:
                 self._persist(decision)
                 self.machine.apply(decision)
         except VerificationError as exc:
+            self.rejections[exc.reason] += 1
             return http_status(exc.reason), rejection(exc.reason, exc.detail)
         except ModbattError as exc:
             # Storage failed: nothing was applied, the caller may retry.
@@ -144,6 +154,87 @@ class EntityNode:
                     if name in self._store:
                         self._store.delete(name)
             self._store.put_record(_SEEN, seen)
+
+    # ----------------------------------------------------------------------- pairing
+
+    @counts_rejections
+    def accept_certificate(self, certificate: bytes | PairingCertificate) -> PairingParticipant:
+        """Validate a pairing certificate and open this entity's section; counts one use."""
+        cert = PairingCertificate.decode(certificate) if isinstance(certificate, (bytes, bytearray)) else certificate
+        meta = cert.metadata
+        with self._lock:
+            if _PAIRING_REVOKED + meta.pairing_id in self._store:
+                raise VerificationError(Reason.REVOKED, "this pairing was revoked")
+            state = self.machine.bindings.get(meta.binding_id)
+            if state is None or state.partner_key is None:
+                raise VerificationError(Reason.UNKNOWN_BINDING, "the certificate relies on a binding this entity lacks")
+            uses_name = _PAIRING_USES + meta.pairing_id
+            uses = self._store.record(uses_name)["uses"] if uses_name in self._store else 0
+            participant = PairingParticipant(
+                certificate=cert,
+                device_id=self.machine.device_id,
+                binding_id=state.binding_id,
+                binding_key=state.private_key,
+                partner_key=state.partner_key,
+                partner_device_id=state.partner_access.device_id,
+                controller_key=self.machine.controller_key,
+                now=self._clock(),
+                uses_so_far=uses,
+                rng=self.machine._rng,
+            )
+            # The use is counted before any half leaves: a crash cannot buy an extra use.
+            self._store.put_record(uses_name, {"uses": uses + 1})
+            self.pairings[meta.pairing_id] = participant
+        return participant
+
+    def _participant(self, pairing_id: str) -> PairingParticipant:
+        participant = self.pairings.get(pairing_id)
+        if participant is None:
+            raise VerificationError(Reason.WRONG_SESSION, "no pairing in progress with that id")
+        return participant
+
+    @counts_rejections
+    def pairing_start(self, pairing_id: str) -> bytes:
+        return self._participant(pairing_id).start(self._clock())
+
+    @counts_rejections
+    def pairing_offer(self, pairing_id: str, offer: bytes) -> bytes | None:
+        """Take the partner's offer; persist the secrets once the pairing key is rebuilt."""
+        participant = self._participant(pairing_id)
+        with self._lock:
+            reply = participant.on_offer(offer, self._clock())
+            if participant.secrets is not None:
+                self._store.put_record(_PAIRING + pairing_id, participant.secrets.to_record())
+        return reply
+
+    def pairing_secrets(self, pairing_id: str) -> PairingSecrets | None:
+        name = _PAIRING + pairing_id
+        return PairingSecrets.from_record(self._store.record(name)) if name in self._store else None
+
+    def pairing_tick(self) -> list[str]:
+        """Time out partial pairings; returns the ids abandoned."""
+        now = self._clock()
+        dropped = []
+        for pid, participant in list(self.pairings.items()):
+            participant.tick(now)
+            if participant.state is PairingState.TIMED_OUT:
+                del self.pairings[pid]
+                dropped.append(pid)
+        return dropped
+
+    @counts_rejections
+    def apply_pairing_revocation(self, notice: bytes) -> str:
+        """Act on a controller-signed ``pairing_revoked`` statement: erase the pairing's secrets."""
+        statement = read_statement(notice, self.machine.controller_key)
+        if statement["kind"] != "pairing_revoked":
+            raise VerificationError(Reason.MALFORMED, "not a pairing revocation")
+        pairing_id = str(statement["pairing_id"])
+        with self._lock, self._store.transaction():
+            if _PAIRING + pairing_id in self._store:
+                self._store.delete(_PAIRING + pairing_id)
+            self._store.put_record(_PAIRING_REVOKED + pairing_id, {"ledger_statement": notice})
+        self.pairings.pop(pairing_id, None)
+        return pairing_id
 
 
 def rejection(reason: Reason, detail: str) -> dict[str, Any]:

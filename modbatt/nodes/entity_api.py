@@ -44,9 +44,7 @@ def _no_constants(name: str) -> Any:
 def parse_json_strict(data: bytes) -> Any:
     """Parse JSON refusing duplicate keys, NaN/Infinity and invalid UTF-8."""
     try:
-        return json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (UnicodeDecodeError, json.JSONDecodeError, _JsonError, RecursionError) as exc:
         raise _JsonError(str(exc)) from None
 
@@ -85,9 +83,7 @@ def create_entity_app(node: EntityNode) -> FastAPI:
         try:
             payload = parse_json_strict(body)
         except _JsonError as exc:
-            return JSONResponse(
-                rejection(Reason.MALFORMED, f"body is not valid JSON: {exc}"), status_code=400
-            )
+            return JSONResponse(rejection(Reason.MALFORMED, f"body is not valid JSON: {exc}"), status_code=400)
         # Key-store writes fsync: keep them off the event loop.
         status, answer = await run_in_threadpool(node.handle, op, payload)
         return JSONResponse(answer, status_code=status)

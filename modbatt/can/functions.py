@@ -1,0 +1,73 @@
+"""Function codes of the secured protocol (the seed layout's 9-bit ``function`` field).
+
+Defined once here: the link, the DBC export, the monitor and the simulator all read this table.
+Each function carries one :class:`~modbatt.model.policy.MessageClass`, so a receiver can check
+the tier signalled in the identifier against the policy minimum for what the frame claims to be
+(a command sent in clear, or with the flag bits stripped, is refused as ``tier_too_low``).
+
+Ranges: 0x001-0x03F protocol management (binding tier by default), 0x040-0x07F routine
+monitoring (exchange tier), 0x080-0x0BF critical operations (pairing tier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..errors import Reason, VerificationError
+from ..model.policy import MessageClass
+
+__all__ = ["FUNCTIONS", "Function", "function_for", "function_named", "message_class_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """One function code: its name (as in the DBC) and the message class it carries."""
+
+    code: int
+    name: str
+    message_class: MessageClass
+
+
+_TABLE = (
+    Function(0x001, "ANNOUNCE", MessageClass.IDENTITY),
+    Function(0x002, "WITNESS", MessageClass.VALIDATION),
+    Function(0x003, "VALIDATION", MessageClass.VALIDATION),
+    Function(0x004, "CERTIFICATE", MessageClass.CERTIFICATE),
+    Function(0x040, "VOLTAGE", MessageClass.VOLTAGE_TELEMETRY),
+    Function(0x041, "CURRENT", MessageClass.CURRENT_TELEMETRY),
+    Function(0x042, "TEMPERATURE", MessageClass.TEMPERATURE_TELEMETRY),
+    Function(0x043, "STATUS", MessageClass.STATUS),
+    Function(0x044, "HEARTBEAT", MessageClass.HEARTBEAT),
+    Function(0x045, "LOG", MessageClass.LOG),
+    Function(0x080, "CHARGE_COMMAND", MessageClass.CHARGE_COMMAND),
+    Function(0x081, "DISCHARGE_COMMAND", MessageClass.DISCHARGE_COMMAND),
+    Function(0x082, "SAFETY_LIMITS", MessageClass.SAFETY_LIMITS),
+    Function(0x083, "FIRMWARE_UPDATE", MessageClass.FIRMWARE_UPDATE),
+    Function(0x084, "CONFIGURATION", MessageClass.CONFIGURATION),
+    Function(0x085, "CRITICAL_TELEMETRY", MessageClass.CRITICAL_TELEMETRY),
+)
+
+#: Function code -> :class:`Function`.
+FUNCTIONS = MappingProxyType({f.code: f for f in _TABLE})
+_BY_CLASS = MappingProxyType({f.message_class: f for f in _TABLE if f.message_class is not MessageClass.VALIDATION})
+_BY_NAME = MappingProxyType({f.name: f for f in _TABLE})
+
+
+def function_for(message_class: MessageClass) -> Function:
+    """The function that carries ``message_class`` (validation: see ``function_named``)."""
+    if message_class is MessageClass.VALIDATION:
+        return _BY_NAME["VALIDATION"]
+    return _BY_CLASS[MessageClass(message_class)]
+
+
+def function_named(name: str) -> Function:
+    return _BY_NAME[name]
+
+
+def message_class_of(code: int) -> MessageClass:
+    """The message class a function code claims; an unknown code is ``malformed``."""
+    f = FUNCTIONS.get(code)
+    if f is None:
+        raise VerificationError(Reason.MALFORMED, f"unknown function code 0x{code:03x}")
+    return f.message_class

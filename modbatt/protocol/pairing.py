@@ -1,0 +1,552 @@
+"""The Pairing transaction (seed Phase 2) as sans-I/O machines.
+
+* :func:`issue_certificate` — the controller makes a 64-byte pairing key, splits it into two
+  32-byte halves, makes an exchange key, seals each half (with the metadata hash and the
+  exchange key) to the owning entity's semi-public key, encrypts the handshake section under
+  a key derived from the full pairing key, signs, and **erases** the key material. What it keeps
+  (:class:`PendingPairing`) holds no pairing secret.
+* :class:`PairingParticipant` — an entity validates the certificate, opens its section, swaps
+  halves with its partner under the exchange key (offers signed with the binding keys),
+  rebuilds the pairing key, opens the handshake section and signs the completion.
+* :func:`verify_completion` — the controller checks the completion proof and yields the ledger
+  record.
+
+Controller modes. ``standard`` is the seed's design: the traffic secrets derive from the pairing
+and exchange keys alone, so a controller that failed to erase them could read everything.
+``blind`` (our step beyond the seed) adds an ephemeral ECDH exchange between the entities,
+signed with their binding keys, into both secrets: the controller — which never holds a binding
+private key — cannot derive traffic keys even if it kept the pairing key.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crypto import labels
+from ..crypto.rng import RandomSource, SystemRandom
+from ..crypto.suite import (
+    AEAD_NONCE_BYTES,
+    PrivateKey,
+    PublicKey,
+    aead_decrypt,
+    aead_encrypt,
+    hkdf_sha256,
+    open_sealed,
+    seal_to_semi_public_key,
+    sha256,
+)
+from ..encoding import canonical_dumps, strict_loads
+from ..errors import ProtocolError, Reason, VerificationError
+from ..model._fields import expect_map, integer, raw_bytes, text, uuid_text
+from ..model.binding import BindingRecord
+from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
+from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
+
+__all__ = [
+    "HALF_BYTES",
+    "PAIRING_KEY_BYTES",
+    "CompletionProof",
+    "PairingParticipant",
+    "PairingSecrets",
+    "PairingState",
+    "PendingPairing",
+    "issue_certificate",
+    "verify_completion",
+]
+
+PAIRING_KEY_BYTES = 64
+HALF_BYTES = 32
+EXCHANGE_KEY_BYTES = 32
+VALIDATION_NONCE_BYTES = 16
+SESSION_NONCE_BYTES = 16
+#: Partial pairings are abandoned after this long by default (spec addendum: 30 s).
+DEFAULT_HANDSHAKE_TIMEOUT_S = 30
+_ROLES = ("a", "b")
+
+
+def _section_context(pairing_id: str, role: str) -> bytes:
+    return labels.SEAL_PAIRING_SECTION + pairing_id.encode("ascii") + role.encode("ascii")
+
+
+def _handshake_key(pairing_key: bytes | bytearray, pairing_id: str) -> bytes:
+    return hkdf_sha256(bytes(pairing_key), info=labels.PAIRING_HANDSHAKE_KEY + pairing_id.encode("ascii"))
+
+
+def _wipe(buf: bytearray) -> None:
+    # Best effort in CPython: overwrite the one mutable copy we control.
+    buf[:] = bytes(len(buf))
+
+
+# --------------------------------------------------------------------------- controller side
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPairing:
+    """What the controller keeps after issuing: no pairing key, half or exchange key."""
+
+    pairing_id: str
+    binding_id: str
+    certificate_hash: bytes
+    validation_nonce: bytes
+    handshake_deadline: float
+    expires_at: float
+    max_uses: int
+    key_a: PublicKey
+    key_b: PublicKey
+    sessions: tuple[bytes, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "pairing_id": self.pairing_id,
+            "binding_id": self.binding_id,
+            "certificate_hash": self.certificate_hash,
+            "validation_nonce": self.validation_nonce,
+            "handshake_deadline": self.handshake_deadline,
+            "expires_at": self.expires_at,
+            "max_uses": self.max_uses,
+            "key_a": self.key_a.to_bytes(),
+            "key_b": self.key_b.to_bytes(),
+            "sessions": list(self.sessions),
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> PendingPairing:
+        return cls(
+            r["pairing_id"], r["binding_id"], r["certificate_hash"], r["validation_nonce"],
+            r["handshake_deadline"], r["expires_at"], r["max_uses"],
+            PublicKey.from_bytes(r["key_a"]), PublicKey.from_bytes(r["key_b"]), tuple(r["sessions"]),
+        )  # fmt: skip
+
+
+def issue_certificate(
+    *,
+    controller_key: PrivateKey,
+    binding: BindingRecord,
+    callback: str,
+    now: float,
+    valid_for_s: int = 24 * 3600,
+    max_uses: int = 1,
+    context: str = "battery_management",
+    policy: EncryptionPolicy = DEFAULT_POLICY,
+    restrictions: Restrictions | None = None,
+    mode: ControllerMode = ControllerMode.STANDARD,
+    handshake_timeout_s: int = DEFAULT_HANDSHAKE_TIMEOUT_S,
+    rng: RandomSource | None = None,
+    pairing_id: str | None = None,
+) -> tuple[PairingCertificate, PendingPairing]:
+    """Build and sign a pairing certificate for the two entities of ``binding``."""
+    rng = rng or SystemRandom()
+    pairing_id = pairing_id or str(uuid.UUID(bytes=rng.token_bytes(16), version=4))
+    now_ms = int(now * 1000)
+    metadata = PairingMetadata(
+        pairing_id=pairing_id,
+        binding_id=binding.binding_id,
+        context=context,
+        entity_a=binding.entity_a.access_data,
+        entity_b=binding.entity_b.access_data,
+        created_at_ms=now_ms,
+        valid_from_ms=now_ms,
+        expires_at_ms=now_ms + valid_for_s * 1000,
+        max_uses=max_uses,
+        encryption_policy=policy,
+        restrictions=restrictions or Restrictions(),
+        controller_mode=mode,
+        handshake_timeout_s=handshake_timeout_s,
+        controller_key_id=controller_key.public_key.key_id(),
+    )
+    metadata_bytes = metadata.encode()
+    metadata_hash = sha256(metadata_bytes)
+    pairing_key = bytearray(rng.token_bytes(PAIRING_KEY_BYTES))
+    exchange_key = bytearray(rng.token_bytes(EXCHANGE_KEY_BYTES))
+    validation_nonce = rng.token_bytes(VALIDATION_NONCE_BYTES)
+    try:
+        sections = {}
+        for role, entity, half in (
+            ("a", binding.entity_a, pairing_key[:HALF_BYTES]),
+            ("b", binding.entity_b, pairing_key[HALF_BYTES:]),
+        ):
+            plain = canonical_dumps(
+                {"role": role, "half": bytes(half), "metadata_hash": metadata_hash, "exchange_key": bytes(exchange_key)}
+            )
+            sections[f"entity_{role}"] = seal_to_semi_public_key(
+                entity.semi_public_key, plain, context=_section_context(pairing_id, role), rng=rng
+            )
+        handshake = canonical_dumps(
+            {
+                "validation_nonce": validation_nonce,
+                "callback": callback,
+                "completion_instructions": {
+                    "required_fields": ["pairing_id", "validation_nonce", "session_nonce", "entity_signatures"],
+                    "timeout_seconds": handshake_timeout_s,
+                },
+            }
+        )
+        nonce = rng.token_bytes(AEAD_NONCE_BYTES)
+        sections["handshake_validation"] = nonce + aead_encrypt(
+            _handshake_key(pairing_key, pairing_id), nonce, handshake, metadata_hash
+        )
+    finally:
+        _wipe(pairing_key)
+        _wipe(exchange_key)
+    cert = PairingCertificate(metadata_bytes, sections).sign(controller_key)
+    pending = PendingPairing(
+        pairing_id,
+        binding.binding_id,
+        cert.certificate_hash,
+        validation_nonce,
+        now + handshake_timeout_s,
+        metadata.expires_at_ms / 1000,
+        max_uses,
+        binding.entity_a.semi_public_key,
+        binding.entity_b.semi_public_key,
+    )
+    return cert, pending
+
+
+def _completion_bytes(
+    pairing_id: str, validation_nonce: bytes, session_nonce: bytes, cert_hash: bytes, role: str
+) -> bytes:
+    return canonical_dumps(
+        {
+            "pairing_id": pairing_id,
+            "validation_nonce": validation_nonce,
+            "session_nonce": session_nonce,
+            "certificate_hash": cert_hash,
+            "role": role,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionProof:
+    """The seed's completion message, plus the session nonce that makes each use distinct."""
+
+    pairing_id: str
+    validation_nonce: bytes
+    session_nonce: bytes
+    entity_signatures: Mapping[str, bytes]
+
+    def to_json(self) -> dict[str, Any]:
+        from ..model._fields import b64
+
+        return {
+            "pairing_id": self.pairing_id,
+            "validation_nonce": b64(self.validation_nonce),
+            "session_nonce": b64(self.session_nonce),
+            "entity_signatures": {f"entity_{r}": b64(self.entity_signatures[r]) for r in _ROLES},
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> CompletionProof:
+        from ..model._fields import b64_bytes
+
+        m = expect_map(
+            value, "completion", required={"pairing_id", "validation_nonce", "session_nonce", "entity_signatures"}
+        )
+        sigs = expect_map(m["entity_signatures"], "entity_signatures", required={"entity_a", "entity_b"})
+        return cls(
+            uuid_text(m["pairing_id"], "pairing_id"),
+            b64_bytes(m["validation_nonce"], "validation_nonce", size=VALIDATION_NONCE_BYTES),
+            b64_bytes(m["session_nonce"], "session_nonce", size=SESSION_NONCE_BYTES),
+            {r: b64_bytes(sigs[f"entity_{r}"], f"entity_signatures.entity_{r}", size=64) for r in _ROLES},
+        )
+
+
+def verify_completion(pending: PendingPairing, proof: CompletionProof, now: float) -> PendingPairing:
+    """Check a completion proof; returns the updated pending state (one more use recorded).
+
+    Rejections: wrong pairing (``wrong_session``), wrong nonce (``hash_mismatch``), a bad
+    binding-key signature (``bad_signature``), a replayed session (``replay``), more uses than
+    the certificate allows (``exhausted``), past the handshake deadline of the first use
+    (``timeout``) or past expiry (``expired``).
+    """
+    if proof.pairing_id != pending.pairing_id:
+        raise VerificationError(Reason.WRONG_SESSION, "completion names another pairing")
+    if now > pending.expires_at:
+        raise VerificationError(Reason.EXPIRED, "pairing certificate has expired")
+    if not pending.sessions and now > pending.handshake_deadline:
+        raise VerificationError(Reason.TIMEOUT, "the pairing handshake was not completed in time")
+    if proof.validation_nonce != pending.validation_nonce:
+        raise VerificationError(Reason.HASH_MISMATCH, "validation nonce does not match the certificate")
+    if proof.session_nonce in pending.sessions:
+        raise VerificationError(Reason.REPLAY, "this completion was already recorded")
+    if len(pending.sessions) >= pending.max_uses:
+        raise VerificationError(Reason.EXHAUSTED, f"the certificate allows {pending.max_uses} use(s)")
+    for role, key in (("a", pending.key_a), ("b", pending.key_b)):
+        key.verify(
+            labels.SIG_PAIRING_COMPLETION,
+            _completion_bytes(
+                pending.pairing_id, proof.validation_nonce, proof.session_nonce, pending.certificate_hash, role
+            ),
+            proof.entity_signatures[role],
+        )
+    return PendingPairing(
+        pending.pairing_id, pending.binding_id, pending.certificate_hash, pending.validation_nonce,
+        pending.handshake_deadline, pending.expires_at, pending.max_uses, pending.key_a, pending.key_b,
+        (*pending.sessions, proof.session_nonce),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- entity side
+
+
+class PairingState(enum.Enum):
+    AWAITING_PARTNER = "awaiting_partner"
+    COMPLETING = "completing"  # initiator holds the keys and the completion proof
+    PAIRED = "paired"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PairingSecrets:
+    """The two symmetric tier secrets a pairing yields (inputs to the CAN/link key derivation)."""
+
+    pairing_id: str
+    role: str
+    pairing_secret: bytes = field(repr=False)
+    exchange_secret: bytes = field(repr=False)
+    mode: ControllerMode = ControllerMode.STANDARD
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "pairing_id": self.pairing_id,
+            "role": self.role,
+            "pairing_secret": self.pairing_secret,
+            "exchange_secret": self.exchange_secret,
+            "mode": self.mode.value,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
+        return cls(r["pairing_id"], r["role"], r["pairing_secret"], r["exchange_secret"], ControllerMode(r["mode"]))
+
+
+_OFFER_FIELDS = {"pairing_id", "role", "session_nonce", "sealed_half", "ephemeral", "completion", "signature"}
+
+
+class PairingParticipant:
+    """One entity's side of a pairing, from certificate to traffic secrets.
+
+    ``binding_key`` is this entity's private key for the binding the pairing relies on and
+    ``partner_key`` the partner's semi-public key; both come from the Binding transaction.
+    Role ``a`` initiates (:meth:`start`), role ``b`` answers (:meth:`on_offer`).
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: PairingCertificate,
+        device_id: str,
+        binding_id: str,
+        binding_key: PrivateKey,
+        partner_key: PublicKey,
+        partner_device_id: str,
+        controller_key: PublicKey,
+        now: float,
+        uses_so_far: int = 0,
+        rng: RandomSource | None = None,
+    ) -> None:
+        self._rng = rng or SystemRandom()
+        certificate.verify(controller_key)
+        meta = certificate.metadata
+        self.metadata = meta
+        self.certificate = certificate
+        self.role = meta.role_of(device_id)
+        partner_role = "b" if self.role == "a" else "a"
+        if meta.binding_id != binding_id or meta.entity(partner_role).device_id != partner_device_id:
+            raise VerificationError(Reason.WRONG_PEER, "certificate pairs this device with someone it is not bound to")
+        now_ms = int(now * 1000)
+        if now_ms < meta.valid_from_ms:
+            raise VerificationError(Reason.NOT_YET_VALID, "pairing certificate is not valid yet")
+        if now_ms > meta.expires_at_ms:
+            raise VerificationError(Reason.EXPIRED, "pairing certificate has expired")
+        if uses_so_far >= meta.max_uses:
+            raise VerificationError(Reason.EXHAUSTED, f"certificate already used {uses_so_far} time(s)")
+        section = expect_map(
+            strict_loads(
+                open_sealed(
+                    binding_key,
+                    certificate.sections[f"entity_{self.role}"],
+                    context=_section_context(meta.pairing_id, self.role),
+                )
+            ),
+            "section",
+            required={"role", "half", "metadata_hash", "exchange_key"},
+        )
+        if section["role"] != self.role:
+            raise VerificationError(Reason.WRONG_PEER, "section was made for the other role")
+        if raw_bytes(section["metadata_hash"], "metadata_hash", size=32) != certificate.metadata_hash:
+            raise VerificationError(Reason.HASH_MISMATCH, "clear metadata differs from what the controller sealed")
+        self._half = raw_bytes(section["half"], "half", size=HALF_BYTES)
+        self._exchange_key = raw_bytes(section["exchange_key"], "exchange_key", size=EXCHANGE_KEY_BYTES)
+        self._binding_key = binding_key
+        self._partner_key = partner_key
+        self._ephemeral = PrivateKey.generate(self._rng) if meta.controller_mode is ControllerMode.BLIND else None
+        self.deadline = now + meta.handshake_timeout_s
+        self.state = PairingState.AWAITING_PARTNER
+        self.session_nonce: bytes | None = None
+        self.secrets: PairingSecrets | None = None
+        self.completion: CompletionProof | None = None
+        self._validation_nonce: bytes | None = None
+        self.callback: str | None = None
+        self._sent = False
+
+    @property
+    def pairing_id(self) -> str:
+        return self.metadata.pairing_id
+
+    # -- offers --------------------------------------------------------------------------
+
+    def _half_key(self, role: str) -> bytes:
+        return hkdf_sha256(
+            self._exchange_key, info=labels.PAIRING_HALF_EXCHANGE + self.pairing_id.encode("ascii") + role.encode()
+        )
+
+    def _offer(self, completion: bytes | None) -> bytes:
+        assert self.session_nonce is not None
+        nonce = self._rng.token_bytes(AEAD_NONCE_BYTES)
+        aad = self.pairing_id.encode("ascii") + self.role.encode()
+        body = {
+            "pairing_id": self.pairing_id,
+            "role": self.role,
+            "session_nonce": self.session_nonce,
+            "sealed_half": nonce + aead_encrypt(self._half_key(self.role), nonce, self._half, aad),
+            "ephemeral": self._ephemeral.public_key.to_bytes() if self._ephemeral else None,
+            "completion": completion,
+        }
+        signature = self._binding_key.sign(labels.SIG_PAIRING_OFFER, canonical_dumps(body))
+        self._sent = True
+        return canonical_dumps({**body, "signature": signature})
+
+    def start(self, now: float) -> bytes:
+        """Initiator: the first offer (this entity's half under the exchange key)."""
+        if self.role != "a" or self._sent:
+            raise ProtocolError("only entity a starts, once")
+        self._check_deadline(now)
+        self.session_nonce = self._rng.token_bytes(SESSION_NONCE_BYTES)
+        return self._offer(None)
+
+    def on_offer(self, data: bytes, now: float) -> bytes | None:
+        """Take the partner's offer. Entity b answers with its own offer; entity a returns None
+        and holds the :attr:`completion` proof for the controller's callback."""
+        self._check_deadline(now)
+        if self.state is not PairingState.AWAITING_PARTNER:
+            raise VerificationError(Reason.DUPLICATE, f"pairing is {self.state.value}")
+        offer = dict(expect_map(strict_loads(data, max_bytes=1024), "offer", required=_OFFER_FIELDS))
+        signature = raw_bytes(offer.pop("signature"), "offer.signature", size=64)
+        self._partner_key.verify(labels.SIG_PAIRING_OFFER, canonical_dumps(offer), signature)
+        partner_role = "b" if self.role == "a" else "a"
+        if offer["pairing_id"] != self.pairing_id or offer["role"] != partner_role:
+            raise VerificationError(Reason.WRONG_SESSION, "offer belongs to another pairing or role")
+        session_nonce = raw_bytes(offer["session_nonce"], "offer.session_nonce", size=SESSION_NONCE_BYTES)
+        if self.role == "b":
+            self.session_nonce = session_nonce
+        elif session_nonce != self.session_nonce:
+            raise VerificationError(Reason.WRONG_SESSION, "offer answers another session")
+        sealed = raw_bytes(offer["sealed_half"], "offer.sealed_half", max_len=128)
+        aad = self.pairing_id.encode("ascii") + partner_role.encode()
+        partner_half = aead_decrypt(
+            self._half_key(partner_role), sealed[:AEAD_NONCE_BYTES], sealed[AEAD_NONCE_BYTES:], aad
+        )
+        if len(partner_half) != HALF_BYTES:
+            raise VerificationError(Reason.MALFORMED, "a half is 32 bytes")
+        pairing_key = bytearray(self._half + partner_half if self.role == "a" else partner_half + self._half)
+        try:
+            self._open_handshake(pairing_key)
+            dh = self._blind_secret(offer.get("ephemeral"))
+            self.secrets = self._derive(pairing_key, dh)
+        finally:
+            _wipe(pairing_key)
+        assert self._validation_nonce is not None
+        my_completion = self._binding_key.sign(
+            labels.SIG_PAIRING_COMPLETION,
+            _completion_bytes(
+                self.pairing_id,
+                self._validation_nonce,
+                self.session_nonce,
+                self.certificate.certificate_hash,
+                self.role,
+            ),
+        )
+        if self.role == "b":
+            self.state = PairingState.PAIRED
+            return self._offer(my_completion)
+        partner_completion = raw_bytes(offer["completion"], "offer.completion", size=64)
+        self._partner_key.verify(
+            labels.SIG_PAIRING_COMPLETION,
+            _completion_bytes(
+                self.pairing_id, self._validation_nonce, self.session_nonce, self.certificate.certificate_hash, "b"
+            ),
+            partner_completion,
+        )
+        self.completion = CompletionProof(
+            self.pairing_id, self._validation_nonce, self.session_nonce, {"a": my_completion, "b": partner_completion}
+        )
+        self.state = PairingState.COMPLETING
+        return None
+
+    def confirm(self) -> None:
+        """Initiator: the controller accepted the completion."""
+        if self.state is not PairingState.COMPLETING:
+            raise ProtocolError("nothing to confirm")
+        self.state = PairingState.PAIRED
+
+    def tick(self, now: float) -> None:
+        """Abandon a partial pairing past its handshake deadline (erasing the half)."""
+        if self.state is PairingState.AWAITING_PARTNER and now > self.deadline:
+            self.state = PairingState.TIMED_OUT
+            self._half = b""
+            self._exchange_key = b""
+
+    def _check_deadline(self, now: float) -> None:
+        self.tick(now)
+        if self.state is PairingState.TIMED_OUT:
+            raise VerificationError(Reason.TIMEOUT, "the pairing handshake timed out")
+
+    def _open_handshake(self, pairing_key: bytearray) -> None:
+        box = self.certificate.sections["handshake_validation"]
+        try:
+            plain = aead_decrypt(
+                _handshake_key(pairing_key, self.pairing_id),
+                box[:AEAD_NONCE_BYTES],
+                box[AEAD_NONCE_BYTES:],
+                self.certificate.metadata_hash,
+            )
+        except VerificationError:
+            self.state = PairingState.FAILED
+            raise VerificationError(Reason.KEY_MISMATCH, "the halves do not rebuild the pairing key") from None
+        hs = expect_map(
+            strict_loads(plain), "handshake", required={"validation_nonce", "callback", "completion_instructions"}
+        )
+        self._validation_nonce = raw_bytes(hs["validation_nonce"], "validation_nonce", size=VALIDATION_NONCE_BYTES)
+        self.callback = text(hs["callback"], "callback", max_len=256)
+        instructions = expect_map(
+            hs["completion_instructions"], "completion_instructions", required={"required_fields", "timeout_seconds"}
+        )
+        integer(instructions["timeout_seconds"], "timeout_seconds", lo=1, hi=86_400)
+
+    def _blind_secret(self, partner_ephemeral: Any) -> bytes | None:
+        if self._ephemeral is None:
+            if partner_ephemeral is not None:
+                raise VerificationError(Reason.MALFORMED, "standard-mode offer carries an ephemeral key")
+            return None
+        if partner_ephemeral is None:
+            raise VerificationError(Reason.MALFORMED, "blind-mode offer lacks its ephemeral key")
+        return self._ephemeral.exchange(PublicKey.from_bytes(raw_bytes(partner_ephemeral, "ephemeral", size=33)))
+
+    def _derive(self, pairing_key: bytearray, dh: bytes | None) -> PairingSecrets:
+        pid = self.pairing_id.encode("ascii")
+        if dh is None:
+            pairing_secret = hkdf_sha256(bytes(pairing_key), info=labels.PAIRING_TRAFFIC_SECRET + pid)
+            exchange_secret = hkdf_sha256(self._exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pid)
+        else:
+            pairing_secret = hkdf_sha256(bytes(pairing_key) + dh, info=labels.PAIRING_BLIND_TRAFFIC_SECRET + pid)
+            exchange_secret = hkdf_sha256(self._exchange_key + dh, info=labels.PAIRING_BLIND_EXCHANGE_SECRET + pid)
+        return PairingSecrets(
+            self.pairing_id, self.role, pairing_secret, exchange_secret, self.metadata.controller_mode
+        )

@@ -1,0 +1,304 @@
+"""The Pairing transaction: certificate, half exchange, completion, both controller modes,
+the zero-knowledge controller, and every bad-input class with its classified rejection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from helpers_binding import World
+
+from modbatt.crypto import labels
+from modbatt.crypto.suite import PrivateKey, hkdf_sha256
+from modbatt.encoding import canonical_dumps
+from modbatt.errors import Reason, VerificationError
+from modbatt.model import AccessData, TransportProtocol
+from modbatt.model.pairing import SECTION_NAMES, ControllerMode, PairingCertificate
+from modbatt.model.statements import read_statement
+from modbatt.nodes.pairing_flow import pair_entities
+from modbatt.protocol.pairing import PairingState
+
+
+def _bound_world(**kw):
+    w = World(**kw)
+    record = w.bind().record
+    return w, record
+
+
+@pytest.mark.parametrize("mode", list(ControllerMode))
+def test_pairing_flow_gives_both_entities_the_same_secrets_and_records_completion(mode):
+    w, record = _bound_world()
+    out = pair_entities(w.controller, w.pack, w.module, record.binding_id, mode=mode)
+    a, b = out.secrets["pack-01"], out.secrets["module-01"]
+    assert a.pairing_secret == b.pairing_secret and a.exchange_secret == b.exchange_secret
+    assert a.pairing_secret != a.exchange_secret
+    assert (a.role, b.role) == ("a", "b")
+    kinds = [read_statement(w.ledger.entry(i), w.controller_key.public_key)["kind"] for i in (1, 2)]
+    assert kinds == ["pairing_issued", "pairing_completed"]
+    completed = read_statement(w.ledger.entry(out.ledger_index), w.controller_key.public_key)
+    assert completed["pairing_id"] == out.certificate.metadata.pairing_id and completed["use"] == 1
+
+
+def test_certificate_layout_three_sections_and_metadata():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    decoded = PairingCertificate.decode(cert.encode())
+    decoded.verify(w.controller_key.public_key)
+    assert tuple(decoded.sections) == SECTION_NAMES
+    meta = decoded.metadata
+    assert meta.entity_a == w.pack.access_data and meta.entity_b == w.module.access_data
+    assert meta.encryption_policy.minimum  # the tier policy travels in the clear metadata
+    view = decoded.describe()
+    assert [s["name"] for s in view["sections"]] == list(SECTION_NAMES)
+    assert view["size"] == len(cert.encode())
+
+
+def _secret_bytes_seen_by_entities(w, pairing_id):
+    """Every secret an entity holds for the pairing: halves, exchange key, derived secrets."""
+    out = []
+    for node in (w.pack, w.module):
+        p = node.pairings[pairing_id]
+        out += [p._half, p._exchange_key, p.secrets.pairing_secret, p.secrets.exchange_secret]
+    return out
+
+
+def _everything_the_controller_stores(w):
+    blobs = [w.ledger.entry(i) for i in range(w.ledger.size)]
+    store = w.controller_store
+    for name in store.names():
+        if name in store.key_names():
+            blobs.append(store.private_key(name).scalar_bytes())
+        else:
+            blobs.append(canonical_dumps(store.record(name)))
+    return b"".join(blobs)
+
+
+def test_controller_stores_hold_no_pairing_secret():
+    w, record = _bound_world()
+    out = pair_entities(w.controller, w.pack, w.module, record.binding_id)
+    stored = _everything_the_controller_stores(w)
+    secrets = _secret_bytes_seen_by_entities(w, out.certificate.metadata.pairing_id)
+    assert len(secrets) == 8 and all(len(s) == 32 for s in secrets)
+    for secret in secrets:
+        assert secret not in stored
+
+
+class _RecordingRandom:
+    """A controller whose randomness an attacker recorded (it failed to erase the pairing key)."""
+
+    reproducible = True
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def token_bytes(self, n):
+        out = self.inner.token_bytes(n)
+        self.seen.append(out)
+        return out
+
+
+@pytest.mark.parametrize(("mode", "controller_reads_traffic"), [("standard", True), ("blind", False)])
+def test_compromised_controller_reads_traffic_only_in_standard_mode(mode, controller_reads_traffic):
+    w, record = _bound_world()
+    spy = _RecordingRandom(w.rng)
+    w.controller._rng = spy
+    out = pair_entities(w.controller, w.pack, w.module, record.binding_id, mode=ControllerMode(mode))
+    pairing_id = out.certificate.metadata.pairing_id.encode()
+    pairing_key = next(v for v in spy.seen if len(v) == 64)
+    exchange_key = spy.seen[spy.seen.index(pairing_key) + 1]
+    stolen = hkdf_sha256(pairing_key, info=labels.PAIRING_TRAFFIC_SECRET + pairing_id)
+    stolen_exchange = hkdf_sha256(exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pairing_id)
+    real = out.secrets["module-01"]
+    assert (stolen == real.pairing_secret) is controller_reads_traffic
+    assert (stolen_exchange == real.exchange_secret) is controller_reads_traffic
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _resigned(cert, w, *, metadata=None, sections=None):
+    return PairingCertificate(metadata or cert.metadata_bytes, sections or dict(cert.sections)).sign(w.controller_key)
+
+
+def _accept_error(node, cert):
+    with pytest.raises(VerificationError) as exc:
+        node.accept_certificate(cert if isinstance(cert, bytes) else cert.encode())
+    return exc.value.reason
+
+
+def test_tampered_metadata_fails_the_signature():
+    w, record = _bound_world()
+    data = w.controller.issue_pairing(record.binding_id).encode()
+    # Still well-formed metadata (another device id), so only the signature can catch it.
+    tampered = data.replace(b"pack-01", b"pack-02", 1)
+    before = dict(w.module.rejections)
+    reason = _accept_error(w.module, tampered)
+    assert reason is Reason.BAD_SIGNATURE
+    assert w.module.rejections[Reason.BAD_SIGNATURE] == before.get(Reason.BAD_SIGNATURE, 0) + 1
+    assert w.module.pairings == {}
+
+
+def test_tampered_section_fails_its_authentication_even_if_resigned():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    box = bytearray(cert.sections["entity_b"])
+    box[-1] ^= 0x01
+    forged = _resigned(cert, w, sections={**cert.sections, "entity_b": bytes(box)})
+    assert _accept_error(w.module, forged) is Reason.BAD_MAC
+
+
+def test_metadata_swapped_under_a_valid_signature_is_a_hash_mismatch():
+    w, record = _bound_world()
+    first = w.controller.issue_pairing(record.binding_id)
+    second = w.controller.issue_pairing(record.binding_id, max_uses=5)
+    # Sections from the first certificate, metadata of the second, signed by the controller.
+    forged = _resigned(first, w, metadata=second.metadata_bytes)
+    with pytest.raises(VerificationError) as exc:
+        w.module.accept_certificate(forged.encode())
+    # Each section is sealed under its own pairing id, so opening it under another fails.
+    assert exc.value.reason is Reason.BAD_MAC
+    # Same pairing id, other clear metadata (more uses): the sealed metadata hash catches it.
+    altered = dataclasses.replace(first.metadata, max_uses=7).encode()
+    assert _accept_error(w.module, _resigned(first, w, metadata=altered)) is Reason.HASH_MISMATCH
+
+
+def test_wrong_recipient_is_refused():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    stranger_store = type(w.stores["pack"]).in_memory(reproducible=True)
+    from modbatt.nodes.entity import EntityNode
+
+    stranger = EntityNode.provision(
+        stranger_store,
+        access_data=AccessData("can://can0/0x05", TransportProtocol.CAN, "module-05"),
+        controller_key=w.controller_key.public_key,
+        clock=w.clock,
+        rng=w.rng,
+    )
+    assert _accept_error(stranger, cert) is Reason.UNKNOWN_BINDING
+
+
+@pytest.mark.parametrize(("shift", "reason"), [(-10, Reason.NOT_YET_VALID), (2 * 24 * 3600, Reason.EXPIRED)])
+def test_certificate_outside_its_time_window_is_refused(shift, reason):
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    w.clock.now += shift
+    assert _accept_error(w.module, cert) is reason
+
+
+def test_use_past_max_uses_is_refused_by_entity_and_controller():
+    w, record = _bound_world()
+    out = pair_entities(w.controller, w.pack, w.module, record.binding_id, max_uses=1)
+    assert _accept_error(w.module, out.certificate) is Reason.EXHAUSTED
+    assert w.ledger.size == 3  # issued + completed only
+
+
+def test_second_use_within_max_uses_gets_a_new_session():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, max_uses=2)
+    pid = cert.metadata.pairing_id
+    for use in (1, 2):
+        a = w.pack.accept_certificate(cert.encode())
+        w.module.accept_certificate(cert.encode())
+        reply = w.module.pairing_offer(pid, w.pack.pairing_start(pid))
+        w.pack.pairing_offer(pid, reply)
+        w.controller.complete_pairing(a.completion)
+        assert w.controller.pending_pairing(pid).sessions[-1] == a.session_nonce
+        assert len(w.controller.pending_pairing(pid).sessions) == use
+
+
+def test_replayed_completion_is_refused():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, max_uses=3)
+    pid = cert.metadata.pairing_id
+    a = w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    w.pack.pairing_offer(pid, w.module.pairing_offer(pid, w.pack.pairing_start(pid)))
+    w.controller.complete_pairing(a.completion)
+    size = w.ledger.size
+    with pytest.raises(VerificationError) as exc:
+        w.controller.complete_pairing(a.completion)
+    assert exc.value.reason is Reason.REPLAY
+    assert w.controller.rejections[Reason.REPLAY] == 1
+    assert w.ledger.size == size
+
+
+def test_forged_completion_signature_is_refused():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    pid = cert.metadata.pairing_id
+    a = w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    w.pack.pairing_offer(pid, w.module.pairing_offer(pid, w.pack.pairing_start(pid)))
+    proof = a.completion
+    forged = type(proof)(proof.pairing_id, proof.validation_nonce, proof.session_nonce,
+                         {"a": proof.entity_signatures["a"], "b": proof.entity_signatures["a"]})  # fmt: skip
+    with pytest.raises(VerificationError) as exc:
+        w.controller.complete_pairing(forged)
+    assert exc.value.reason is Reason.BAD_SIGNATURE
+    assert w.ledger.size == 2  # binding + issued: nothing recorded as paired
+
+
+def test_mismatched_halves_are_a_key_mismatch_and_nothing_is_paired():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    pid = cert.metadata.pairing_id
+    w.pack.accept_certificate(cert.encode())
+    b = w.module.accept_certificate(cert.encode())
+    offer = w.pack.pairing_start(pid)
+    b._half = bytes(32)  # module holds a wrong half; its offer is still properly signed
+    with pytest.raises(VerificationError) as exc:
+        w.module.pairing_offer(pid, offer)
+    assert exc.value.reason is Reason.KEY_MISMATCH
+    assert w.module.pairing_secrets(pid) is None
+    assert w.module.rejections[Reason.KEY_MISMATCH] == 1
+
+
+def test_offer_signed_by_someone_else_is_refused():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    pid = cert.metadata.pairing_id
+    a = w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    a._binding_key = PrivateKey.generate(w.rng)  # an impostor holding the pack's section
+    with pytest.raises(VerificationError) as exc:
+        w.module.pairing_offer(pid, w.pack.pairing_start(pid))
+    assert exc.value.reason is Reason.BAD_SIGNATURE
+
+
+def test_partial_pairing_times_out_cleanly_on_both_sides():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, handshake_timeout_s=30)
+    pid = cert.metadata.pairing_id
+    a = w.pack.accept_certificate(cert.encode())
+    b = w.module.accept_certificate(cert.encode())
+    offer = w.pack.pairing_start(pid)
+    w.clock.now += 31  # the module never answered in time
+    assert w.pack.pairing_tick() == [pid] and w.module.pairing_tick() == [pid]
+    assert a.state is PairingState.TIMED_OUT and b.state is PairingState.TIMED_OUT
+    assert a._half == b"" and b._half == b""
+    with pytest.raises(VerificationError) as exc:
+        b.on_offer(offer, w.clock())
+    assert exc.value.reason is Reason.TIMEOUT
+    assert w.pack.pairing_secrets(pid) is None and w.module.pairing_secrets(pid) is None
+
+
+def test_late_completion_is_refused_by_the_controller():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, handshake_timeout_s=30)
+    pid = cert.metadata.pairing_id
+    a = w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    w.pack.pairing_offer(pid, w.module.pairing_offer(pid, w.pack.pairing_start(pid)))
+    w.clock.now += 60
+    with pytest.raises(VerificationError) as exc:
+        w.controller.complete_pairing(a.completion)
+    assert exc.value.reason is Reason.TIMEOUT
+
+
+def test_pairing_needs_a_live_binding():
+    w, record = _bound_world()
+    w.controller.revoke(record.binding_id)
+    with pytest.raises(VerificationError) as exc:
+        w.controller.issue_pairing(record.binding_id)
+    assert exc.value.reason is Reason.REVOKED
