@@ -55,8 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or EXIT_OK)
     except ModbattError as exc:
-        print(f"modbatt {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED if getattr(exc, "reason", None) is not None else EXIT_USAGE
+        reason = getattr(exc, "reason", None)
+        text = str(exc)
+        if reason is not None and not text.startswith(str(reason)):
+            text = f"{reason}: {text}"  # the classified reason always leads
+        print(f"modbatt {args.command}: error: {text}", file=sys.stderr)
+        return EXIT_FAILED if reason is not None else EXIT_USAGE
     except KeyboardInterrupt:
         print("modbatt: interrupted", file=sys.stderr)
         return 130

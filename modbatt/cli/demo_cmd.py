@@ -7,29 +7,46 @@ import json
 import sys
 from pathlib import Path
 
+from ..model.pairing import ControllerMode
+from ..transport.canbus import BusConfig
 from ..workbench.demo import run_demo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="bind a pack controller and a battery module, provably, over a real HTTP API",
-        description="An auth controller binds a pack controller and a battery module over their HTTP "
-        "binding APIs (uvicorn on 127.0.0.1), records the binding in the ledger and proves it.",
+        help="bind and pair a pack controller and a battery module, then talk securely on CAN",
+        description="An auth controller binds a pack controller and a battery module over their HTTP binding "
+        "APIs (uvicorn on 127.0.0.1), records and proves the binding in the ledger, issues a pairing "
+        "certificate, and the two exchange a pairing-tier command and exchange-tier telemetry on a "
+        "python-can bus (virtual by default).",
     )
     p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the narrative")
+    p.add_argument("--in-process", action="store_true", help="call the entities in-process instead of over HTTP")
     p.add_argument(
-        "--in-process", action="store_true", help="call the entities in-process instead of over HTTP"
+        "--mode", choices=[m.value for m in ControllerMode], default="standard", help="controller mode for pairing"
     )
+    p.add_argument("--interface", default=None, help="python-can interface for the CAN part (default virtual)")
+    p.add_argument("--channel", default=None, help="python-can channel")
+    p.add_argument("--bitrate", type=int, default=None, help="bit rate for real adapters")
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    progress = None if args.json else (lambda line: print(f"  - {line}"))
+    bus = None
+    if args.interface or args.channel or args.bitrate:
+        bus = BusConfig.resolve(args.interface, args.channel, args.bitrate)
+    progress = None if args.json else (lambda line: print(f"  - {line}", flush=True))
     if not args.json:
-        print("modbatt demo: binding a pack controller and a battery module")
-    result = run_demo(args.state, transport="in-process" if args.in_process else "http", progress=progress)
+        print("modbatt demo: binding, pairing and a secured CAN exchange")
+    result = run_demo(
+        args.state,
+        transport="in-process" if args.in_process else "http",
+        progress=progress,
+        mode=ControllerMode(args.mode),
+        bus=bus,
+    )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         print()

@@ -39,9 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _provisioning(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("first run (provisioning)")
     g.add_argument("--device-id", help="this entity's device id")
-    g.add_argument(
-        "--controller-key", type=Path, help="DER SubjectPublicKeyInfo of the one controller to obey"
-    )
+    g.add_argument("--controller-key", type=Path, help="DER SubjectPublicKeyInfo of the one controller to obey")
     g.add_argument("--endpoint", help="advertised endpoint URL (default http://HOST:PORT)")
     g.add_argument("--lct-id", help="bound LCT id (lct:...)")
     g.add_argument("--chain-id", default="modbatt-ledger", help="bound LCT chain or ledger id")
@@ -49,12 +47,8 @@ def _provisioning(p: argparse.ArgumentParser) -> None:
 
 def _open_node(args: argparse.Namespace, endpoint: str | None) -> EntityNode:
     store_path = args.state / _STORE
-    if not store_path.exists() and not (
-        getattr(args, "device_id", None) and getattr(args, "controller_key", None)
-    ):
-        raise ConfigError(
-            f"{args.state} holds no entity yet: pass --device-id and --controller-key on first run"
-        )
+    if not store_path.exists() and not (getattr(args, "device_id", None) and getattr(args, "controller_key", None)):
+        raise ConfigError(f"{args.state} holds no entity yet: pass --device-id and --controller-key on first run")
     store = open_keystore(store_path)
     if getattr(args, "device_id", None) and endpoint is not None:
         try:

@@ -1,25 +1,38 @@
-"""``modbatt demo``: an auth controller binds a pack controller and a battery module.
+"""``modbatt demo``: bind, pair, and talk securely on a CAN bus.
 
-Over real HTTP by default (each entity's binding API served by uvicorn on 127.0.0.1),
-or in-process. Ends with the binding proven from the ledger: an inclusion proof under
-the controller-signed tree head, verified with nothing but the controller's public key.
+1. An auth controller binds a pack controller and a battery module over their real HTTP binding
+   APIs (uvicorn on 127.0.0.1; or in process), and the binding is proven from the ledger with an
+   inclusion proof that needs nothing but the controller's public key.
+2. The controller issues a pairing certificate; the entities swap key halves and report
+   completion, which is recorded.
+3. Over a python-can bus (``virtual`` by default), the pack sends a charge command at the pairing
+   tier and the module answers a voltage reading at the exchange tier.
 """
 
 from __future__ import annotations
 
 import base64
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, Reason, VerificationError
+import can
+
+from ..errors import ConfigError, Reason, TransportError, VerificationError
 from ..ledger import verify_inclusion
 from ..model.access import AccessData, LctRef, TransportProtocol
+from ..model.pairing import ControllerMode
+from ..model.policy import EncryptionPolicy, MessageClass
 from ..nodes.controller import AuthController
+from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
+from ..nodes.link import Received, SelectiveLink
+from ..nodes.pairing_flow import pair_entities
+from ..transport.canbus import BusConfig, open_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
 from .deployment import Deployment
 
@@ -40,6 +53,9 @@ class DemoResult:
     tree_head: dict[str, Any]
     controller_public_key: bytes
     transport: str
+    pairing: dict[str, Any] = field(default_factory=dict)
+    pairing_certificate: bytes = b""
+    frames: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -51,6 +67,9 @@ class DemoResult:
             "controller_public_key": base64.b64encode(self.controller_public_key).decode("ascii"),
             "transport": self.transport,
             "state": str(self.state_dir),
+            "pairing": self.pairing,
+            "pairing_certificate": base64.b64encode(self.pairing_certificate).decode("ascii"),
+            "frames": self.frames,
         }
 
 
@@ -86,8 +105,14 @@ def run_demo(
     *,
     transport: str = "http",
     progress: Callable[[str], None] | None = None,
+    mode: ControllerMode = ControllerMode.STANDARD,
+    bus: BusConfig | None = None,
 ) -> DemoResult:
-    """Bind a pack controller and a battery module; ``transport`` is ``"http"`` or ``"in-process"``."""
+    """Bind, pair, and exchange one command and one telemetry frame over a python-can bus.
+
+    ``transport`` (``"http"`` or ``"in-process"``) carries the binding API; ``bus`` the CAN
+    frames (default: python-can's ``virtual`` interface on a private channel).
+    """
     state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="modbatt-demo-"))
     steps: list[str] = []
 
@@ -116,6 +141,15 @@ def run_demo(
             f"ledger entry #{outcome.ledger_index} proven under the signed tree head "
             f"(size {sth.tree_size}, {len(proof)} proof hashes) with only the controller's public key"
         )
+        outcome_pairing = pair_entities(controller, pack, module, record.binding_id, mode=mode)
+        meta = outcome_pairing.certificate.metadata
+        cert_bytes = outcome_pairing.certificate.encode()
+        say(
+            f"controller issued pairing {meta.pairing_id} ({mode.value} mode, {len(cert_bytes)}-byte certificate) "
+            "and erased the pairing key; the entities swapped halves under the exchange key"
+        )
+        say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
+        frames = _talk_over_can(pack, module, record.binding_id, meta.pairing_id, meta.encryption_policy, bus, say)
         return DemoResult(
             state_dir=state,
             ledger_path=deployment.ledger_path,
@@ -124,5 +158,67 @@ def run_demo(
             tree_head=sth.to_dict(),
             controller_public_key=deployment.controller_public_key.to_spki_der(),
             transport=transport,
+            pairing={
+                "pairing_id": meta.pairing_id,
+                "controller_mode": mode.value,
+                "certificate_bytes": len(cert_bytes),
+                "sections": outcome_pairing.certificate.describe()["sections"],
+                "ledger_index": outcome_pairing.ledger_index,
+            },
+            pairing_certificate=cert_bytes,
+            frames=frames,
             steps=steps,
         )
+
+
+def _frame_view(direction: str, pdu_id: int, data: bytes, got: Received) -> dict[str, Any]:
+    return {
+        "direction": direction,
+        "message_class": got.message_class.value,
+        "tier": got.tier.label,
+        "can_id": f"0x{pdu_id:08X}",
+        "data": data.hex(),
+        "payload": got.payload.hex(),
+    }
+
+
+def _talk_over_can(
+    pack: EntityNode,
+    module: EntityNode,
+    binding_id: str,
+    pairing_id: str,
+    policy: EncryptionPolicy,
+    bus: BusConfig | None,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One charge command (pairing tier) and one voltage reading (exchange tier) on a real python-can bus."""
+    node_id = module.access_data.can_node or 0x01
+    links = {}
+    for name, node in (("pack", pack), ("module", module)):
+        state = node.binding(binding_id)
+        secrets = node.pairing_secrets(pairing_id)
+        if state is None or state.partner_key is None or secrets is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"{node.access_data.device_id} is not paired")
+        links[name] = SelectiveLink(
+            secrets=secrets, policy=policy, node=node_id, binding_key=state.private_key, partner_key=state.partner_key
+        )
+    config = bus or BusConfig(interface="virtual", channel=f"modbatt-demo-{uuid.uuid4().hex}")
+    frames = []
+    with open_bus(config) as pack_bus, open_bus(config) as module_bus:
+        for sender, receiver, tx_bus, rx_bus, cls, payload, label in (
+            ("pack", "module", pack_bus, module_bus, MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", "charge command"),
+            ("module", "pack", module_bus, pack_bus, MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80", "voltage reading"),
+        ):
+            pdu = links[sender].send(cls, payload)
+            tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
+            msg = rx_bus.recv(timeout=2.0)
+            if msg is None:
+                raise TransportError(f"the {label} did not arrive on {config.describe()}")
+            got = links[receiver].receive(msg.arbitration_id, bytes(msg.data))
+            frames.append(_frame_view(f"{sender}->{receiver}", msg.arbitration_id, bytes(msg.data), got))
+            say(
+                f"{label} {sender} -> {receiver} on {config.interface}: id 0x{msg.arbitration_id:08X} "
+                f"data {bytes(msg.data).hex(' ')} ({got.tier.label} tier), "
+                f"verified and decrypted to {got.payload.hex(' ')}"
+            )
+    return frames
