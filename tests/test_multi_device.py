@@ -100,3 +100,13 @@ def test_forged_pairing_revocation_is_refused():
         modules[1].apply_pairing_revocation(forged)
     assert exc.value.reason is Reason.BAD_SIGNATURE
     assert modules[1].pairing_secrets(pid) is not None
+
+
+def test_revoking_a_binding_voids_its_pairing_on_both_sides():
+    w, modules, pairings = _pack_with_modules(2)
+    record, outcome = pairings[1]
+    pid = outcome.certificate.metadata.pairing_id
+    w.controller.revoke(record.binding_id, "module 1 removed")
+    assert w.pack.pairing_secrets(pid) is None and modules[1].pairing_secrets(pid) is None
+    other = pairings[2][1].certificate.metadata.pairing_id
+    assert w.pack.pairing_secrets(other) is not None  # module 2 untouched

@@ -18,11 +18,15 @@ from ..errors import ModbattError
 # Sub-command modules, in the order `modbatt --help` lists them.
 _COMMAND_MODULES = (
     "demo",
+    "run",
+    "sweep",
     "entity",
     "ledger",
+    "audit",
     "cert",
     "dbc",
     "monitor",
+    "attack",
     "bench",
 )
 

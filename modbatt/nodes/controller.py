@@ -222,8 +222,8 @@ class AuthController:
     def complete_pairing(self, proof: CompletionProof) -> int:
         """The callback: verify a completion proof and record it; returns its ledger index."""
         pending = self.pending_pairing(proof.pairing_id)
-        if _PAIRING_REVOKED_PREFIX + proof.pairing_id in self.records:
-            raise VerificationError(Reason.REVOKED, "this pairing was revoked")
+        if _PAIRING_REVOKED_PREFIX + proof.pairing_id in self.records or self.is_revoked(pending.binding_id):
+            raise VerificationError(Reason.REVOKED, "this pairing (or its binding) was revoked")
         now = self._clock()
         updated = verify_completion(pending, proof, now)
         entry = sign_statement(

@@ -149,9 +149,13 @@ class EntityNode:
                     self._store.put_private_key(_key_name(state.binding_id), state.private_key)
                 self._store.put_record(_record_name(state.binding_id), state.to_record())
             if decision.remove is not None:
-                # Revocation destroys the binding key: nothing to extract afterwards.
+                # Revocation destroys the binding key, and the pairings that relied on the
+                # binding are void (seed: re-binding issues new keys, pairings void).
                 for name in (_key_name(decision.remove), _record_name(decision.remove)):
                     if name in self._store:
+                        self._store.delete(name)
+                for name in self._store.record_names():
+                    if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
                         self._store.delete(name)
             self._store.put_record(_SEEN, seen)
 
@@ -204,7 +208,8 @@ class EntityNode:
         with self._lock:
             reply = participant.on_offer(offer, self._clock())
             if participant.secrets is not None:
-                self._store.put_record(_PAIRING + pairing_id, participant.secrets.to_record())
+                record = {**participant.secrets.to_record(), "binding_id": participant.metadata.binding_id}
+                self._store.put_record(_PAIRING + pairing_id, record)
         return reply
 
     def pairing_secrets(self, pairing_id: str) -> PairingSecrets | None:

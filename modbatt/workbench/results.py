@@ -1,0 +1,49 @@
+"""Saving what notebooks and sweeps produce: JSON results and figures (PNG + SVG), reproducibly.
+
+Notebooks call these with the folders the runner injects as parameters, so a notebook holds no
+file-handling logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["save_figure", "save_results", "write_atomic"]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename (no half-written outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_results(name: str, data: Any, results_dir: str | os.PathLike[str]) -> Path:
+    """``results_dir/NAME.json`` with sorted keys (stable diffs between runs)."""
+    path = Path(results_dir) / f"{name}.json"
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    return path
+
+
+def save_figure(fig: Any, name: str, figures_dir: str | os.PathLike[str]) -> list[Path]:
+    """Save a matplotlib figure as ``NAME.png`` and ``NAME.svg`` without timestamps."""
+    import matplotlib
+
+    out = []
+    with matplotlib.rc_context({"svg.hashsalt": "modbatt", "svg.fonttype": "none"}):
+        for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+            path = Path(figures_dir) / f"{name}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, format=ext, metadata=meta, bbox_inches="tight", dpi=110)
+            out.append(path)
+    return out
