@@ -1,0 +1,147 @@
+"""``modbatt monitor``: watch a CAN bus or a recorded log, decoded.
+
+Forms::
+
+    modbatt monitor                                   python-can config / env, else virtual
+    modbatt monitor --interface slcan --channel /dev/ttyACM0 --bitrate 500000
+    modbatt monitor --interface udp_multicast --per-id --duration 10
+    modbatt monitor --log capture.blf --dbc extra.dbc --count 100
+    modbatt monitor --interface pcan --channel PCAN_USBBUS1 --record run.asc
+
+All logic lives in :mod:`modbatt.transport.monitor`; this module only maps arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+from . import EXIT_OK
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``monitor`` to the ``modbatt`` parser."""
+    parser = subparsers.add_parser(
+        "monitor",
+        help="show CAN frames with decoded IDs and signals, per-ID rates and bus load",
+        description=(
+            "Show frames from a CAN bus (any python-can interface) or a recorded log, with the "
+            "29-bit ID split by a modbatt ID layout and signals decoded by databases. Stops on "
+            "--count, --duration, the end of a log or Ctrl-C, then prints frames/s and bus load."
+        ),
+    )
+    bus = parser.add_argument_group("bus (defaults from python-can's config files and CAN_* variables)")
+    bus.add_argument("-i", "--interface", help="python-can interface: virtual, udp_multicast, slcan, socketcan …")
+    bus.add_argument("-c", "--channel", help="channel: virtual name, multicast group, serial port, can0 …")
+    bus.add_argument("-b", "--bitrate", type=int, help="nominal bit rate in bit/s (also used for bus load)")
+    bus.add_argument("--fd", action="store_true", help="open the bus for CAN FD")
+    bus.add_argument("--data-bitrate", type=int, help="CAN FD data-phase bit rate in bit/s")
+    bus.add_argument("--config-context", metavar="SECTION", help="python-can config file section to use")
+    bus.add_argument("--log", metavar="FILE", help="read a recorded .log/.asc/.blf instead of a bus")
+
+    bus.add_argument(
+        "-f",
+        "--filter",
+        metavar="ID:MASK",
+        action="append",
+        default=[],
+        help="hex ID:MASK, ID~MASK (inverse) or ID; a frame passes if any filter matches; repeatable",
+    )
+
+    dec = parser.add_argument_group("decoding")
+    dec.add_argument("--layout", metavar="NAME", help="CAN ID layout (default: the seed layout)")
+    dec.add_argument(
+        "--dbc", metavar="FILE", action="append", default=[], help="extra database (DBC/KCD/ARXML…); repeatable"
+    )
+    dec.add_argument(
+        "--no-builtin-dbc",
+        action="store_true",
+        help="do not decode with modbatt's own databases (secured protocol, legacy catalog)",
+    )
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--per-id", action="store_true", help="one line per ID: count, Δt, rate, last data")
+    out.add_argument("--refresh", type=float, default=1.0, metavar="S", help="--per-id table period (live)")
+    out.add_argument("-n", "--count", type=int, metavar="N", help="stop after N frames")
+    out.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
+    out.add_argument("--record", metavar="FILE", help="also record every frame seen (.log, .asc or .blf)")
+    parser.set_defaults(handler=_monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from ..transport import recording
+    from ..transport.canbus import BusConfig, open_bus
+    from ..transport.monitor import Monitor, load_databases, parse_filters, run_monitor
+
+    if args.refresh <= 0:
+        raise ConfigError("--refresh must be a positive number of seconds")
+    if args.log is not None and (args.interface or args.channel or args.fd):
+        raise ConfigError("--log reads a file: leave out --interface, --channel and --fd")
+    if args.record is not None:
+        recording.log_format(args.record)  # fail on a bad suffix before opening anything
+    filters = parse_filters(args.filter)
+
+    config = None
+    if args.log is None:
+        config = BusConfig.resolve(
+            interface=args.interface,
+            channel=args.channel,
+            bitrate=args.bitrate,
+            fd=True if args.fd or args.data_bitrate else None,
+            data_bitrate=args.data_bitrate,
+            context=args.config_context,
+        )
+
+    def problem(text: str) -> None:
+        print(f"# {text}", file=sys.stderr, flush=True)
+
+    monitor = Monitor(
+        args.layout,
+        load_databases(args.dbc),
+        builtin_databases=not args.no_builtin_dbc,
+        on_problem=problem,
+        bitrate=args.bitrate or (config.bitrate if config else None),
+        data_bitrate=args.data_bitrate or (config.data_bitrate if config else None),
+    )
+
+    def write(line: str) -> None:
+        print(line, flush=True)
+
+    recorder = recording.open_writer(args.record) if args.record is not None else None
+    try:
+        if config is None:
+            print(f"# log {args.log}", file=sys.stderr)
+            run_monitor(
+                monitor,
+                recording.read_log(args.log),
+                write,
+                per_id=args.per_id,
+                count=args.count,
+                duration=args.duration,
+                recorder=recorder,
+                filters=filters,
+            )
+        else:
+            if monitor.builtin is not None:
+                monitor.builtin.prepare(fd=config.fd)  # before the bus: no frames queue meanwhile
+            with open_bus(config) as bus:
+                print(f"# {bus.channel_info or config.describe()}", file=sys.stderr)
+                run_monitor(
+                    monitor,
+                    bus,
+                    write,
+                    per_id=args.per_id,
+                    count=args.count,
+                    duration=args.duration,
+                    recorder=recorder,
+                    refresh=args.refresh,
+                    filters=filters,
+                )
+    finally:
+        if recorder is not None:
+            recorder.stop()
+    return EXIT_OK

@@ -1,0 +1,294 @@
+"""``modbatt monitor`` and its core, on recorded logs and on a live virtual bus."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools.database
+import pytest
+from cantools.database.can import Message as DbMessage
+from cantools.database.can import Signal
+from cantools.database.conversion import BaseConversion
+
+from modbatt.cli import main
+from modbatt.errors import ConfigError, Reason, VerificationError
+from modbatt.model.tier import Tier
+from modbatt.transport.monitor import Monitor, run_monitor
+from modbatt.transport.recording import read_log, write_log
+
+ids = pytest.importorskip("modbatt.can.ids")
+
+T0 = 1_700_000_000.0
+GOOD_ID = ids.SEED_LAYOUT.encode(ids.CanIdFields(function=0x12, node=0x05, priority=3, tier=Tier.PAIRING))
+CLEAR_ID = ids.SEED_LAYOUT.encode(ids.CanIdFields(function=0x40, node=0x01, priority=6))
+MALFORMED_ID = 0x00020000  # flag=1 with level 00: malformed in the seed layout
+
+
+def _frames() -> list[can.Message]:
+    frames = []
+    for i in range(10):
+        frames.append(can.Message(timestamp=T0 + i * 0.010, arbitration_id=GOOD_ID, data=bytes([i, 0xA5, 0, 0])))
+        frames.append(can.Message(timestamp=T0 + i * 0.010 + 0.001, arbitration_id=CLEAR_ID, data=bytes([7] * 8)))
+    frames.append(can.Message(timestamp=T0 + 0.2, arbitration_id=MALFORMED_ID, data=b"\x01"))
+    frames.append(can.Message(timestamp=T0 + 0.3, arbitration_id=0x411, is_extended_id=False, data=bytes(8)))
+    frames.append(
+        can.Message(timestamp=T0 + 0.4, arbitration_id=GOOD_ID, is_fd=True, bitrate_switch=True, data=bytes(range(24)))
+    )
+    frames.append(can.Message(timestamp=T0 + 0.5, is_error_frame=True, arbitration_id=0x20000004, dlc=8, data=bytes(8)))
+    return frames
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    path = tmp_path / "capture.blf"
+    write_log(path, _frames())
+    return path
+
+
+def _frame_lines(text: str) -> list[str]:
+    """Trace lines (they start with a timestamp), not the table or the summary."""
+    return [line for line in text.splitlines() if re.match(r"\s*\d+\.\d{6}  ", line)]
+
+
+def test_trace_of_a_recorded_log(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--log", str(capture), "--no-builtin-dbc", "--bitrate", "500000"]) == 0
+    out = capsys.readouterr().out
+    lines = _frame_lines(out)
+    assert len(lines) == len(_frames())
+    good = lines[0]
+    assert f"{GOOD_ID:08X}" in good and "flag=1 pairing fn=0x12 node=0x05 prio=3" in good
+    assert "[4]" in good and "00 A5 00 00" in good
+    assert "flag=0 none fn=0x40(VOLTAGE) node=0x01" in lines[1]
+    malformed = next(line for line in lines if f"{MALFORMED_ID:08X}" in line)
+    assert "malformed: encryption flag disagrees" in malformed
+    assert "11-bit ID (layout seed is 29-bit)" in next(line for line in lines if " 411 " in line)
+    fd = next(line for line in lines if "[24]FB" in line)
+    assert "flag=1 pairing" in fd
+    assert any("ERROR FRAME 00000004  controller" in line for line in lines)  # class named, as candump -e
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith(f"{len(_frames())} frames in 0.500 s")
+    assert "bus load" in summary and "of 500 kbit/s (worst-case" in summary
+    assert "malformed IDs: 1; error frames: 1" in summary
+
+
+def test_per_id_view(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--log", str(capture), "--per-id", "--no-builtin-dbc"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:5] == ["ID", "count", "Δt", "ms", "rate/s"]
+    rows = {line.split()[0]: line for line in out[1:-1]}
+    good = rows[f"{GOOD_ID:08X}"]
+    # 10 classic frames then one FD frame: count 11, last Δt 400 - 90 = 310 ms
+    assert good.split()[1] == "11" and good.split()[2] == "310.000"
+    clear = rows[f"{CLEAR_ID:08X}"].split()
+    assert clear[1:4] == ["10", "10.000", "100.0"]  # 10 ms apart -> 100 frames/s
+    assert "07 07 07" in rows[f"{CLEAR_ID:08X}"] and "*" not in rows[f"{CLEAR_ID:08X}"]  # no byte changed
+    assert "00*" in good  # the last frame changed its first byte
+    assert "malformed:" in rows[f"{MALFORMED_ID:08X}"]
+
+
+def test_count_and_duration_on_a_log(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--log", str(capture), "--count", "3", "--no-builtin-dbc"]) == 0
+    assert len(_frame_lines(capsys.readouterr().out)) == 3
+    # duration uses the log's own timestamps: frames within 0.095 s of the first
+    assert main(["monitor", "--log", str(capture), "--duration", "0.095", "--no-builtin-dbc"]) == 0
+    assert len(_frame_lines(capsys.readouterr().out)) == 20
+
+
+def test_filters(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--log", str(capture), "-f", f"{CLEAR_ID:X}", "--no-builtin-dbc"]) == 0
+    lines = _frame_lines(capsys.readouterr().out)
+    ids_seen = {line.split()[1] for line in lines}
+    assert ids_seen == {f"{CLEAR_ID:08X}", "ERROR"} and len(lines) == 11  # error frames always pass
+    # inverse filter on the function field (bits 8-16): everything but function 0x12
+    spec = f"{0x12 << 8:X}~{0x1FF << 8:X}"
+    assert main(["monitor", "--log", str(capture), "-f", spec, "--no-builtin-dbc"]) == 0
+    lines = _frame_lines(capsys.readouterr().out)
+    assert f"{GOOD_ID:08X}" not in "".join(lines) and len(lines) == len(_frames()) - 11
+    assert main(["monitor", "--log", str(capture), "-f", "xyz"]) == 2
+    assert "bad filter 'xyz'" in capsys.readouterr().err
+
+
+def test_dbc_signals(capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = cantools.database.can.Database(
+        messages=[
+            DbMessage(
+                frame_id=CLEAR_ID,
+                name="CellSummary",
+                length=8,
+                is_extended_frame=True,
+                signals=[
+                    Signal("voltage", start=0, length=16, conversion=BaseConversion.factory(scale=0.001), unit="V"),
+                    Signal("count", start=16, length=8),
+                ],
+            )
+        ]
+    )
+    dbc = tmp_path / "extra.dbc"
+    dbc.write_text(db.as_dbc_string())
+    assert main(["monitor", "--log", str(capture), "--dbc", str(dbc), "--count", "2", "--no-builtin-dbc"]) == 0
+    lines = _frame_lines(capsys.readouterr().out)
+    assert "CellSummary: voltage=1.799, count=7" in lines[1]
+    assert "CellSummary" not in lines[0]
+    assert main(["monitor", "--log", str(capture), "--dbc", str(tmp_path / "none.dbc")]) == 2
+    assert "no such database file" in capsys.readouterr().err
+
+
+def test_live_virtual_bus_with_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    channel = f"mon-{uuid.uuid4().hex}"
+    record = tmp_path / "live.asc"
+    stop = threading.Event()
+
+    def sender() -> None:
+        with can.Bus(interface="virtual", channel=channel, ignore_config=True) as bus:
+            i = 0
+            deadline = time.monotonic() + 5.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                bus.send(can.Message(arbitration_id=GOOD_ID, data=i.to_bytes(2, "big")))
+                bus.send(can.Message(arbitration_id=MALFORMED_ID, data=b"\xee"))
+                i += 1
+                stop.wait(0.002)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    try:
+        code = main(
+            [
+                "monitor",
+                "--interface",
+                "virtual",
+                "--channel",
+                channel,
+                "--count",
+                "30",
+                "--duration",
+                "5",
+                "--record",
+                str(record),
+                "--no-builtin-dbc",
+            ]
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+    assert code == 0 and not thread.is_alive()
+    captured = capsys.readouterr()
+    lines = _frame_lines(captured.out)
+    assert len(lines) == 30
+    assert any("malformed:" in line for line in lines) and any("flag=1 pairing" in line for line in lines)
+    assert "30 frames in" in captured.out.splitlines()[-1]
+    assert "virtual" in captured.err.lower()
+    recorded = list(read_log(record))
+    assert len(recorded) == 30 and {m.arbitration_id for m in recorded} == {GOOD_ID, MALFORMED_ID}
+
+
+def test_live_per_id_refreshes_and_stops_on_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    channel = f"mon-{uuid.uuid4().hex}"
+    stop = threading.Event()
+
+    def sender() -> None:
+        with can.Bus(interface="virtual", channel=channel, ignore_config=True) as bus:
+            while not stop.wait(0.005):
+                bus.send(can.Message(arbitration_id=CLEAR_ID, data=b"\x01\x02"))
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        assert (
+            main(
+                [
+                    "monitor",
+                    "-i",
+                    "virtual",
+                    "-c",
+                    channel,
+                    "--per-id",
+                    "--refresh",
+                    "0.1",
+                    "--duration",
+                    "0.45",
+                    "--no-builtin-dbc",
+                ]
+            )
+            == 0
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+    assert time.monotonic() - started < 3.0
+    out = capsys.readouterr().out
+    tables = [line for line in out.splitlines() if line.startswith("ID ")]
+    assert len(tables) >= 3  # refreshed during the run, plus the final table
+    assert f"{CLEAR_ID:08X}" in out
+
+
+def test_builtin_databases_match_any_node(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("modbatt.can.dbc")
+    assert main(["monitor", "--log", str(capture), "--count", "2"]) == 0
+    lines = _frame_lines(capsys.readouterr().out)
+    # node 0x01, priority 6: the DBC holds node 0x01 at priority 0 -> matched by fields
+    assert "| VOLTAGE_N2C_EXCHANGE" not in lines[0]  # GOOD_ID is function 0x12: in no database
+    assert "| VOLTAGE_C2N_" in lines[1]
+    monitor = Monitor("seed", builtin_databases=True)
+    other_node = ids.SEED_LAYOUT.encode(
+        ids.CanIdFields(function=0x40, node=0x1F, priority=5, direction=1, tier=Tier.EXCHANGE)
+    )
+    report = monitor.decode(can.Message(arbitration_id=other_node, data=bytes(8)))
+    assert report.message_name == "VOLTAGE_N2C_EXCHANGE" and report.signals is not None
+    legacy = monitor.decode(can.Message(arbitration_id=0x411, is_extended_id=False, data=bytes(8)))
+    assert legacy.message_name == "MODULE_STATE"
+
+
+class _FakeDecryptor:
+    """Test double of the future key-store decryptor: 'knows' one node's key."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decrypt(self, msg: can.Message, id_fields: Any) -> bytes | None:
+        self.calls += 1
+        if id_fields.node != 0x05:
+            return None
+        if bytes(msg.data[:1]) == b"\xff":
+            raise VerificationError(Reason.BAD_MAC, "tag mismatch")
+        return b"plain" + bytes(msg.data[:1])
+
+
+def test_decryptor_hook() -> None:
+    decryptor = _FakeDecryptor()
+    monitor = Monitor("seed", decryptor=decryptor)
+    other = ids.SEED_LAYOUT.encode(ids.CanIdFields(function=0x12, node=0x06, tier=Tier.BINDING))
+    frames = [
+        can.Message(timestamp=T0, arbitration_id=GOOD_ID, data=b"\x01\x02"),
+        can.Message(timestamp=T0 + 0.01, arbitration_id=GOOD_ID, data=b"\xff\x02"),
+        can.Message(timestamp=T0 + 0.02, arbitration_id=other, data=b"\x01"),
+        can.Message(timestamp=T0 + 0.03, arbitration_id=CLEAR_ID, data=b"\x01"),  # not encrypted: not asked
+        can.Message(timestamp=T0 + 0.04, arbitration_id=MALFORMED_ID, data=b"\x01"),  # malformed: not asked
+    ]
+    lines: list[str] = []
+    summary = run_monitor(monitor, frames, lines.append)
+    assert decryptor.calls == 3
+    assert lines[0].endswith("| plain 70 6C 61 69 6E 01")
+    assert lines[1].endswith("| decrypt failed: bad_mac: tag mismatch")
+    assert lines[2].endswith("| encrypted (no key)")
+    assert "|" not in lines[3] and "|" not in lines[4]
+    assert summary.frames == 5 and summary.malformed == 1
+    with pytest.raises(ConfigError, match="decrypt"):
+        Monitor(decryptor=object())  # type: ignore[arg-type]
+
+
+def test_user_errors_are_one_line(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--log", str(capture), "--interface", "virtual"]) == 2
+    assert main(["monitor", "--log", str(capture), "--layout", "nope"]) == 2
+    assert main(["monitor", "--log", str(capture), "--record", "out.csv"]) == 2
+    assert main(["monitor", "--log", str(capture), "--count", "0"]) == 2
+    assert main(["monitor", "--interface", "nosuchbus"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("# ")]
+    assert len(err) == 5 and all(line.startswith("modbatt monitor: error: ") for line in err), err
+    assert "choose one of" in err[1] and "seed" in err[1]
