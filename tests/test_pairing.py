@@ -8,8 +8,7 @@ import dataclasses
 import pytest
 from helpers_binding import World
 
-from modbatt.crypto import labels
-from modbatt.crypto.suite import PrivateKey, hkdf_sha256
+from modbatt.crypto.suite import PrivateKey
 from modbatt.encoding import canonical_dumps
 from modbatt.errors import Reason, VerificationError
 from modbatt.model import AccessData, TransportProtocol
@@ -17,6 +16,7 @@ from modbatt.model.pairing import SECTION_NAMES, ControllerMode, PairingCertific
 from modbatt.model.statements import read_statement
 from modbatt.nodes.pairing_flow import pair_entities
 from modbatt.protocol.pairing import PairingState
+from modbatt.workbench.controller_modes import compromised_controller_reads
 
 
 def _bound_world(**kw):
@@ -83,34 +83,11 @@ def test_controller_stores_hold_no_pairing_secret():
         assert secret not in stored
 
 
-class _RecordingRandom:
-    """A controller whose randomness an attacker recorded (it failed to erase the pairing key)."""
-
-    reproducible = True
-
-    def __init__(self, inner):
-        self.inner, self.seen = inner, []
-
-    def token_bytes(self, n):
-        out = self.inner.token_bytes(n)
-        self.seen.append(out)
-        return out
-
-
 @pytest.mark.parametrize(("mode", "controller_reads_traffic"), [("standard", True), ("blind", False)])
 def test_compromised_controller_reads_traffic_only_in_standard_mode(mode, controller_reads_traffic):
-    w, record = _bound_world()
-    spy = _RecordingRandom(w.rng)
-    w.controller._rng = spy
-    out = pair_entities(w.controller, w.pack, w.module, record.binding_id, mode=ControllerMode(mode))
-    pairing_id = out.certificate.metadata.pairing_id.encode()
-    pairing_key = next(v for v in spy.seen if len(v) == 64)
-    exchange_key = spy.seen[spy.seen.index(pairing_key) + 1]
-    stolen = hkdf_sha256(pairing_key, info=labels.PAIRING_TRAFFIC_SECRET + pairing_id)
-    stolen_exchange = hkdf_sha256(exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pairing_id)
-    real = out.secrets["module-01"]
-    assert (stolen == real.pairing_secret) is controller_reads_traffic
-    assert (stolen_exchange == real.exchange_secret) is controller_reads_traffic
+    exposure = compromised_controller_reads(ControllerMode(mode), seed=11)
+    assert exposure.reads_pairing_tier is controller_reads_traffic
+    assert exposure.reads_exchange_tier is controller_reads_traffic
 
 
 # ---------------------------------------------------------------- bad input

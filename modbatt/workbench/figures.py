@@ -19,7 +19,7 @@ from ..can.wiretime import CLASSIC, FD, BusProfile
 from ..encoding import strict_loads
 from ..model.tier import Tier
 
-__all__ = ["tier_overhead_figure", "trust_graph", "trust_graph_figure"]
+__all__ = ["certificate_anatomy_figure", "tier_overhead_figure", "trust_graph", "trust_graph_figure"]
 
 _TIER_COLOURS = {"none": "#9e9e9e", "exchange": "#4c9be8", "pairing": "#f28e2b", "binding": "#59a14f"}
 
@@ -135,5 +135,33 @@ def tier_overhead_figure(
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("Security overhead per tier: classic CAN (solid) and CAN FD 1M/5M (dashed)")
+    fig.tight_layout()
+    return fig
+
+
+def certificate_anatomy_figure(certificates: Mapping[str, Any]) -> Figure:
+    """Bytes per part of pairing certificates (``{label: PairingCertificate}``), stacked."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    parts = ("metadata", "entity_a", "entity_b", "handshake_validation", "signature + framing")
+    colours = ("#bab0ac", "#4c9be8", "#76b7b2", "#f28e2b", "#59a14f")
+    labels = list(certificates)
+    left = [0.0] * len(labels)
+    for part, colour in zip(parts, colours, strict=True):
+        sizes = []
+        for cert in certificates.values():
+            total = len(cert.encode())
+            known = len(cert.metadata_bytes) + sum(len(v) for v in cert.sections.values())
+            sizes.append(
+                len(cert.metadata_bytes) if part == "metadata"
+                else total - known if part.startswith("signature")
+                else len(cert.sections[part])
+            )  # fmt: skip
+        ax.barh(labels, sizes, left=left, color=colour, label=part)
+        left = [a + b for a, b in zip(left, sizes, strict=True)]
+    for y, total in enumerate(left):
+        ax.text(total + 10, y, f"{int(total)} B", va="center", fontsize=8)
+    ax.set_xlabel("bytes")
+    ax.set_title("Pairing certificate anatomy")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig

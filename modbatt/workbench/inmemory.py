@@ -15,6 +15,7 @@ from ..crypto.rng import RandomSource, SeededRandom, SystemRandom
 from ..crypto.suite import PrivateKey
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
+from ..model.binding import BindingAuthorization
 from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.entity import EntityNode
 from ..transport.http import InProcessEntityClient
@@ -90,6 +91,9 @@ class InMemoryDeployment:
         self.client.nodes[access.endpoint] = node
         return node
 
+    def authorize(self, a: EntityNode, b: EntityNode) -> BindingAuthorization:
+        """The binding authority's grant for ``a`` and ``b`` (the out-of-band step)."""
+        return authorize_binding(self.authority_key, a, b, self.clock(), self.rng)
+
     def bind(self, a: EntityNode, b: EntityNode) -> BindingOutcome:
-        auth = authorize_binding(self.authority_key, a, b, self.clock(), self.rng)
-        return self.controller.bind(a.access_data, b.access_data, auth)
+        return self.controller.bind(a.access_data, b.access_data, self.authorize(a, b))
