@@ -58,6 +58,12 @@ def register(subparsers: Any) -> None:
         "--dbc", metavar="FILE", action="append", default=[], help="extra database (DBC/KCD/ARXML…); repeatable"
     )
     dec.add_argument(
+        "--keystore",
+        metavar="FILE",
+        help="an entity's key store: show its pairings' encrypted payloads in clear (key file FILE.kek, "
+        "or the passphrase in $MODBATT_PASSPHRASE)",
+    )
+    dec.add_argument(
         "--no-builtin-dbc",
         action="store_true",
         help="do not decode with modbatt's own databases (secured protocol, legacy catalog)",
@@ -102,6 +108,7 @@ def _monitor(args: argparse.Namespace) -> int:
     monitor = Monitor(
         args.layout,
         load_databases(args.dbc),
+        decryptor=_decryptor(args.keystore, args.layout) if args.keystore else None,
         builtin_databases=not args.no_builtin_dbc,
         on_problem=problem,
         bitrate=args.bitrate or (config.bitrate if config else None),
@@ -145,3 +152,21 @@ def _monitor(args: argparse.Namespace) -> int:
         if recorder is not None:
             recorder.stop()
     return EXIT_OK
+
+
+def _decryptor(path: str, layout_name: str | None) -> Any:
+    """A decryptor from an entity key store, unlocked by FILE.kek or $MODBATT_PASSPHRASE."""
+    import os
+    from pathlib import Path
+
+    from ..crypto.keystore import KeyStore
+    from ..nodes.monitor_keys import KeyStoreDecryptor
+    from ..transport.monitor import resolve_layout
+
+    store_path = Path(path)
+    passphrase = os.environ.get("MODBATT_PASSPHRASE")
+    if passphrase:
+        store = KeyStore.open(store_path, passphrase=passphrase)
+    else:
+        store = KeyStore.open(store_path, key_file=store_path.with_suffix(".kek"))
+    return KeyStoreDecryptor(store, layout=resolve_layout(layout_name))

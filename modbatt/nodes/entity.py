@@ -212,6 +212,14 @@ class EntityNode:
                 self._store.put_record(_PAIRING + pairing_id, record)
         return reply
 
+    def pairings_held(self) -> list[tuple[str, str]]:
+        """``(pairing_id, binding_id)`` of every pairing whose secrets this entity holds."""
+        out = []
+        for name in self._store.record_names():
+            if name.startswith(_PAIRING):
+                out.append((name[len(_PAIRING) :], str(self._store.record(name).get("binding_id"))))
+        return sorted(out)
+
     def pairing_secrets(self, pairing_id: str) -> PairingSecrets | None:
         name = _PAIRING + pairing_id
         return PairingSecrets.from_record(self._store.record(name)) if name in self._store else None

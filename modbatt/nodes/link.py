@@ -28,11 +28,21 @@ from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.freshness import CounterStore, FreshnessCounter, MemoryCounterStore, ReplayWindow
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import Reason, VerificationError
+from ..model.access import AccessData
 from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
 
-__all__ = ["Received", "SelectiveLink"]
+__all__ = ["DEFAULT_NODE", "Received", "SelectiveLink", "node_id_of"]
+
+#: CAN node used for a module whose access data names no CAN address (e.g. reached over HTTP).
+DEFAULT_NODE = 0x01
+
+
+def node_id_of(module_access: AccessData) -> int:
+    """The CAN node id a module's frames carry: its ``can://…/0xNN`` address, else :data:`DEFAULT_NODE`."""
+    node = module_access.can_node
+    return DEFAULT_NODE if node is None else node
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +99,11 @@ class SelectiveLink:
             self._senders[tier] = SecuredSender(layout, profile, tx, counter)
             window = (windows or {}).get(tier)
             self._receivers[tier] = SecuredReceiver(layout, profile, rx, window)
+
+    @property
+    def sending_direction(self) -> int:
+        """The seed layout's ``dir`` bit this end sends with (0 controller→node, 1 node→controller)."""
+        return self._out_dir
 
     def escalate(self, floor: Tier) -> None:
         """Raise (or with ``Tier.NONE`` reset) the minimum tier for everything sent."""

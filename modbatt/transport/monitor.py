@@ -54,10 +54,10 @@ DEFAULT_LOAD_BITRATE = 500_000
 
 @runtime_checkable
 class Decryptor(Protocol):
-    """Hook for showing encrypted payloads in clear (the future ``--keystore`` option).
+    """Hook for showing encrypted payloads in clear (``--keystore``).
 
-    Nothing in modbatt implements it yet: decryption needs the pairing and binding keys of a
-    key store, which the monitor does not have. An implementation receives every frame whose
+    :class:`modbatt.nodes.monitor_keys.KeyStoreDecryptor` implements it from an entity's key
+    store (its pairings' secrets and binding keys). An implementation receives every frame whose
     ID carries the encryption flag, with the decoded ID fields of the monitor's layout, and
 
     * returns the plaintext payload (bytes) when it holds the key and the frame verifies,

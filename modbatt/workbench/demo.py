@@ -30,7 +30,7 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
-from ..nodes.link import Received, SelectiveLink
+from ..nodes.link import Received, SelectiveLink, node_id_of
 from ..nodes.pairing_flow import pair_entities
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
@@ -192,7 +192,7 @@ def _talk_over_can(
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """One charge command (pairing tier) and one voltage reading (exchange tier) on a real python-can bus."""
-    node_id = module.access_data.can_node or 0x01
+    node_id = node_id_of(module.access_data)
     links = {}
     for name, node in (("pack", pack), ("module", module)):
         state = node.binding(binding_id)
