@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 # Area modules, by the name `modbatt bench NAME` uses.
-AREAS = ("crypto", "binding", "ledger", "pairing", "codec")
+AREAS = ("crypto", "binding", "ledger", "pairing", "codec", "validation")
 
 
 def load_area(name: str) -> ModuleType | None:

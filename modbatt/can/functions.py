@@ -34,6 +34,10 @@ _TABLE = (
     Function(0x002, "WITNESS", MessageClass.VALIDATION),
     Function(0x003, "VALIDATION", MessageClass.VALIDATION),
     Function(0x004, "CERTIFICATE", MessageClass.CERTIFICATE),
+    # The binding API (generate-keys, distribute-key, revoke) over ISO-TP for modules without an IP
+    # stack: C2N requests, N2C answers (modbatt.transport.can_entity). Signed envelopes, so the
+    # binding tier; class VALIDATION because that class is not looked up by function_for.
+    Function(0x005, "BINDING_API", MessageClass.VALIDATION),
     Function(0x040, "VOLTAGE", MessageClass.VOLTAGE_TELEMETRY),
     Function(0x041, "CURRENT", MessageClass.CURRENT_TELEMETRY),
     Function(0x042, "TEMPERATURE", MessageClass.TEMPERATURE_TELEMETRY),

@@ -14,12 +14,13 @@ from typing import Any
 
 from ..crypto import labels
 from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey
-from ..encoding import canonical_dumps
-from ..errors import Reason, VerificationError
+from ..encoding import canonical_dumps, strict_loads
+from ..errors import EncodingError, Reason, VerificationError
 from ..model._fields import b64, b64_bytes, expect_map, integer, malformed, raw_bytes, text, uuid_text
 from ..model.access import AccessData
 
 __all__ = [
+    "MAX_ENVELOPE_CBOR_BYTES",
     "OPERATIONS",
     "REQUEST_ID_BYTES",
     "ControllerRequest",
@@ -28,6 +29,8 @@ __all__ = [
 
 REQUEST_ID_BYTES = 16
 OPERATIONS = ("generate-keys", "distribute-key", "revoke")
+#: Largest CBOR envelope accepted from the wire (a distribute-key request is about 1.8 KiB).
+MAX_ENVELOPE_CBOR_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,14 @@ def _body_out(schema: Mapping[str, _Kind], body: Mapping[str, Any], *, json: boo
     return {name: (kind.to_json if json else kind.to_cbor)(body[name]) for name, kind in schema.items()}
 
 
+def _cbor_map(data: Any) -> Any:
+    """Strictly decode an untrusted CBOR envelope; every failure is a classified VerificationError."""
+    try:
+        return strict_loads(data, max_bytes=MAX_ENVELOPE_CBOR_BYTES)
+    except EncodingError as exc:
+        raise VerificationError(exc.reason, str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerRequest:
     """A request from the auth controller to one entity, signed with the controller key."""
@@ -178,6 +189,45 @@ class ControllerRequest:
             b64_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
         )
 
+    def to_cbor(self) -> bytes:
+        """The whole envelope, signature included, as canonical CBOR (the CAN/MQTT view).
+
+        Same field names as :meth:`to_json`, with byte strings as CBOR byte strings; without
+        ``signature`` it is exactly :meth:`signed_bytes`.
+        """
+        return canonical_dumps(
+            {
+                "op": self.op,
+                "binding_id": self.binding_id,
+                "request_id": self.request_id,
+                "issued_at": self.issued_at_ms,
+                "target": self.target,
+                "body": _body_out(_REQUEST_BODIES[self.op], self.body, json=False),
+                "signature": self.signature,
+            }
+        )
+
+    @classmethod
+    def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> ControllerRequest:
+        """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
+        m = expect_map(
+            _cbor_map(data),
+            "request",
+            required={"op", "binding_id", "request_id", "issued_at", "target", "body", "signature"},
+        )
+        op = _op(m["op"])
+        if expected_op is not None and op != expected_op:
+            raise malformed(f"this endpoint takes op {expected_op!r}, not {op!r}")
+        return cls(
+            op,
+            uuid_text(m["binding_id"], "binding_id"),
+            raw_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
+            integer(m["issued_at"], "issued_at", lo=0, hi=2**53),
+            text(m["target"], "target", max_len=64),
+            _body(_REQUEST_BODIES[op], m["body"], json=False),
+            raw_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class EntityResponse:
@@ -229,4 +279,33 @@ class EntityResponse:
             text(m["device_id"], "device_id", max_len=64),
             _body(_RESPONSE_BODIES[op], m["body"], json=True),
             b64_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
+        )
+
+    def to_cbor(self) -> bytes:
+        """The whole envelope, signature included, as canonical CBOR (the CAN/MQTT view)."""
+        return canonical_dumps(
+            {
+                "op": self.op,
+                "binding_id": self.binding_id,
+                "request_id": self.request_id,
+                "device_id": self.device_id,
+                "body": _body_out(_RESPONSE_BODIES[self.op], self.body, json=False),
+                "signature": self.signature,
+            }
+        )
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> EntityResponse:
+        """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
+        m = expect_map(
+            _cbor_map(data), "response", required={"op", "binding_id", "request_id", "device_id", "body", "signature"}
+        )
+        op = _op(m["op"])
+        return cls(
+            op,
+            uuid_text(m["binding_id"], "binding_id"),
+            raw_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
+            text(m["device_id"], "device_id", max_len=64),
+            _body(_RESPONSE_BODIES[op], m["body"], json=False),
+            raw_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
         )

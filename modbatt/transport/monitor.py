@@ -3,7 +3,7 @@
 A :class:`Monitor` turns each :class:`can.Message` into a :class:`FrameReport`: the 29-bit ID
 split by an ID layout of :mod:`modbatt.can.ids` (encryption flag, level/tier, function, node; or
 "malformed: …" — a monitor shows bad frames, it never stops on them), signals from any cantools
-database whose message matches, and, once a key store exists, the plaintext through a
+database whose message matches, and, given an entity key store, the plaintext through a
 :class:`Decryptor`. It keeps per-ID statistics (count, Δt, rate, changed bytes — the
 can.viewer / cansniffer / SavvyCAN "overwrite" view, in plain text) and the bus load from
 :mod:`modbatt.can.wiretime` bit counts.
