@@ -1,0 +1,84 @@
+"""Tables for the spec notebooks and docs: ID layouts, collisions, frame formats, costs.
+
+Each function returns plain rows (a list of dicts) so notebooks show them with pandas and the
+runner can save them as JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..can.catalog import catalog_id_rows
+from ..can.ids import LAYOUTS, IdLayout, find_collisions
+from ..can.overhead import message_cost
+from ..can.secured import frame_format
+from ..can.wiretime import CLASSIC, FD, BusProfile
+from ..model.tier import Tier
+
+__all__ = ["collision_rows", "collision_summary", "cost_rows", "frame_format_rows", "layout_rows"]
+
+
+def _bits(segments: Iterable[tuple[int, int]]) -> str:
+    parts = []
+    for lsb, width in sorted(segments, reverse=True):
+        parts.append(f"{lsb + width - 1}..{lsb}" if width > 1 else f"{lsb}")
+    return ", ".join(parts)
+
+
+def layout_rows(layouts: Sequence[IdLayout] | None = None) -> list[dict[str, Any]]:
+    """One row per field of each ID layout: name, bit positions, width."""
+    rows = []
+    for layout in layouts or LAYOUTS.values():
+        for field in sorted(layout.fields, key=lambda f: -max(lsb for lsb, _ in f.segments)):
+            rows.append({"layout": layout.name, "id_bits": layout.id_bits, "field": field.name,
+                         "bits": _bits(field.segments), "width": field.width})  # fmt: skip
+    return rows
+
+
+def collision_rows(layout: IdLayout, *, module_ids: Iterable[int] = range(1, 32)) -> list[dict[str, Any]]:
+    """Every conflict between ``layout`` and the legacy catalog (modules 0x01-0x1F, pack 0)."""
+    rows = catalog_id_rows(module_ids=module_ids)
+    return [
+        {
+            "kind": c.kind,
+            "message": c.message,
+            "frame_id": f"0x{c.frame_id:X}",
+            "bits": list(c.bits),
+            "other": c.other,
+            "detail": c.detail,
+        }
+        for c in find_collisions(layout, rows)
+    ]
+
+
+def collision_summary(layouts: Sequence[IdLayout] | None = None, *, module_ids: Iterable[int] = (1,)) -> list[dict]:
+    """Collisions per layout and kind against the legacy catalog."""
+    out = []
+    ids = list(module_ids)
+    for layout in layouts or LAYOUTS.values():
+        counts = collections.Counter(c["kind"] for c in collision_rows(layout, module_ids=ids))
+        out.append(
+            {"layout": layout.name, **{k: counts.get(k, 0) for k in ("security-bits", "reserved-bits", "alias")}}
+        )
+    return out
+
+
+def frame_format_rows(profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[dict[str, Any]]:
+    """Header, trailer, payload room and forgery odds per tier and profile."""
+    rows = []
+    for profile in profiles:
+        for tier in Tier:
+            fmt = frame_format(tier, profile)
+            odds = fmt.forgery_odds_log2
+            rows.append({"profile": profile.name, "tier": tier.label, "header_bytes": fmt.header_bytes,
+                         "trailer_bytes": fmt.trailer_bytes, "room_per_frame": fmt.room,
+                         "freshness_bits_on_wire": fmt.fv_bits,
+                         "forgery_odds_per_try": "-" if odds is None else f"2^{odds}"})  # fmt: skip
+    return rows
+
+
+def cost_rows(payload_bytes: int = 8, profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[dict[str, Any]]:
+    """Wire cost of one ``payload_bytes`` message per tier and profile."""
+    return [message_cost(t, p, payload_bytes).as_row() for p in profiles for t in Tier]
