@@ -12,7 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save_figure", "save_results", "write_atomic"]
+__all__ = ["OUTPUT_ENV", "output_dir", "save_figure", "save_results", "write_atomic"]
+
+#: Where figures and results go when a notebook runs outside ``modbatt run`` with no folder
+#: given: ``$MODBATT_OUTPUT_DIR/{figures,results}`` (the test suite points it at a temporary
+#: folder), else the repository's ``figures/`` and ``data/results/``.
+OUTPUT_ENV = "MODBATT_OUTPUT_DIR"
+
+
+def output_dir(kind: str, explicit: str | os.PathLike[str] | None) -> Path:
+    """The folder for ``kind`` (``"figures"`` or ``"results"``): ``explicit``, else the default above."""
+    if explicit is not None:
+        return Path(explicit)
+    base = os.environ.get(OUTPUT_ENV)
+    if base:
+        return Path(base) / kind
+    from .paths import OutputLayout
+
+    layout = OutputLayout.default()
+    return layout.figures if kind == "figures" else layout.results
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -28,21 +46,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_results(name: str, data: Any, results_dir: str | os.PathLike[str]) -> Path:
+def save_results(name: str, data: Any, results_dir: str | os.PathLike[str] | None = None) -> Path:
     """``results_dir/NAME.json`` with sorted keys (stable diffs between runs)."""
-    path = Path(results_dir) / f"{name}.json"
+    path = output_dir("results", results_dir) / f"{name}.json"
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
     return path
 
 
-def save_figure(fig: Any, name: str, figures_dir: str | os.PathLike[str]) -> list[Path]:
+def save_figure(fig: Any, name: str, figures_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Save a matplotlib figure as ``NAME.png`` and ``NAME.svg`` without timestamps."""
     import matplotlib
 
     out = []
     with matplotlib.rc_context({"svg.hashsalt": "modbatt", "svg.fonttype": "none"}):
         for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
-            path = Path(figures_dir) / f"{name}.{ext}"
+            path = output_dir("figures", figures_dir) / f"{name}.{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, format=ext, metadata=meta, bbox_inches="tight", dpi=110)
             out.append(path)
