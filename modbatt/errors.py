@@ -7,6 +7,9 @@ suite) can count *why* something was rejected, not merely that it was.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = [
     "AuthorizationError",
@@ -20,6 +23,7 @@ __all__ = [
     "ReproducibleModeError",
     "TransportError",
     "VerificationError",
+    "counts_rejections",
 ]
 
 
@@ -100,3 +104,24 @@ class LedgerError(ModbattError):
 
 class TransportError(ModbattError):
     """An endpoint could not be reached or answered outside the protocol."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def counts_rejections(method: _F) -> _F:
+    """Count a :class:`VerificationError` raised by ``method`` in ``self.rejections`` (a Counter), then re-raise.
+
+    Every machine and node exposes such failure counters so monitors, notebooks and the attack
+    matrix can see *why* input was refused (DESIGN §8).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except VerificationError as exc:
+            self.rejections[exc.reason] += 1
+            raise
+
+    return wrapper  # type: ignore[return-value]

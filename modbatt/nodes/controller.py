@@ -18,7 +18,7 @@ from typing import Any
 
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
-from ..errors import ModbattError, Reason, VerificationError
+from ..errors import ModbattError, Reason, VerificationError, counts_rejections
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
 from ..model.pairing import ControllerMode, PairingCertificate
@@ -28,7 +28,6 @@ from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_
 from ..protocol.messages import EntityResponse
 from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
 from ..transport.http import EntityClient
-from ._counting import counts_rejections
 
 __all__ = ["AuthController", "BindingOutcome"]
 
@@ -38,6 +37,9 @@ _RECORD_PREFIX = "binding-record/"
 _REVOKED_PREFIX = "revoked/"
 _PAIRING_PREFIX = "pairing/"
 _PAIRING_REVOKED_PREFIX = "pairing-revoked/"
+#: Nonces of binding authorizations already consumed: a grant binds once (replay would let a
+#: revoked module be re-bound with the grant that first bound it, while that grant is still valid).
+_AUTHORIZATION_USED_PREFIX = "authorization-used/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,9 @@ class AuthController:
             rng=self._rng,
             supersedes=supersedes,
         )
+        used = _AUTHORIZATION_USED_PREFIX + authorization.nonce.hex()
+        if used in self.records:
+            raise VerificationError(Reason.REPLAY, "this binding authorization was already used")
         try:
             queue = tx.start(self._clock())
             while queue:
@@ -110,9 +115,12 @@ class AuthController:
             record = tx.record
             with self.records.transaction():
                 self.records.put_record(_RECORD_PREFIX + record.binding_id, record.to_json())
+                self.records.put_record(used, {"binding_id": record.binding_id})
             index = self.ledger.append(record.ledger_entry())
         except ModbattError:
             self._abort(tx)
+            if used in self.records:  # nothing was recorded: the grant stays usable for a retry
+                self.records.delete(used)
             raise
         self.ledger.signed_tree_head()
         log.info("bound %s and %s as %s", entity_a.device_id, entity_b.device_id, record.binding_id)

@@ -16,14 +16,13 @@ from typing import Any
 
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
-from ..errors import ConfigError, ModbattError, Reason, VerificationError
+from ..errors import ConfigError, ModbattError, Reason, VerificationError, counts_rejections
 from ..model.access import AccessData
 from ..model.pairing import PairingCertificate
 from ..model.statements import read_statement
 from ..protocol.binding import BindingEntity, EntityBindingState, EntityDecision
 from ..protocol.messages import OPERATIONS, ControllerRequest
 from ..protocol.pairing import PairingParticipant, PairingSecrets, PairingState
-from ._counting import counts_rejections
 from .errors_http import http_status
 
 __all__ = ["EntityNode", "rejection"]

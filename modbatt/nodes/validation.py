@@ -1,0 +1,639 @@
+"""Run the validation hierarchy (levels 1-7) and escalation between real nodes, in process.
+
+This is wiring only (DESIGN §2): the rules live in :mod:`modbatt.protocol.validation`; here each
+level's machines are built from what the nodes hold (binding keys, partner keys, pairing
+secrets, the controller's records and ledger), the bytes are carried between them, ledger
+statements are appended for the levels that need a permanent record (2, 6, 7, escalations),
+and every step goes to the :class:`~modbatt.nodes.audit.EventLog`.
+
+Entry points for the workbench (``modbatt demo --json``) and notebooks:
+
+* :func:`run_all_levels` → ``{"1": {"outcome": "ok", "messages": …, "bytes": …, "can_frames": …}, …}``
+* :func:`run_escalation_scenario` → the list of escalation events (accepted, rejected, de-escalated)
+* :class:`Discovery` — a controller learns a module from its L1 announce and reaches it through
+  the protocol its access data names, via an :class:`~modbatt.transport.http.EntityClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..can.wiretime import CLASSIC, BusProfile, isotp_frame_lengths
+from ..crypto import labels
+from ..crypto.rng import RandomSource, SystemRandom
+from ..crypto.suite import PrivateKey, PublicKey
+from ..encoding import strict_loads
+from ..errors import ConfigError, ModbattError, Reason, VerificationError
+from ..model.access import AccessData, TransportProtocol
+from ..model.binding import BindingRecord
+from ..model.policy import DEFAULT_POLICY, MessageClass
+from ..model.statements import sign_statement
+from ..model.tier import Tier
+from ..protocol.validation import (
+    Announcer,
+    AnnounceVerifier,
+    BindingKeyRef,
+    BindingValidationAuthority,
+    BindingValidationSubject,
+    BindingValidationVerifier,
+    CommandExecutor,
+    CommandSender,
+    EscalationGate,
+    EscalationPolicy,
+    EscalationReason,
+    EscalationRequest,
+    LctAttestor,
+    PairedHandshakeInitiator,
+    PairedHandshakeResponder,
+    PairingValidationAuthority,
+    PairingValidationParty,
+    SignedEscalation,
+    SignedHandshakeInitiator,
+    SignedHandshakeResponder,
+    Urgency,
+    WitnessRequester,
+    WitnessService,
+)
+from ..protocol.validation._common import Message
+from ..protocol.validation.binding_validation import BindingChallenge, EntityProof
+from ..transport.http import EntityClient
+from .audit import EventLog, json_safe
+from .controller import AuthController
+from .entity import EntityNode
+from .link import SelectiveLink
+
+__all__ = [
+    "LEVELS",
+    "Discovery",
+    "ValidationContext",
+    "ValidationService",
+    "can_frames",
+    "run_all_levels",
+    "run_escalation_scenario",
+    "run_level",
+]
+
+
+def can_frames(sizes: list[int], profile: BusProfile = CLASSIC) -> int:
+    """CAN frames (ISO-TP, flow control included) the messages of these sizes take on ``profile``."""
+    return sum(len(isotp_frame_lengths(n, profile)) for n in sizes)
+
+
+@dataclass
+class ValidationContext:
+    """Everything the levels need, taken from a bound and paired deployment."""
+
+    controller: AuthController
+    pack: EntityNode
+    module: EntityNode
+    binding_id: str
+    pairing_id: str
+    clock: Callable[[], float]
+    rng: RandomSource
+    events: EventLog = field(default_factory=EventLog)
+    lct_key: PrivateKey | None = None
+    record_index: int | None = None
+    #: Rejections by reason across every level run through :func:`run_level` (failure counters).
+    rejections: collections.Counter[Reason] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        record = self.controller.record(self.binding_id)
+        if record is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"the controller has no binding {self.binding_id}")
+        self.record: BindingRecord = record
+        for node in (self.pack, self.module):
+            state = node.binding(self.binding_id)
+            if state is None or state.partner_key is None or node.pairing_secrets(self.pairing_id) is None:
+                raise VerificationError(Reason.UNKNOWN_BINDING, f"{node.access_data.device_id} is not bound and paired")
+        if self.lct_key is None:
+            # The bound LCT's key lives with the LCT's custodian (its chain); in process we hold it here.
+            self.lct_key = PrivateKey.generate(self.rng)
+
+    @classmethod
+    def from_nodes(
+        cls,
+        controller: AuthController,
+        pack: EntityNode,
+        module: EntityNode,
+        binding_id: str,
+        pairing_id: str,
+        *,
+        events: EventLog | None = None,
+        clock: Callable[[], float] | None = None,
+        rng: RandomSource | None = None,
+        record_index: int | None = None,
+    ) -> ValidationContext:
+        return cls(
+            controller, pack, module, binding_id, pairing_id, clock or controller._clock,
+            rng or controller._rng, events if events is not None else EventLog(), record_index=record_index,
+        )  # fmt: skip
+
+    # -- what each party holds ------------------------------------------------------------
+
+    def side(self, node: EntityNode) -> dict[str, Any]:
+        """One entity's keys and secrets for this binding and pairing (read from its key store once)."""
+        cache = self.__dict__.setdefault("_sides", {})
+        if node.access_data.device_id not in cache:
+            cache[node.access_data.device_id] = self._side(node)
+        return cache[node.access_data.device_id]
+
+    def _side(self, node: EntityNode) -> dict[str, Any]:
+        state = node.binding(self.binding_id)
+        secrets = node.pairing_secrets(self.pairing_id)
+        assert state is not None and state.partner_key is not None and secrets is not None
+        return {
+            "device_id": node.access_data.device_id,
+            "partner_id": state.partner_access.device_id,
+            "binding_key": state.private_key,
+            "partner_key": state.partner_key,
+            "secrets": secrets,
+        }
+
+    def entities(self) -> tuple[Any, Any]:
+        return (self.record.entity_a, self.record.entity_b)
+
+    def now(self) -> float:
+        return self.clock()
+
+    def record_statement(self, kind: str, fields: Mapping[str, Any]) -> int:
+        """Append a controller-signed statement and sign a new tree head; returns its index."""
+        index = self.controller.ledger.append(sign_statement(self.controller.controller_key, kind, fields, self.now()))
+        self.controller.ledger.signed_tree_head()
+        return index
+
+    def binding_record_index(self) -> int:
+        if self.record_index is None:
+            ledger = self.controller.ledger
+            for i in range(ledger.size - 1, -1, -1):  # O(n) once; a real controller keeps the index
+                value = strict_loads(ledger.entry(i))
+                if value.get("kind") == "binding" and value.get("binding_id") == self.binding_id:
+                    self.record_index = i
+                    break
+            else:
+                raise VerificationError(Reason.UNKNOWN_BINDING, "binding record not found in the ledger")
+        return self.record_index
+
+
+def _summary(messages: list[bytes], **extra: Any) -> dict[str, Any]:
+    sizes = [len(m) for m in messages]
+    return {"outcome": "ok", "messages": len(sizes), "bytes": sizes, "can_frames": can_frames(sizes), **extra}
+
+
+def level1(ctx: ValidationContext) -> dict[str, Any]:
+    """Module announces; the pack (partner) and the controller verify it."""
+    m = ctx.side(ctx.module)
+    announcer = Announcer(binding_id=ctx.binding_id, access_data=ctx.module.access_data, binding_key=m["binding_key"])
+    data = announcer.announce(ctx.now())
+    partner = AnnounceVerifier([BindingKeyRef(ctx.binding_id, m["device_id"], m["binding_key"].public_key)])
+    msg = partner.receive(data, ctx.now())
+    # The controller holds both semi-public keys of the binding (its record).
+    controller = AnnounceVerifier(
+        [BindingKeyRef(ctx.binding_id, e.access_data.device_id, e.semi_public_key) for e in ctx.entities()]
+    )
+    controller.receive(data, ctx.now())
+    return _summary([data], sender=msg.sender, verified_by=["partner", "controller"])
+
+
+def level2(ctx: ValidationContext) -> dict[str, Any]:
+    """The pack asks the module to witness an event; the controller records the witnessed pair."""
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    requester = WitnessRequester(
+        binding_id=ctx.binding_id, device_id=p["device_id"], binding_key=p["binding_key"], rng=ctx.rng
+    )
+    witness = WitnessService(
+        witness_id=m["device_id"],
+        signing_key=m["binding_key"],
+        requesters={(ctx.binding_id, p["device_id"]): m["partner_key"]},
+    )
+    req = requester.request(
+        witness=m["device_id"],
+        witness_key=p["partner_key"],
+        event="state_change",
+        details={"state": "active"},
+        now=ctx.now(),
+    )
+    ack = witness.on_request(req, ctx.now())
+    witnessed = requester.on_ack(ack, ctx.now())
+    # The controller re-checks both signatures with the keys it recorded before it records the event.
+    witnessed.verify(
+        ctx.record.entity(p["device_id"]).semi_public_key, ctx.record.entity(m["device_id"]).semi_public_key
+    )
+    index = ctx.record_statement("validation", witnessed.to_record())
+    return _summary([req, ack], ledger_index=index, witness=m["device_id"])
+
+
+def level3(ctx: ValidationContext) -> dict[str, Any]:
+    """Signed handshake (no pairing), then one message each way in the single-use session."""
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    common = {"binding_id": ctx.binding_id, "rng": ctx.rng}
+    ini = SignedHandshakeInitiator(
+        device_id=p["device_id"], binding_key=p["binding_key"], partner_id=m["device_id"],
+        partner_key=p["partner_key"], **common,
+    )  # fmt: skip
+    res = SignedHandshakeResponder(
+        device_id=m["device_id"], binding_key=m["binding_key"], partner_id=p["device_id"],
+        partner_key=m["partner_key"], **common,
+    )  # fmt: skip
+    hello = ini.start(ctx.now(), ttl_s=60, single_use=True)
+    reply = res.on_hello(hello, ctx.now())
+    finish = ini.on_reply(reply, ctx.now())
+    session = res.on_finish(finish, ctx.now())
+    assert ini.session is not None
+    ping = ini.session.seal(b"ping", ctx.now())
+    session.open(ping, ctx.now())
+    pong = session.seal(b"pong", ctx.now())
+    ini.session.open(pong, ctx.now())
+    return _summary([hello, reply, finish], session_messages=[len(ping), len(pong)], single_use=True, ttl_s=60)
+
+
+def level4(ctx: ValidationContext) -> dict[str, Any]:
+    """Paired handshake under the pairing secret, re-establishing a session with fresh keys."""
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    ini = PairedHandshakeInitiator(
+        secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], rng=ctx.rng
+    )
+    res = PairedHandshakeResponder(
+        secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], rng=ctx.rng
+    )
+    challenge = ini.start(ctx.now())
+    response = res.on_challenge(challenge, ctx.now())
+    confirm = ini.on_response(response, ctx.now())
+    session = res.on_confirm(confirm, ctx.now())
+    assert ini.session is not None
+    session.open(ini.session.seal(b"status?", ctx.now()), ctx.now())
+    return _summary([challenge, response, confirm], ttl_s=300)
+
+
+def level5(ctx: ValidationContext) -> dict[str, Any]:
+    """A charge command at L5 and its signed acknowledgement."""
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    expires = ctx.controller.pending_pairing(ctx.pairing_id).expires_at
+    sender = CommandSender(
+        secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], binding_key=p["binding_key"],
+        partner_key=p["partner_key"], expires_at=expires, rng=ctx.rng,
+    )  # fmt: skip
+    executor = CommandExecutor(
+        secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], binding_key=m["binding_key"],
+        partner_key=m["partner_key"], expires_at=expires, rng=ctx.rng,
+    )  # fmt: skip
+    _, command = sender.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", ctx.now())
+    ack = executor.on_command(command, ctx.now())
+    outcome = sender.on_ack(ack, ctx.now())
+    return _summary([command, ack], command=outcome.to_dict())
+
+
+def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[str, Any] | None = None) -> dict:
+    """Pairing validation: controller challenge, both entities sign, controller records it."""
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    authority = PairingValidationAuthority(controller_key=ctx.controller.controller_key, rng=ctx.rng)
+    keys = {ctx.record.entity_a.access_data.device_id: ctx.record.entity_a.semi_public_key}
+    keys[ctx.record.entity_b.access_data.device_id] = ctx.record.entity_b.semi_public_key
+    parties = {
+        s["device_id"]: PairingValidationParty(
+            secrets=s["secrets"],
+            device_id=s["device_id"],
+            partner_id=s["partner_id"],
+            binding_key=s["binding_key"],
+            partner_key=s["partner_key"],
+            controller_key=ctx.controller.public_key,
+        )
+        for s in (p, m)
+    }
+    challenge = authority.challenge(
+        pairing_id=ctx.pairing_id, binding_id=ctx.binding_id, entities=keys, event=event, now=ctx.now(),
+        changes=changes,
+    )  # fmt: skip
+    signed = parties[p["device_id"]].sign(challenge, ctx.now())
+    countersigned = parties[m["device_id"]].countersign(signed, ctx.now())
+    fields = authority.finalize(countersigned, ctx.now())
+    index = ctx.record_statement("validation", fields)
+    receipt = ctx.controller.ledger.entry(index)
+    for party in parties.values():
+        party.accept_receipt(receipt, challenge)
+    if event == "revocation":
+        notice = ctx.controller.revoke_pairing(ctx.pairing_id, "level-6 revocation")
+        for node in (ctx.pack, ctx.module):
+            node.apply_pairing_revocation(notice)
+    return _summary([challenge, signed, countersigned, receipt], ledger_index=index, event=event)
+
+
+def level7(ctx: ValidationContext, event: str = "verification") -> dict[str, Any]:
+    """Binding validation of the entity with a bound LCT, checked by the partner offline."""
+    subject_node, verifier_node = (ctx.pack, ctx.module)
+    if subject_node.access_data.bound_lct is None:
+        subject_node, verifier_node = verifier_node, subject_node
+    lct = subject_node.access_data.bound_lct
+    if lct is None:
+        raise VerificationError(Reason.UNAUTHORIZED, "neither entity is bound to an LCT: level 7 needs one")
+    s = ctx.side(subject_node)
+    assert ctx.lct_key is not None
+    pinned = {lct.lct_id: ctx.lct_key.public_key}  # resolved from the LCT's chain, out of band
+    verifier = BindingValidationVerifier(
+        verifier_id=verifier_node.access_data.device_id, controller_key=ctx.controller.public_key, lct_keys=pinned,
+        rng=ctx.rng,
+    )  # fmt: skip
+    subject = BindingValidationSubject(
+        binding_id=ctx.binding_id, device_id=s["device_id"], binding_key=s["binding_key"]
+    )
+    attestor = LctAttestor(lct_id=lct.lct_id, key=ctx.lct_key)
+    authority = BindingValidationAuthority(controller_key=ctx.controller.controller_key, lct_keys=pinned)
+    challenge = verifier.challenge(binding_id=ctx.binding_id, subject=s["device_id"], event=event, now=ctx.now())
+    proof = subject.prove(challenge, ctx.now())
+    attestation = attestor.attest(proof, ctx.now())
+    fields = authority.check(proof, attestation, ctx.record)
+    revoked = ctx.controller.is_revoked(ctx.binding_id)
+    statement_index = ctx.record_statement("validation", {**fields, "status": "revoked" if revoked else "active"})
+    ledger = ctx.controller.ledger
+    sth = ledger.signed_tree_head()
+    record_index = ctx.binding_record_index()
+    bundle = authority.bundle(
+        entity_proof=proof, lct_attestation=attestation, record_entry=ledger.entry(record_index),
+        record_index=record_index, audit_path=ledger.inclusion_proof(record_index, sth.tree_size), sth=sth,
+        status="revoked" if revoked else "active", statement_index=statement_index, now=ctx.now(),
+    )  # fmt: skip
+    result = verifier.verify(bundle, ctx.now())
+    if event == "revocation" and not revoked:
+        ctx.controller.revoke(ctx.binding_id, "level-7 revocation")
+    return _summary([challenge, proof, attestation, bundle], ledger_index=statement_index, **result.to_dict())
+
+
+#: Level number -> the function that runs it between the context's nodes.
+LEVELS: dict[int, Callable[[ValidationContext], dict[str, Any]]] = {
+    1: level1, 2: level2, 3: level3, 4: level4, 5: level5, 6: level6, 7: level7,
+}  # fmt: skip
+
+
+def run_level(ctx: ValidationContext, level: int) -> dict[str, Any]:
+    """Run one level; a classified failure is reported as ``{"outcome": "rejected", "reason": …}``."""
+    try:
+        out = LEVELS[level](ctx)
+    except VerificationError as exc:
+        ctx.rejections[exc.reason] += 1
+        out = {"outcome": "rejected", "reason": exc.reason.value, "detail": exc.detail}
+    ctx.events.log("validation", level=level, t=ctx.now(), **out)
+    return out
+
+
+def run_all_levels(
+    controller: AuthController,
+    pack: EntityNode,
+    module: EntityNode,
+    binding_id: str,
+    pairing_id: str,
+    *,
+    events: EventLog | None = None,
+    clock: Callable[[], float] | None = None,
+    rng: RandomSource | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Levels 1-7 between a bound and paired pack and module: ``{"1": {...}, …, "7": {...}}`` (JSON-ready)."""
+    ctx = ValidationContext.from_nodes(
+        controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng
+    )
+    return {str(level): json_safe(run_level(ctx, level)) for level in LEVELS}
+
+
+# --------------------------------------------------------------------------- escalation
+
+
+def run_escalation_scenario(
+    controller: AuthController,
+    pack: EntityNode,
+    module: EntityNode,
+    binding_id: str,
+    pairing_id: str,
+    *,
+    events: EventLog | None = None,
+    clock: Callable[[], float] | None = None,
+    rng: RandomSource | None = None,
+    advance: Callable[[float], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The seed's example L1 → 5 → 7, abuse attempts, and de-escalation; returns the events.
+
+    ``advance(seconds)`` moves the clock forward (a settable test/simulation clock); without it
+    the scenario evaluates the policy at ``now + seconds`` without touching any clock.
+    """
+    ctx = ValidationContext.from_nodes(
+        controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng
+    )
+    offset = 0.0
+
+    def now() -> float:
+        return ctx.now() + offset
+
+    def wait(seconds: float) -> None:
+        nonlocal offset
+        if advance is not None:
+            advance(seconds)
+        else:
+            offset += seconds
+
+    p, m = ctx.side(pack), ctx.side(module)
+    # The controller keeps no copy of the certificate's policy; demo pairings use the default.
+    meta_policy = DEFAULT_POLICY
+    node_id = module.access_data.can_node or 0x01
+    link = SelectiveLink(
+        secrets=p["secrets"], policy=meta_policy, node=node_id, binding_key=p["binding_key"],
+        partner_key=p["partner_key"],
+    )  # fmt: skip
+    out: list[dict[str, Any]] = []
+
+    def log(event: dict[str, Any]) -> None:
+        out.append(event)
+        ctx.events.log(
+            "escalation", t=event["t"], outcome=event["event"], **{k: v for k, v in event.items() if k != "t"}
+        )
+        if event["event"] in ("escalated", "de-escalated"):
+            ctx.record_statement("escalation", {k: v for k, v in event.items() if k != "t"})
+
+    policy = EscalationPolicy(listeners=[link.escalate], log=log)
+    gate = EscalationGate({m["device_id"]: p["partner_key"]})
+    seq = iter(range(1_000_000))
+
+    def escalation(request: EscalationRequest, key: PrivateKey | None = None) -> SignedEscalation:
+        return SignedEscalation.create(
+            request, binding_id=binding_id, sender=m["device_id"], seq=next(seq), now=now(),
+            key=key or m["binding_key"],
+        )  # fmt: skip
+
+    def deliver(esc: SignedEscalation) -> None:
+        # The request rides in the module's L1 announce; the pack verifies the announce, then the request.
+        data = Announcer(
+            binding_id=binding_id, access_data=module.access_data, binding_key=m["binding_key"], seq=esc.seq
+        ).announce(now(), escalation=esc)
+        verifier = AnnounceVerifier([BindingKeyRef(binding_id, m["device_id"], p["partner_key"])])
+        announce = verifier.receive(data, now())
+        assert announce.escalation is not None
+        try:
+            request = gate.admit(announce.escalation, now())
+        except VerificationError as exc:
+            policy.reject(m["device_id"], exc.reason, now())
+            return
+        policy.request(request, m["device_id"], now())
+
+    # 1. anomaly → L5 and the pairing-tier floor on the link.
+    anomaly = escalation(EscalationRequest(5, EscalationReason.ANOMALY_DETECTED, Urgency.IMMEDIATE))
+    deliver(anomaly)
+    try:
+        link.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80", tier=Tier.EXCHANGE)
+    except VerificationError as exc:
+        ctx.events.log("escalation_effect", t=now(), outcome="refused", reason=exc.reason.value, tier="exchange")
+    sent = link.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
+    ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=Tier((sent.can_id >> 18) & 0b11).label)
+    try:
+        policy.check(4)  # a command through an L4 session is no longer enough
+    except VerificationError as exc:
+        ctx.events.log("escalation_effect", t=now(), outcome="refused", reason=exc.reason.value, level=4)
+    ctx.events.log("escalation_effect", t=now(), outcome="ok", level=5, result=level5(ctx)["command"]["status"])
+    # 2. abuse: a replayed request, a forged one, then a flood until the rate limit bites.
+    deliver(anomaly)
+    deliver(escalation(EscalationRequest(7, EscalationReason.SECURITY_THREAT), key=PrivateKey.generate(ctx.rng)))
+    for _ in range(3):
+        deliver(escalation(EscalationRequest(5, EscalationReason.ANOMALY_DETECTED)))
+    # 3. a deferred audit request: L7 once it takes effect.
+    wait(61.0)  # one token back
+    deliver(escalation(EscalationRequest(7, EscalationReason.AUDIT_REQUIRED, Urgency.DEFERRED)))
+    wait(6.0)
+    policy.tick(now())
+    if policy.required_level >= 7:
+        result = level7(ctx)
+        ctx.events.log("escalation_effect", t=now(), outcome=result["outcome"], level=7)
+    # 4. quiet for the hold time: back to the baseline, link floor reset.
+    assert policy.until is not None
+    wait(policy.until - now() + 1.0)
+    policy.tick(now())
+    return [json_safe(e) for e in out]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+class ValidationService:
+    """An entity's validation endpoint, speaking the :class:`EntityClient` contract (``handle``).
+
+    Op ``validate`` takes ``{"message": base64 CBOR}`` and answers ``{"message": …}``; today it
+    serves L7 ``binding_challenge`` (proof of binding-key possession), which is what a controller
+    sends a device it has just discovered.
+    """
+
+    def __init__(self, node: EntityNode, *, clock: Callable[[], float]) -> None:
+        self.node = node
+        self._clock = clock
+        self.rejections: collections.Counter[Reason] = collections.Counter()
+
+    def handle(self, op: str, payload: Any) -> tuple[int, dict[str, Any]]:
+        if op != "validate":
+            return 404, {"error": "not_found", "detail": f"no validation operation {op!r}"}
+        try:
+            data = base64.b64decode(str(payload.get("message", "")), validate=True)
+            level = Message.peek_level(data)
+            if level != 7:
+                raise VerificationError(Reason.WRONG_LEVEL, f"this endpoint serves level 7, not {level}")
+            ch = BindingChallenge.decode(data)
+            state = self.node.binding(ch.binding_id)
+            if state is None:
+                raise VerificationError(Reason.UNKNOWN_BINDING, "no such binding here")
+            subject = BindingValidationSubject(
+                binding_id=ch.binding_id, device_id=self.node.access_data.device_id, binding_key=state.private_key
+            )
+            proof = subject.prove(data, self._clock())
+        except VerificationError as exc:
+            self.rejections[exc.reason] += 1
+            return 400, {"error": exc.reason.value, "detail": exc.detail}
+        except (ValueError, AttributeError):
+            return 400, {"error": "malformed", "detail": "payload must be {'message': base64}"}
+        return 200, {"message": base64.b64encode(proof).decode("ascii")}
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """A device the controller learned from an announce and reached."""
+
+    device_id: str
+    binding_id: str
+    access_data: AccessData
+    moved: bool
+    reached_via: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id, "binding_id": self.binding_id, "access_data": self.access_data.to_dict(),
+            "moved": self.moved, "reached_via": self.reached_via,
+        }  # fmt: skip
+
+
+class Discovery:
+    """The controller's side of dynamic discovery.
+
+    It verifies announces with the semi-public keys of every binding it recorded, learns the
+    device's current access data from a verified announce, picks the client for the protocol
+    that access data names, and proves the device is live: a level-7 ``binding_challenge``
+    answered with a binding-key signature the controller checks against its record.
+    """
+
+    def __init__(
+        self,
+        controller: AuthController,
+        clients: Mapping[TransportProtocol, EntityClient],
+        *,
+        rng: RandomSource | None = None,
+    ) -> None:
+        self.controller = controller
+        self.clients = dict(clients)
+        self._rng = rng or SystemRandom()
+        self.directory: dict[str, AccessData] = {}
+        #: Rejections by reason: announces refused, devices that could not prove their key.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
+        self._records: dict[str, BindingRecord] = {}
+        refs = []
+        for name in controller.records.names():
+            if name.startswith("binding-record/"):
+                record = controller.record(name.removeprefix("binding-record/"))
+                if record is None or controller.is_revoked(record.binding_id):
+                    continue
+                self._records[record.binding_id] = record
+                for e in (record.entity_a, record.entity_b):
+                    refs.append(BindingKeyRef(record.binding_id, e.access_data.device_id, e.semi_public_key))
+        self.verifier = AnnounceVerifier(refs)
+
+    def on_announce(self, data: bytes, now: float) -> Discovered:
+        """Verify an announce, learn where the device is, and reach it there."""
+        try:
+            return self._on_announce(data, now)
+        except VerificationError as exc:
+            self.rejections[exc.reason] += 1
+            raise
+
+    def _on_announce(self, data: bytes, now: float) -> Discovered:
+        announce = self.verifier.receive(data, now)
+        record = self._records[announce.binding_id]
+        recorded = record.entity(announce.sender)
+        access = announce.access_data
+        client = self.clients.get(access.protocol)
+        if client is None:
+            raise ConfigError(f"no client for {access.protocol.value}: cannot reach {access.device_id}")
+        verifier = BindingValidationVerifier(verifier_id="controller", controller_key=self.controller.public_key)
+        challenge = verifier.challenge(
+            binding_id=announce.binding_id, subject=announce.sender, event="verification", now=now
+        )
+        try:
+            answer = client.call(access.endpoint, "validate", {"message": base64.b64encode(challenge).decode()})
+            proof = EntityProof.decode(base64.b64decode(answer["message"], validate=True))
+        except (KeyError, TypeError, ValueError):
+            raise VerificationError(Reason.MALFORMED, "the device's answer is not a validation message") from None
+        except ModbattError:
+            raise
+        if (
+            proof.nonce != strict_loads(challenge)["nonce"]
+            or proof.semi_public_key != recorded.semi_public_key.to_bytes()
+        ):
+            raise VerificationError(Reason.WRONG_SESSION, "the device answered another challenge or with another key")
+        PublicKey.from_bytes(proof.semi_public_key).verify(
+            labels.SIG_BINDING_VALIDATION, proof.signed_bytes(), proof.sig
+        )
+        moved = access != recorded.access_data
+        self.directory[announce.sender] = access
+        return Discovered(announce.sender, announce.binding_id, access, moved, access.protocol.value)

@@ -1,0 +1,407 @@
+"""Level 7, Binding validation: entity + LCT + controller signatures and a ledger inclusion proof.
+
+The verifier (the partner, a replacement pack, an auditor) challenges the *subject* entity with a
+nonce. Four signatures answer it:
+
+1. ``entity_proof`` — the subject signs {challenge hash, binding, event, nonce, its semi-public
+   key} with its binding private key;
+2. ``lct_attestation`` — the **LCT key** signs that this binding key (by its ledger commitment) is
+   bound to the LCT. We model the bound LCT as holding its own P-256 key (web4 LCT
+   ``binding.public_key``), held by the LCT's custodian (its chain/registry service). The verifier
+   trusts that key either because it resolved and pinned it for the ``lct_id`` (``lct_keys``) or
+   because the id is *self-certifying*: ``lct:web4:`` + base32(SHA-256(label ‖ key))[:32]
+   (:func:`lct_id_for_key`, our analogue of web4's hash-derived LCT ids);
+3. the binding record's ``authority`` — the controller's signature made at binding time;
+4. ``bundle`` — the controller signs the whole answer, including the binding's status (``active``
+   or ``revoked``) and where it appended the permanent level-7 statement.
+
+The bundle carries the binding record's ledger entry, its index, the audit path and a signed tree
+head, so the verifier checks inclusion **itself with only the controller's public key**
+(:func:`modbatt.ledger.verify_inclusion`), then that the record commits to the subject's key
+(``key_commitment``) and names the attested LCT. Note the bundle discloses the subject's
+semi-public key to the verifier (it must, to check the entity signature): run L7 only towards
+parties entitled to it, sealed at the binding tier on shared media.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ...crypto import labels
+from ...crypto.rng import RandomSource, SystemRandom
+from ...crypto.suite import PrivateKey, PublicKey, sha256
+from ...encoding import canonical_dumps
+from ...errors import Reason, VerificationError
+from ...ledger import SignedTreeHead, verify_inclusion
+from ...model._fields import malformed, raw_bytes
+from ...model.binding import BindingRecord, key_commitment
+from ._common import CLOCK_SKEW_S, ID_BYTES, Counted, Message, Reader, b, counted, digest, loads, one_of, opt
+from ._common import t as text_field
+from ._common import u as uint
+from .escalation import SignedEscalation, read_escalation
+
+__all__ = [
+    "EVENTS",
+    "BindingChallenge",
+    "BindingValidationAuthority",
+    "BindingValidationBundle",
+    "BindingValidationSubject",
+    "BindingValidationVerifier",
+    "EntityProof",
+    "LctAttestation",
+    "LctAttestor",
+    "lct_id_for_key",
+]
+
+EVENTS = ("establishment", "verification", "revocation")
+DEFAULT_TIMEOUT_S = 30.0
+MAX_PROOF_HASHES = 64
+
+
+def lct_id_for_key(key: PublicKey) -> str:
+    """A self-certifying LCT id for an LCT key."""
+    return "lct:web4:" + base64.b32encode(sha256(labels.LCT_ID + key.to_bytes())).decode("ascii").lower()[:32]
+
+
+def _hashes(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
+        raise malformed(f"{what} must be a list of at most {MAX_PROOF_HASHES} hashes")
+    return [raw_bytes(h, what, size=32) for h in value]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChallenge(Message):
+    TYPE: ClassVar[str] = "binding_challenge"
+    LEVEL: ClassVar[int] = 7
+    AUTH: ClassVar[str | None] = None
+    SPEC: ClassVar[Mapping[str, Reader]] = {
+        "binding_id": text_field(64),
+        "subject": text_field(64),
+        "verifier": text_field(64),
+        "event": one_of(*EVENTS),
+        "nonce": b(ID_BYTES),
+        "ts_ms": uint(),
+        "deadline_ms": uint(),
+    }
+
+    binding_id: str
+    subject: str
+    verifier: str
+    event: str
+    nonce: bytes
+    ts_ms: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntityProof(Message):
+    TYPE: ClassVar[str] = "entity_proof"
+    LEVEL: ClassVar[int] = 7
+    SPEC: ClassVar[Mapping[str, Reader]] = {
+        "challenge_hash": b(32),
+        "binding_id": text_field(64),
+        "subject": text_field(64),
+        "event": one_of(*EVENTS),
+        "nonce": b(ID_BYTES),
+        "semi_public_key": b(33),
+        "ts_ms": uint(),
+        "escalation": opt(read_escalation),
+    }
+
+    challenge_hash: bytes
+    binding_id: str
+    subject: str
+    event: str
+    nonce: bytes
+    semi_public_key: bytes
+    ts_ms: int
+    escalation: SignedEscalation | None = None
+    sig: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LctAttestation(Message):
+    TYPE: ClassVar[str] = "lct_attestation"
+    LEVEL: ClassVar[int] = 7
+    SPEC: ClassVar[Mapping[str, Reader]] = {
+        "lct_id": text_field(128),
+        "lct_key": b(33),
+        "binding_id": text_field(64),
+        "subject": text_field(64),
+        "key_commitment": b(32),
+        "nonce": b(ID_BYTES),
+        "ts_ms": uint(),
+    }
+
+    lct_id: str
+    lct_key: bytes
+    binding_id: str
+    subject: str
+    key_commitment: bytes
+    nonce: bytes
+    ts_ms: int
+    sig: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingValidationBundle(Message):
+    TYPE: ClassVar[str] = "binding_validation"
+    LEVEL: ClassVar[int] = 7
+    SPEC: ClassVar[Mapping[str, Reader]] = {
+        "entity_proof": b(max_len=1024),
+        "lct_attestation": b(max_len=1024),
+        "record_entry": b(max_len=4096),
+        "record_index": uint(),
+        "audit_path": _hashes,
+        "sth": b(max_len=256),
+        "status": one_of("active", "revoked"),
+        "statement_index": opt(uint()),
+        "ts_ms": uint(),
+    }
+
+    entity_proof: bytes
+    lct_attestation: bytes
+    record_entry: bytes
+    record_index: int
+    audit_path: list[bytes]
+    sth: bytes
+    status: str
+    statement_index: int | None
+    ts_ms: int
+    sig: bytes = field(default=b"", repr=False)
+
+
+class BindingValidationSubject(Counted):
+    """The entity whose binding is validated: answers a challenge with its binding-key proof."""
+
+    def __init__(self, *, binding_id: str, device_id: str, binding_key: PrivateKey) -> None:
+        super().__init__()
+        self.binding_id = binding_id
+        self.device_id = device_id
+        self._key = binding_key
+
+    @counted
+    def prove(self, challenge: bytes, now: float, *, escalation: SignedEscalation | None = None) -> bytes:
+        ch = BindingChallenge.decode(challenge)
+        if ch.subject != self.device_id:
+            raise VerificationError(Reason.WRONG_PEER, f"challenge is for {ch.subject}")
+        if ch.binding_id != self.binding_id:
+            raise VerificationError(Reason.WRONG_SESSION, "challenge for another binding")
+        if now * 1000 > ch.deadline_ms:
+            raise VerificationError(Reason.TIMEOUT, "challenge past its deadline")
+        proof = EntityProof(
+            digest(challenge), ch.binding_id, self.device_id, ch.event, ch.nonce,
+            self._key.public_key.to_bytes(), int(now * 1000), escalation,
+        )  # fmt: skip
+        return proof.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, proof.signed_bytes())).encode()
+
+
+class LctAttestor(Counted):
+    """The bound LCT's key holder: attests that a (proven) binding key belongs to its LCT."""
+
+    def __init__(self, *, lct_id: str, key: PrivateKey) -> None:
+        super().__init__()
+        self.lct_id = lct_id
+        self._key = key
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._key.public_key
+
+    @counted
+    def attest(self, entity_proof: bytes, now: float) -> bytes:
+        proof = EntityProof.decode(entity_proof)
+        subject_key = PublicKey.from_bytes(proof.semi_public_key)
+        subject_key.verify(labels.SIG_BINDING_VALIDATION, proof.signed_bytes(), proof.sig)  # possession
+        att = LctAttestation(
+            self.lct_id, self._key.public_key.to_bytes(), proof.binding_id, proof.subject,
+            key_commitment(proof.binding_id, subject_key), proof.nonce, int(now * 1000),
+        )  # fmt: skip
+        return att.authenticated(self._key.sign(labels.SIG_LCT_ATTESTATION, att.signed_bytes())).encode()
+
+
+def _lct_key(att: LctAttestation, lct_keys: Mapping[str, PublicKey]) -> PublicKey:
+    key = PublicKey.from_bytes(att.lct_key)
+    pinned = lct_keys.get(att.lct_id)
+    if pinned is not None:
+        if pinned != key:
+            raise VerificationError(Reason.KEY_MISMATCH, f"{att.lct_id} is pinned to another key")
+    elif lct_id_for_key(key) != att.lct_id:
+        raise VerificationError(Reason.UNAUTHORIZED, f"no trusted key for {att.lct_id} (not pinned or self-certifying)")
+    key.verify(labels.SIG_LCT_ATTESTATION, att.signed_bytes(), att.sig)
+    return key
+
+
+def _check_proof_and_attestation(
+    proof: EntityProof,
+    att: LctAttestation,
+    subject_key: PublicKey,
+    lct_id: str | None,
+    lct_keys: Mapping[str, PublicKey],
+) -> None:
+    subject_key.verify(labels.SIG_BINDING_VALIDATION, proof.signed_bytes(), proof.sig)
+    if lct_id is None:
+        raise VerificationError(Reason.UNAUTHORIZED, f"{proof.subject} has no bound LCT: level 7 needs one")
+    if att.lct_id != lct_id:
+        raise VerificationError(Reason.HASH_MISMATCH, f"attested by {att.lct_id}, bound to {lct_id}")
+    _lct_key(att, lct_keys)
+    if (att.binding_id, att.subject, att.nonce) != (proof.binding_id, proof.subject, proof.nonce):
+        raise VerificationError(Reason.WRONG_SESSION, "LCT attestation answers another proof")
+    if att.key_commitment != key_commitment(proof.binding_id, subject_key):
+        raise VerificationError(Reason.HASH_MISMATCH, "LCT attests another binding key")
+
+
+class BindingValidationAuthority(Counted):
+    """The controller's side: checks entity proof and LCT attestation, then signs the bundle."""
+
+    def __init__(self, *, controller_key: PrivateKey, lct_keys: Mapping[str, PublicKey] | None = None) -> None:
+        super().__init__()
+        self._key = controller_key
+        self.lct_keys = dict(lct_keys or {})
+
+    @counted
+    def check(self, entity_proof: bytes, lct_attestation: bytes, record: BindingRecord) -> dict[str, Any]:
+        """Verify both signatures against the recorded binding; returns the level-7 statement fields."""
+        proof = EntityProof.decode(entity_proof)
+        att = LctAttestation.decode(lct_attestation)
+        if proof.binding_id != record.binding_id:
+            raise VerificationError(Reason.WRONG_SESSION, "proof for another binding")
+        subject = record.entity(proof.subject)
+        if subject.semi_public_key.to_bytes() != proof.semi_public_key:
+            raise VerificationError(Reason.KEY_MISMATCH, "proof made with a key other than the recorded one")
+        lct = subject.bound_lct.lct_id if subject.bound_lct else None
+        _check_proof_and_attestation(proof, att, subject.semi_public_key, lct, self.lct_keys)
+        return {
+            "level": 7,
+            "event": proof.event,
+            "binding_id": proof.binding_id,
+            "subject": proof.subject,
+            "nonce": proof.nonce,
+            "lct_id": att.lct_id,
+            "entity_signature": proof.sig,
+            "lct_signature": att.sig,
+        }
+
+    def bundle(
+        self,
+        *,
+        entity_proof: bytes,
+        lct_attestation: bytes,
+        record_entry: bytes,
+        record_index: int,
+        audit_path: Sequence[bytes],
+        sth: SignedTreeHead,
+        status: str,
+        statement_index: int | None,
+        now: float,
+    ) -> bytes:
+        msg = BindingValidationBundle(
+            entity_proof, lct_attestation, record_entry, record_index, list(audit_path), sth.to_bytes(), status,
+            statement_index, int(now * 1000),
+        )  # fmt: skip
+        return msg.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class BindingValidationResult:
+    """What a verifier established, JSON-ready through :meth:`to_dict`."""
+
+    binding_id: str
+    subject: str
+    event: str
+    lct_id: str
+    record_index: int
+    tree_size: int
+    proof_hashes: int
+    statement_index: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "binding_id": self.binding_id, "subject": self.subject, "event": self.event, "lct_id": self.lct_id,
+            "record_index": self.record_index, "tree_size": self.tree_size, "proof_hashes": self.proof_hashes,
+            "statement_index": self.statement_index,
+        }  # fmt: skip
+
+
+class BindingValidationVerifier(Counted):
+    """Challenges a subject and checks the answer offline with only the controller's public key."""
+
+    def __init__(
+        self,
+        *,
+        verifier_id: str,
+        controller_key: PublicKey,
+        lct_keys: Mapping[str, PublicKey] | None = None,
+        rng: RandomSource | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        skew_s: float = CLOCK_SKEW_S,
+    ) -> None:
+        super().__init__()
+        self.verifier_id = verifier_id
+        self._controller_key = controller_key
+        self.lct_keys = dict(lct_keys or {})
+        self._rng = rng or SystemRandom()
+        self.timeout_s = timeout_s
+        self.skew_s = skew_s
+        self._pending: dict[bytes, tuple[BindingChallenge, bytes]] = {}
+        self._used: set[bytes] = set()
+
+    def challenge(self, *, binding_id: str, subject: str, event: str, now: float) -> bytes:
+        ch = BindingChallenge(
+            binding_id, subject, self.verifier_id, event, self._rng.token_bytes(ID_BYTES), int(now * 1000),
+            int((now + self.timeout_s) * 1000),
+        )  # fmt: skip
+        data = ch.encode()
+        self._pending[ch.nonce] = (ch, data)
+        return data
+
+    @counted
+    def verify(self, data: bytes, now: float) -> BindingValidationResult:
+        bundle = BindingValidationBundle.decode(data)
+        self._controller_key.verify(labels.SIG_BINDING_VALIDATION, bundle.signed_bytes(), bundle.sig)
+        proof = EntityProof.decode(bundle.entity_proof)
+        att = LctAttestation.decode(bundle.lct_attestation)
+        if proof.nonce in self._used:
+            raise VerificationError(Reason.REPLAY, "this challenge was already answered")
+        pending = self._pending.get(proof.nonce)
+        if pending is None or digest(pending[1]) != proof.challenge_hash:
+            raise VerificationError(Reason.WRONG_SESSION, "answer to a challenge this verifier did not send")
+        ch = pending[0]
+        if now * 1000 > ch.deadline_ms:
+            del self._pending[proof.nonce]
+            raise VerificationError(Reason.TIMEOUT, "answer came after the challenge deadline")
+        if (proof.binding_id, proof.subject, proof.event) != (ch.binding_id, ch.subject, ch.event):
+            raise VerificationError(Reason.WRONG_SESSION, "answer names another binding, subject or event")
+        # Blockchain proof: the binding record is in the log the controller signed.
+        sth = SignedTreeHead.from_bytes(bundle.sth)
+        verify_inclusion(bundle.record_entry, bundle.record_index, bundle.audit_path, sth, self._controller_key)
+        if sth.timestamp + self.skew_s * 1000 < ch.ts_ms:
+            raise VerificationError(Reason.STALE, "tree head older than the challenge")
+        record = loads(bundle.record_entry)
+        if not isinstance(record, dict) or record.get("kind") != "binding" or "authority" not in record:
+            raise malformed("proven entry is not a binding record")
+        view = {k: v for k, v in record.items() if k != "authority"}
+        self._controller_key.verify(labels.SIG_BINDING_RECORD, canonical_dumps(view), record["authority"])
+        if record.get("binding_id") != ch.binding_id:
+            raise VerificationError(Reason.WRONG_SESSION, "proven record is another binding")
+        side = next(
+            (record[s] for s in ("entity_a", "entity_b") if record[s]["access_data"]["device_id"] == ch.subject), None
+        )
+        if side is None:
+            raise VerificationError(Reason.WRONG_PEER, f"{ch.subject} is not part of the proven binding")
+        subject_key = PublicKey.from_bytes(proof.semi_public_key)
+        if side["semi_public_key_commitment"] != key_commitment(ch.binding_id, subject_key):
+            raise VerificationError(Reason.HASH_MISMATCH, "the ledger commits to another binding key")
+        lct = side["bound_lct"]["lct_id"] if side.get("bound_lct") else None
+        _check_proof_and_attestation(proof, att, subject_key, lct, self.lct_keys)
+        if bundle.status != "active" and ch.event != "revocation":
+            raise VerificationError(Reason.REVOKED, "the controller reports this binding revoked")
+        del self._pending[proof.nonce]
+        self._used.add(proof.nonce)
+        return BindingValidationResult(
+            ch.binding_id, ch.subject, ch.event, att.lct_id, bundle.record_index, sth.tree_size,
+            len(bundle.audit_path), bundle.statement_index,
+        )  # fmt: skip
