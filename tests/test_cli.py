@@ -39,6 +39,11 @@ def test_demo_over_http_prints_the_seed_record_ledger_and_pairing(tmp_path):
     assert main(["cert", "inspect", str(tmp_path / "cert"), "--controller-key", str(tmp_path / "ctl.der")]) == 0
     tiers = {f["message_class"]: f["tier"] for f in result["frames"]}
     assert tiers == {"charge_command": "pairing", "voltage_telemetry": "exchange"}
+    assert sorted(result["validation"]) == [str(level) for level in range(1, 8)]
+    assert all(v["outcome"] == "ok" for v in result["validation"].values())
+    events = [e.get("event") for e in result["escalation"]]
+    assert "escalated" in events and "de-escalated" in events and "rejected" in events
+    assert main(["audit", result["state"]]) == 0
 
 
 def test_demo_state_directory_accumulates_an_append_only_ledger(tmp_path):

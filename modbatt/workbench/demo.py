@@ -7,6 +7,8 @@
    completion, which is recorded.
 3. Over a python-can bus (``virtual`` by default), the pack sends a charge command at the pairing
    tier and the module answers a voltage reading at the exchange tier.
+4. Validation levels 1-7 run between them, then the seed's escalation example (with abuse
+   attempts refused); everything lands in the ledger or the event log (``modbatt audit``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from ..ledger import verify_inclusion
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.pairing import ControllerMode
 from ..model.policy import EncryptionPolicy, MessageClass
+from ..nodes.audit import EVENT_LOG_NAME, EventLog
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
 from ..nodes.link import Received, SelectiveLink, node_id_of
 from ..nodes.pairing_flow import pair_entities
+from ..nodes.validation import run_all_levels, run_escalation_scenario
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
 from .deployment import Deployment
@@ -56,6 +60,8 @@ class DemoResult:
     pairing: dict[str, Any] = field(default_factory=dict)
     pairing_certificate: bytes = b""
     frames: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    escalation: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +76,8 @@ class DemoResult:
             "pairing": self.pairing,
             "pairing_certificate": base64.b64encode(self.pairing_certificate).decode("ascii"),
             "frames": self.frames,
+            "validation": self.validation,
+            "escalation": self.escalation,
         }
 
 
@@ -150,6 +158,14 @@ def run_demo(
         )
         say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
         frames = _talk_over_can(pack, module, record.binding_id, meta.pairing_id, meta.encryption_policy, bus, say)
+        events = EventLog(state / EVENT_LOG_NAME)
+        validation = run_all_levels(controller, pack, module, record.binding_id, meta.pairing_id, events=events)
+        say("validation levels 1-7: " + ", ".join(f"L{k} {v['outcome']}" for k, v in sorted(validation.items())))
+        escalation = run_escalation_scenario(
+            controller, pack, module, record.binding_id, meta.pairing_id, events=events
+        )
+        say(f"escalation: {len(escalation)} events (seed example L1 -> 5 -> 7, abuse refused, de-escalation)")
+        say(f"audit trail: modbatt audit {state}")
         return DemoResult(
             state_dir=state,
             ledger_path=deployment.ledger_path,
@@ -167,6 +183,8 @@ def run_demo(
             },
             pairing_certificate=cert_bytes,
             frames=frames,
+            validation=validation,
+            escalation=escalation,
             steps=steps,
         )
 
