@@ -19,7 +19,14 @@ from ..can.wiretime import CLASSIC, FD, BusProfile
 from ..encoding import strict_loads
 from ..model.tier import Tier
 
-__all__ = ["certificate_anatomy_figure", "tier_overhead_figure", "trust_graph", "trust_graph_figure"]
+__all__ = [
+    "certificate_anatomy_figure",
+    "escalation_timeline_figure",
+    "tier_overhead_figure",
+    "trust_graph",
+    "trust_graph_figure",
+    "validation_levels_figure",
+]
 
 _TIER_COLOURS = {"none": "#9e9e9e", "exchange": "#4c9be8", "pairing": "#f28e2b", "binding": "#59a14f"}
 
@@ -58,12 +65,10 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
         elif kind in ("pairing_completed", "pairing_revoked") and e.get("pairing_id") in pairings:
             a, b, key = pairings[e["pairing_id"]]
             g.edges[a, b, key]["completed" if kind == "pairing_completed" else "revoked"] = True
-        elif kind == "validation" and "entity_a" in e and "entity_b" in e:
-            a, b = e["entity_a"], e["entity_b"]
-            g.add_edge(a, b, key=f"L{e.get('level')}:{e.get('event_id', len(g.edges))}", relation="validation",
-                       level=e.get("level"))  # fmt: skip
-        elif kind == "validation" and "witness" in e and "subject" in e:
-            g.add_edge(e["witness"], e["subject"], key=f"w:{len(g.edges)}", relation="witness", level=2)
+        elif kind == "validation" and e.get("binding_id") in bindings:
+            a, b = bindings[e["binding_id"]]
+            relation = "witness" if e.get("level") == 2 else "validation"
+            g.add_edge(a, b, key=f"L{e.get('level')}:{len(g.edges)}", relation=relation, level=e.get("level"))
     return g
 
 
@@ -163,5 +168,47 @@ def certificate_anatomy_figure(certificates: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("bytes")
     ax.set_title("Pairing certificate anatomy")
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def validation_levels_figure(levels: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Messages, bytes and classic-CAN frames per validation level (from ``run_all_levels``)."""
+    keys = sorted(levels, key=int)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    total_bytes = [sum(levels[k]["bytes"]) for k in keys]
+    axes[0].bar([f"L{k}" for k in keys], total_bytes, color="#4c9be8")
+    axes[0].set(ylabel="bytes on the wire (all messages)", title="Message volume per level")
+    axes[1].bar([f"L{k}" for k in keys], [levels[k]["can_frames"] for k in keys], color="#f28e2b")
+    axes[1].set(ylabel="classic CAN frames (ISO-TP)", title="Frames per level")
+    for ax in axes:
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def escalation_timeline_figure(events: Sequence[Mapping[str, Any]]) -> Figure:
+    """Required validation level over time, with refused escalation attempts marked."""
+    if not events:
+        raise ValueError("no escalation events to draw")
+    t0 = events[0]["t"]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    times, levels = [0.0], [1]
+    for e in events:
+        if "required_level" in e:
+            times.append(e["t"] - t0)
+            levels.append(int(e["required_level"]))
+    times.append(max(times[-1] * 1.05, times[-1] + 60))
+    levels.append(levels[-1])
+    ax.step(times, levels, where="post", color="#2c3e50", lw=2, label="required level")
+    refused = [(e["t"] - t0, e.get("rejection", "")) for e in events if e.get("event") == "rejected"]
+    for i, (t, why) in enumerate(refused):
+        ax.scatter([t], [0.6], marker="x", color="#d62728", zorder=3)
+        ax.annotate(why, (t, 0.6), textcoords="offset points", xytext=(4, 6 + 10 * i), fontsize=7, color="#d62728")
+    ax.set(xscale="symlog", xlabel="seconds since the first escalation", ylabel="validation level",
+           ylim=(0, 7.8), yticks=range(1, 8))  # fmt: skip
+    ax.set_title("Escalation: raised on request, refused on abuse, decays after its hold")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
