@@ -47,7 +47,7 @@ def legacy_db(exported: Path) -> cantools.database.can.Database:
 
 
 def _fields(name: str, direction: Direction) -> CanIdFields:
-    return CanIdFields(function=function_named(name).code, node=DBC_MODULE_ID, direction=int(direction))
+    return function_named(name).id_fields(DBC_MODULE_ID, int(direction))
 
 
 def _sender(tier: Tier, direction: Direction, profile=CLASSIC) -> SecuredSender:  # type: ignore[no-untyped-def]
@@ -264,16 +264,8 @@ def test_binding_announce_fragments_decode(secure_db: cantools.database.can.Data
 
 
 def test_certificate_isotp_frames_decode(secure_db: cantools.database.can.Database) -> None:
-    tx_id = SEED_LAYOUT.encode(
-        CanIdFields(
-            function=function_named("CERTIFICATE").code, node=DBC_MODULE_ID, direction=int(C2N), tier=Tier.BINDING
-        )
-    )
-    rx_id = SEED_LAYOUT.encode(
-        CanIdFields(
-            function=function_named("CERTIFICATE").code, node=DBC_MODULE_ID, direction=int(N2C), tier=Tier.BINDING
-        )
-    )
+    tx_id = SEED_LAYOUT.encode(function_named("CERTIFICATE").id_fields(DBC_MODULE_ID, int(C2N), Tier.BINDING))
+    rx_id = SEED_LAYOUT.encode(function_named("CERTIFICATE").id_fields(DBC_MODULE_ID, int(N2C), Tier.BINDING))
     channel = f"modbatt-dbc-{uuid.uuid4().hex}"
     buses = [can.Bus(interface="virtual", channel=channel) for _ in range(3)]
     try:
@@ -322,9 +314,7 @@ def test_cantools_decode_cli(exported: Path) -> None:
 
     pdu = _sender(Tier.EXCHANGE, N2C).protect(_fields("VOLTAGE", N2C), b"\x0c\x80\x01")
     frames = fragment.Fragmenter().fragment(b"x" * 20)
-    announce_id = SEED_LAYOUT.encode(
-        CanIdFields(function=function_named("ANNOUNCE").code, node=DBC_MODULE_ID, direction=int(N2C), tier=Tier.BINDING)
-    )
+    announce_id = SEED_LAYOUT.encode(function_named("ANNOUNCE").id_fields(DBC_MODULE_ID, int(N2C), Tier.BINDING))
     secure_lines = [_candump(pdu.can_id, pdu.data, True), _candump(announce_id, frames[0], True)]
     out = _cantools_decode(exported / dbc.SECURE_DBC_NAME, secure_lines).splitlines()
     assert "VOLTAGE_N2C_EXCHANGE(" in out[0] and f"FreshnessLow: {pdu.freshness & 0xFF}," in out[0]

@@ -76,8 +76,14 @@ def test_bus_load() -> None:
 
 
 def test_isotp_frames() -> None:
-    assert isotp_frame_lengths(7, CLASSIC) == [8]
-    assert isotp_frame_lengths(13, CLASSIC) == [8, 3, 8]  # FF 6 + FC + CF 7
-    assert len(isotp_frame_lengths(79, CLASSIC)) == 13
-    assert isotp_frame_lengths(79, FD) == [64, 3, 20]
-    assert isotp_frame_lengths(30, FD) == [32]
+    # Unpadded (the bare ISO 15765-2 frame sizes) ...
+    assert isotp_frame_lengths(7, CLASSIC, padded=False) == [8]
+    assert isotp_frame_lengths(13, CLASSIC, padded=False) == [8, 3, 8]  # FF 6 + FC + CF 7
+    assert len(isotp_frame_lengths(79, CLASSIC, padded=False)) == 13
+    assert isotp_frame_lengths(79, FD, padded=False) == [64, 3, 20]
+    assert isotp_frame_lengths(30, FD, padded=False) == [32]
+    # ... and as modbatt's can-isotp configuration sends them: every frame at least 8 bytes.
+    assert isotp_frame_lengths(13, CLASSIC) == [8, 8, 8]
+    assert isotp_frame_lengths(2, CLASSIC) == [8]
+    assert isotp_frame_lengths(79, FD) == [64, 8, 20]
+    assert isotp_frame_lengths(4, FD) == [8]

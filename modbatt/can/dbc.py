@@ -53,7 +53,7 @@ from ..model.tier import Tier
 from . import fragment
 from .catalog import DBC_MODULE_ID, DBC_PACK_ID, build_legacy_database
 from .functions import FUNCTIONS, Function
-from .ids import SEED_LAYOUT, CanIdFields, IdLayout, TierSignal
+from .ids import SEED_LAYOUT, IdLayout, TierSignal
 from .secured import Direction, frame_format
 from .wiretime import CLASSIC, BusProfile
 
@@ -279,7 +279,7 @@ def build_secure_database(
 ) -> cantools.database.can.Database:
     """The secured protocol's cleartext view for one module ``node`` on one bus ``profile``.
 
-    One message per function, direction and permitted tier, at priority 0 (what
+    One message per function, direction and permitted tier, at the function's priority (what
     ``nodes.link.SelectiveLink`` sends).
     """
     if not 0 <= node <= 0xFF:
@@ -296,7 +296,7 @@ def build_secure_database(
         for direction in directions:
             sender, receiver = _DIR_SENDER[direction] if direction is not None else (None, None)
             for tier in _tiers_for(function, policy):
-                fields = CanIdFields(function=function.code, node=node, direction=int(direction or 0), tier=tier)
+                fields = function.id_fields(node, int(direction or 0), tier)
                 frame_id = layout.encode(fields)
                 name = secure_message_name(function, direction, tier)
                 if frame_id in seen:  # a DBC maps each identifier to one message

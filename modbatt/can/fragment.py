@@ -565,6 +565,9 @@ def isotp_params(*, fd: bool = False, **overrides: Any) -> dict[str, Any]:
         "blocksize": 0,
         "tx_padding": PAD_BYTE,
         "tx_data_length": 64 if fd else CLASSIC_MTU,
+        # Pad short frames to 8 bytes (longer FD frames to the next valid length), as
+        # wiretime.isotp_frame_lengths(padded=True) counts them.
+        "tx_data_min_length": CLASSIC_MTU,
         "can_fd": fd,
         "bitrate_switch": fd,
         "max_frame_size": MAX_PAYLOAD,

@@ -16,40 +16,53 @@ from types import MappingProxyType
 
 from ..errors import Reason, VerificationError
 from ..model.policy import MessageClass
+from ..model.tier import Tier
+from .ids import CanIdFields
 
 __all__ = ["FUNCTIONS", "Function", "function_for", "function_named", "message_class_of"]
 
 
 @dataclass(frozen=True, slots=True)
 class Function:
-    """One function code: its name (as in the DBC) and the message class it carries."""
+    """One function code: its name (as in the DBC), the message class it carries, its priority.
+
+    ``priority`` fills the layout's 3-bit priority field (0 most urgent, J1939 style). CAN
+    arbitration is by identifier, so it decides who waits on a loaded bus: safety limits and
+    charge/discharge commands (and their acknowledgements, which share the function) first,
+    bulk firmware blocks and logs last.
+    """
 
     code: int
     name: str
     message_class: MessageClass
+    priority: int = 3
+
+    def id_fields(self, node: int, direction: int, tier: Tier | None = None) -> CanIdFields:
+        """The identifier fields of this function for ``node`` in ``direction`` (one place for all senders)."""
+        return CanIdFields(function=self.code, node=node, priority=self.priority, direction=direction, tier=tier)
 
 
 _TABLE = (
-    Function(0x001, "ANNOUNCE", MessageClass.IDENTITY),
-    Function(0x002, "WITNESS", MessageClass.VALIDATION),
-    Function(0x003, "VALIDATION", MessageClass.VALIDATION),
-    Function(0x004, "CERTIFICATE", MessageClass.CERTIFICATE),
+    Function(0x001, "ANNOUNCE", MessageClass.IDENTITY, 3),
+    Function(0x002, "WITNESS", MessageClass.VALIDATION, 3),
+    Function(0x003, "VALIDATION", MessageClass.VALIDATION, 3),
+    Function(0x004, "CERTIFICATE", MessageClass.CERTIFICATE, 4),
     # The binding API (generate-keys, distribute-key, revoke) over ISO-TP for modules without an IP
     # stack: C2N requests, N2C answers (modbatt.transport.can_entity). Signed envelopes, so the
     # binding tier; class VALIDATION because that class is not looked up by function_for.
-    Function(0x005, "BINDING_API", MessageClass.VALIDATION),
-    Function(0x040, "VOLTAGE", MessageClass.VOLTAGE_TELEMETRY),
-    Function(0x041, "CURRENT", MessageClass.CURRENT_TELEMETRY),
-    Function(0x042, "TEMPERATURE", MessageClass.TEMPERATURE_TELEMETRY),
-    Function(0x043, "STATUS", MessageClass.STATUS),
-    Function(0x044, "HEARTBEAT", MessageClass.HEARTBEAT),
-    Function(0x045, "LOG", MessageClass.LOG),
-    Function(0x080, "CHARGE_COMMAND", MessageClass.CHARGE_COMMAND),
-    Function(0x081, "DISCHARGE_COMMAND", MessageClass.DISCHARGE_COMMAND),
-    Function(0x082, "SAFETY_LIMITS", MessageClass.SAFETY_LIMITS),
-    Function(0x083, "FIRMWARE_UPDATE", MessageClass.FIRMWARE_UPDATE),
-    Function(0x084, "CONFIGURATION", MessageClass.CONFIGURATION),
-    Function(0x085, "CRITICAL_TELEMETRY", MessageClass.CRITICAL_TELEMETRY),
+    Function(0x005, "BINDING_API", MessageClass.VALIDATION, 4),
+    Function(0x040, "VOLTAGE", MessageClass.VOLTAGE_TELEMETRY, 5),
+    Function(0x041, "CURRENT", MessageClass.CURRENT_TELEMETRY, 5),
+    Function(0x042, "TEMPERATURE", MessageClass.TEMPERATURE_TELEMETRY, 5),
+    Function(0x043, "STATUS", MessageClass.STATUS, 5),
+    Function(0x044, "HEARTBEAT", MessageClass.HEARTBEAT, 6),
+    Function(0x045, "LOG", MessageClass.LOG, 7),
+    Function(0x080, "CHARGE_COMMAND", MessageClass.CHARGE_COMMAND, 1),
+    Function(0x081, "DISCHARGE_COMMAND", MessageClass.DISCHARGE_COMMAND, 1),
+    Function(0x082, "SAFETY_LIMITS", MessageClass.SAFETY_LIMITS, 0),
+    Function(0x083, "FIRMWARE_UPDATE", MessageClass.FIRMWARE_UPDATE, 6),
+    Function(0x084, "CONFIGURATION", MessageClass.CONFIGURATION, 2),
+    Function(0x085, "CRITICAL_TELEMETRY", MessageClass.CRITICAL_TELEMETRY, 1),
 )
 
 #: Function code -> :class:`Function`.

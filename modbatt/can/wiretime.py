@@ -171,20 +171,23 @@ def bus_load(profile: BusProfile, mix: Iterable[tuple[int, float]], *, worst: bo
     return sum(rate * frame_time(profile, n, worst=worst) for n, rate in mix)
 
 
-def isotp_frame_lengths(n: int, profile: BusProfile) -> list[int]:
+def isotp_frame_lengths(n: int, profile: BusProfile, *, padded: bool = True) -> list[int]:
     """Data lengths of the frames ISO-TP (ISO 15765-2) uses for an ``n``-byte unit, flow control included.
 
     Classic: single frame up to 7 bytes (1-byte PCI); else first frame (2-byte PCI + 6), consecutive
     frames (1-byte PCI + 7) and one 3-byte flow-control frame from the receiver (block size 0).
     CAN FD: single frame up to 62 bytes (2-byte escape PCI above 7), first frame 62, consecutive
-    frames 63, padded to valid FD lengths. For wire time only; the transport itself is can-isotp.
+    frames 63, padded to valid FD lengths. ``padded`` (the default, as ``modbatt.can.fragment``
+    configures can-isotp) pads every frame to at least 8 bytes, so a classic frame is always 8.
+    For wire time only; the transport itself is can-isotp.
     """
     field = profile.data_field
     fd = profile.fd
     single_max = (field - 2) if fd and field > 8 else 7
     if n <= single_max:
         pci = 1 if n <= 7 else 2
-        return [frame_length(n + pci, fd=fd)]
+        single = frame_length(n + pci, fd=fd)
+        return [max(single, 8)] if padded else [single]
     first = field - 2
     cf = field - 1
     out = [field, 3]  # first frame, flow control
@@ -193,4 +196,4 @@ def isotp_frame_lengths(n: int, profile: BusProfile) -> list[int]:
         take = min(rest, cf)
         out.append(frame_length(take + 1, fd=fd))
         rest -= take
-    return out
+    return [max(length, 8) for length in out] if padded else out

@@ -116,7 +116,7 @@ class SelectiveLink:
         self.policy.check(message_class, chosen)
         if chosen < self.floor:
             raise VerificationError(Reason.TIER_TOO_LOW, f"escalated: nothing below {self.floor.label}")
-        fields = CanIdFields(function=function_for(message_class).code, node=self.node, direction=self._out_dir)
+        fields = function_for(message_class).id_fields(self.node, self._out_dir)
         return self._senders[chosen].protect(fields, payload)
 
     def receive(self, can_id: int, data: bytes, *, reassembled: bool = False) -> Received:

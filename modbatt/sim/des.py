@@ -81,7 +81,7 @@ import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 
 from ..can.functions import function_for
-from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
+from ..can.ids import SEED_LAYOUT, IdLayout
 from ..can.secured import frame_format
 from ..can.wiretime import CLASSIC, FD, BusProfile, bus_load, frame_bits, frame_time
 from ..crypto.suite import PrivateKey, hkdf_sha256
@@ -668,7 +668,7 @@ LEVELS: Final = MappingProxyType(
 
 
 def _can_id(layout: IdLayout, message_class: MessageClass, tier: Tier, node: int, direction: int) -> int:
-    fields = CanIdFields(function=function_for(message_class).code, node=node, direction=direction, tier=tier)
+    fields = function_for(message_class).id_fields(node, direction, tier)
     return layout.encode(fields)
 
 

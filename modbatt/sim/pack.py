@@ -55,7 +55,7 @@ from can.util import len2dlc
 
 from ..can.catalog import build_legacy_database
 from ..can.fragment import isotp_address, isotp_params
-from ..can.functions import function_for, message_class_of
+from ..can.functions import FUNCTIONS, function_for, message_class_of
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.suite import PrivateKey, PublicKey
@@ -406,8 +406,9 @@ class _Conn:
         self.peer = peer
         ep = node.endpoint
         out = 1 - ep.direction
-        self.tx_id = ep.layout.encode(CanIdFields(function=function, node=peer, direction=out, tier=tier))
-        self.rx_id = ep.layout.encode(CanIdFields(function=function, node=peer, direction=ep.direction, tier=tier))
+        spec = FUNCTIONS[function]
+        self.tx_id = ep.layout.encode(spec.id_fields(peer, out, tier))
+        self.rx_id = ep.layout.encode(spec.id_fields(peer, ep.direction, tier))
         self.isotp = isotp_mode
         self._rx: collections.deque[isotp.CanMessage] = collections.deque()
         self._tp: isotp.TransportLayerLogic | None = None

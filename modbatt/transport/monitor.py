@@ -200,7 +200,7 @@ class BuiltinDatabases:
     """modbatt's own databases, matched by decoded ID fields rather than by exact ID.
 
     A DBC holds one concrete ID per message, so :mod:`modbatt.can.dbc` writes the secured
-    protocol for one module (``node`` 0x01, priority 0) and :mod:`modbatt.can.catalog` the
+    protocol for one module (``node`` 0x01, each function at its priority) and :mod:`modbatt.can.catalog` the
     legacy buses for pack 0 / module 0x01. Node and priority do not change a frame's data
     layout, so a frame decoded by the layout is looked up with its node (and priority)
     replaced by the database's: any module's frames decode. Which database applies follows
@@ -276,7 +276,10 @@ class BuiltinDatabases:
     def _normalise(self, fields: Any, node: int) -> int | None:
         replace: dict[str, int] = {"node": node}
         if hasattr(fields, "priority"):
-            replace["priority"] = 0
+            # The built-in secure database holds each function at its own priority.
+            functions = _optional_module("modbatt.can.functions")
+            spec = functions.FUNCTIONS.get(getattr(fields, "function", None)) if functions is not None else None
+            replace["priority"] = spec.priority if spec is not None else 0
         try:
             return int(self.layout.encode(dataclasses.replace(fields, **replace)))
         except (ValueError, TypeError, VerificationError):
