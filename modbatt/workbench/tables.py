@@ -17,7 +17,14 @@ from ..can.secured import frame_format
 from ..can.wiretime import CLASSIC, FD, BusProfile
 from ..model.tier import Tier
 
-__all__ = ["collision_rows", "collision_summary", "cost_rows", "frame_format_rows", "layout_rows"]
+__all__ = [
+    "collision_rows",
+    "collision_summary",
+    "cost_rows",
+    "cpu_cost_rows",
+    "frame_format_rows",
+    "layout_rows",
+]
 
 
 def _bits(segments: Iterable[tuple[int, int]]) -> str:
@@ -82,3 +89,19 @@ def frame_format_rows(profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[di
 def cost_rows(payload_bytes: int = 8, profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[dict[str, Any]]:
     """Wire cost of one ``payload_bytes`` message per tier and profile."""
     return [message_cost(t, p, payload_bytes).as_row() for p in profiles for t in Tier]
+
+
+def cpu_cost_rows(*, include_host: bool = True) -> list[dict[str, Any]]:
+    """Per-operation CPU costs of each platform of the latency model, with their sources."""
+    from ..sim.des import platforms
+
+    rows = []
+    for name, platform in platforms().items():
+        if name == "HOST" and not include_host:
+            continue
+        for side, profile in (("pack", platform.pack), ("module", platform.module)):
+            for op, cost in sorted(profile.ops.items()):
+                rows.append({"platform": name, "side": side, "chip": profile.chip, "operation": op,
+                             "fixed_ms": round(cost.fixed * 1e3, 4), "per_block_us": round(cost.per_block * 1e6, 3),
+                             "published": cost.published, "source": cost.source})  # fmt: skip
+    return rows
