@@ -45,7 +45,9 @@ def parse_json_strict(data: bytes) -> Any:
     """Parse JSON refusing duplicate keys, NaN/Infinity and invalid UTF-8."""
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, _JsonError, RecursionError) as exc:
+    # ValueError also covers integers beyond Python's 4300-digit conversion limit (a 5000-digit
+    # number fits the 16 KiB cap): without it that body escaped as a 500 instead of a 400.
+    except (UnicodeDecodeError, json.JSONDecodeError, _JsonError, RecursionError, ValueError) as exc:
         raise _JsonError(str(exc)) from None
 
 

@@ -29,7 +29,7 @@ __all__ = [
 
 REQUEST_ID_BYTES = 16
 OPERATIONS = ("generate-keys", "distribute-key", "revoke")
-#: Largest CBOR envelope accepted from the wire (a distribute-key request is about 1.8 KiB).
+#: Largest CBOR envelope accepted from the wire (a distribute-key request is about 1.1 KiB).
 MAX_ENVELOPE_CBOR_BYTES = 16 * 1024
 
 

@@ -1,0 +1,156 @@
+"""Dynamic discovery (seed success criterion "access data enables dynamic device discovery").
+
+The controller keeps a :class:`Directory` of where each bound entity is *now*: every level-1
+announce that arrives on any transport (CAN broadcast, MQTT announce topic, HTTP announce POST,
+see :mod:`modbatt.transport.announce`) is verified by the level-1 machine
+(:class:`~modbatt.protocol.validation.announce.AnnounceVerifier`, binding-key signature, freshness,
+sequence) against the semi-public keys of the controller's binding records, and the access data it
+carries becomes the entity's current address. A :class:`~modbatt.transport.routing.RoutingEntityClient`
+given ``resolver=directory.endpoint_for`` then reaches each entity through the protocol its
+announced access data names, even after it moved (a module re-addressed on CAN, a sensor on a
+new topic, a gateway on a new IP).
+
+Why only bound entities: a level-1 announce is signed with the binding key, so only the controller
+and the partner can verify it. An entity that was never bound has nothing the controller could
+verify; its access data comes from the binding authority's paperwork or an unauthenticated probe
+(:func:`probe_http_entity`, ``GET /api/entity``), and binding then pins its identity key, so a lie
+there fails the binding (``bad_signature``) instead of misleading the controller. A redirect by a
+valid announce can at worst misroute traffic for the announcer itself: requests stay signed and
+addressed to their target device.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import ModbattError, Reason, TransportError, VerificationError
+from ..model.access import AccessData, TransportProtocol
+from ..model.binding import BindingRecord
+from ..protocol.validation.announce import AnnounceVerifier, BindingKeyRef
+from ..transport.routing import protocol_of
+
+__all__ = ["Directory", "DiscoveredEntity", "probe_http_entity"]
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredEntity:
+    """What a verified announce taught the controller."""
+
+    device_id: str
+    access_data: AccessData
+    binding_id: str
+    via: TransportProtocol  # the transport the announce arrived on
+    source: str  # where exactly (can://can0/0x05, mqtt://…/modbatt/announce/x, http://peer)
+    seq: int
+    seen_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "endpoint": self.access_data.endpoint,
+            "protocol": self.access_data.protocol.value,
+            "binding_id": self.binding_id,
+            "via": self.via.value,
+            "source": self.source,
+            "seq": self.seq,
+        }
+
+
+def _refs(record: BindingRecord) -> list[BindingKeyRef]:
+    return [
+        BindingKeyRef(record.binding_id, side.access_data.device_id, side.semi_public_key)
+        for side in (record.entity_a, record.entity_b)
+    ]
+
+
+class Directory:
+    """The controller's view of where bound entities are; an announce sink for every carrier."""
+
+    def __init__(self, records: Iterable[BindingRecord] = (), *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._verifier = AnnounceVerifier([ref for record in records for ref in _refs(record)])
+        self.entities: dict[str, DiscoveredEntity] = {}
+
+    @property
+    def rejections(self) -> collections.Counter[Reason]:
+        """Refused announces by reason (the level-1 machine's counters)."""
+        return self._verifier.rejections
+
+    def trust(self, record: BindingRecord) -> None:
+        """Accept announces signed with either binding key of ``record`` from now on."""
+        with self._lock:
+            for ref in _refs(record):
+                self._verifier.add(ref)
+
+    def offer(self, data: bytes, source: str) -> Reason | None:
+        """The announce sink: verify, then learn the access data. Never raises; returns the reason if refused."""
+        try:
+            via = protocol_of(source)
+        except TransportError:
+            self._verifier.rejections[Reason.MALFORMED] += 1
+            return Reason.MALFORMED
+        with self._lock:
+            try:
+                announce = self._verifier.receive(bytes(data), self._clock())
+            except VerificationError as exc:
+                return exc.reason
+            except ModbattError:
+                self._verifier.rejections[Reason.MALFORMED] += 1
+                return Reason.MALFORMED
+            self.entities[announce.sender] = DiscoveredEntity(
+                announce.sender,
+                announce.access_data,
+                announce.binding_id,
+                via,
+                source,
+                announce.seq,
+                self._clock(),
+            )
+        return None
+
+    def access_for(self, device_id: str) -> AccessData | None:
+        entry = self.entities.get(device_id)
+        return entry.access_data if entry else None
+
+    def endpoint_for(self, device_id: str) -> str | None:
+        """The announced endpoint of ``device_id`` (a resolver for the routing client)."""
+        entry = self.entities.get(device_id)
+        return entry.access_data.endpoint if entry else None
+
+    def wait_for(self, device_ids: Iterable[str], timeout: float) -> bool:
+        """Poll (bounded) until every device in ``device_ids`` was discovered."""
+        wanted = set(device_ids)
+        deadline = time.monotonic() + timeout
+        while not wanted <= self.entities.keys():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+def probe_http_entity(url: str, *, timeout: float = 3.0) -> tuple[AccessData, str]:
+    """``GET {url}/api/entity``: the entity's *claimed* access data and identity key id (unverified).
+
+    For entities that were never bound (no binding key, so no verifiable announce). The binding
+    authorization pins the identity key, so a false claim cannot survive a binding.
+    """
+    target = url.rstrip("/") + "/api/entity"
+    try:
+        response = httpx.get(target, timeout=timeout)
+        answer = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TransportError(f"cannot probe {target}: {type(exc).__name__}") from None
+    if response.status_code != 200 or not isinstance(answer, dict):
+        raise TransportError(f"{target} answered HTTP {response.status_code}")
+    key_id = answer.get("identity_key_id")
+    if not isinstance(key_id, str):
+        raise VerificationError(Reason.MALFORMED, f"{target} gave no identity key id")
+    return AccessData.from_dict(answer.get("access_data")), key_id
