@@ -169,3 +169,16 @@ def _no_mosquitto(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_mqtt_without_broker_or_mosquitto_says_how_to_fix_it() -> None:
     with pytest.raises(ConfigError, match="apt-get install mosquitto"):
         run_mixed_demo(("mqtt",))
+
+
+def test_demo_cli_binds_one_entity_per_transport(mosquitto: MosquittoBroker, capsys) -> None:  # noqa: F811
+    """`modbatt demo --transports can,http,mqtt --mqtt-broker HOST:PORT --json` (issue form)."""
+    import json
+
+    from modbatt.cli import main
+
+    broker = f"{mosquitto.host}:{mosquitto.port}"
+    assert main(["demo", "--transports", "can,http,mqtt", "--mqtt-broker", broker, "--json"]) == 0
+    entities = json.loads(capsys.readouterr().out)["entities"]
+    assert [(e["transport"], e["bound"]) for e in entities] == [("can", True), ("http", True), ("mqtt", True)]
+    assert all({"name", "transport", "bound"} <= set(e) for e in entities)

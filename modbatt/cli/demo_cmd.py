@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..model.pairing import ControllerMode
 from ..transport.canbus import BusConfig
 from ..workbench.demo import run_demo
@@ -30,10 +31,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interface", default=None, help="python-can interface for the CAN part (default virtual)")
     p.add_argument("--channel", default=None, help="python-can channel")
     p.add_argument("--bitrate", type=int, default=None, help="bit rate for real adapters")
+    mixed = p.add_argument_group("one controller, any protocol (access data names the transport)")
+    mixed.add_argument(
+        "--transports",
+        metavar="LIST",
+        help="bind and pair one entity per transport instead, e.g. can,http,mqtt (see docs/transports.md)",
+    )
+    mixed.add_argument("--mqtt-broker", metavar="HOST:PORT", help="MQTT broker (default: start a private mosquitto)")
     p.set_defaults(handler=_run)
 
 
+def _run_mixed(args: argparse.Namespace) -> int:
+    from ..workbench.mixed import parse_broker, run_mixed_demo
+
+    result = run_mixed_demo(args.transports.split(","), parse_broker(args.mqtt_broker))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        for e in result["entities"]:
+            flags = ", ".join(k for k in ("bound", "paired", "discovered") if e.get(k))
+            print(f"{e['name']:12} over {e['transport']:4}: {flags or 'FAILED'}")
+    return 0 if all(e.get("bound") for e in result["entities"]) else 1
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.transports:
+        return _run_mixed(args)
+    if args.mqtt_broker:
+        raise ConfigError("--mqtt-broker goes with --transports")
     bus = None
     if args.interface or args.channel or args.bitrate:
         bus = BusConfig.resolve(args.interface, args.channel, args.bitrate)
