@@ -125,5 +125,8 @@ def _check_endpoint(protocol: TransportProtocol, endpoint: str) -> None:
     else:
         parts = urlsplit(endpoint)
         topic = parts.path.lstrip("/")
+        # urlsplit would read "#" as a fragment and "?" as a query, hiding a wildcard topic.
+        if "#" in endpoint or "?" in endpoint:
+            raise malformed("an MQTT endpoint topic may not contain wildcards, '#' or '?'")
         if parts.scheme != "mqtt" or not parts.hostname or not _MQTT_TOPIC.fullmatch(topic or ""):
             raise malformed("an MQTT endpoint is mqtt://HOST[:PORT]/TOPIC without wildcards")
