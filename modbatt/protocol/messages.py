@@ -9,8 +9,8 @@ operation; unknown fields are rejected.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from ..crypto import labels
 from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey
@@ -95,21 +95,41 @@ _RESPONSE_BODIES: Mapping[str, Mapping[str, _Kind]] = {
 }
 
 
-def _op(value: Any) -> str:
+def _op_read(value: Any, what: str) -> str:
     if value not in OPERATIONS:
-        raise malformed(f"op must be one of {', '.join(OPERATIONS)}")
+        raise malformed(f"{what} must be one of {', '.join(OPERATIONS)}")
     return str(value)
 
 
-def _body(schema: Mapping[str, _Kind], value: Any, *, json: bool) -> dict[str, Any]:
-    m = expect_map(value, "body", required=set(schema))
-    return {
-        name: (kind.from_json if json else kind.from_cbor)(m[name], f"body.{name}") for name, kind in schema.items()
-    }
+def _uuid_read(value: Any, what: str) -> str:
+    return uuid_text(value, what)
 
 
-def _body_out(schema: Mapping[str, _Kind], body: Mapping[str, Any], *, json: bool) -> dict[str, Any]:
-    return {name: (kind.to_json if json else kind.to_cbor)(body[name]) for name, kind in schema.items()}
+def _int53_read(value: Any, what: str) -> int:
+    return integer(value, what, lo=0, hi=2**53)
+
+
+_OP = _Kind(str, _op_read, str, _op_read)
+_UUID = _Kind(str, _uuid_read, str, _uuid_read)
+_INT53 = _Kind(int, _int53_read, int, _int53_read)
+_REQUEST_ID = _bytes_kind(size=REQUEST_ID_BYTES)
+_SIGNATURE = _bytes_kind(size=SIGNATURE_BYTES)
+
+#: (wire name, attribute name, kind) of each envelope's header, in order.
+_Header = tuple[tuple[str, str, _Kind], ...]
+_REQUEST_HEADER: _Header = (
+    ("op", "op", _OP),
+    ("binding_id", "binding_id", _UUID),
+    ("request_id", "request_id", _REQUEST_ID),
+    ("issued_at", "issued_at_ms", _INT53),
+    ("target", "target", _text_kind(64)),
+)
+_RESPONSE_HEADER: _Header = (
+    ("op", "op", _OP),
+    ("binding_id", "binding_id", _UUID),
+    ("request_id", "request_id", _REQUEST_ID),
+    ("device_id", "device_id", _text_kind(64)),
+)
 
 
 def _cbor_map(data: Any) -> Any:
@@ -120,9 +140,68 @@ def _cbor_map(data: Any) -> Any:
         raise VerificationError(exc.reason, str(exc)) from None
 
 
+def _fields_out(envelope: Any, header: _Header, bodies: Mapping[str, Mapping[str, _Kind]], *, json: bool) -> dict:
+    """Every field but the signature, in the JSON or the CBOR view."""
+    out = {wire: (kind.to_json if json else kind.to_cbor)(getattr(envelope, attr)) for wire, attr, kind in header}
+    schema = bodies[envelope.op]
+    out["body"] = {name: (kind.to_json if json else kind.to_cbor)(envelope.body[name]) for name, kind in schema.items()}
+    return out
+
+
+def _fields_in(
+    value: Any,
+    what: str,
+    header: _Header,
+    bodies: Mapping[str, Mapping[str, _Kind]],
+    *,
+    json: bool,
+    expected_op: str | None = None,
+) -> dict[str, Any]:
+    """Constructor arguments from an untrusted map (strict: no unknown or missing field)."""
+    m = expect_map(value, what, required={wire for wire, _, _ in header} | {"body", "signature"})
+    args = {attr: (kind.from_json if json else kind.from_cbor)(m[wire], wire) for wire, attr, kind in header}
+    if expected_op is not None and args["op"] != expected_op:
+        raise malformed(f"this endpoint takes op {expected_op!r}, not {args['op']!r}")
+    schema = bodies[args["op"]]
+    body = expect_map(m["body"], "body", required=set(schema))
+    args["body"] = {
+        name: (kind.from_json if json else kind.from_cbor)(body[name], f"body.{name}") for name, kind in schema.items()
+    }
+    args["signature"] = (_SIGNATURE.from_json if json else _SIGNATURE.from_cbor)(m["signature"], "signature")
+    return args
+
+
+class _Envelope:
+    """The shared codec of both envelopes: JSON and CBOR views of one signed field set."""
+
+    __slots__ = ()
+    _WHAT: str
+    _HEADER: _Header
+    _BODIES: Mapping[str, Mapping[str, _Kind]]
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        """Canonical CBOR of every field but the signature: what the signature covers."""
+        return canonical_dumps(_fields_out(self, self._HEADER, self._BODIES, json=False))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_fields_out(self, self._HEADER, self._BODIES, json=True), "signature": b64(self.signature)}
+
+    def to_cbor(self) -> bytes:
+        """The whole envelope as canonical CBOR (the CAN/MQTT view); without ``signature`` it is
+        exactly :meth:`signed_bytes`."""
+        return canonical_dumps(
+            {**_fields_out(self, self._HEADER, self._BODIES, json=False), "signature": self.signature}
+        )
+
+
 @dataclass(frozen=True, slots=True)
-class ControllerRequest:
+class ControllerRequest(_Envelope):
     """A request from the auth controller to one entity, signed with the controller key."""
+
+    _WHAT: ClassVar[str] = "request"
+    _HEADER: ClassVar[_Header] = _REQUEST_HEADER
+    _BODIES: ClassVar[Mapping[str, Mapping[str, _Kind]]] = _REQUEST_BODIES
 
     op: str
     binding_id: str
@@ -132,23 +211,8 @@ class ControllerRequest:
     body: Mapping[str, Any]
     signature: bytes = field(default=b"", repr=False)
 
-    def signed_bytes(self) -> bytes:
-        return canonical_dumps(
-            {
-                "op": self.op,
-                "binding_id": self.binding_id,
-                "request_id": self.request_id,
-                "issued_at": self.issued_at_ms,
-                "target": self.target,
-                "body": _body_out(_REQUEST_BODIES[self.op], self.body, json=False),
-            }
-        )
-
     def sign(self, controller_key: PrivateKey) -> ControllerRequest:
-        sig = controller_key.sign(labels.SIG_CONTROLLER_REQUEST, self.signed_bytes())
-        return ControllerRequest(
-            self.op, self.binding_id, self.request_id, self.issued_at_ms, self.target, self.body, sig
-        )
+        return replace(self, signature=controller_key.sign(labels.SIG_CONTROLLER_REQUEST, self.signed_bytes()))
 
     def verify(self, controller_key: PublicKey) -> None:
         try:
@@ -158,80 +222,24 @@ class ControllerRequest:
                 Reason.UNAUTHORIZED, f"request is not signed by the controller ({exc.reason})"
             ) from None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "binding_id": self.binding_id,
-            "request_id": b64(self.request_id),
-            "issued_at": self.issued_at_ms,
-            "target": self.target,
-            "body": _body_out(_REQUEST_BODIES[self.op], self.body, json=True),
-            "signature": b64(self.signature),
-        }
-
     @classmethod
     def from_json(cls, value: Any, *, expected_op: str | None = None) -> ControllerRequest:
-        m = expect_map(
-            value,
-            "request",
-            required={"op", "binding_id", "request_id", "issued_at", "target", "body", "signature"},
-        )
-        op = _op(m["op"])
-        if expected_op is not None and op != expected_op:
-            raise malformed(f"this endpoint takes op {expected_op!r}, not {op!r}")
-        return cls(
-            op,
-            uuid_text(m["binding_id"], "binding_id"),
-            b64_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
-            integer(m["issued_at"], "issued_at", lo=0, hi=2**53),
-            text(m["target"], "target", max_len=64),
-            _body(_REQUEST_BODIES[op], m["body"], json=True),
-            b64_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
-        )
-
-    def to_cbor(self) -> bytes:
-        """The whole envelope, signature included, as canonical CBOR (the CAN/MQTT view).
-
-        Same field names as :meth:`to_json`, with byte strings as CBOR byte strings; without
-        ``signature`` it is exactly :meth:`signed_bytes`.
-        """
-        return canonical_dumps(
-            {
-                "op": self.op,
-                "binding_id": self.binding_id,
-                "request_id": self.request_id,
-                "issued_at": self.issued_at_ms,
-                "target": self.target,
-                "body": _body_out(_REQUEST_BODIES[self.op], self.body, json=False),
-                "signature": self.signature,
-            }
-        )
+        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True, expected_op=expected_op))
 
     @classmethod
     def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> ControllerRequest:
         """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
-        m = expect_map(
-            _cbor_map(data),
-            "request",
-            required={"op", "binding_id", "request_id", "issued_at", "target", "body", "signature"},
-        )
-        op = _op(m["op"])
-        if expected_op is not None and op != expected_op:
-            raise malformed(f"this endpoint takes op {expected_op!r}, not {op!r}")
-        return cls(
-            op,
-            uuid_text(m["binding_id"], "binding_id"),
-            raw_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
-            integer(m["issued_at"], "issued_at", lo=0, hi=2**53),
-            text(m["target"], "target", max_len=64),
-            _body(_REQUEST_BODIES[op], m["body"], json=False),
-            raw_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
-        )
+        m = _cbor_map(data)
+        return cls(**_fields_in(m, cls._WHAT, cls._HEADER, cls._BODIES, json=False, expected_op=expected_op))
 
 
 @dataclass(frozen=True, slots=True)
-class EntityResponse:
+class EntityResponse(_Envelope):
     """An entity's answer, signed with its device identity key (defeats key substitution)."""
+
+    _WHAT: ClassVar[str] = "response"
+    _HEADER: ClassVar[_Header] = _RESPONSE_HEADER
+    _BODIES: ClassVar[Mapping[str, Mapping[str, _Kind]]] = _RESPONSE_BODIES
 
     op: str
     binding_id: str
@@ -240,72 +248,17 @@ class EntityResponse:
     body: Mapping[str, Any]
     signature: bytes = field(default=b"", repr=False)
 
-    def signed_bytes(self) -> bytes:
-        return canonical_dumps(
-            {
-                "op": self.op,
-                "binding_id": self.binding_id,
-                "request_id": self.request_id,
-                "device_id": self.device_id,
-                "body": _body_out(_RESPONSE_BODIES[self.op], self.body, json=False),
-            }
-        )
-
     def sign(self, identity_key: PrivateKey) -> EntityResponse:
-        sig = identity_key.sign(labels.SIG_ENTITY_RESPONSE, self.signed_bytes())
-        return EntityResponse(self.op, self.binding_id, self.request_id, self.device_id, self.body, sig)
+        return replace(self, signature=identity_key.sign(labels.SIG_ENTITY_RESPONSE, self.signed_bytes()))
 
     def verify(self, identity_key: PublicKey) -> None:
         identity_key.verify(labels.SIG_ENTITY_RESPONSE, self.signed_bytes(), self.signature)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "binding_id": self.binding_id,
-            "request_id": b64(self.request_id),
-            "device_id": self.device_id,
-            "body": _body_out(_RESPONSE_BODIES[self.op], self.body, json=True),
-            "signature": b64(self.signature),
-        }
-
     @classmethod
     def from_json(cls, value: Any) -> EntityResponse:
-        m = expect_map(value, "response", required={"op", "binding_id", "request_id", "device_id", "body", "signature"})
-        op = _op(m["op"])
-        return cls(
-            op,
-            uuid_text(m["binding_id"], "binding_id"),
-            b64_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
-            text(m["device_id"], "device_id", max_len=64),
-            _body(_RESPONSE_BODIES[op], m["body"], json=True),
-            b64_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
-        )
-
-    def to_cbor(self) -> bytes:
-        """The whole envelope, signature included, as canonical CBOR (the CAN/MQTT view)."""
-        return canonical_dumps(
-            {
-                "op": self.op,
-                "binding_id": self.binding_id,
-                "request_id": self.request_id,
-                "device_id": self.device_id,
-                "body": _body_out(_RESPONSE_BODIES[self.op], self.body, json=False),
-                "signature": self.signature,
-            }
-        )
+        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> EntityResponse:
         """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
-        m = expect_map(
-            _cbor_map(data), "response", required={"op", "binding_id", "request_id", "device_id", "body", "signature"}
-        )
-        op = _op(m["op"])
-        return cls(
-            op,
-            uuid_text(m["binding_id"], "binding_id"),
-            raw_bytes(m["request_id"], "request_id", size=REQUEST_ID_BYTES),
-            text(m["device_id"], "device_id", max_len=64),
-            _body(_RESPONSE_BODIES[op], m["body"], json=False),
-            raw_bytes(m["signature"], "signature", size=SIGNATURE_BYTES),
-        )
+        return cls(**_fields_in(_cbor_map(data), cls._WHAT, cls._HEADER, cls._BODIES, json=False))
