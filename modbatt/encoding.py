@@ -7,13 +7,14 @@ cannot be replayed over a re-encoded variant.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import cbor2
 
 from .errors import EncodingError, Reason
 
-__all__ = ["MAX_MESSAGE_BYTES", "canonical_dumps", "strict_loads"]
+__all__ = ["MAX_MESSAGE_BYTES", "canonical_dumps", "strict_json_loads", "strict_loads"]
 
 #: Upper bound for any single CBOR message modbatt accepts (certificates are ~1 KiB).
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -47,3 +48,32 @@ def strict_loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if again != data:
         raise EncodingError("CBOR encoding is not canonical (or has trailing bytes)")
     return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_loads(data: bytes) -> Any:
+    """Parse JSON from an untrusted source: valid UTF-8, no duplicate keys, no NaN/Infinity.
+
+    Duplicate keys are refused because two parsers may keep different ones (a classic way to
+    make a checker and a consumer see different messages). Every failure is an
+    :class:`~modbatt.errors.EncodingError` (``malformed``); the caller caps the size first.
+    """
+    try:
+        return json.loads(
+            bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:
+        # ValueError covers json.JSONDecodeError and integers past Python's digit limit.
+        raise EncodingError(f"not valid JSON: {str(exc)[:120]}") from None

@@ -8,47 +8,20 @@ rejection is a 4xx JSON ``{"error": reason, "detail": text}``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import Reason
+from ..encoding import strict_json_loads
+from ..errors import EncodingError, Reason
 from .entity import EntityNode, rejection
 
-__all__ = ["MAX_BODY_BYTES", "create_entity_app", "parse_json_strict"]
+__all__ = ["MAX_BODY_BYTES", "create_entity_app"]
 
 #: Largest request body accepted (a distribute-key request is about 2 KiB).
 MAX_BODY_BYTES = 16 * 1024
-
-
-class _JsonError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _JsonError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise _JsonError(f"{name} is not JSON")
-
-
-def parse_json_strict(data: bytes) -> Any:
-    """Parse JSON refusing duplicate keys, NaN/Infinity and invalid UTF-8."""
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    # ValueError also covers integers beyond Python's 4300-digit conversion limit (a 5000-digit
-    # number fits the 16 KiB cap): without it that body escaped as a 500 instead of a 400.
-    except (UnicodeDecodeError, json.JSONDecodeError, _JsonError, RecursionError, ValueError) as exc:
-        raise _JsonError(str(exc)) from None
 
 
 async def _read_capped(request: Request) -> bytes | None:
@@ -83,9 +56,9 @@ def create_entity_app(node: EntityNode) -> FastAPI:
                 rejection(Reason.OVERSIZED, f"request body exceeds {MAX_BODY_BYTES} bytes"), status_code=413
             )
         try:
-            payload = parse_json_strict(body)
-        except _JsonError as exc:
-            return JSONResponse(rejection(Reason.MALFORMED, f"body is not valid JSON: {exc}"), status_code=400)
+            payload = strict_json_loads(body)
+        except EncodingError as exc:
+            return JSONResponse(rejection(Reason.MALFORMED, f"body is {exc}"), status_code=400)
         # Key-store writes fsync: keep them off the event loop.
         status, answer = await run_in_threadpool(node.handle, op, payload)
         return JSONResponse(answer, status_code=status)

@@ -43,7 +43,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..errors import ConfigError, Reason, TransportError
+from ..encoding import strict_json_loads
+from ..errors import ConfigError, EncodingError, Reason, TransportError
 from .http import _raise_rejection
 from .serving import EntityHandler
 
@@ -101,24 +102,6 @@ def _user_property(props: Properties | None, name: str) -> str | None:
         if key == name:
             return str(value)
     return None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json(data: bytes) -> Any:
-    """Parse JSON as the HTTP API does: no duplicate keys, no NaN/Infinity, valid UTF-8 only."""
-    return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
 def _dumps(value: Any) -> bytes:
@@ -286,8 +269,8 @@ class MqttEntityClient:
                 return
             try:
                 status = int(_user_property(props, STATUS_PROPERTY) or _NO_STATUS)
-                answer = _strict_json(message.payload)
-            except (ValueError, UnicodeDecodeError, RecursionError):
+                answer = strict_json_loads(message.payload)
+            except (ValueError, EncodingError):
                 status = _NO_STATUS
             if not 100 <= status <= 599:
                 self.counters["malformed_answer"] += 1
@@ -571,9 +554,9 @@ class MqttEntityServer:
         if not job.op:
             return 400, _rejection(Reason.MALFORMED, f"the {OP_PROPERTY} user property is missing")
         try:
-            payload = _strict_json(job.payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            return 400, _rejection(Reason.MALFORMED, f"body is not valid JSON: {str(exc)[:80]}")
+            payload = strict_json_loads(job.payload)
+        except EncodingError as exc:
+            return 400, _rejection(Reason.MALFORMED, f"body is {exc}")
         return self.node.handle(job.op, payload)
 
     def _answer(self, job: _Job, status: int, answer: Any) -> None:
