@@ -123,5 +123,10 @@ def counts_rejections(method: _F) -> _F:
         except VerificationError as exc:
             self.rejections[exc.reason] += 1
             raise
+        except EncodingError as exc:
+            # Undecodable bytes (a garbage offer, certificate or notice) are rejections too, with
+            # reason malformed/oversized; uncounted, an attacker could probe without moving a counter.
+            self.rejections[exc.reason] += 1
+            raise
 
     return wrapper  # type: ignore[return-value]

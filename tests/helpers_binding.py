@@ -9,10 +9,10 @@ from modbatt.crypto.rng import SeededRandom
 from modbatt.crypto.suite import PrivateKey
 from modbatt.ledger import Ledger
 from modbatt.model import AccessData, LctRef, TransportProtocol
+from modbatt.nodes.authority import authorize_binding
 from modbatt.nodes.controller import AuthController
 from modbatt.nodes.entity import EntityNode
 from modbatt.transport.http import InProcessEntityClient
-from modbatt.workbench.deployment import authorize_binding
 
 T0 = 1_800_000_000.0
 

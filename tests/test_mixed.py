@@ -42,13 +42,13 @@ def test_run_mixed_demo_binds_pairs_and_discovers_one_entity_per_transport(
 def test_discovery_reaches_moved_entities_through_their_announced_protocol(
     mosquitto: MosquittoBroker,  # noqa: F811
 ) -> None:
-    with MixedBench(mqtt_broker=mosquitto.address, seed=32, timeout=2.0, retries=0) as bench:
+    with MixedBench(mqtt_broker=mosquitto.address, seed=32, timeout=6.0, retries=0) as bench:
         bench.run()
         old = {name: e.access_data.endpoint for name, e in bench.entities.items()}
         moved = [bench.move(entity) for entity in list(bench.entities.values())]
         for entity in moved:
             bench.announce(entity)
-        assert bench.directory.wait_for([e.access_data.device_id for e in moved], timeout=3.0)
+        assert bench.directory.wait_for([e.access_data.device_id for e in moved], timeout=10.0)
         for entity in moved:
             found = bench.directory.entities[entity.access_data.device_id]
             assert found.access_data.endpoint == entity.access_data.endpoint != old[entity.name]
@@ -67,7 +67,7 @@ def test_validation_discovery_proves_liveness_over_each_transport(
     mosquitto: MosquittoBroker,  # noqa: F811
 ) -> None:
     """``modbatt.nodes.validation.Discovery`` (announce + level-7 challenge) over CAN, HTTP and MQTT."""
-    with MixedBench(mqtt_broker=mosquitto.address, seed=36, timeout=2.0, retries=0) as bench:
+    with MixedBench(mqtt_broker=mosquitto.address, seed=36, timeout=6.0, retries=0) as bench:
         for entity in bench.entities.values():
             bench.bind(entity)
         discovery = Discovery(bench.controller, bench.router.routes)

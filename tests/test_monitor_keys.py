@@ -10,11 +10,11 @@ import pytest
 from modbatt.cli import main
 from modbatt.errors import Reason, VerificationError
 from modbatt.model.policy import DEFAULT_POLICY, MessageClass
+from modbatt.nodes.inmemory import InMemoryDeployment
 from modbatt.nodes.link import SelectiveLink
 from modbatt.nodes.monitor_keys import KeyStoreDecryptor
 from modbatt.nodes.pairing_flow import pair_entities
 from modbatt.transport.recording import write_log
-from modbatt.workbench.inmemory import InMemoryDeployment
 
 
 def _paired(seed=5):

@@ -9,10 +9,10 @@ from modbatt.crypto.keystore import KeyStore
 from modbatt.errors import Reason, VerificationError
 from modbatt.model import AccessData, TransportProtocol
 from modbatt.model.policy import DEFAULT_POLICY, MessageClass
+from modbatt.nodes.authority import authorize_binding
 from modbatt.nodes.entity import EntityNode
 from modbatt.nodes.link import SelectiveLink
 from modbatt.nodes.pairing_flow import pair_entities
-from modbatt.workbench.deployment import authorize_binding
 
 
 def _pack_with_modules(n):

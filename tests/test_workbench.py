@@ -10,6 +10,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from modbatt.cli import main
 from modbatt.encoding import strict_loads
+from modbatt.nodes.inmemory import InMemoryDeployment
 from modbatt.nodes.pairing_flow import pair_entities
 from modbatt.workbench.figures import (
     certificate_anatomy_figure,
@@ -18,7 +19,6 @@ from modbatt.workbench.figures import (
     trust_graph_figure,
     validation_levels_figure,
 )
-from modbatt.workbench.inmemory import InMemoryDeployment
 from modbatt.workbench.results import save_figure, save_results
 from modbatt.workbench.runner import run_notebooks
 

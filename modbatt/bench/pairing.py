@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import DEFAULT_POLICY, MessageClass
+from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.link import SelectiveLink
 from ..nodes.pairing_flow import pair_entities
 from ..protocol.pairing import issue_certificate
-from ..workbench.inmemory import InMemoryDeployment
 from . import time_per_call
 
 NAME = "pairing"

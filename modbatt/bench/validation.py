@@ -19,12 +19,12 @@ from ..crypto.rng import SystemRandom
 from ..crypto.suite import PrivateKey
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
+from ..nodes.authority import authorize_binding
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
 from ..nodes.pairing_flow import pair_entities
 from ..nodes.validation import LEVELS, ValidationContext
 from ..transport.http import InProcessEntityClient
-from ..workbench.deployment import authorize_binding
 from . import time_per_call
 
 NAME = "validation"

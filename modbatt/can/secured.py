@@ -186,7 +186,7 @@ class TrafficKeys:
     the peer's public key.
     """
 
-    __slots__ = ("_ccm", "_gcm", "direction", "signer", "tier", "verifier")
+    __slots__ = ("_ccm", "_gcm", "context", "direction", "signer", "tier", "verifier")
 
     def __init__(
         self,
@@ -197,8 +197,14 @@ class TrafficKeys:
         fd_key: bytes | None = None,
         signer: PrivateKey | None = None,
         verifier: PublicKey | None = None,
+        context: bytes = b"",
     ) -> None:
         self.tier = Tier(tier)
+        if context and not 2 <= len(context) <= 255:
+            raise ValueError("a BINDING context is 2-255 bytes")
+        # BINDING keys are per binding, not per pairing: the context (the link's pairing id) goes
+        # into every signature so frames signed on one pairing's link never verify on another's.
+        self.context = bytes([len(context)]) + bytes(context) if context else b""
         self.direction = Direction(direction)
         self._ccm = AESCCM(classic_key, tag_length=CLASSIC_TAG_BYTES) if classic_key is not None else None
         self._gcm = AESGCM(fd_key) if fd_key is not None else None
@@ -216,10 +222,19 @@ class TrafficKeys:
 
     @classmethod
     def binding(
-        cls, direction: Direction, *, signer: PrivateKey | None = None, verifier: PublicKey | None = None
+        cls,
+        direction: Direction,
+        *,
+        signer: PrivateKey | None = None,
+        verifier: PublicKey | None = None,
+        context: bytes = b"",
     ) -> TrafficKeys:
-        """BINDING tier: sign with the sender's binding key, verify with the peer's."""
-        return cls(Tier.BINDING, direction, signer=signer, verifier=verifier)
+        """BINDING tier: sign with the sender's binding key, verify with the peer's.
+
+        ``context`` (2-255 bytes, e.g. the pairing id) is signed as ``len ‖ context`` before the
+        nonce; its first byte (≥ 2) can never equal a nonce's first byte (the direction, 0 or 1).
+        """
+        return cls(Tier.BINDING, direction, signer=signer, verifier=verifier, context=context)
 
     def __repr__(self) -> str:
         return f"TrafficKeys(tier={self.tier.name}, direction={self.direction.name})"
@@ -344,7 +359,7 @@ class SecuredSender(_Channel):
         nonce = (self._nonce_base | (can_id << 56) | fv).to_bytes(12, "big")
         if tier is Tier.BINDING:
             assert self.keys.signer is not None
-            sig = self.keys.signer.sign(labels.SIG_CAN_FRAME, nonce + payload)
+            sig = self.keys.signer.sign(labels.SIG_CAN_FRAME, self.keys.context + nonce + payload)
             data = fv.to_bytes(COUNTER_BYTES, "big") + payload + sig
             return SecuredPdu(can_id, data, len(data) <= field, fv)
         if not self._fd:
@@ -371,7 +386,7 @@ class SecuredSender(_Channel):
         head = fv.to_bytes(COUNTER_BYTES, "big")
         if self.keys.tier is Tier.BINDING:
             assert self.keys.signer is not None
-            auth = self.keys.signer.sign(labels.SIG_CAN_RESYNC, nonce + challenge)
+            auth = self.keys.signer.sign(labels.SIG_CAN_RESYNC, self.keys.context + nonce + challenge)
         else:
             aead = self._gcm if self._fd else self._ccm
             assert aead is not None
@@ -464,7 +479,7 @@ class SecuredReceiver(_Channel):
             window.check(fv)
             body, sig = data[COUNTER_BYTES:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
             assert self.keys.verifier is not None
-            self.keys.verifier.verify(labels.SIG_CAN_FRAME, self._nonce(can_id, fv) + body, sig)
+            self.keys.verifier.verify(labels.SIG_CAN_FRAME, self.keys.context + self._nonce(can_id, fv) + body, sig)
             window.commit(fv)
             return Opened(fields, body, fv)
         pad = data[COUNTER_BYTES]
@@ -517,7 +532,9 @@ class SecuredReceiver(_Channel):
         nonce = self._nonce(can_id, fv)
         if tier is Tier.BINDING:
             assert self.keys.verifier is not None
-            self.keys.verifier.verify(labels.SIG_CAN_RESYNC, nonce + challenge, data[COUNTER_BYTES:])
+            self.keys.verifier.verify(
+                labels.SIG_CAN_RESYNC, self.keys.context + nonce + challenge, data[COUNTER_BYTES:]
+            )
         else:
             aead = self._gcm if self._fd else self._ccm
             assert aead is not None

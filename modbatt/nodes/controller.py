@@ -40,6 +40,9 @@ _PAIRING_REVOKED_PREFIX = "pairing-revoked/"
 #: Nonces of binding authorizations already consumed: a grant binds once (replay would let a
 #: revoked module be re-bound with the grant that first bound it, while that grant is still valid).
 _AUTHORIZATION_USED_PREFIX = "authorization-used/"
+#: A binding whose record is stored but whose ledger append may not have happened (a crash in
+#: between): the controller resumes it at start-up, so a binding is never half-recorded.
+_LEDGER_PENDING_PREFIX = "ledger-pending/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,40 @@ class AuthController:
         self._rng = rng or SystemRandom()
         #: Rejections by reason (authorizations, entity answers, completions): failure counters.
         self.rejections: collections.Counter[Reason] = collections.Counter()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Finish the ledger appends a crash interrupted (bindings, completions, revocations).
+
+        Both are written to the key store first, marked as not yet in the ledger; a crash before
+        the append leaves the mark. Here the entry is appended unless it is already there (the
+        crash came after the append), so the store and the ledger agree again. Costs nothing
+        when there is no mark; otherwise one backward scan of the ledger.
+        """
+        todo: dict[bytes, str] = {}
+        for name in self.records.record_names():
+            value = self.records.record(name)
+            if name.startswith(_LEDGER_PENDING_PREFIX) or (
+                name.startswith((_REVOKED_PREFIX, _PAIRING_REVOKED_PREFIX)) and value.get("ledger_index") is None
+            ):
+                todo[value["entry"]] = name
+        if not todo:
+            return
+        found: dict[bytes, int] = {}
+        for i in range(self.ledger.size - 1, -1, -1):
+            entry = self.ledger.entry(i)
+            if entry in todo and entry not in found:
+                found[entry] = i
+                if len(found) == len(todo):
+                    break
+        for entry, name in todo.items():
+            index = found[entry] if entry in found else self.ledger.append(entry)
+            if name.startswith(_LEDGER_PENDING_PREFIX):
+                self.records.delete(name)
+            else:
+                self.records.put_record(name, {"ledger_index": index})
+            log.warning("resumed an interrupted ledger append (%s)", name.split("/", 1)[0])
+        self.ledger.signed_tree_head()
 
     @property
     def public_key(self) -> PublicKey:
@@ -103,6 +140,7 @@ class AuthController:
             supersedes=supersedes,
         )
         used = _AUTHORIZATION_USED_PREFIX + authorization.nonce.hex()
+        pending = _LEDGER_PENDING_PREFIX + tx.binding_id
         if used in self.records:
             raise VerificationError(Reason.REPLAY, "this binding authorization was already used")
         try:
@@ -116,11 +154,14 @@ class AuthController:
             with self.records.transaction():
                 self.records.put_record(_RECORD_PREFIX + record.binding_id, record.to_json())
                 self.records.put_record(used, {"binding_id": record.binding_id})
+                self.records.put_record(pending, {"entry": record.ledger_entry()})
             index = self.ledger.append(record.ledger_entry())
+            self.records.delete(pending)
         except ModbattError:
             self._abort(tx)
-            if used in self.records:  # nothing was recorded: the grant stays usable for a retry
-                self.records.delete(used)
+            for name in (used, pending):  # nothing was recorded: the grant stays usable for a retry
+                if name in self.records:
+                    self.records.delete(name)
             raise
         self.ledger.signed_tree_head()
         log.info("bound %s and %s as %s", entity_a.device_id, entity_b.device_id, record.binding_id)
@@ -154,7 +195,15 @@ class AuthController:
             raise VerificationError(Reason.REVOKED, f"binding {binding_id} is already revoked")
         now = self._clock()
         revocation = RevocationRecord(binding_id, reason, format_timestamp(now)).sign(self.controller_key)
-        index = self.ledger.append(revocation.ledger_entry())
+        # Fail closed: the binding is revoked locally before the ledger append; a crash in between
+        # is resumed at start-up (_resume), an error undoes the local mark.
+        entry = revocation.ledger_entry()
+        self.records.put_record(_REVOKED_PREFIX + binding_id, {"ledger_index": None, "entry": entry})
+        try:
+            index = self.ledger.append(entry)
+        except ModbattError:
+            self.records.delete(_REVOKED_PREFIX + binding_id)
+            raise
         with self.records.transaction():
             self.records.put_record(_REVOKED_PREFIX + binding_id, {"ledger_index": index})
         self.ledger.signed_tree_head()
@@ -246,8 +295,20 @@ class AuthController:
             },
             now,
         )
-        self.records.put_record(_PAIRING_PREFIX + proof.pairing_id, updated.to_record())
-        index = self.ledger.append(entry)
+        # The use and a "not yet in the ledger" mark in one write: a crash before the append is
+        # resumed at start-up; an error undoes the use, so a retry of the same proof is recorded.
+        mark = f"{_LEDGER_PENDING_PREFIX}{proof.pairing_id}/{proof.session_nonce.hex()}"
+        with self.records.transaction():
+            self.records.put_record(_PAIRING_PREFIX + proof.pairing_id, updated.to_record())
+            self.records.put_record(mark, {"entry": entry})
+        try:
+            index = self.ledger.append(entry)
+        except ModbattError:
+            with self.records.transaction():
+                self.records.put_record(_PAIRING_PREFIX + proof.pairing_id, pending.to_record())
+                self.records.delete(mark)
+            raise
+        self.records.delete(mark)
         self.ledger.signed_tree_head()
         return index
 
@@ -263,7 +324,13 @@ class AuthController:
             {"pairing_id": pairing_id, "binding_id": pending.binding_id, "reason": reason},
             self._clock(),
         )
-        index = self.ledger.append(notice)
+        # Fail closed and resumable, as for a binding's revocation.
+        self.records.put_record(_PAIRING_REVOKED_PREFIX + pairing_id, {"ledger_index": None, "entry": notice})
+        try:
+            index = self.ledger.append(notice)
+        except ModbattError:
+            self.records.delete(_PAIRING_REVOKED_PREFIX + pairing_id)
+            raise
         self.records.put_record(_PAIRING_REVOKED_PREFIX + pairing_id, {"ledger_index": index})
         self.ledger.signed_tree_head()
         return notice

@@ -172,7 +172,8 @@ class EntityNode:
             if state is None or state.partner_key is None:
                 raise VerificationError(Reason.UNKNOWN_BINDING, "the certificate relies on a binding this entity lacks")
             uses_name = _PAIRING_USES + meta.pairing_id
-            uses = self._store.record(uses_name)["uses"] if uses_name in self._store else 0
+            used = self._store.record(uses_name) if uses_name in self._store else {}
+            uses, sessions = used.get("uses", 0), list(used.get("sessions", []))
             participant = PairingParticipant(
                 certificate=cert,
                 device_id=self.machine.device_id,
@@ -184,9 +185,10 @@ class EntityNode:
                 now=self._clock(),
                 uses_so_far=uses,
                 rng=self.machine._rng,
+                seen_sessions=sessions,
             )
             # The use is counted before any half leaves: a crash cannot buy an extra use.
-            self._store.put_record(uses_name, {"uses": uses + 1})
+            self._store.put_record(uses_name, {"uses": uses + 1, "sessions": sessions})
             self.pairings[meta.pairing_id] = participant
         return participant
 
@@ -208,7 +210,13 @@ class EntityNode:
             reply = participant.on_offer(offer, self._clock())
             if participant.secrets is not None:
                 record = {**participant.secrets.to_record(), "binding_id": participant.metadata.binding_id}
-                self._store.put_record(_PAIRING + pairing_id, record)
+                uses_name = _PAIRING_USES + pairing_id
+                used = self._store.record(uses_name) if uses_name in self._store else {"uses": 1}
+                # Remember the answered session (with the secrets, atomically): its offer replayed later is refused.
+                used["sessions"] = [*used.get("sessions", []), participant.session_nonce]
+                with self._store.transaction():
+                    self._store.put_record(_PAIRING + pairing_id, record)
+                    self._store.put_record(uses_name, used)
         return reply
 
     def pairings_held(self) -> list[tuple[str, str]]:

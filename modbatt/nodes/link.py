@@ -88,8 +88,11 @@ class SelectiveLink:
             if tier is Tier.NONE:
                 tx, rx = TrafficKeys.clear(out_dir), TrafficKeys.clear(in_dir)
             elif tier is Tier.BINDING:
-                tx = TrafficKeys.binding(out_dir, signer=binding_key)
-                rx = TrafficKeys.binding(in_dir, verifier=partner_key)
+                # Binding keys outlive pairings: the pairing id in each signature stops a frame of an
+                # earlier pairing of the same binding replaying into this link's fresh window.
+                context = secrets.pairing_id.encode("ascii")
+                tx = TrafficKeys.binding(out_dir, signer=binding_key, context=context)
+                rx = TrafficKeys.binding(in_dir, verifier=partner_key, context=context)
             else:
                 tx, rx = (
                     derive_traffic_keys(secret[tier], tier, out_dir),

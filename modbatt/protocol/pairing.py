@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,8 +350,12 @@ class PairingParticipant:
         now: float,
         uses_so_far: int = 0,
         rng: RandomSource | None = None,
+        seen_sessions: Iterable[bytes] = (),
     ) -> None:
         self._rng = rng or SystemRandom()
+        # Session nonces of offers this entity already answered for this pairing (persisted by the
+        # node): a replayed offer of an earlier session must not replace the current secrets.
+        self._seen_sessions = frozenset(bytes(n) for n in seen_sessions)
         certificate.verify(controller_key)
         meta = certificate.metadata
         self.metadata = meta
@@ -445,6 +449,8 @@ class PairingParticipant:
             raise VerificationError(Reason.WRONG_SESSION, "offer belongs to another pairing or role")
         session_nonce = raw_bytes(offer["session_nonce"], "offer.session_nonce", size=SESSION_NONCE_BYTES)
         if self.role == "b":
+            if session_nonce in self._seen_sessions:
+                raise VerificationError(Reason.REPLAY, "offer of a session this entity already answered")
             self.session_nonce = session_nonce
         elif session_nonce != self.session_nonce:
             raise VerificationError(Reason.WRONG_SESSION, "offer answers another session")

@@ -739,7 +739,7 @@ def _paired_keys(modules: int, seed: int | None) -> tuple[dict[int, _LinkKeys], 
     # Layering exception (reported): InMemoryDeployment lives in layer 6 (workbench) although it
     # only wires layer-4 objects. Imported here, at call time, so importing modbatt.sim never
     # imports the workbench package and no import cycle can form if the workbench imports sim.
-    from ..workbench.inmemory import InMemoryDeployment
+    from ..nodes.inmemory import InMemoryDeployment
 
     dep = InMemoryDeployment(seed=seed, modules=modules)
     pack_keys: dict[int, _LinkKeys] = {}

@@ -15,9 +15,9 @@ from ..crypto import labels
 from ..crypto.rng import RandomSource
 from ..crypto.suite import hkdf_sha256
 from ..model.pairing import ControllerMode
+from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
 from ..protocol.pairing import EXCHANGE_KEY_BYTES, PAIRING_KEY_BYTES
-from .inmemory import InMemoryDeployment
 
 __all__ = ["RecordingRandom", "compromised_controller_reads"]
 

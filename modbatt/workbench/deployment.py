@@ -22,16 +22,15 @@ from ..errors import ConfigError
 from ..ledger import Ledger
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization
+from ..nodes.authority import authorize_binding
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
 from ..transport.http import EntityClient
 
-__all__ = ["Deployment", "authorize_binding", "open_keystore"]
+__all__ = ["Deployment", "open_keystore"]
 
 _CONTROLLER_KEY = "controller"
 _AUTHORITY_KEY = "authority"
-#: How long a demo binding authorization stays valid.
-AUTHORIZATION_LIFETIME_S = 600
 
 
 def open_keystore(path: Path, *, rng: RandomSource | None = None) -> Any:
@@ -52,26 +51,6 @@ def _role_key(store: Any, name: str, rng: RandomSource) -> PrivateKey:
     if name not in store.names():
         store.put_private_key(name, PrivateKey.generate(rng))
     return store.private_key(name)
-
-
-def authorize_binding(
-    authority_key: PrivateKey,
-    a: EntityNode,
-    b: EntityNode,
-    now: float,
-    rng: RandomSource,
-    lifetime_s: int = AUTHORIZATION_LIFETIME_S,
-) -> BindingAuthorization:
-    """The external binding authority's grant for binding ``a`` and ``b`` (out-of-band step)."""
-    return BindingAuthorization(
-        a.access_data.device_id,
-        a.identity_key,
-        b.access_data.device_id,
-        b.identity_key,
-        int(now),
-        int(now) + lifetime_s,
-        rng.token_bytes(16),
-    ).sign(authority_key)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ..crypto.suite import PrivateKey
 from ..errors import ConfigError, ModbattError
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
+from ..nodes.authority import authorize_binding
 from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.discovery import Directory
 from ..nodes.entity import EntityNode
@@ -57,7 +58,6 @@ from ..transport.mosquitto import MosquittoBroker
 from ..transport.mqtt import MqttEntityClient, MqttEntityServer
 from ..transport.routing import RoutingEntityClient
 from ..transport.serving import OpRouter
-from .deployment import authorize_binding
 
 __all__ = ["TRANSPORTS", "MixedBench", "MixedEntity", "parse_broker", "run_mixed_demo"]
 

@@ -59,8 +59,8 @@ def _pairing_cost(mode: str = "standard", max_uses: int = 1, seed: int | None = 
     import time
 
     from ..model.pairing import ControllerMode
+    from ..nodes.inmemory import InMemoryDeployment
     from ..nodes.pairing_flow import pair_entities
-    from .inmemory import InMemoryDeployment
 
     d = InMemoryDeployment(seed=seed)
     record = d.bind(d.pack, d.modules[1]).record

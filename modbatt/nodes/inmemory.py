@@ -16,10 +16,10 @@ from ..crypto.suite import PrivateKey
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.binding import BindingAuthorization
-from ..nodes.controller import AuthController, BindingOutcome
-from ..nodes.entity import EntityNode
 from ..transport.http import InProcessEntityClient
-from .deployment import authorize_binding
+from .authority import authorize_binding
+from .controller import AuthController, BindingOutcome
+from .entity import EntityNode
 
 __all__ = ["InMemoryDeployment", "ManualClock", "module_access"]
 

@@ -1,0 +1,30 @@
+"""Attack, fault and fuzz suite (layers 5/6): every attacker family against the real components.
+
+Scenarios are functions ``run(seed: int | None = None) -> Outcome`` registered by name; each ends
+in a classified :class:`Outcome` ("blocked", "detected", "limit" or "succeeded") whose counters
+come from the attacked components' own rejection counters. Run them from Python
+(``modbatt.attacks.run("replay_can_pairing")``), the command line (``modbatt attack NAME``) or a
+notebook (a ``scenario`` papermill parameter: ``run_parameter(scenario, seed)``, then
+``matrix(...)`` and :func:`modbatt.attacks.figure.attack_matrix_figure`). See docs/threat-model.md.
+"""
+
+from __future__ import annotations
+
+from . import bus, extraction, insiders, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
+from .outcome import OUTCOMES, Outcome, attempt
+from .registry import FAMILIES, SCENARIOS, Scenario, get, matrix, names, run, run_all, run_parameter
+
+__all__ = [
+    "FAMILIES",
+    "OUTCOMES",
+    "SCENARIOS",
+    "Outcome",
+    "Scenario",
+    "attempt",
+    "get",
+    "matrix",
+    "names",
+    "run",
+    "run_all",
+    "run_parameter",
+]
