@@ -1,81 +1,47 @@
-"""Shared fixtures for binding tests: a reproducible deployment with a settable clock."""
+"""Shared fixture for binding tests: the in-memory deployment, named for the tests.
+
+``World`` is :class:`modbatt.nodes.inmemory.InMemoryDeployment` with one module, a pack reached
+over HTTP, and the entities kept in a dict by role so a test can swap one (e.g. re-home it on a
+disk key store or behind a real HTTP server) and have ``pack``/``module``/``bind`` follow.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
-from modbatt.crypto.keystore import KeyStore
-from modbatt.crypto.rng import SeededRandom
-from modbatt.crypto.suite import PrivateKey
-from modbatt.ledger import Ledger
 from modbatt.model import AccessData, LctRef, TransportProtocol
-from modbatt.nodes.authority import authorize_binding
-from modbatt.nodes.controller import AuthController
 from modbatt.nodes.entity import EntityNode
-from modbatt.transport.http import InProcessEntityClient
+from modbatt.nodes.inmemory import InMemoryDeployment, ManualClock
 
-T0 = 1_800_000_000.0
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
+PACK_ACCESS = AccessData(
+    "http://pack.invalid", TransportProtocol.HTTP, "pack-01", LctRef("lct:web4:test", "test-ledger")
+)
 
 
-@dataclass
-class World:
-    """A controller, an authority and two entities, all in memory and seeded."""
+class World(InMemoryDeployment):
+    """A controller, an authority, a pack and a module, all in memory and seeded."""
 
-    seed: int = 7
-    clock: Clock = field(default_factory=Clock)
+    def __init__(self, seed: int = 7, clock: ManualClock | None = None) -> None:
+        super().__init__(seed=seed, clock=clock or ManualClock(), modules=1, pack_access=PACK_ACCESS)
+        self.nodes["module"] = self.modules[1]
+        self.access = {role: node.access_data for role, node in self.nodes.items()}
+        self.stores = {role: node.keystore for role, node in self.nodes.items()}
 
-    def __post_init__(self) -> None:
-        self.rng = SeededRandom(self.seed)
-        self.controller_key = PrivateKey.generate(self.rng)
-        self.authority_key = PrivateKey.generate(self.rng)
-        self.ledger = Ledger(":memory:", signer=self.controller_key, clock=self.clock)
-        self.controller_store = KeyStore.in_memory(reproducible=True)
-        lct = LctRef("lct:web4:test", "test-ledger")
-        self.access = {
-            "pack": AccessData("http://pack.invalid", TransportProtocol.HTTP, "pack-01", lct),
-            "module": AccessData("can://can0/0x01", TransportProtocol.CAN, "module-01"),
-        }
-        self.stores = {name: KeyStore.in_memory(reproducible=True) for name in self.access}
-        self.nodes = {
-            name: EntityNode.provision(
-                self.stores[name],
-                access_data=a,
-                controller_key=self.controller_key.public_key,
-                clock=self.clock,
-                rng=self.rng,
-            )
-            for name, a in self.access.items()
-        }
-        self.client = InProcessEntityClient({a.endpoint: self.nodes[n] for n, a in self.access.items()})
-        self.controller = AuthController(
-            controller_key=self.controller_key,
-            authority_key=self.authority_key.public_key,
-            ledger=self.ledger,
-            client=self.client,
-            records=self.controller_store,
-            clock=self.clock,
-            rng=self.rng,
-        )
-
-    @property
+    # The base class assigns ``self.pack``; keep it in ``nodes`` so swapping a node is one assignment.
+    @property  # type: ignore[override]
     def pack(self) -> EntityNode:
         return self.nodes["pack"]
+
+    @pack.setter
+    def pack(self, node: EntityNode) -> None:
+        self.__dict__.setdefault("nodes", {})["pack"] = node
 
     @property
     def module(self) -> EntityNode:
         return self.nodes["module"]
 
-    def authorization(self, **overrides):
-        auth = authorize_binding(self.authority_key, self.pack, self.module, self.clock(), self.rng)
-        return auth
+    def authorization(self) -> Any:
+        return self.authorize(self.pack, self.module)
 
-    def bind(self):
-        return self.controller.bind(self.pack.access_data, self.module.access_data, self.authorization())
+    def bind(self, a: EntityNode | None = None, b: EntityNode | None = None) -> Any:  # type: ignore[override]
+        return super().bind(a or self.pack, b or self.module)

@@ -79,7 +79,7 @@ def test_node_reset_mid_pairing_leaves_no_secret_and_a_retry_pairs():
     module.accept_certificate(cert.encode())
     offer = dep.pack.pairing_start(pid)
     # Module resets before it answers: a new node on the same key store, the half exchange lost.
-    rebooted = EntityNode(module._store, clock=dep.clock, rng=dep.rng)
+    rebooted = EntityNode(module.keystore, clock=dep.clock, rng=dep.rng)
     dep.client.nodes[module.access_data.endpoint] = rebooted
     with pytest.raises(VerificationError) as exc:
         rebooted.pairing_offer(pid, offer)

@@ -139,10 +139,10 @@ def test_binding_envelopes(value, data):
 @given(op=st.sampled_from(["generate-keys", "distribute-key", "revoke", "nope"]), value=json_values)
 def test_entity_handle_arbitrary_json_changes_nothing(world, op, value):
     module = world["module"]
-    names = module._store.names()
+    names = module.keystore.names()
     status, body = module.handle(op, value)
     assert 400 <= status < 500 and set(body) == {"error", "detail"}
-    assert module._store.names() == names
+    assert module.keystore.names() == names
 
 
 @FAST

@@ -37,7 +37,7 @@ def _msg(pdu):
 
 def test_pack_key_store_decrypts_both_directions_for_every_module():
     d, links = _paired()
-    decryptor = KeyStoreDecryptor(d.pack._store)
+    decryptor = KeyStoreDecryptor(d.pack.keystore)
     assert decryptor.nodes == [1, 2]
     from modbatt.can.ids import SEED_LAYOUT
 
@@ -52,7 +52,7 @@ def test_module_key_store_sees_only_its_own_pairing_and_classifies_tampering():
     d, links = _paired()
     from modbatt.can.ids import SEED_LAYOUT
 
-    decryptor = KeyStoreDecryptor(d.modules[1]._store)
+    decryptor = KeyStoreDecryptor(d.modules[1].keystore)
     assert decryptor.nodes == [1]
     other = links[(2, "pack")].send(MessageClass.CHARGE_COMMAND, b"\x01")
     assert decryptor.decrypt(_msg(other), SEED_LAYOUT.decode(other.can_id)) is None  # no key: shown encrypted

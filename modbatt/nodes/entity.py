@@ -110,6 +110,11 @@ class EntityNode:
         return self.machine.access_data
 
     @property
+    def keystore(self) -> Any:
+        """The key store this entity persists to (identity, binding keys, pairing secrets)."""
+        return self._store
+
+    @property
     def identity_key(self) -> PublicKey:
         return self.machine.identity.public_key
 

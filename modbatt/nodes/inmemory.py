@@ -56,6 +56,7 @@ class InMemoryDeployment:
         seed: int | None = None,
         clock: Callable[[], float] | None = None,
         modules: int = 1,
+        pack_access: AccessData | None = None,
     ) -> None:
         self.rng: RandomSource = SeededRandom(seed) if seed is not None else SystemRandom()
         self.clock = clock or ManualClock()
@@ -75,7 +76,9 @@ class InMemoryDeployment:
             rng=self.rng,
         )
         lct = LctRef("lct:web4:pack-01", "modbatt-ledger")
-        self.pack = self.add_entity(AccessData("can://can0/0xff", TransportProtocol.CAN, PACK_DEVICE, lct))
+        self.pack = self.add_entity(
+            pack_access or AccessData("can://can0/0xff", TransportProtocol.CAN, PACK_DEVICE, lct)
+        )
         self.modules: dict[int, EntityNode] = {}
         for node_id in range(1, modules + 1):
             self.modules[node_id] = self.add_entity(module_access(node_id))
