@@ -33,7 +33,8 @@ def test_run_mixed_demo_binds_pairs_and_discovers_one_entity_per_transport(
         assert entity["bound"] and entity["paired"] and entity["discovered"], (transport, entity)
         assert entity["error"] is None
     assert {d["via"] for d in result["discovered"]} == {"CAN", "HTTP", "MQTT"}
-    assert result["calls"]["CAN"] == 2 and result["calls"]["MQTT"] == 2  # generate-keys, distribute-key
+    # generate-keys and distribute-key (binding), pairing-accept and pairing-offer (pairing, entity b)
+    assert result["calls"]["CAN"] == 4 and result["calls"]["MQTT"] == 4
     assert result["mqtt_broker"] == f"{mosquitto.host}:{mosquitto.port}" and not result["mqtt_broker_started"]
     assert result["ledger_size"] == 9  # per entity: binding, pairing issued, pairing completed
     assert result["transport_counters"]["mqtt"].get("unknown_correlation", 0) == 0

@@ -279,3 +279,24 @@ def test_pairing_needs_a_live_binding():
     with pytest.raises(VerificationError) as exc:
         w.controller.issue_pairing(record.binding_id)
     assert exc.value.reason is Reason.REVOKED
+
+
+@pytest.mark.parametrize(
+    ("op", "payload", "reason"),
+    [
+        ("pairing-accept", {"certificate": "not base64!"}, Reason.MALFORMED),
+        ("pairing-accept", {"certificate": "oWFhAQ=="}, Reason.UNKNOWN_FIELD),
+        ("pairing-offer", {"pairing_id": "6f1c2f4e-8b1a-4c39-9a51-3d3b1f2c7a10"}, Reason.MALFORMED),
+        ("pairing-start", {"pairing_id": "6f1c2f4e-8b1a-4c39-9a51-3d3b1f2c7a10"}, Reason.WRONG_SESSION),
+        ("pairing-bogus", {}, Reason.MALFORMED),
+        ("pairing-start", ["not", "a", "map"], Reason.MALFORMED),
+    ],
+)
+def test_pairing_service_classifies_bad_requests(op, payload, reason):
+    from modbatt.nodes.pairing_flow import PairingService
+
+    w, _record = _bound_world()
+    service = PairingService(w.module)
+    status, answer = service.handle(op, payload)
+    assert 400 <= status < 500 and answer["error"] == reason.value
+    assert service.rejections[reason] == 1 and w.module.pairings == {}

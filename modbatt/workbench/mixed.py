@@ -14,8 +14,9 @@ pack) that each of them is bound and paired with. The same protocol machines run
 transport; only the carrier differs. :func:`run_mixed_demo` is what ``modbatt demo --transports``
 calls.
 
-Pairing itself (certificate delivery and the half exchange) runs in process through
-:func:`~modbatt.nodes.pairing_flow.pair_entities`: the transports here carry the binding API.
+Pairing runs over the same transports: :func:`~modbatt.nodes.pairing_flow.pair_over` sends the
+certificate, both offers and the confirmation through the routing client, to each entity's
+:class:`~modbatt.nodes.pairing_flow.PairingService` behind its CAN link, HTTP app or MQTT topic.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.discovery import Directory
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
-from ..nodes.pairing_flow import PairingOutcome, pair_entities
+from ..nodes.pairing_flow import PAIRING_OPS, PairingOutcome, PairingService, pair_over
 from ..nodes.validation import ValidationService
 from ..protocol.validation.announce import Announcer
 from ..transport.announce import (
@@ -236,8 +237,11 @@ class MixedBench:
         )
 
     def _services(self, node: EntityNode) -> OpRouter:
-        """The node's binding API plus its validation service (the discovery's level-7 challenge)."""
-        return OpRouter(node, {"validate": ValidationService(node, clock=self.clock)})
+        """The node's binding API, its pairing steps and its validation service, on one endpoint."""
+        pairing = PairingService(node)
+        return OpRouter(
+            node, {"validate": ValidationService(node, clock=self.clock), **dict.fromkeys(PAIRING_OPS, pairing)}
+        )
 
     def _serve_http(self, device_id: str, lct: LctRef | None = None, store: Any = None) -> MixedEntity:
         server = ServerThread()
@@ -307,7 +311,9 @@ class MixedBench:
         """Pair the bound ``entity`` with the pack controller."""
         if entity.binding_id is None:
             raise ConfigError(f"{entity.name} is not bound")
-        outcome = pair_entities(self.controller, self.pack, entity.node, entity.binding_id)
+        # Over the transports: the certificate, both offers and the confirmation travel through
+        # the same routing client as the binding API (the module's CAN link, the sensor's MQTT topic).
+        outcome = pair_over(self.controller, self.router, entity.binding_id)
         entity.paired = True
         return outcome
 
