@@ -103,8 +103,9 @@ def test_bind_and_pair_over_can(bench: MixedBench) -> None:
     outcome = bench.bind(module)
     bench.pair(module)
     assert module.node.binding(outcome.record.binding_id) is not None
-    assert bench.router.calls["CAN"] == 2 and bench.can_client.counters["answers"] == 2
-    assert module.server.counters["handled"] == 2 and not module.server.rejections
+    # generate-keys, distribute-key, then the pairing's certificate and offer: all over CAN
+    assert bench.router.calls["CAN"] == 4 and bench.can_client.counters["answers"] == 4
+    assert module.server.counters["handled"] == 4 and not module.server.rejections
     assert bench.ledger.size == 3  # binding, pairing issued, pairing completed
 
 

@@ -134,9 +134,9 @@ def test_bind_and_pair_over_mqtt(bench: MixedBench) -> None:
     bench.pair(sensor)
     assert sensor.node.binding(outcome.record.binding_id) is not None
     assert bench.pack.binding(outcome.record.binding_id) is not None
-    assert bench.router.calls["MQTT"] == 2  # generate-keys and distribute-key
-    assert bench.mqtt_client.counters["answers"] == 2 and bench.mqtt_client.counters["retries"] == 0
-    assert sensor.server.counters["handled"] == 2 and not sensor.server.rejections
+    assert bench.router.calls["MQTT"] == 4  # generate-keys, distribute-key, pairing-accept, pairing-offer
+    assert bench.mqtt_client.counters["answers"] == 4 and bench.mqtt_client.counters["retries"] == 0
+    assert sensor.server.counters["handled"] == 4 and not sensor.server.rejections
 
 
 def test_mqtt_endpoint_parsing() -> None:
