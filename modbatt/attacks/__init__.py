@@ -1,4 +1,4 @@
-"""Attack, fault and fuzz suite (layers 5/6): every attacker family against the real components.
+"""Attack, fault and fuzz suite (layer 6, beside the workbench): every attacker family against the real components.
 
 Scenarios are functions ``run(seed: int | None = None) -> Outcome`` registered by name; each ends
 in a classified :class:`Outcome` ("blocked", "detected", "limit" or "succeeded") whose counters
