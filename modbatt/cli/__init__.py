@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = f"{reason}: {text}"  # the classified reason always leads
         print(f"modbatt {args.command}: error: {text}", file=sys.stderr)
         return EXIT_FAILED if reason is not None else EXIT_USAGE
+    except OSError as exc:
+        # A file or device the user named cannot be used: one line, not a traceback.
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"modbatt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("modbatt: interrupted", file=sys.stderr)
         return 130

@@ -106,9 +106,9 @@ class ServerThread:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._sock.bind((host, port))
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             self._sock.close()
-            raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise TransportError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
         self.host, self.port = self._sock.getsockname()[:2]
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
