@@ -29,6 +29,21 @@ __all__ = ["NotebookRun", "RunReport", "list_notebooks", "run_notebooks"]
 NOTEBOOK_TIMEOUT_S = 600
 
 
+def _ipc_kernel_manager() -> type:
+    """A kernel manager whose kernels talk over IPC sockets, not TCP on loopback.
+
+    Other local users cannot reach an IPC socket in a private directory, and ipykernel stops
+    warning, once per notebook, that its TCP traffic is unencrypted.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IpcKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+
+    return IpcKernelManager
+
+
 @dataclass
 class NotebookRun:
     name: str
@@ -112,6 +127,7 @@ def run_notebooks(
         **dict(parameters or {}),
     }
     report = RunReport(layout)
+    kernel_manager = _ipc_kernel_manager()
     env_before = os.environ.get(REPRODUCIBLE_ENV)
     if reproducible:
         os.environ[REPRODUCIBLE_ENV] = "1"  # the kernels inherit it: seeded keys, stable outputs
@@ -127,6 +143,7 @@ def run_notebooks(
                 papermill.execute_notebook(
                     str(nb), str(executed), parameters=injected, kernel_name="python3", progress_bar=False,
                     cwd=str(nb.parent), execution_timeout=NOTEBOOK_TIMEOUT_S, log_output=False,
+                    kernel_manager_class=kernel_manager,
                 )  # fmt: skip
             except Exception as exc:  # a failing notebook is reported, the run goes on
                 error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
