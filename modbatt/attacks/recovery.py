@@ -21,6 +21,7 @@ The recovery uses python-ecdsa (``ecdsa`` on PyPI), an attack tool here, never a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -31,7 +32,9 @@ from ..encoding import canonical_dumps, strict_loads
 from ..errors import ConfigError
 from ..model.binding import key_commitment
 from ..model.policy import MessageClass
-from ._world import paired_pack
+from ..nodes.pairing_flow import PairingService, pair_over
+from ..transport.http import InProcessEntityClient
+from ._world import RecordingClient, paired_pack
 from .outcome import Outcome
 from .registry import scenario
 
@@ -74,14 +77,13 @@ def semi_public_key_recovery(seed: int | None = None) -> Outcome:
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
     binding_id = pack.records[1].binding_id
-    cert = dep.controller.issue_pairing(binding_id)
-    pid = cert.metadata.pairing_id
-    dep.pack.accept_certificate(cert.encode())
-    module.accept_certificate(cert.encode())
-    offer_a = dep.pack.pairing_start(pid)
-    offer_b = module.pairing_offer(pid, offer_a) or b""
-    dep.pack.pairing_offer(pid, offer_b)
-    pack.pairings[1] = _Outcome(cert)
+    # A passive tap on the pairing's wire: everything the two entities exchange, as sent.
+    wire = RecordingClient(
+        InProcessEntityClient({n.access_data.endpoint: PairingService(n) for n in (dep.pack, module)})
+    )
+    pack.pairings[1] = pair_over(dep.controller, wire, binding_id)
+    pid = pack.pairing_id(1)
+    offer_a, offer_b = (base64.b64decode(payload["offer"]) for _, op, payload in wire.calls if op == "pairing-offer")
     announce = pack.link(1, "module").send(MessageClass.IDENTITY, b"module-01 here")
     captured = {
         "offer_a": (labels.SIG_PAIRING_OFFER, *_from_offer(offer_a)),
@@ -115,10 +117,3 @@ def semi_public_key_recovery(seed: int | None = None) -> Outcome:
             "suite v1 limit: ECDSA signatures in clear (offers, binding-tier frames) reveal the semi-public keys",
         )  # fmt: skip
     return Outcome("blocked", "no_key_recovered", counters)
-
-
-class _Outcome:
-    """Just enough of a PairingOutcome for :meth:`Pack.link` (the flow was run by hand above)."""
-
-    def __init__(self, certificate: Any) -> None:
-        self.certificate = certificate
