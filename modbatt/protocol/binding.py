@@ -25,8 +25,8 @@ from ..crypto.suite import PrivateKey, PublicKey, open_sealed, seal_to_semi_publ
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import ProtocolError, Reason, VerificationError
 from ..model._fields import expect_map, raw_bytes
-from ..model.access import AccessData
-from ..model.binding import BindingAuthorization, BindingRecord, BoundEntity, format_timestamp, key_commitment
+from ..model.access import AccessData, LctRef
+from ..model.binding import BindingAuthorization, BindingRecord, bound_lct_of, format_timestamp, key_commitment
 from .messages import REQUEST_ID_BYTES, ControllerRequest, EntityResponse
 
 __all__ = [
@@ -176,6 +176,7 @@ class BindingEntity:
         partner: AccessData = request.body["partner_access_data"]
         if partner.device_id == self.device_id:
             raise VerificationError(Reason.WRONG_PEER, "a device cannot be bound to itself")
+        bound_lct_of(self.access_data, partner)  # a device that declares its LCT binds to no other
         key = PrivateKey.generate(self._rng)
         pop = key.sign(
             labels.SIG_PROOF_OF_POSSESSION,
@@ -221,9 +222,11 @@ class BindingEntity:
             part = view.get(side)
             if not isinstance(part, Mapping) or not isinstance(part.get("access_data"), Mapping):
                 raise VerificationError(Reason.MALFORMED, "record side is malformed")
+            lct = LctRef.from_dict(part["bound_lct"]) if part.get("bound_lct") is not None else None
             sides[AccessData.from_dict(part["access_data"]).device_id] = (
                 AccessData.from_dict(part["access_data"]),
                 part.get("semi_public_key_commitment"),
+                lct,
             )
         own = sides.get(self.device_id)
         partner = sides.get(state.partner_access.device_id)
@@ -231,6 +234,8 @@ class BindingEntity:
             raise VerificationError(Reason.WRONG_PEER, "record does not name both parties")
         if own[0] != self.access_data or partner[0] != state.partner_access:
             raise VerificationError(Reason.WRONG_PEER, "record carries other access data")
+        if own[2] != bound_lct_of(self.access_data, state.partner_access):
+            raise VerificationError(Reason.WRONG_PEER, "record binds this device to another LCT")
         if own[1] != key_commitment(state.binding_id, state.private_key.public_key):
             raise VerificationError(Reason.HASH_MISMATCH, "record commits to another key for this device")
         if partner[1] != key_commitment(state.binding_id, partner_key):
@@ -314,6 +319,9 @@ class BindingTransaction:
         supersedes: str | None = None,
     ) -> None:
         authorization.check(authority_key, entity_a.device_id, entity_b.device_id, now)
+        # A device bound to an LCT other than the one it declares is refused before anything is sent.
+        bound_lct_of(entity_a, entity_b)
+        bound_lct_of(entity_b, entity_a)
         self._rng = rng or SystemRandom()
         self.controller_key = controller_key
         self.authorization = authorization
@@ -382,10 +390,10 @@ class BindingTransaction:
     def _distribute(self, now: float) -> list[Outgoing]:
         self.phase = BindingPhase.DISTRIBUTING
         a, b = self._order
-        self.record = BindingRecord(
+        self.record = BindingRecord.between(
             self.binding_id,
-            BoundEntity(self.entities[a], self._keys[a]),
-            BoundEntity(self.entities[b], self._keys[b]),
+            (self.entities[a], self._keys[a]),
+            (self.entities[b], self._keys[b]),
             format_timestamp(now),
             supersedes=self.supersedes,
         ).sign(self.controller_key)
