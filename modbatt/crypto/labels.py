@@ -70,5 +70,7 @@ KEY_ID = _label("key-id")
 KEYSTORE_KEK = _label("keystore/kek")
 KEYSTORE_BLOB = _label("keystore/blob")
 KEYSTORE_BACKUP = _label("keystore/backup")
+# PKCS#11 key backend: the PIN a process logged in with, hashed, to check a second backend's.
+PKCS11_PIN_CHECK = _label("pkcs11/pin-check")
 # Seeded (reproducible) randomness: tests and docs only.
 REPRODUCIBLE_STREAM = _label("reproducible/stream")

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..crypto import labels
+from ..crypto.keybackend import SigningKey
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey, open_sealed, seal_to_semi_public_key
 from ..encoding import canonical_dumps, strict_loads
@@ -68,7 +69,7 @@ class EntityBindingState:
     """What an entity keeps for one binding relationship (in its key store)."""
 
     binding_id: str
-    private_key: PrivateKey = field(repr=False)
+    private_key: SigningKey = field(repr=False)
     partner_access: AccessData
     partner_key: PublicKey | None = None
     record_entry: bytes | None = field(default=None, repr=False)
@@ -87,7 +88,7 @@ class EntityBindingState:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], private_key: PrivateKey) -> EntityBindingState:
+    def from_record(cls, record: Mapping[str, Any], private_key: SigningKey) -> EntityBindingState:
         partner = record.get("partner_semi_public_key")
         return cls(
             record["binding_id"],
@@ -113,7 +114,8 @@ class BindingEntity:
     """The device side of the binding API: ``generate-keys``, ``distribute-key``, ``revoke``.
 
     Obeys only requests signed by ``controller_key``, addressed to this device, issued
-    within :data:`CLOCK_SKEW_SECONDS` and never seen before.
+    within :data:`CLOCK_SKEW_SECONDS` and never seen before. ``keygen`` makes each binding's
+    private key (default: in memory; a token backend's ``generate`` keeps it in the token).
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class BindingEntity:
         bindings: Mapping[str, EntityBindingState] | None = None,
         seen_requests: Mapping[bytes, float] | None = None,
         rng: RandomSource | None = None,
+        keygen: Callable[[RandomSource], SigningKey] = PrivateKey.generate,
     ) -> None:
         self.identity = identity
+        self._keygen = keygen
         self.access_data = access_data
         self.controller_key = controller_key
         self.bindings: dict[str, EntityBindingState] = dict(bindings or {})
@@ -177,7 +181,7 @@ class BindingEntity:
         if partner.device_id == self.device_id:
             raise VerificationError(Reason.WRONG_PEER, "a device cannot be bound to itself")
         bound_lct_of(self.access_data, partner)  # a device that declares its LCT binds to no other
-        key = PrivateKey.generate(self._rng)
+        key = self._keygen(self._rng)
         pop = key.sign(
             labels.SIG_PROOF_OF_POSSESSION,
             _pop_bytes(request.binding_id, request.request_id, self.device_id, key.public_key),
