@@ -54,6 +54,8 @@ class Reason(enum.StrEnum):
     UNKNOWN_BINDING = "unknown_binding"
     HASH_MISMATCH = "hash_mismatch"
     KEY_MISMATCH = "key_mismatch"
+    WRONG_STATE = "wrong_state"  # not accepted in the pack's current security state (docs/lifecycle.md)
+    UNROUTABLE = "unroutable"  # no gateway route for this frame (docs/gateway.md)
 
 
 class ModbattError(Exception):

@@ -19,7 +19,17 @@ from ..model.policy import MessageClass
 from ..model.tier import Tier
 from .ids import CanIdFields
 
-__all__ = ["FUNCTIONS", "Function", "function_for", "function_named", "message_class_of"]
+__all__ = [
+    "EMERGENCY_PRIORITY",
+    "FUNCTIONS",
+    "Function",
+    "function_for",
+    "function_named",
+    "message_class_of",
+]
+
+#: The priority value only emergency shutdown may use (checked when the table is built).
+EMERGENCY_PRIORITY = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +37,14 @@ class Function:
     """One function code: its name (as in the DBC), the message class it carries, its priority.
 
     ``priority`` fills the layout's 3-bit priority field (0 most urgent, J1939 style). CAN
-    arbitration is by identifier, so it decides who waits on a loaded bus: safety limits and
-    charge/discharge commands (and their acknowledgements, which share the function) first,
-    bulk firmware blocks and logs last.
+    arbitration is by identifier, so it decides who waits on a loaded bus: emergency shutdown
+    first, then safety limits and charge/discharge commands (and their acknowledgements, which
+    share the function), bulk firmware blocks and logs last.
+
+    Priority 0 is reserved for emergency shutdown (:data:`EMERGENCY_PRIORITY`): the priority
+    bits are the identifier's most significant, so an emergency shutdown frame wins arbitration
+    against every other secured frame whatever its node, direction, tier or function code, and
+    escalation raising its tier cannot change that (docs/lifecycle.md §arbitration).
     """
 
     code: int
@@ -59,10 +74,14 @@ _TABLE = (
     Function(0x045, "LOG", MessageClass.LOG, 7),
     Function(0x080, "CHARGE_COMMAND", MessageClass.CHARGE_COMMAND, 1),
     Function(0x081, "DISCHARGE_COMMAND", MessageClass.DISCHARGE_COMMAND, 1),
-    Function(0x082, "SAFETY_LIMITS", MessageClass.SAFETY_LIMITS, 0),
+    Function(0x082, "SAFETY_LIMITS", MessageClass.SAFETY_LIMITS, 1),
     Function(0x083, "FIRMWARE_UPDATE", MessageClass.FIRMWARE_UPDATE, 6),
     Function(0x084, "CONFIGURATION", MessageClass.CONFIGURATION, 2),
     Function(0x085, "CRITICAL_TELEMETRY", MessageClass.CRITICAL_TELEMETRY, 1),
+    # Upstream budget: emergency response < 10 ms (ModBatt docs/protocols/README.md §Timing
+    # Constraints); the reserved priority makes bus access the smallest part of it.
+    Function(0x086, "EMERGENCY_SHUTDOWN", MessageClass.EMERGENCY_SHUTDOWN, EMERGENCY_PRIORITY),
+    Function(0x087, "CELL_BALANCING", MessageClass.CELL_BALANCING, 3),
 )
 
 #: Function code -> :class:`Function`.

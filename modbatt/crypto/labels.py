@@ -28,6 +28,7 @@ SIG_LEDGER_STATEMENT = _label("sig/ledger-statement")
 SIG_TREE_HEAD = _label("sig/tree-head")
 SIG_PAIRING_CERTIFICATE = _label("sig/pairing-certificate")
 SIG_PAIRING_COMPLETION = _label("sig/pairing-completion")
+SIG_BINDING_WITNESS = _label("sig/binding-witness")
 # Sealed-box contexts (ECIES associated data).
 SEAL_PARTNER_KEY = _label("seal/partner-semi-public-key")
 # Pairing (seed Phase 2).
@@ -41,6 +42,8 @@ PAIRING_BLIND_TRAFFIC_SECRET = _label("pairing/blind-traffic-secret")
 PAIRING_BLIND_EXCHANGE_SECRET = _label("pairing/blind-exchange-secret")
 # Commitments recorded in the ledger instead of keys.
 COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
+# The key-free binding witness: hash of a party's access data.
+WITNESS_ACCESS_HASH = _label("witness/access-data-hash")
 # CAN secured frames (modbatt.can.secured): traffic keys, binding-tier frame and resync signatures.
 CAN_TRAFFIC_KEY = _label("can/traffic-key")
 SIG_CAN_FRAME = _label("sig/can-frame")
@@ -67,5 +70,7 @@ KEY_ID = _label("key-id")
 KEYSTORE_KEK = _label("keystore/kek")
 KEYSTORE_BLOB = _label("keystore/blob")
 KEYSTORE_BACKUP = _label("keystore/backup")
+# PKCS#11 key backend: the PIN a process logged in with, hashed, to check a second backend's.
+PKCS11_PIN_CHECK = _label("pkcs11/pin-check")
 # Seeded (reproducible) randomness: tests and docs only.
 REPRODUCIBLE_STREAM = _label("reproducible/stream")

@@ -41,6 +41,7 @@ __all__ = [
     "open_sealed",
     "seal_to_semi_public_key",
     "sha256",
+    "signed_digest",
 ]
 
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -69,6 +70,15 @@ def sha256(data: bytes) -> bytes:
 def _framed(label: bytes, message: bytes) -> bytes:
     # Length-prefixed so that no label is a prefix of another's signed bytes.
     return len(label).to_bytes(1, "big") + label + message
+
+
+def signed_digest(label: bytes, message: bytes) -> bytes:
+    """SHA-256 of the label-framed message: what every modbatt ECDSA signature signs.
+
+    For signers outside this process (a PKCS#11 token, :mod:`modbatt.crypto.pkcs11`) that take a
+    digest; :meth:`PublicKey.verify` checks their raw r‖s like any other.
+    """
+    return sha256(_framed(label, message))
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
@@ -152,6 +162,10 @@ class PublicKey:
     def to_bytes(self) -> bytes:
         """The 33-byte compressed point (the wire form)."""
         return self._compressed
+
+    def to_uncompressed(self) -> bytes:
+        """The 65-byte uncompressed point (for interfaces that mandate it, e.g. PKCS#11 ECDH)."""
+        return self._key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
     def to_spki_der(self) -> bytes:
         """DER SubjectPublicKeyInfo, for outside tools."""

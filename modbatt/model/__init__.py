@@ -1,6 +1,6 @@
 """Layer 2: typed protocol records with validation of untrusted input."""
 
-from .access import AccessData, LctRef, TransportProtocol
+from .access import AccessData, LctRef, PartyType, TransportProtocol
 from .binding import (
     BindingAuthorization,
     BindingRecord,
@@ -18,6 +18,7 @@ __all__ = [
     "BindingRecord",
     "BoundEntity",
     "LctRef",
+    "PartyType",
     "RevocationRecord",
     "Tier",
     "TransportProtocol",

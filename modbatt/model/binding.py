@@ -27,6 +27,7 @@ __all__ = [
     "BindingRecord",
     "BoundEntity",
     "RevocationRecord",
+    "bound_lct_of",
     "format_timestamp",
     "key_commitment",
     "parse_timestamp",
@@ -56,16 +57,34 @@ def key_commitment(binding_id: str, key: PublicKey) -> bytes:
     return sha256(labels.COMMIT_SEMI_PUBLIC_KEY + binding_id.encode("ascii") + key.to_bytes())
 
 
+def bound_lct_of(own: AccessData, partner: AccessData) -> LctRef | None:
+    """The LCT a party of a binding is bound to: its partner when the partner is an LCT, else the
+    one its own access data declares (docs/binding.md §LCT binding).
+
+    Raises ``wrong_peer`` when a party that declares a bound LCT is bound to another LCT: a
+    device belongs to one LCT.
+    """
+    lct = partner.lct_ref
+    if lct is None:
+        return own.bound_lct
+    if own.bound_lct is not None and not own.bound_lct.same_lct(lct):
+        raise VerificationError(
+            Reason.WRONG_PEER, f"{own.device_id} declares {own.bound_lct.lct_id}, not {lct.lct_id}"
+        )
+    return lct
+
+
 @dataclass(frozen=True, slots=True)
 class BoundEntity:
-    """One side of a binding: access data, its semi-public key for this binding, bound LCT."""
+    """One side of a binding: access data, its semi-public key for this binding, its bound LCT.
+
+    ``bound_lct`` is :func:`bound_lct_of` this side and its partner; :class:`BindingRecord`
+    checks that it is.
+    """
 
     access_data: AccessData
     semi_public_key: PublicKey
-
-    @property
-    def bound_lct(self) -> LctRef | None:
-        return self.access_data.bound_lct
+    bound_lct: LctRef | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,9 +99,7 @@ class BoundEntity:
         access = AccessData.from_dict(m["access_data"], f"{what}.access_data")
         key = PublicKey.from_bytes(b64_bytes(m["semi_public_key"], f"{what}.semi_public_key", max_len=65))
         lct = LctRef.from_dict(m["bound_lct"]) if m["bound_lct"] is not None else None
-        if lct != access.bound_lct:
-            raise malformed(f"{what}.bound_lct must equal {what}.access_data.bound_lct")
-        return cls(access, key)
+        return cls(access, key, lct)
 
     def ledger_view(self, binding_id: str) -> dict[str, Any]:
         return {
@@ -102,6 +119,26 @@ class BindingRecord:
     timestamp: str
     authority: bytes = field(default=b"", repr=False)
     supersedes: str | None = None
+
+    def __post_init__(self) -> None:
+        a, b = self.entity_a, self.entity_b
+        for own, partner, side in ((a, b, "entity_a"), (b, a, "entity_b")):
+            if own.bound_lct != bound_lct_of(own.access_data, partner.access_data):
+                raise malformed(f"{side}.bound_lct is not the LCT this binding binds it to")
+
+    @classmethod
+    def between(
+        cls, binding_id: str, a: tuple[AccessData, PublicKey], b: tuple[AccessData, PublicKey], timestamp: str,
+        *, supersedes: str | None = None,
+    ) -> BindingRecord:
+        """An unsigned record for two parties, each side's bound LCT derived (:func:`bound_lct_of`)."""
+        return cls(
+            binding_id,
+            BoundEntity(a[0], a[1], bound_lct_of(a[0], b[0])),
+            BoundEntity(b[0], b[1], bound_lct_of(b[0], a[0])),
+            timestamp,
+            supersedes=supersedes,
+        )  # fmt: skip
 
     def ledger_view(self) -> dict[str, Any]:
         """The committed form (no keys) that the authority signs and the ledger stores."""

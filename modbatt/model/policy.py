@@ -34,6 +34,10 @@ class MessageClass(enum.StrEnum):
     FIRMWARE_UPDATE = "firmware_update"
     CONFIGURATION = "configuration"
     CRITICAL_TELEMETRY = "critical_telemetry"
+    # Pack-management commands on the module bus (docs/lifecycle.md §classes): pairing key, like the
+    # other critical operations (ModBatt Pack_Controller_Communications_Workflow.md §3.1).
+    CELL_BALANCING = "cell_balancing"
+    EMERGENCY_SHUTDOWN = "emergency_shutdown"
     # Routine monitoring: exchange key (or clear where a certificate allows it).
     VOLTAGE_TELEMETRY = "voltage_telemetry"
     CURRENT_TELEMETRY = "current_telemetry"
@@ -56,6 +60,8 @@ CRITICAL_CLASSES = frozenset(
         MessageClass.FIRMWARE_UPDATE,
         MessageClass.CONFIGURATION,
         MessageClass.CRITICAL_TELEMETRY,
+        MessageClass.CELL_BALANCING,
+        MessageClass.EMERGENCY_SHUTDOWN,
     }
 )
 _BINDING_CLASSES = frozenset({MessageClass.VALIDATION, MessageClass.CERTIFICATE, MessageClass.IDENTITY})

@@ -24,6 +24,7 @@ from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecor
 from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
 from ..model.statements import sign_statement
+from ..model.witness import BindingWitness
 from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_revoke_request
 from ..protocol.messages import EntityResponse
 from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
@@ -47,10 +48,12 @@ _LEDGER_PENDING_PREFIX = "ledger-pending/"
 
 @dataclass(frozen=True, slots=True)
 class BindingOutcome:
-    """A completed binding: the record and where it sits in the ledger."""
+    """A completed binding: the record, where it sits in the ledger, and its key-free witness
+    broadcast (:class:`~modbatt.model.witness.BindingWitness` bytes, docs/binding.md §Witness)."""
 
     record: BindingRecord
     ledger_index: int
+    witness: bytes = b""
 
 
 class AuthController:
@@ -165,7 +168,7 @@ class AuthController:
             raise
         self.ledger.signed_tree_head()
         log.info("bound %s and %s as %s", entity_a.device_id, entity_b.device_id, record.binding_id)
-        return BindingOutcome(record, index)
+        return BindingOutcome(record, index, BindingWitness.of(record).sign(self.controller_key).encode())
 
     def _abort(self, tx: BindingTransaction) -> None:
         # Best effort: tell the entities to drop any keys; the binding was never recorded.

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..crypto.keybackend import FileKeyBackend, KeyBackend
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError, ModbattError, Reason, VerificationError, counts_rejections
@@ -47,10 +48,22 @@ def _record_name(binding_id: str) -> str:
 
 
 class EntityNode:
-    """An entity's binding service over a key store (any object with the KeyStore API)."""
+    """An entity's binding service over a key store (any object with the KeyStore API).
 
-    def __init__(self, keystore: Any, *, clock: Callable[[], float] = time.time, rng: RandomSource | None = None):
+    Binding private keys live in ``keys`` (default: the key store itself; a
+    :class:`~modbatt.crypto.pkcs11.Pkcs11KeyBackend` keeps them in a token, docs/crypto.md).
+    """
+
+    def __init__(
+        self,
+        keystore: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: RandomSource | None = None,
+        keys: KeyBackend | None = None,
+    ):
         self._store = keystore
+        self._keys: KeyBackend = keys if keys is not None else FileKeyBackend(keystore)
         self._clock = clock
         self._lock = threading.Lock()
         self.pairings: dict[str, PairingParticipant] = {}
@@ -63,7 +76,7 @@ class EntityNode:
         for name in keystore.names():
             if name.startswith(_BINDING_PREFIX) and not name.endswith("/key"):
                 record = keystore.record(name)
-                key = keystore.private_key(_key_name(record["binding_id"]))
+                key = self._keys.load(_key_name(record["binding_id"]))
                 bindings[record["binding_id"]] = EntityBindingState.from_record(record, key)
         seen = keystore.record(_SEEN) if _SEEN in keystore else {}
         self.machine = BindingEntity(
@@ -73,6 +86,7 @@ class EntityNode:
             bindings=bindings,
             seen_requests={bytes.fromhex(k): float(v) for k, v in seen.items()},
             rng=rng or SystemRandom(),
+            keygen=self._keys.generate,
         )
 
     @classmethod
@@ -85,6 +99,7 @@ class EntityNode:
         identity: PrivateKey | None = None,
         clock: Callable[[], float] = time.time,
         rng: RandomSource | None = None,
+        keys: KeyBackend | None = None,
     ) -> EntityNode:
         """Provision an entity: identity key, access data and the one controller it obeys.
 
@@ -103,7 +118,7 @@ class EntityNode:
             if existing["controller_key"] != config["controller_key"]:
                 raise ConfigError("this entity is provisioned for another controller")
             keystore.put_record(_CONFIG, config)
-        return cls(keystore, clock=clock, rng=rng)
+        return cls(keystore, clock=clock, rng=rng, keys=keys)
 
     @property
     def access_data(self) -> AccessData:
@@ -146,22 +161,36 @@ class EntityNode:
     def _persist(self, decision: EntityDecision) -> None:
         seen = {rid.hex(): exp for rid, exp in self.machine.seen_requests.items() if exp >= self._clock()}
         seen[decision.request_id.hex()] = decision.forget_after
-        with self._store.transaction():
-            if decision.store is not None:
-                state = decision.store
-                if _key_name(state.binding_id) not in self._store:
-                    self._store.put_private_key(_key_name(state.binding_id), state.private_key)
-                self._store.put_record(_record_name(state.binding_id), state.to_record())
-            if decision.remove is not None:
-                # Revocation destroys the binding key, and the pairings that relied on the
-                # binding are void (seed: re-binding issues new keys, pairings void).
-                for name in (_key_name(decision.remove), _record_name(decision.remove)):
-                    if name in self._store:
-                        self._store.delete(name)
-                for name in self._store.record_names():
-                    if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
-                        self._store.delete(name)
-            self._store.put_record(_SEEN, seen)
+        # A key backend outside the key store (a token) cannot join its transaction: its key is
+        # written before the record and undone if the record fails, and destroyed only after the
+        # record is gone, so a record never outlives or precedes its key.
+        joined = self._keys.joins_store_transaction
+        new_key = None
+        try:
+            with self._store.transaction():
+                if decision.store is not None:
+                    state = decision.store
+                    if _key_name(state.binding_id) not in self._keys:
+                        new_key = _key_name(state.binding_id)
+                        self._keys.store(new_key, state.private_key)
+                    self._store.put_record(_record_name(state.binding_id), state.to_record())
+                if decision.remove is not None:
+                    # Revocation destroys the binding key, and the pairings that relied on the
+                    # binding are void (seed: re-binding issues new keys, pairings void).
+                    if joined and _key_name(decision.remove) in self._keys:
+                        self._keys.delete(_key_name(decision.remove))
+                    if _record_name(decision.remove) in self._store:
+                        self._store.delete(_record_name(decision.remove))
+                    for name in self._store.record_names():
+                        if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
+                            self._store.delete(name)
+                self._store.put_record(_SEEN, seen)
+        except BaseException:
+            if new_key is not None and not joined and new_key in self._keys:
+                self._keys.delete(new_key)
+            raise
+        if decision.remove is not None and not joined and _key_name(decision.remove) in self._keys:
+            self._keys.delete(_key_name(decision.remove))
 
     # ----------------------------------------------------------------------- pairing
 

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..crypto import labels
+from ..crypto.keybackend import SigningKey
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey, open_sealed, seal_to_semi_public_key
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import ProtocolError, Reason, VerificationError
 from ..model._fields import expect_map, raw_bytes
-from ..model.access import AccessData
-from ..model.binding import BindingAuthorization, BindingRecord, BoundEntity, format_timestamp, key_commitment
+from ..model.access import AccessData, LctRef
+from ..model.binding import BindingAuthorization, BindingRecord, bound_lct_of, format_timestamp, key_commitment
 from .messages import REQUEST_ID_BYTES, ControllerRequest, EntityResponse
 
 __all__ = [
@@ -68,7 +69,7 @@ class EntityBindingState:
     """What an entity keeps for one binding relationship (in its key store)."""
 
     binding_id: str
-    private_key: PrivateKey = field(repr=False)
+    private_key: SigningKey = field(repr=False)
     partner_access: AccessData
     partner_key: PublicKey | None = None
     record_entry: bytes | None = field(default=None, repr=False)
@@ -87,7 +88,7 @@ class EntityBindingState:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], private_key: PrivateKey) -> EntityBindingState:
+    def from_record(cls, record: Mapping[str, Any], private_key: SigningKey) -> EntityBindingState:
         partner = record.get("partner_semi_public_key")
         return cls(
             record["binding_id"],
@@ -113,7 +114,8 @@ class BindingEntity:
     """The device side of the binding API: ``generate-keys``, ``distribute-key``, ``revoke``.
 
     Obeys only requests signed by ``controller_key``, addressed to this device, issued
-    within :data:`CLOCK_SKEW_SECONDS` and never seen before.
+    within :data:`CLOCK_SKEW_SECONDS` and never seen before. ``keygen`` makes each binding's
+    private key (default: in memory; a token backend's ``generate`` keeps it in the token).
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class BindingEntity:
         bindings: Mapping[str, EntityBindingState] | None = None,
         seen_requests: Mapping[bytes, float] | None = None,
         rng: RandomSource | None = None,
+        keygen: Callable[[RandomSource], SigningKey] = PrivateKey.generate,
     ) -> None:
         self.identity = identity
+        self._keygen = keygen
         self.access_data = access_data
         self.controller_key = controller_key
         self.bindings: dict[str, EntityBindingState] = dict(bindings or {})
@@ -176,7 +180,8 @@ class BindingEntity:
         partner: AccessData = request.body["partner_access_data"]
         if partner.device_id == self.device_id:
             raise VerificationError(Reason.WRONG_PEER, "a device cannot be bound to itself")
-        key = PrivateKey.generate(self._rng)
+        bound_lct_of(self.access_data, partner)  # a device that declares its LCT binds to no other
+        key = self._keygen(self._rng)
         pop = key.sign(
             labels.SIG_PROOF_OF_POSSESSION,
             _pop_bytes(request.binding_id, request.request_id, self.device_id, key.public_key),
@@ -221,9 +226,11 @@ class BindingEntity:
             part = view.get(side)
             if not isinstance(part, Mapping) or not isinstance(part.get("access_data"), Mapping):
                 raise VerificationError(Reason.MALFORMED, "record side is malformed")
+            lct = LctRef.from_dict(part["bound_lct"]) if part.get("bound_lct") is not None else None
             sides[AccessData.from_dict(part["access_data"]).device_id] = (
                 AccessData.from_dict(part["access_data"]),
                 part.get("semi_public_key_commitment"),
+                lct,
             )
         own = sides.get(self.device_id)
         partner = sides.get(state.partner_access.device_id)
@@ -231,6 +238,8 @@ class BindingEntity:
             raise VerificationError(Reason.WRONG_PEER, "record does not name both parties")
         if own[0] != self.access_data or partner[0] != state.partner_access:
             raise VerificationError(Reason.WRONG_PEER, "record carries other access data")
+        if own[2] != bound_lct_of(self.access_data, state.partner_access):
+            raise VerificationError(Reason.WRONG_PEER, "record binds this device to another LCT")
         if own[1] != key_commitment(state.binding_id, state.private_key.public_key):
             raise VerificationError(Reason.HASH_MISMATCH, "record commits to another key for this device")
         if partner[1] != key_commitment(state.binding_id, partner_key):
@@ -314,6 +323,9 @@ class BindingTransaction:
         supersedes: str | None = None,
     ) -> None:
         authorization.check(authority_key, entity_a.device_id, entity_b.device_id, now)
+        # A device bound to an LCT other than the one it declares is refused before anything is sent.
+        bound_lct_of(entity_a, entity_b)
+        bound_lct_of(entity_b, entity_a)
         self._rng = rng or SystemRandom()
         self.controller_key = controller_key
         self.authorization = authorization
@@ -382,10 +394,10 @@ class BindingTransaction:
     def _distribute(self, now: float) -> list[Outgoing]:
         self.phase = BindingPhase.DISTRIBUTING
         a, b = self._order
-        self.record = BindingRecord(
+        self.record = BindingRecord.between(
             self.binding_id,
-            BoundEntity(self.entities[a], self._keys[a]),
-            BoundEntity(self.entities[b], self._keys[b]),
+            (self.entities[a], self._keys[a]),
+            (self.entities[b], self._keys[b]),
             format_timestamp(now),
             supersedes=self.supersedes,
         ).sign(self.controller_key)

@@ -1,0 +1,118 @@
+"""The key-free binding witness: a broadcast that a binding was recorded, naming no key.
+
+After the controller records a binding it may broadcast a witness (ModBatt
+docs/Pairing_Protocol_Documentation.md §1, binding step 5) so that parties without access to the
+ledger learn that *some* binding of two parties exists. It carries no semi-public key and no key
+commitment, only:
+
+* ``binding_id``;
+* ``entity_a_hash`` / ``entity_b_hash`` = SHA-256(``modbatt/v1/witness/access-data-hash`` ‖
+  deterministic CBOR of the party's access data), 32 bytes each;
+* ``timestamp``, the binding record's own RFC 3339 time;
+* ``sig``, the controller's signature (label ``modbatt/v1/sig/binding-witness``) over the
+  canonical CBOR of the map without ``sig``.
+
+Linkability: the hashes do not hide who is bound. ``binding_id`` is in clear and access data is
+guessable (device ids and CAN addresses follow patterns), so anyone who can guess a party's access
+data can confirm it is in the binding (:meth:`BindingWitness.names`). docs/binding.md §Witness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..crypto import labels
+from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey, sha256
+from ..encoding import canonical_dumps, strict_loads
+from ..errors import Reason, VerificationError
+from ._fields import expect_map, malformed, raw_bytes, uuid_text
+from .access import AccessData
+from .binding import BindingRecord, parse_timestamp
+
+__all__ = ["WITNESS_KIND", "BindingWitness", "access_hash"]
+
+WITNESS_KIND: Final = "binding_witness"
+_VERSION: Final = 1
+_MAX_BYTES: Final = 512  # an encoded witness is 276 bytes
+_HASH_BYTES: Final = 32
+_FIELDS: Final = {"v", "kind", "binding_id", "entity_a_hash", "entity_b_hash", "timestamp", "sig"}
+
+
+def access_hash(access: AccessData) -> bytes:
+    """SHA-256 over the labelled deterministic CBOR of ``access`` (one encoding per value)."""
+    return sha256(labels.WITNESS_ACCESS_HASH + canonical_dumps(access.to_dict()))
+
+
+@dataclass(frozen=True, slots=True)
+class BindingWitness:
+    """The witness broadcast; make one with :meth:`of` and :meth:`sign`, read one with :meth:`decode`."""
+
+    binding_id: str
+    entity_a_hash: bytes
+    entity_b_hash: bytes
+    timestamp: str
+    signature: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def of(cls, record: BindingRecord) -> BindingWitness:
+        """The unsigned witness of a recorded binding."""
+        return cls(
+            record.binding_id,
+            access_hash(record.entity_a.access_data),
+            access_hash(record.entity_b.access_data),
+            record.timestamp,
+        )
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "v": _VERSION,
+            "kind": WITNESS_KIND,
+            "binding_id": self.binding_id,
+            "entity_a_hash": self.entity_a_hash,
+            "entity_b_hash": self.entity_b_hash,
+            "timestamp": self.timestamp,
+        }
+
+    def sign(self, controller_key: PrivateKey) -> BindingWitness:
+        sig = controller_key.sign(labels.SIG_BINDING_WITNESS, canonical_dumps(self._body()))
+        return BindingWitness(self.binding_id, self.entity_a_hash, self.entity_b_hash, self.timestamp, sig)
+
+    def encode(self) -> bytes:
+        """The broadcast bytes (deterministic CBOR)."""
+        if not self.signature:
+            raise VerificationError(Reason.UNAUTHORIZED, "the witness is not signed")
+        return canonical_dumps({**self._body(), "sig": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> BindingWitness:
+        """Parse untrusted bytes strictly (the signature is checked by :meth:`verify`)."""
+        m = expect_map(strict_loads(data, max_bytes=_MAX_BYTES), "binding witness", required=_FIELDS)
+        if m["v"] != _VERSION or m["kind"] != WITNESS_KIND:
+            raise malformed("not a version-1 binding witness")
+        parse_timestamp(m["timestamp"])
+        return cls(
+            uuid_text(m["binding_id"], "binding_id"),
+            raw_bytes(m["entity_a_hash"], "entity_a_hash", size=_HASH_BYTES),
+            raw_bytes(m["entity_b_hash"], "entity_b_hash", size=_HASH_BYTES),
+            m["timestamp"],
+            raw_bytes(m["sig"], "sig", size=SIGNATURE_BYTES),
+        )
+
+    def verify(self, controller_key: PublicKey) -> None:
+        """Raise ``bad_signature`` unless ``controller_key`` signed this witness."""
+        controller_key.verify(labels.SIG_BINDING_WITNESS, canonical_dumps(self._body()), self.signature)
+
+    def names(self, a: AccessData, b: AccessData) -> bool:
+        """Whether this witness is of a binding between ``a`` and ``b`` (either order)."""
+        return {access_hash(a), access_hash(b)} == {self.entity_a_hash, self.entity_b_hash}
+
+    def matches(self, record: BindingRecord) -> None:
+        """Raise unless this witness is of ``record`` (binding id, both parties, time)."""
+        if record.binding_id != self.binding_id:
+            raise VerificationError(Reason.WRONG_SESSION, "witness of another binding")
+        if (access_hash(record.entity_a.access_data), access_hash(record.entity_b.access_data)) != (
+            self.entity_a_hash,
+            self.entity_b_hash,
+        ) or record.timestamp != self.timestamp:
+            raise VerificationError(Reason.HASH_MISMATCH, "witness names other parties or another time")
