@@ -3,6 +3,10 @@
 Thin, misuse-resistant wrappers over ``cryptography``; no primitive is implemented here.
 Every received point and signature is validated before use, and every failure is a
 :class:`~modbatt.errors.VerificationError` with a classified reason.
+
+Signatures are low-S only (docs/crypto.md §2), and for the labels in
+:data:`~modbatt.crypto.labels.KEY_HIDING` the signed digest covers the signer's public key
+(docs/crypto.md §3.1); both rules live here, so no call site can skip them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "AEAD_NONCE_BYTES",
     "AEAD_TAG_BYTES",
     "COMPRESSED_POINT_BYTES",
+    "P256_HALF_ORDER",
     "P256_ORDER",
     "SEAL_OVERHEAD",
     "SIGNATURE_BYTES",
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: The largest ``s`` a suite-v1 signature may carry (low-S: ``s <= (n - 1) / 2``, n is odd).
+P256_HALF_ORDER: Final = P256_ORDER >> 1
 SIGNATURE_BYTES: Final = 64
 COMPRESSED_POINT_BYTES: Final = 33
 UNCOMPRESSED_POINT_BYTES: Final = 65
@@ -69,6 +76,20 @@ def sha256(data: bytes) -> bytes:
 def _framed(label: bytes, message: bytes) -> bytes:
     # Length-prefixed so that no label is a prefix of another's signed bytes.
     return len(label).to_bytes(1, "big") + label + message
+
+
+def _signed_bytes(label: bytes, signer: PublicKey, message: bytes) -> bytes:
+    """What a signature under ``label`` covers (docs/crypto.md §3).
+
+    For a key-hiding label the signer's 33-byte compressed point follows the label: the digest
+    then depends on the key, so SEC 1 public-key recovery from a signature needs the key it
+    would recover (docs/crypto.md §3.1). The point has a fixed length, so the frame stays
+    unambiguous.
+    """
+    label = bytes(label)
+    if label in labels.KEY_HIDING:
+        return _framed(label, signer.to_bytes() + message)
+    return _framed(label, message)
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
@@ -166,16 +187,17 @@ class PublicKey:
     def verify(self, label: bytes, message: bytes, signature: bytes) -> None:
         """Check a raw 64-byte r‖s signature over ``label``-framed ``message``.
 
-        Raises ``VerificationError(MALFORMED)`` for a wrong length or out-of-range r/s and
-        ``VerificationError(BAD_SIGNATURE)`` for a signature that does not verify.
+        For a key-hiding label the frame includes this key (:func:`_signed_bytes`).
+        Raises ``VerificationError(MALFORMED)`` for a wrong length, out-of-range r/s or a
+        high-S signature, and ``VerificationError(BAD_SIGNATURE)`` for one that does not verify.
         """
-        self.verify_unlabelled(_framed(label, message), signature)
+        self.verify_unlabelled(_signed_bytes(label, self, message), signature)
 
     def verify_unlabelled(self, message: bytes, signature: bytes) -> None:
-        """Verify a raw r‖s ECDSA-SHA256 signature over ``message`` without a label.
+        """Verify a raw low-S r‖s ECDSA-SHA256 signature over ``message`` without a label.
 
         For conformance vectors and foreign formats only; modbatt's own messages use
-        :meth:`verify`.
+        :meth:`verify`. The low-S rule applies here too.
         """
         signature = bytes(signature)
         if len(signature) != SIGNATURE_BYTES:
@@ -186,6 +208,10 @@ class PublicKey:
             # Structurally impossible for any signer, so it is malformed input, not a
             # signature that merely fails (the docstring of verify() promises MALFORMED).
             raise VerificationError(Reason.MALFORMED, "signature scalar r or s out of range [1, n-1]")
+        if s > P256_HALF_ORDER:
+            # (r, n - s) verifies whenever (r, s) does; accepting both would give every signed
+            # message two encodings. Our signers never emit high S, so it is non-canonical input.
+            raise VerificationError(Reason.MALFORMED, "signature is not low-S (s > n/2)")
         try:
             self._key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -243,9 +269,14 @@ class PrivateKey:
         return self._public
 
     def sign(self, label: bytes, message: bytes) -> bytes:
-        """A deterministic (RFC 6979) ECDSA-SHA256 signature, raw 64-byte r‖s."""
-        der = self._key.sign(_framed(label, message), _ECDSA)
+        """A deterministic (RFC 6979) ECDSA-SHA256 signature, raw 64-byte r‖s, low-S.
+
+        For a key-hiding label the signed frame includes this key's public point.
+        """
+        der = self._key.sign(_signed_bytes(label, self._public, message), _ECDSA)
         r, s = decode_dss_signature(der)
+        if s > P256_HALF_ORDER:  # OpenSSL returns either half; only the low one is canonical
+            s = P256_ORDER - s
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def exchange(self, peer: PublicKey) -> bytes:
