@@ -63,8 +63,12 @@ def test_verify_failures(ledger_file: Path, tmp_path: Path, capsys: pytest.Captu
     assert "pinned" in _one_line(capsys.readouterr().err)
 
     conn = sqlite3.connect(ledger_file, isolation_level=None)
+    (trigger,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entries_no_update'").fetchone()
     conn.execute("DROP TRIGGER entries_no_update")
     conn.execute("UPDATE entries SET entry = CAST('forged' AS BLOB) WHERE idx = 3")
+    assert main(["ledger", "verify", str(ledger_file)]) == 1  # the schema is checked first
+    assert "schema differs: missing trigger 'entries_no_update'" in _one_line(capsys.readouterr().err)
+    conn.execute(trigger)  # the attacker puts the trigger back: the entry still gives it away
     conn.close()
     assert main(["ledger", "verify", str(ledger_file)]) == 1
     err = _one_line(capsys.readouterr().err)
