@@ -241,11 +241,11 @@ def _export(args: argparse.Namespace) -> int:
 def _head_to_keep(ledger: Ledger, kept: SignedTreeHead | None, name: str) -> SignedTreeHead:
     """The latest signed head, from a log that verifies and extends the head already kept."""
     report = ledger.verify()
+    if kept is not None:  # never overwrite evidence of a rollback with the rolled-back head
+        _check_kept_head(ledger, kept, name, report.public_key)
     sth = ledger.latest_tree_head()
     if sth is None:
         raise ConfigError("nothing to export: no tree head has been signed yet")
-    if kept is not None:  # never overwrite evidence of a rollback with the rolled-back head
-        _check_kept_head(ledger, kept, name, report.public_key)
     return sth
 
 

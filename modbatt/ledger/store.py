@@ -458,6 +458,10 @@ class Ledger:
         """A read: SQLite's errors (a value over the size limit, a damaged page) as LedgerError."""
         try:
             yield
+        except sqlite3.DataError:
+            raise LedgerError(
+                f"{self._path} is a damaged ledger: a stored value exceeds {self._max_entry_bytes} bytes"
+            ) from None
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read ledger {self._path}: {exc}") from None
 

@@ -79,7 +79,9 @@ class AuthController:
         self.rejections: collections.Counter[Reason] = collections.Counter()
         # Anti-rollback (docs/ledger.md): each head it signs is pinned in this authenticated store,
         # and the ledger refuses to append or sign unless the log still extends the pinned head.
+        # A rolled-back or rewritten ledger stops the controller here, before any I/O.
         ledger.pin_heads(KeyStoreHeadPin(records))
+        ledger.check_pinned_head()
         self._resume()
 
     def _resume(self) -> None:
