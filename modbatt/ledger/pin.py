@@ -46,15 +46,20 @@ class KeyStoreHeadPin:
     def __init__(self, store: Any, name: str = PIN_RECORD) -> None:
         self._store = store
         self._name = name
+        self._decoded: tuple[bytes, SignedTreeHead] | None = None  # the record is read each time
 
     def load(self) -> SignedTreeHead | None:
         if self._name not in self._store:
             return None
-        value = self._store.record(self._name)
+        raw = self._store.record(self._name).get("sth")
+        if self._decoded is not None and self._decoded[0] == raw:
+            return self._decoded[1]
         try:
-            return SignedTreeHead.from_bytes(value["sth"])
-        except (KeyError, TypeError, VerificationError):
+            sth = SignedTreeHead.from_bytes(raw)
+        except (TypeError, VerificationError):
             raise LedgerError(f"key-store record {self._name!r} is not a signed tree head") from None
+        self._decoded = (raw, sth)
+        return sth
 
     def store(self, sth: SignedTreeHead) -> None:
         current = self.load()
