@@ -204,6 +204,17 @@ def ledger_shape(path: Path) -> tuple[int, int]:
     return int(entries), int(heads)
 
 
+def _audit_kept_head(path: Path, kept: Path) -> dict[Reason, int]:
+    """What ``ledger verify --sth`` checks, through the library: the auditor's ledger's rejections."""
+    from ..cli.ledger_cmd import load_tree_head
+
+    head = load_tree_head(kept)
+    with Ledger(path, read_only=True) as ledger:
+        ledger.verify()
+        attempt(lambda: ledger.check_extends(head.tree_size, head.root_hash, head="the kept tree head"))
+        return dict(ledger.rejections)
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -239,6 +250,7 @@ def _tamper_and_restart(
         # 3. The auditor: the file verifies on its own; against the kept head it does not.
         plain_exit, _ = _cli("ledger", "verify", str(site.ledger))
         kept_exit, kept_err = _cli("ledger", "verify", str(site.ledger), "--sth", str(kept))
+        counters.update(counted("auditor_ledger.rejections", _audit_kept_head(site.ledger, kept)))
         counters.update(
             {
                 "restart_refused": int(reasons[-1] is expected),
@@ -293,7 +305,9 @@ def ledger_rollback_with_keystore(seed: int | None = None) -> Outcome:
         signed = ledger_shape(site.ledger)[1]
         dep.close()
         kept_exit, kept_err = _cli("ledger", "verify", str(site.ledger), "--sth", str(kept))
+        auditor = _audit_kept_head(site.ledger, kept)
     counters = {
+        **counted("auditor_ledger.rejections", auditor),
         "controller_started": 1,
         "heads_signed_over_rolled_back_log": signed - 1,
         "auditor_export_exit": export_exit,

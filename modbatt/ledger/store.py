@@ -33,6 +33,7 @@ read-only (``read_only=True``), and every value read is type- and size-checked b
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import logging
 import os
@@ -158,6 +159,8 @@ class Ledger:
         self._max_entry_bytes = max_entry_bytes
         self._read_only = read_only
         self._pin: HeadPin | None = None
+        #: Rollbacks and forks refused (:class:`LedgerRollbackError`), by reason.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
         self._lock = threading.RLock()
         self._size = 0
         # Hashes of the perfect subtrees that make up the current tree (largest first),
@@ -652,6 +655,7 @@ class Ledger:
         size = self._db_size()
         where = f"{head} (size {tree_size}, root {root_hash.hex()[:16]}…)"
         if size < tree_size:
+            self.rejections[Reason.STALE] += 1
             raise LedgerRollbackError(
                 Reason.STALE, f"{self._path} holds {size} entries, fewer than {where}: the log was rolled back"
             )
@@ -660,6 +664,7 @@ class Ledger:
             root = merkle.EMPTY_ROOT if size == 0 else self._subtree(0, size)
             merkle.verify_consistency(tree_size, size, root_hash, root, proof)
         except (VerificationError, LedgerError) as exc:
+            self.rejections[Reason.BAD_PROOF] += 1
             raise LedgerRollbackError(
                 Reason.BAD_PROOF, f"{self._path} does not extend {where}: history was rewritten (a fork): {exc}"
             ) from None
