@@ -6,11 +6,14 @@ import pytest
 
 from modbatt import attacks
 from modbatt.attacks.malleability import high_s_twin
+from modbatt.can.ids import SEED_LAYOUT, CanIdFields
+from modbatt.can.secured import CLASSIC, FD, BusProfile, Direction, SecuredReceiver, SecuredSender, TrafficKeys
 from modbatt.crypto import suite
+from modbatt.crypto.freshness import FreshnessCounter, MemoryCounterStore
 from modbatt.crypto.rng import SeededRandom
 from modbatt.crypto.suite import P256_HALF_ORDER, PrivateKey
 from modbatt.errors import Reason, VerificationError
-from modbatt.ledger import Ledger
+from modbatt.ledger import Ledger, SignedTreeHead
 from modbatt.model.pairing import PairingCertificate
 
 SEED = 11
@@ -72,3 +75,31 @@ def test_hostile_ledger_files_are_refused_within_the_memory_budget() -> None:
     c = out.counters
     assert c["commands"] == c["one_line_errors"] == 8 and c["crashes"] == 0 and c["schema_refusals"] == 4
     assert c["files_byte_identical"] == 1 and c["files_created_beside"] == 0
+
+
+@pytest.mark.parametrize("profile", [CLASSIC, FD], ids=lambda p: p.name)
+def test_high_s_binding_tier_frame_is_refused_and_moves_nothing(profile: BusProfile) -> None:
+    """The CAN path: a binding-tier unit with its signature's twin is malformed, counted, and the
+    genuine unit still opens afterwards (the replay window did not move)."""
+    key = PrivateKey.generate(SeededRandom("tampering-tests/binding"))
+    direction = Direction.INITIATOR_TO_RESPONDER
+    tx = SecuredSender(
+        SEED_LAYOUT, profile, TrafficKeys.binding(direction, signer=key), FreshnessCounter(MemoryCounterStore())
+    )
+    rx = SecuredReceiver(SEED_LAYOUT, profile, TrafficKeys.binding(direction, verifier=key.public_key))
+    pdu = tx.protect(CanIdFields(function=0x42, node=0x03, priority=6, direction=1), b"cell voltages")
+    forged = pdu.data[:-64] + high_s_twin(pdu.data[-64:])
+    with pytest.raises(VerificationError) as exc:
+        rx.open(pdu.can_id, forged, reassembled=not pdu.single_frame)
+    assert exc.value.reason is Reason.MALFORMED and rx.rejects[Reason.MALFORMED] == 1
+    assert rx.open(pdu.can_id, pdu.data, reassembled=not pdu.single_frame).payload == b"cell voltages"
+
+
+def test_high_s_tree_head_is_refused() -> None:
+    key = PrivateKey.generate(SeededRandom("tampering-tests/controller"))
+    sth = SignedTreeHead.sign(key, tree_size=3, root_hash=bytes(32), timestamp=1)
+    twin = SignedTreeHead(3, bytes(32), 1, high_s_twin(sth.signature), key.public_key)
+    with pytest.raises(VerificationError) as exc:
+        twin.verify(key.public_key)
+    # Tree heads report every signature failure as bad_signature (docs/ledger.md); the detail says why.
+    assert exc.value.reason is Reason.BAD_SIGNATURE and "low-S" in str(exc.value)
