@@ -453,3 +453,27 @@ def test_bench_area_contract() -> None:
     area = load_area("crypto")
     assert area is not None and area.NAME == "crypto" and area.DESCRIPTION
     assert callable(area.run)
+
+
+def test_external_signer_contract() -> None:
+    """A signer outside this process (a PKCS#11 token) signs signed_digest() and passes its raw
+    r‖s through low_s(); PublicKey.verify then accepts it, key-hiding labels included."""
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    token = ec.generate_private_key(ec.SECP256R1())  # randomised ECDSA, like a token's CKM_ECDSA
+    public = PublicKey(token.public_key())
+    raw_high = 0
+    for i, label in enumerate([labels.SIG_PAIRING_OFFER, labels.SIG_TREE_HEAD] * 16):
+        message = b"external %d" % i
+        digest = suite.signed_digest(label, message, signer=public)
+        r, s = decode_dss_signature(token.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        public.verify(label, message, suite.low_s(raw))
+        if s > P256_HALF_ORDER:
+            raw_high += 1
+            assert _reason(public.verify, label, message, raw) is Reason.MALFORMED
+    assert raw_high  # the normalisation mattered at least once
+    with pytest.raises(TypeError):
+        suite.signed_digest(labels.SIG_PAIRING_OFFER, b"m")  # type: ignore[call-arg]  # the signer is required
+    with pytest.raises(ValueError):
+        suite.low_s(b"short")
