@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modbatt.crypto import labels, suite
 from modbatt.crypto.rng import SeededRandom, SystemRandom, reproducible_mode_allowed
 from modbatt.crypto.suite import (
+    P256_HALF_ORDER,
     P256_ORDER,
     SEAL_OVERHEAD,
     PrivateKey,
@@ -101,9 +103,12 @@ def test_out_of_range_scalars_are_malformed(sk: PrivateKey, r: int, s: int) -> N
     assert _reason(sk.public_key.verify, LABEL, b"m", sig) is Reason.MALFORMED
 
 
-def test_n_minus_one_is_in_range(sk: PrivateKey) -> None:
-    sig = (P256_ORDER - 1).to_bytes(32, "big") * 2  # in range, so it is judged, and fails
+def test_largest_low_s_is_in_range(sk: PrivateKey) -> None:
+    # r = n - 1 and s = (n - 1) / 2 are the largest canonical scalars: judged, and they fail.
+    sig = (P256_ORDER - 1).to_bytes(32, "big") + P256_HALF_ORDER.to_bytes(32, "big")
     assert _reason(sk.public_key.verify, LABEL, b"m", sig) is Reason.BAD_SIGNATURE
+    high = (P256_ORDER - 1).to_bytes(32, "big") + (P256_HALF_ORDER + 1).to_bytes(32, "big")
+    assert _reason(sk.public_key.verify, LABEL, b"m", high) is Reason.MALFORMED
 
 
 @pytest.mark.parametrize("length", [0, 1, 63, 65, 72, 128])
@@ -117,12 +122,85 @@ def test_der_signature_is_malformed(sk: PrivateKey) -> None:
     assert _reason(sk.public_key.verify, LABEL, b"m", der) is Reason.MALFORMED
 
 
-def test_high_s_twin_verifies(sk: PrivateKey) -> None:
-    """ECDSA signatures are malleable: (r, n - s) verifies too. Documented in docs/crypto.md:
-    a signature is never a unique identifier of a message."""
-    sig = sk.sign(LABEL, b"m")
-    r, s = sig[:32], int.from_bytes(sig[32:], "big")
-    sk.public_key.verify(LABEL, b"m", r + (P256_ORDER - s).to_bytes(32, "big"))
+def _high_s_twin(sig: bytes) -> bytes:
+    return sig[:32] + (P256_ORDER - int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
+
+
+@pytest.mark.parametrize("label", [LABEL, labels.SIG_PAIRING_OFFER, labels.SIG_CAN_FRAME])
+def test_high_s_twin_is_refused(sk: PrivateKey, label: bytes) -> None:
+    """ECDSA is malleable: (r, n - s) is the same signature to the curve. Suite v1 signs low-S
+    only and refuses the twin as malformed (docs/crypto.md §2), for every label."""
+    sig = sk.sign(label, b"m")
+    assert int.from_bytes(sig[32:], "big") <= P256_HALF_ORDER
+    assert _reason(sk.public_key.verify, label, b"m", _high_s_twin(sig)) is Reason.MALFORMED
+    # The twin is a valid ECDSA signature: the policy, not the arithmetic, refuses it.
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    framed = suite._signed_bytes(label, sk.public_key, b"m")
+    sk.public_key._key.verify(encode_dss_signature(r, P256_ORDER - s), framed, ec.ECDSA(hashes.SHA256()))
+
+
+def test_signing_normalises_to_low_s() -> None:
+    """RFC 6979 A.2.5 gives a high s for "sample"; our signer returns its low twin."""
+    x = bytes.fromhex("C9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721")
+    key = PrivateKey.from_scalar_bytes(x)
+    raw_high = 0
+    for i in range(64):  # about half of OpenSSL's raw signatures are high-S
+        message = b"low-s %d" % i
+        _, raw_s = decode_dss_signature(key._key.sign(suite._framed(LABEL, message), suite._ECDSA))
+        sig = key.sign(LABEL, message)
+        s = int.from_bytes(sig[32:], "big")
+        assert s == min(raw_s, P256_ORDER - raw_s) and s <= P256_HALF_ORDER
+        key.public_key.verify(LABEL, message, sig)
+        raw_high += raw_s > P256_HALF_ORDER
+    assert 0 < raw_high < 64  # both branches of the normalisation ran
+
+
+# --------------------------------------------------------------------------- key hiding
+
+
+def test_key_hiding_labels_are_the_semi_public_signatures() -> None:
+    hidden = {
+        "SIG_PROOF_OF_POSSESSION", "SIG_BINDING_ACK", "SIG_PAIRING_OFFER", "SIG_PAIRING_COMPLETION",
+        "SIG_CAN_FRAME", "SIG_CAN_RESYNC", "SIG_ANNOUNCE", "SIG_WITNESS_REQUEST", "SIG_WITNESS_ACK",
+        "SIG_HANDSHAKE", "SIG_COMMAND", "SIG_COMMAND_ACK", "SIG_PAIRING_VALIDATION",
+        "SIG_BINDING_VALIDATION", "SIG_ESCALATION",
+    }  # fmt: skip
+    sig_labels = {n: v for n, v in vars(labels).items() if n.startswith("SIG_")}
+    assert {n for n, v in sig_labels.items() if v in labels.KEY_HIDING} == hidden
+    assert set(sig_labels.values()) >= labels.KEY_HIDING
+
+
+def test_key_hiding_signature_covers_the_signer_key(sk: PrivateKey) -> None:
+    label = labels.SIG_ANNOUNCE
+    sig = sk.sign(label, b"hello")
+    sk.public_key.verify(label, b"hello", sig)
+    # It is a signature over label ‖ compressed key ‖ message, not over label ‖ message.
+    assert _reason(sk.public_key.verify_unlabelled, suite._framed(label, b"hello"), sig) is Reason.BAD_SIGNATURE
+    sk.public_key.verify_unlabelled(suite._framed(label, sk.public_key.to_bytes() + b"hello"), sig)
+    # A controller-type label is unchanged: label ‖ message.
+    sk.public_key.verify_unlabelled(suite._framed(LABEL, b"hello"), sk.sign(LABEL, b"hello"))
+
+
+def test_key_hiding_defeats_public_key_recovery(sk: PrivateKey) -> None:
+    """SEC 1 §4.1.6 recovery (python-ecdsa as the attacker's tool) finds the key of a plain
+    signature, and no candidate of a key-hiding one (docs/crypto.md §3.1)."""
+    ecdsa = pytest.importorskip("ecdsa")
+    from ecdsa.util import sigdecode_string
+
+    def recover(framed: bytes, sig: bytes) -> set[bytes]:
+        keys = ecdsa.VerifyingKey.from_public_key_recovery(
+            sig, framed, ecdsa.NIST256p, hashfunc=hashlib.sha256, sigdecode=sigdecode_string
+        )
+        return {k.to_string("compressed") for k in keys}
+
+    plain = sk.sign(LABEL, b"m")
+    assert sk.public_key.to_bytes() in recover(suite._framed(LABEL, b"m"), plain)
+    hidden = sk.sign(labels.SIG_ANNOUNCE, b"m")
+    candidates = recover(suite._framed(labels.SIG_ANNOUNCE, b"m"), hidden)
+    assert candidates and sk.public_key.to_bytes() not in candidates
+    # A candidate is not even self-consistent: framing it in gives yet other points.
+    for point in candidates:
+        assert point not in recover(suite._framed(labels.SIG_ANNOUNCE, point + b"m"), hidden)
 
 
 @settings(max_examples=40, deadline=None)
@@ -375,3 +453,27 @@ def test_bench_area_contract() -> None:
     area = load_area("crypto")
     assert area is not None and area.NAME == "crypto" and area.DESCRIPTION
     assert callable(area.run)
+
+
+def test_external_signer_contract() -> None:
+    """A signer outside this process (a PKCS#11 token) signs signed_digest() and passes its raw
+    r‖s through low_s(); PublicKey.verify then accepts it, key-hiding labels included."""
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    token = ec.generate_private_key(ec.SECP256R1())  # randomised ECDSA, like a token's CKM_ECDSA
+    public = PublicKey(token.public_key())
+    raw_high = 0
+    for i, label in enumerate([labels.SIG_PAIRING_OFFER, labels.SIG_TREE_HEAD] * 16):
+        message = b"external %d" % i
+        digest = suite.signed_digest(label, message, signer=public)
+        r, s = decode_dss_signature(token.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        public.verify(label, message, suite.low_s(raw))
+        if s > P256_HALF_ORDER:
+            raw_high += 1
+            assert _reason(public.verify, label, message, raw) is Reason.MALFORMED
+    assert raw_high  # the normalisation mattered at least once
+    with pytest.raises(TypeError):
+        suite.signed_digest(labels.SIG_PAIRING_OFFER, b"m")  # type: ignore[call-arg]  # the signer is required
+    with pytest.raises(ValueError):
+        suite.low_s(b"short")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import signal
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
@@ -810,14 +812,25 @@ def test_triggers_refuse_rewrites(signed_ledger: Path) -> None:
     conn.close()
 
 
-def _tamper(path: Path, *sql: str) -> None:
+@contextlib.contextmanager
+def _untriggered(path: Path) -> Iterator[sqlite3.Connection]:
+    """An attacker's connection: the append-only triggers dropped, then put back as they were
+    (a ledger whose schema differs is refused before any row is read)."""
     conn = _raw(path)
+    saved = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'")]
     for t in ("entries", "nodes", "tree_heads"):
         for op in ("update", "delete"):
             conn.execute(f"DROP TRIGGER IF EXISTS {t}_no_{op}")
-    for s in sql:
-        conn.execute(s)
+    yield conn
+    for sql in saved:
+        conn.execute(sql)
     conn.close()
+
+
+def _tamper(path: Path, *sql: str) -> None:
+    with _untriggered(path) as conn:
+        for s in sql:
+            conn.execute(s)
 
 
 def test_altered_entry_detected(signed_ledger: Path) -> None:
@@ -836,11 +849,11 @@ def test_consistent_rewrite_caught_by_signature(signed_ledger: Path) -> None:
     rebuilt.append_many(entries)
     rows = rebuilt._conn.execute("SELECT level, idx, hash FROM nodes").fetchall()
     rebuilt.close()
-    conn = _raw(signed_ledger)
-    _tamper(signed_ledger)
-    conn.execute("UPDATE entries SET entry = ?, leaf_hash = ? WHERE idx = 25", (b"forged", merkle.leaf_hash(b"forged")))
-    conn.executemany("UPDATE nodes SET hash = ? WHERE level = ? AND idx = ?", [(h, lv, i) for lv, i, h in rows])
-    conn.close()
+    with _untriggered(signed_ledger) as conn:
+        conn.execute(
+            "UPDATE entries SET entry = ?, leaf_hash = ? WHERE idx = 25", (b"forged", merkle.leaf_hash(b"forged"))
+        )
+        conn.executemany("UPDATE nodes SET hash = ? WHERE level = ? AND idx = ?", [(h, lv, i) for lv, i, h in rows])
     with Ledger(signed_ledger) as led, pytest.raises(LedgerError, match="tree head #2"):
         led.verify()
 

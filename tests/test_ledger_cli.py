@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from modbatt.attacks.ledger_tamper import forge_history, truncate_ledger
 from modbatt.cli import main
 from modbatt.crypto.rng import SeededRandom
 from modbatt.crypto.suite import PrivateKey
@@ -63,8 +66,12 @@ def test_verify_failures(ledger_file: Path, tmp_path: Path, capsys: pytest.Captu
     assert "pinned" in _one_line(capsys.readouterr().err)
 
     conn = sqlite3.connect(ledger_file, isolation_level=None)
+    (trigger,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'entries_no_update'").fetchone()
     conn.execute("DROP TRIGGER entries_no_update")
     conn.execute("UPDATE entries SET entry = CAST('forged' AS BLOB) WHERE idx = 3")
+    assert main(["ledger", "verify", str(ledger_file)]) == 1  # the schema is checked first
+    assert "schema differs: missing trigger 'entries_no_update'" in _one_line(capsys.readouterr().err)
+    conn.execute(trigger)  # the attacker puts the trigger back: the entry still gives it away
     conn.close()
     assert main(["ledger", "verify", str(ledger_file)]) == 1
     err = _one_line(capsys.readouterr().err)
@@ -138,3 +145,86 @@ def test_export_unsigned_log(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         led.append(b"x")
     assert main(["ledger", "export", str(path), "--json"]) == 2
     assert "no tree head" in _one_line(capsys.readouterr().err)
+
+
+# --- anti-rollback: a head kept by an auditor ---------------------------------------------
+
+
+def test_export_sth_out_then_verify_sth(
+    ledger_file: Path, key: PrivateKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = tmp_path / "kept.json"
+    assert main(["ledger", "export", str(ledger_file), "--sth-out", str(kept)]) == 0
+    assert _one_line(capsys.readouterr().out) == f"kept the signed tree head of 20 entries in {kept}"
+    head = SignedTreeHead.from_dict(json.loads(kept.read_text()))
+    head.verify(key.public_key)
+    assert head.tree_size == 20
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(kept)]) == 0
+    assert _one_line(capsys.readouterr().out).endswith("extends the kept head of 20 entries")
+    # The controller goes on: the log still extends the kept head, and the kept head advances.
+    with Ledger(ledger_file, signer=key) as led:
+        led.append_many([b"later %d" % i for i in range(5)])
+        led.signed_tree_head()
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(kept)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "export", str(ledger_file), "--json", "--sth-out", str(kept)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["sth"]["tree_size"] == 26 and "26 entries" in out.err
+    assert SignedTreeHead.from_dict(json.loads(kept.read_text())).tree_size == 26
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda path: truncate_ledger(path, keep=12), "stale"),
+        (lambda path: forge_history(path, 12, [b"forged %d" % i for i in range(10)]), "bad_proof"),
+    ],
+    ids=["rollback", "fork"],
+)
+def test_verify_sth_catches_rollback_and_fork(
+    ledger_file: Path, tmp_path: Path, tamper: Any, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = tmp_path / "kept.json"
+    assert main(["ledger", "export", str(ledger_file), "--sth-out", str(kept)]) == 0
+    kept_bytes = kept.read_bytes()
+    tamper(ledger_file)
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(ledger_file)]) == 0  # on its own, the log looks intact
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(kept)]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("modbatt ledger: error:") and reason in err and "kept tree head" in err
+    # Exporting over the kept head refuses: the evidence of the rollback is not overwritten.
+    assert main(["ledger", "export", str(ledger_file), "--sth-out", str(kept)]) == 1
+    assert reason in _one_line(capsys.readouterr().err) and kept.read_bytes() == kept_bytes
+
+
+def test_verify_sth_wrong_files(ledger_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_heads = {
+        "text.json": b"hello",
+        "list.json": b"[1, 2, 3]",
+        "fields.json": json.dumps({"tree_size": 1}).encode(),
+        "huge.json": b" " * 100_000,
+        "binary": os.urandom(300),
+    }
+    for name, data in not_heads.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["ledger", "verify", str(ledger_file), "--sth", str(tmp_path / name)]) == 2
+        assert "is not a signed tree head" in _one_line(capsys.readouterr().err)
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(ledger_file)]) == 2  # the ledger itself
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read tree head" in _one_line(capsys.readouterr().err)
+    assert main(["ledger", "export", str(ledger_file)]) == 2  # nothing asked for
+    assert "--sth-out" in _one_line(capsys.readouterr().err)
+    # A well-formed head from another controller is a failed check, not a usage error.
+    impostor = PrivateKey.generate(SeededRandom("ledger-cli-tests/impostor"))
+    other = tmp_path / "other.db"
+    with Ledger(other, signer=impostor) as led:
+        led.append_many(ENTRIES[:5])
+        led.signed_tree_head()
+    foreign = tmp_path / "foreign.json"
+    assert main(["ledger", "export", str(other), "--sth-out", str(foreign)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(ledger_file), "--sth", str(foreign)]) == 1
+    assert "is not this ledger's" in _one_line(capsys.readouterr().err)

@@ -10,7 +10,17 @@ notebook (a ``scenario`` papermill parameter: ``run_parameter(scenario, seed)``,
 
 from __future__ import annotations
 
-from . import bus, extraction, insiders, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
+from . import (  # noqa: F401  (each family module registers its scenarios on import)
+    bus,
+    extraction,
+    insiders,
+    ledger_tamper,
+    malleability,
+    mitm,
+    recovery,
+    replay,
+    spoofing,
+)
 from .outcome import OUTCOMES, Outcome, attempt
 from .registry import FAMILIES, SCENARIOS, Scenario, get, matrix, names, run, run_all, run_parameter
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..ledger import Ledger
 from ..nodes.audit import EVENT_LOG_NAME, describe_entry, read_events
 from . import EXIT_FAILED, EXIT_OK
-from .ledger_cmd import _load_public_key
+from .ledger_cmd import _load_public_key, open_read_only
 
 __all__ = ["audit_report", "register"]
 
@@ -55,7 +54,7 @@ def _locate(path: str, events: str | None) -> tuple[Path, Path | None]:
 def audit_report(ledger_path: Path, events_path: Path | None, public_key_file: str | None = None) -> dict[str, Any]:
     """The audit trail as one JSON-ready object."""
     pinned = _load_public_key(public_key_file)
-    with Ledger(ledger_path, public_key=pinned, create=False) as ledger:
+    with open_read_only(ledger_path, pinned) as ledger:  # evidence: never written, schema checked first
         key = pinned or ledger.public_key
         entries = [describe_entry(i, e, key) for i, e in enumerate(ledger.entries())]
         sth = ledger.latest_tree_head()

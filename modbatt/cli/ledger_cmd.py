@@ -2,33 +2,45 @@
 
 Forms other tools rely on (keep them stable)::
 
-    modbatt ledger verify PATH [--public-key DERFILE]        exit 0 intact, 1 not, 2 usage
+    modbatt ledger verify PATH [--public-key DERFILE] [--sth FILE]   exit 0 intact, 1 not, 2 usage
     modbatt ledger proof PATH INDEX [--tree-size N] [--json] [--public-key DERFILE]
-    modbatt ledger export PATH --json
+    modbatt ledger export PATH [--json] [--sth-out FILE]
 
 ``proof`` checks the proof it prints (against the signed tree head of that size when
 there is one), so a printed proof is always a valid one. ``export --json`` prints
 ``{"entries": [base64...], "sth": {...}}`` from which any RFC 9162 implementation
-recomputes the signed root.
+recomputes the signed root. ``export --sth-out FILE`` keeps the latest signed head for an
+auditor, and ``verify --sth FILE`` later checks that the log still extends it: a rollback
+(fewer entries) or a fork (rewritten history) exits 1 (docs/ledger.md, "Anti-rollback").
+
+Every command opens the ledger read-only and checks its schema before reading a row
+(docs/ledger.md, "Opening untrusted files"): an auditor's evidence file is never modified.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
 from ..crypto.suite import PublicKey
-from ..errors import ConfigError, LedgerError, VerificationError
-from ..ledger import Ledger, merkle, tree_head
+from ..encoding import strict_json_loads
+from ..errors import ConfigError, EncodingError, LedgerError, VerificationError
+from ..ledger import Ledger, SignedTreeHead, merkle, tree_head
 from . import EXIT_FAILED, EXIT_OK
 
-__all__ = ["register"]
+__all__ = ["load_tree_head", "open_read_only", "register"]
+
+#: A tree-head JSON file is a few hundred bytes; anything much larger is not one.
+_MAX_STH_FILE_BYTES: Final = 16 * 1024
 
 
 def register(subparsers: Any) -> None:
@@ -44,6 +56,11 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("verify", help="recompute the whole log and check every signed tree head")
     p.add_argument("path", metavar="PATH", help="ledger file")
     p.add_argument("--public-key", metavar="DERFILE", help="pin the controller key (DER or PEM SPKI)")
+    p.add_argument(
+        "--sth",
+        metavar="FILE",
+        help="a signed tree head kept earlier (ledger export --sth-out): the log must extend it",
+    )
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("proof", help="print a checked inclusion proof for one entry")
@@ -61,7 +78,13 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("export", help="print entries and the latest signed tree head for an auditor")
     p.add_argument("path", metavar="PATH", help="ledger file")
-    p.add_argument("--json", action="store_true", required=True, help="JSON output (the only format)")
+    p.add_argument("--json", action="store_true", help="print entries and the signed head as JSON")
+    p.add_argument(
+        "--sth-out",
+        metavar="FILE",
+        help="write the latest signed tree head to FILE for a later `ledger verify --sth` "
+        "(if FILE holds an earlier head, the log must extend it)",
+    )
     p.set_defaults(handler=_export)
 
 
@@ -89,27 +112,66 @@ def _load_public_key(path: str | None) -> PublicKey | None:
         raise ConfigError(f"{path} is not a P-256 SubjectPublicKeyInfo (DER or PEM)") from None
 
 
-def _open(path: str, public_key: PublicKey | None = None) -> Ledger:
+def open_read_only(path: str | os.PathLike[str], public_key: PublicKey | None = None) -> Ledger:
+    """Open a ledger file for auditing: read-only, schema checked (a missing file is a usage error)."""
     if not Path(path).exists():
         raise ConfigError(f"no such ledger file: {path}")
-    return Ledger(path, public_key=public_key, create=False)
+    return Ledger(path, public_key=public_key, read_only=True)
+
+
+_open = open_read_only
+
+
+def load_tree_head(path: str | os.PathLike[str]) -> SignedTreeHead:
+    """A signed tree head from a JSON file (``SignedTreeHead.to_dict``); ConfigError for any other file."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_STH_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read tree head {path}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_STH_FILE_BYTES:
+        raise ConfigError(f"{path} is not a signed tree head (larger than {_MAX_STH_FILE_BYTES} bytes)")
+    try:
+        return SignedTreeHead.from_dict(strict_json_loads(data))
+    except (EncodingError, VerificationError):
+        raise ConfigError(f"{path} is not a signed tree head (`modbatt ledger export --sth-out` writes one)") from None
+
+
+def _check_kept_head(ledger: Ledger, kept: SignedTreeHead, name: str, key: PublicKey | None) -> None:
+    """The kept head must be this controller's, and the log must extend it (LedgerError otherwise)."""
+    if key is None:
+        raise LedgerError(f"the log was never signed, so it cannot extend the kept tree head {name}")
+    try:
+        kept.verify(key)
+    except VerificationError as exc:
+        raise LedgerError(f"the kept tree head {name} is not this ledger's: {exc}") from None
+    ledger.check_extends(kept.tree_size, kept.root_hash, head=f"the kept tree head {name}")
+
+
+def _failed(exc: LedgerError) -> int:
+    # A file that is not an intact ledger, or one that was rolled back, is a failed check (1).
+    print(f"modbatt ledger: error: {exc}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _verify(args: argparse.Namespace) -> int:
     pinned = _load_public_key(args.public_key)
+    kept = load_tree_head(args.sth) if args.sth is not None else None
     if not Path(args.path).exists():
         raise ConfigError(f"no such ledger file: {args.path}")
     try:
         with _open(args.path, pinned) as ledger:
             report = ledger.verify()
+            if kept is not None:
+                # After verify(): the node cache that serves the proof matches the entries.
+                _check_kept_head(ledger, kept, args.sth, pinned or report.public_key)
     except LedgerError as exc:
-        # A file that is not an intact ledger is a failed check (1), not a usage error (2).
-        print(f"modbatt ledger: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(exc)
     key = report.public_key.key_id().hex() if report.public_key else "none (never signed)"
+    extends = f", extends the kept head of {kept.tree_size} entries" if kept is not None else ""
     print(
         f"OK: {report.tree_size} entries, root {report.root_hash.hex()}, "
-        f"{report.tree_heads} signed tree heads, controller key {key}"
+        f"{report.tree_heads} signed tree heads, controller key {key}{extends}"
     )
     return EXIT_OK
 
@@ -156,8 +218,51 @@ def _proof(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if not args.json and args.sth_out is None:
+        raise ConfigError("choose what to export: --json (entries and head) and/or --sth-out FILE (the head)")
+    out = Path(args.sth_out) if args.sth_out is not None else None
+    kept = load_tree_head(out) if out is not None and out.exists() else None
     with _open(args.path) as ledger:
-        data = ledger.export()
-    json.dump(data, sys.stdout)
-    sys.stdout.write("\n")
+        data = ledger.export() if args.json else None
+        if out is not None:
+            try:
+                sth = _head_to_keep(ledger, kept, str(out))
+            except LedgerError as exc:
+                return _failed(exc)
+            _write_atomically(out, json.dumps(sth.to_dict(), indent=2).encode() + b"\n")
+            note = f"kept the signed tree head of {sth.tree_size} entries in {out}"
+            print(note, file=sys.stderr if data is not None else sys.stdout)
+    if data is not None:
+        json.dump(data, sys.stdout)
+        sys.stdout.write("\n")
     return EXIT_OK
+
+
+def _head_to_keep(ledger: Ledger, kept: SignedTreeHead | None, name: str) -> SignedTreeHead:
+    """The latest signed head, from a log that verifies and extends the head already kept."""
+    report = ledger.verify()
+    if kept is not None:  # never overwrite evidence of a rollback with the rolled-back head
+        _check_kept_head(ledger, kept, name, report.public_key)
+    sth = ledger.latest_tree_head()
+    if sth is None:
+        raise ConfigError("nothing to export: no tree head has been signed yet")
+    return sth
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None

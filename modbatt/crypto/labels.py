@@ -1,8 +1,14 @@
 """Every domain-separation label of cipher suite v1, defined once.
 
 Each HKDF ``info``, each signature and each sealed box starts with its own label, so a
-value produced for one purpose can never verify for another (DESIGN §3). Changing the
+value produced for one purpose can never verify for another (docs/crypto.md §1). Changing the
 suite means a new version prefix, never an edited label.
+
+Signature labels made with :func:`_key_hiding` are those a semi-public (binding) key signs:
+:meth:`~modbatt.crypto.suite.PrivateKey.sign` and :meth:`~modbatt.crypto.suite.PublicKey.verify`
+put the signer's public key into the signed digest for every label in :data:`KEY_HIDING`, so a
+signature seen in clear does not reveal its key (docs/crypto.md §3.1). The mark lives here, with
+the label, so that no call site can forget it.
 """
 
 from __future__ import annotations
@@ -15,25 +21,38 @@ def _label(name: str) -> bytes:
     return _PREFIX + name.encode("ascii")
 
 
+_key_hiding_labels: set[bytes] = set()
+
+
+def _key_hiding(name: str) -> bytes:
+    """A signature label whose signer is a semi-public key: its digest covers the signer's key."""
+    label = _label(name)
+    _key_hiding_labels.add(label)
+    return label
+
+
 # Sealing to a semi-public key (ECIES).
 ECIES_KEY = _label("ecies/key")
-# Signatures.
-SIG_PROOF_OF_POSSESSION = _label("sig/proof-of-possession")
+# Signatures. ``_key_hiding``: signed by a binding (semi-public) key; ``_label``: by a
+# controller, authority, identity or LCT key, whose public halves are public anyway.
+# Pairing and binding validation messages are signed by the controller too: the key
+# hiding costs it nothing, and one label keeps one framing.
+SIG_PROOF_OF_POSSESSION = _key_hiding("sig/proof-of-possession")
 SIG_BINDING_RECORD = _label("sig/binding-record")
 SIG_BINDING_AUTHORIZATION = _label("sig/binding-authorization")
 SIG_CONTROLLER_REQUEST = _label("sig/controller-request")
 SIG_ENTITY_RESPONSE = _label("sig/entity-response")
-SIG_BINDING_ACK = _label("sig/binding-ack")
+SIG_BINDING_ACK = _key_hiding("sig/binding-ack")
 SIG_LEDGER_STATEMENT = _label("sig/ledger-statement")
 SIG_TREE_HEAD = _label("sig/tree-head")
 SIG_PAIRING_CERTIFICATE = _label("sig/pairing-certificate")
-SIG_PAIRING_COMPLETION = _label("sig/pairing-completion")
+SIG_PAIRING_COMPLETION = _key_hiding("sig/pairing-completion")
 SIG_BINDING_WITNESS = _label("sig/binding-witness")
 # Sealed-box contexts (ECIES associated data).
 SEAL_PARTNER_KEY = _label("seal/partner-semi-public-key")
 # Pairing (seed Phase 2).
 SEAL_PAIRING_SECTION = _label("seal/pairing-section")
-SIG_PAIRING_OFFER = _label("sig/pairing-offer")
+SIG_PAIRING_OFFER = _key_hiding("sig/pairing-offer")
 PAIRING_HANDSHAKE_KEY = _label("pairing/handshake-key")
 PAIRING_HALF_EXCHANGE = _label("pairing/half-exchange")
 PAIRING_TRAFFIC_SECRET = _label("pairing/traffic-secret")
@@ -46,24 +65,24 @@ COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
 WITNESS_ACCESS_HASH = _label("witness/access-data-hash")
 # CAN secured frames (modbatt.can.secured): traffic keys, binding-tier frame and resync signatures.
 CAN_TRAFFIC_KEY = _label("can/traffic-key")
-SIG_CAN_FRAME = _label("sig/can-frame")
-SIG_CAN_RESYNC = _label("sig/can-resync")
+SIG_CAN_FRAME = _key_hiding("sig/can-frame")
+SIG_CAN_RESYNC = _key_hiding("sig/can-resync")
 # Validation hierarchy (modbatt.protocol.validation), levels 1-7 and escalation.
-SIG_ANNOUNCE = _label("sig/validation/announce")
-SIG_WITNESS_REQUEST = _label("sig/validation/witness-request")
-SIG_WITNESS_ACK = _label("sig/validation/witness-ack")
-SIG_HANDSHAKE = _label("sig/validation/signed-handshake")
+SIG_ANNOUNCE = _key_hiding("sig/validation/announce")
+SIG_WITNESS_REQUEST = _key_hiding("sig/validation/witness-request")
+SIG_WITNESS_ACK = _key_hiding("sig/validation/witness-ack")
+SIG_HANDSHAKE = _key_hiding("sig/validation/signed-handshake")
 VALIDATION_SESSION_KEY = _label("validation/session-key")
 PAIRED_HANDSHAKE_AUTH = _label("validation/paired-handshake-auth")
 COMMAND_KEY = _label("validation/command-key")
-SIG_COMMAND = _label("sig/validation/command")
-SIG_COMMAND_ACK = _label("sig/validation/command-ack")
-SIG_PAIRING_VALIDATION = _label("sig/validation/pairing-validation")
+SIG_COMMAND = _key_hiding("sig/validation/command")
+SIG_COMMAND_ACK = _key_hiding("sig/validation/command-ack")
+SIG_PAIRING_VALIDATION = _key_hiding("sig/validation/pairing-validation")
 PAIRING_VALIDATION_MAC = _label("validation/pairing-validation-mac")
-SIG_BINDING_VALIDATION = _label("sig/validation/binding-validation")
+SIG_BINDING_VALIDATION = _key_hiding("sig/validation/binding-validation")
 SIG_LCT_ATTESTATION = _label("sig/validation/lct-attestation")
 LCT_ID = _label("lct-id")
-SIG_ESCALATION = _label("sig/validation/escalation")
+SIG_ESCALATION = _key_hiding("sig/validation/escalation")
 # Key identifiers.
 KEY_ID = _label("key-id")
 # Key store.
@@ -74,3 +93,6 @@ KEYSTORE_BACKUP = _label("keystore/backup")
 PKCS11_PIN_CHECK = _label("pkcs11/pin-check")
 # Seeded (reproducible) randomness: tests and docs only.
 REPRODUCIBLE_STREAM = _label("reproducible/stream")
+
+#: Signature labels whose digest includes the signer's public key (semi-public signers).
+KEY_HIDING: frozenset[bytes] = frozenset(_key_hiding_labels)

@@ -25,7 +25,7 @@ from typing import Any, Final
 from ..errors import ConfigError, KeyStoreError
 from . import labels
 from .rng import RandomSource
-from .suite import COMPRESSED_POINT_BYTES, UNCOMPRESSED_POINT_BYTES, PublicKey, sha256, signed_digest
+from .suite import COMPRESSED_POINT_BYTES, UNCOMPRESSED_POINT_BYTES, PublicKey, low_s, sha256, signed_digest
 
 __all__ = ["Pkcs11KeyBackend", "TokenKey"]
 
@@ -81,10 +81,10 @@ class TokenKey:
     def sign(self, label: bytes, message: bytes) -> bytes:
         p = _pkcs11()
         with self._backend._guard("sign"):
-            signature = bytes(self._private.sign(signed_digest(label, message), mechanism=p.Mechanism.ECDSA))
-        if len(signature) != 64:  # CKM_ECDSA returns r‖s, each as long as the order (PKCS#11 §2.3.1)
+            raw = self._private.sign(signed_digest(label, message, signer=self._public), mechanism=p.Mechanism.ECDSA)
+        if len(raw) != 64:  # CKM_ECDSA returns r‖s, each as long as the order (PKCS#11 §2.3.1)
             raise KeyStoreError("the token returned a signature of unexpected length")
-        return signature
+        return low_s(bytes(raw))  # tokens return either half; suite v1 accepts only low-S
 
     def exchange(self, peer: PublicKey) -> bytes:
         p = _pkcs11()

@@ -3,6 +3,10 @@
 Thin, misuse-resistant wrappers over ``cryptography``; no primitive is implemented here.
 Every received point and signature is validated before use, and every failure is a
 :class:`~modbatt.errors.VerificationError` with a classified reason.
+
+Signatures are low-S only (docs/crypto.md §2), and for the labels in
+:data:`~modbatt.crypto.labels.KEY_HIDING` the signed digest covers the signer's public key
+(docs/crypto.md §3.1); both rules live here, so no call site can skip them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -30,6 +35,7 @@ __all__ = [
     "AEAD_NONCE_BYTES",
     "AEAD_TAG_BYTES",
     "COMPRESSED_POINT_BYTES",
+    "P256_HALF_ORDER",
     "P256_ORDER",
     "SEAL_OVERHEAD",
     "SIGNATURE_BYTES",
@@ -38,6 +44,7 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "hkdf_sha256",
+    "low_s",
     "open_sealed",
     "seal_to_semi_public_key",
     "sha256",
@@ -45,6 +52,8 @@ __all__ = [
 ]
 
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: The largest ``s`` a suite-v1 signature may carry (low-S: ``s <= (n - 1) / 2``, n is odd).
+P256_HALF_ORDER: Final = P256_ORDER >> 1
 SIGNATURE_BYTES: Final = 64
 COMPRESSED_POINT_BYTES: Final = 33
 UNCOMPRESSED_POINT_BYTES: Final = 65
@@ -59,6 +68,10 @@ _CURVE = ec.SECP256R1()
 # RFC 6979 deterministic ECDSA: no per-signature randomness to get wrong, and
 # reproducible signatures for docs for free.
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+# The same over a digest from signed_digest() (RFC 6979 §3.2 starts from H(m) anyway, so the
+# signatures are identical): one digest function for this process and for external signers.
+_ECDSA_DIGEST = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=True)
+_VERIFY_DIGEST = ec.ECDSA(Prehashed(hashes.SHA256()))
 _ZERO_NONCE = bytes(AEAD_NONCE_BYTES)
 
 
@@ -72,13 +85,43 @@ def _framed(label: bytes, message: bytes) -> bytes:
     return len(label).to_bytes(1, "big") + label + message
 
 
-def signed_digest(label: bytes, message: bytes) -> bytes:
-    """SHA-256 of the label-framed message: what every modbatt ECDSA signature signs.
+def _signed_bytes(label: bytes, signer: PublicKey, message: bytes) -> bytes:
+    """What a signature under ``label`` covers (docs/crypto.md §3).
 
-    For signers outside this process (a PKCS#11 token, :mod:`modbatt.crypto.pkcs11`) that take a
-    digest; :meth:`PublicKey.verify` checks their raw r‖s like any other.
+    For a key-hiding label the signer's 33-byte compressed point follows the label: the digest
+    then depends on the key, so SEC 1 public-key recovery from a signature needs the key it
+    would recover (docs/crypto.md §3.1). The point has a fixed length, so the frame stays
+    unambiguous.
     """
-    return sha256(_framed(label, message))
+    label = bytes(label)
+    if label in labels.KEY_HIDING:
+        return _framed(label, signer.to_bytes() + message)
+    return _framed(label, message)
+
+
+def signed_digest(label: bytes, message: bytes, *, signer: PublicKey) -> bytes:
+    """SHA-256 of what a signature under ``label`` by ``signer`` covers (docs/crypto.md §3).
+
+    :meth:`PrivateKey.sign` signs exactly this digest; a signer outside this process that takes
+    a digest (a PKCS#11 token's ``CKM_ECDSA``) must too, and pass its raw r‖s through
+    :func:`low_s`, so that :meth:`PublicKey.verify` accepts it like any other.
+    """
+    return sha256(_signed_bytes(label, signer, message))
+
+
+def low_s(signature: bytes) -> bytes:
+    """The canonical form of a raw 64-byte r‖s signature: ``s`` replaced by ``n − s`` when high.
+
+    ``(r, s)`` and ``(r, n − s)`` are the same signature to the curve; suite v1 accepts only the
+    low one (docs/crypto.md §2). Signers whose output is either half call this.
+    """
+    signature = bytes(signature)
+    if len(signature) != SIGNATURE_BYTES:
+        raise ValueError("a signature is 64 bytes (r‖s)")
+    s = int.from_bytes(signature[32:], "big")
+    if s > P256_HALF_ORDER:
+        return signature[:32] + (P256_ORDER - s).to_bytes(32, "big")
+    return signature
 
 
 def hkdf_sha256(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
@@ -180,17 +223,21 @@ class PublicKey:
     def verify(self, label: bytes, message: bytes, signature: bytes) -> None:
         """Check a raw 64-byte r‖s signature over ``label``-framed ``message``.
 
-        Raises ``VerificationError(MALFORMED)`` for a wrong length or out-of-range r/s and
-        ``VerificationError(BAD_SIGNATURE)`` for a signature that does not verify.
+        For a key-hiding label the frame includes this key (:func:`signed_digest`).
+        Raises ``VerificationError(MALFORMED)`` for a wrong length, out-of-range r/s or a
+        high-S signature, and ``VerificationError(BAD_SIGNATURE)`` for one that does not verify.
         """
-        self.verify_unlabelled(_framed(label, message), signature)
+        self._verify_digest(signed_digest(label, message, signer=self), signature)
 
     def verify_unlabelled(self, message: bytes, signature: bytes) -> None:
-        """Verify a raw r‖s ECDSA-SHA256 signature over ``message`` without a label.
+        """Verify a raw low-S r‖s ECDSA-SHA256 signature over ``message`` without a label.
 
         For conformance vectors and foreign formats only; modbatt's own messages use
-        :meth:`verify`.
+        :meth:`verify`. The low-S rule applies here too.
         """
+        self._verify_digest(sha256(message), signature)
+
+    def _verify_digest(self, digest: bytes, signature: bytes) -> None:
         signature = bytes(signature)
         if len(signature) != SIGNATURE_BYTES:
             raise VerificationError(Reason.MALFORMED, "a signature is 64 bytes (r‖s)")
@@ -200,8 +247,12 @@ class PublicKey:
             # Structurally impossible for any signer, so it is malformed input, not a
             # signature that merely fails (the docstring of verify() promises MALFORMED).
             raise VerificationError(Reason.MALFORMED, "signature scalar r or s out of range [1, n-1]")
+        if s > P256_HALF_ORDER:
+            # (r, n - s) verifies whenever (r, s) does; accepting both would give every signed
+            # message two encodings. Our signers never emit high S, so it is non-canonical input.
+            raise VerificationError(Reason.MALFORMED, "signature is not low-S (s > n/2)")
         try:
-            self._key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+            self._key.verify(encode_dss_signature(r, s), digest, _VERIFY_DIGEST)
         except InvalidSignature:
             raise VerificationError(Reason.BAD_SIGNATURE, "signature does not verify") from None
 
@@ -257,10 +308,14 @@ class PrivateKey:
         return self._public
 
     def sign(self, label: bytes, message: bytes) -> bytes:
-        """A deterministic (RFC 6979) ECDSA-SHA256 signature, raw 64-byte r‖s."""
-        der = self._key.sign(_framed(label, message), _ECDSA)
+        """A deterministic (RFC 6979) ECDSA-SHA256 signature, raw 64-byte r‖s, low-S.
+
+        For a key-hiding label the signed frame includes this key's public point.
+        """
+        der = self._key.sign(signed_digest(label, message, signer=self._public), _ECDSA_DIGEST)
         r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        # OpenSSL returns either half; only the low one is canonical.
+        return low_s(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
     def exchange(self, peer: PublicKey) -> bytes:
         """ECDH shared secret (the x coordinate) with a validated peer key."""

@@ -22,13 +22,20 @@ returns. SQLite's atomic commit means an exception or a killed process leaves ei
 whole append or none of it; WAL with ``synchronous=FULL`` additionally makes a returned
 append survive power loss. Triggers refuse UPDATE and DELETE on the three log tables so
 that a stray SQL statement cannot rewrite history by accident; :meth:`Ledger.verify`
-catches a deliberate rewrite up to the latest signed tree head.
+catches a deliberate rewrite up to the latest signed tree head, and a pinned head
+(:meth:`Ledger.pin_heads`, :mod:`.pin`) stops the signer from extending a rolled-back or
+rewritten log.
+
+A file is untrusted until its schema matched exactly (:mod:`.schema`); audits open it
+read-only (``read_only=True``), and every value read is type- and size-checked before use.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -40,8 +47,9 @@ from types import TracebackType
 from typing import Any, Final
 
 from ..crypto.suite import PrivateKey, PublicKey
-from ..errors import LedgerError, Reason, VerificationError
-from . import merkle
+from ..errors import LedgerError, ModbattError, Reason, VerificationError
+from . import merkle, schema
+from .pin import HeadPin
 from .tree_head import SignedTreeHead
 
 __all__ = [
@@ -49,8 +57,11 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_ENTRY_BYTES",
     "Ledger",
+    "LedgerRollbackError",
     "VerifyReport",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Largest entry accepted; entries are protocol records (~100 B to a few KiB).
 MAX_ENTRY_BYTES: Final = 64 * 1024
@@ -63,34 +74,13 @@ _MEMORY: Final = ":memory:"
 # altered entry every later root differs too, so more would be noise.
 _MAX_PROBLEMS: Final = 10
 
-_SCHEMA: Final = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE entries (
-    idx INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL,
-    leaf_hash BLOB NOT NULL
-);
-CREATE TABLE nodes (
-    level INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
-CREATE TABLE tree_heads (
-    id INTEGER PRIMARY KEY,
-    tree_size INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL,
-    root_hash BLOB NOT NULL,
-    signature BLOB NOT NULL
-);
-"""
-_LOG_TABLES: Final = ("entries", "nodes", "tree_heads")
-_TRIGGERS: Final = "".join(
-    f"CREATE TRIGGER {t}_no_{op.lower()} BEFORE {op} ON {t} "
-    f"BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;\n"
-    for t in _LOG_TABLES
-    for op in ("UPDATE", "DELETE")
-)
+# SQLite's per-value limit: the largest entry plus room for a row's other columns.
+_ROW_SLACK: Final = 4096
+
+
+class LedgerRollbackError(VerificationError, LedgerError):
+    """The log does not extend a tree head it must extend: rolled back (``Reason.STALE``: fewer
+    entries than the head) or rewritten (``Reason.BAD_PROOF``: no RFC 9162 consistency proof)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +91,24 @@ class VerifyReport:
     root_hash: bytes
     tree_heads: int
     public_key: PublicKey | None
+
+
+def _blob(value: object, what: str, path: str, size: int | None = None) -> bytes:
+    """A value read from the file, checked to be a blob (of ``size`` bytes) before any use.
+
+    ``bytes(v)`` on a hostile integer would allocate that many bytes, so nothing read is
+    converted, only checked.
+    """
+    if not isinstance(value, bytes) or (size is not None and len(value) != size):
+        kind = "blob" if size is None else f"{size}-byte blob"
+        raise LedgerError(f"{path} is a damaged ledger: {what} is not a {kind}")
+    return value
+
+
+def _integer(value: object, what: str, path: str) -> int:
+    if not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise LedgerError(f"{path} is a damaged ledger: {what} is not an unsigned integer")
+    return value
 
 
 def _as_entry(entry: bytes, max_bytes: int) -> bytes:
@@ -123,7 +131,10 @@ class Ledger:
     raises :class:`LedgerError`. ``clock`` returns seconds since the epoch and is read
     only when signing a tree head. ``durable=False`` relaxes ``synchronous`` to NORMAL
     (an append may be lost on power failure but never half-written) for simulations;
-    ``create=False`` refuses to create a missing file.
+    ``create=False`` refuses to create a missing file. ``read_only=True`` is for audits of
+    a file someone handed over: SQLite opens it read-only and never writes to it (nor to
+    files beside it when no writer is live), and every write method raises ``LedgerError``.
+    Every file's schema must match the ledger's exactly before a row is read.
 
     One instance is safe to share between threads; several processes may share a file
     (SQLite serialises writers and each write transaction re-reads the tree size).
@@ -139,12 +150,17 @@ class Ledger:
         create: bool = True,
         durable: bool = True,
         max_entry_bytes: int = MAX_ENTRY_BYTES,
+        read_only: bool = False,
     ) -> None:
         self._path = os.fspath(path)
         self._signer = signer
         self._clock = clock
         self._pinned = public_key
         self._max_entry_bytes = max_entry_bytes
+        self._read_only = read_only
+        self._pin: HeadPin | None = None
+        #: Rollbacks and forks refused (:class:`LedgerRollbackError`), by reason.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
         self._lock = threading.RLock()
         self._size = 0
         # Hashes of the perfect subtrees that make up the current tree (largest first),
@@ -152,17 +168,21 @@ class Ledger:
         self._frontier: list[tuple[int, bytes]] | None = None
         self._public_key: PublicKey | None = None
         in_memory = self._path == _MEMORY
+        if read_only and (signer is not None or in_memory):
+            raise LedgerError("a read-only ledger is an existing file, opened without a signer")
         if not in_memory:
             if Path(self._path).is_dir():
                 raise LedgerError(f"{self._path} is a directory, not a ledger file")
-            if not create and not Path(self._path).exists():
+            if (read_only or not create) and not Path(self._path).exists():
                 raise LedgerError(f"no ledger at {self._path}")
         try:
-            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._conn = schema.connect(
+                self._path, read_only=read_only, max_value_bytes=max(max_entry_bytes, 1024) + _ROW_SLACK
+            )
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {self._path}: {exc}") from None
         try:
-            self._open(create=create, in_memory=in_memory, durable=durable)
+            self._open(create=create and not read_only, in_memory=in_memory, durable=durable)
         except BaseException:
             self._conn.close()
             raise
@@ -182,25 +202,20 @@ class Ledger:
         elif app_id != APPLICATION_ID:
             raise LedgerError(f"{self._path} is an SQLite database but not a modbatt ledger")
         try:
-            if not in_memory:
+            if app_id == APPLICATION_ID:
+                self._check_format()  # before the file is switched to WAL or a row is read
+            if not in_memory and not self._read_only:
                 # Set before any write so the schema itself goes through the WAL.
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise LedgerError(f"cannot put {self._path} in WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            if not self._read_only:
+                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             if app_id == 0:
                 self._initialise()
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != FORMAT_VERSION:
-                raise LedgerError(
-                    f"{self._path} has ledger format {version}; this modbatt reads format {FORMAT_VERSION}"
-                )
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            missing = {"meta", *_LOG_TABLES} - tables
-            if missing:
-                raise LedgerError(f"{self._path} is a damaged ledger: missing tables {sorted(missing)}")
+                self._check_format()
             fmt = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-            if fmt is None or bytes(fmt[0]) != _FORMAT_NAME:
+            if fmt is None or fmt[0] != _FORMAT_NAME:
                 raise LedgerError(f"{self._path} is a damaged ledger: no format marker")
             self._public_key = self._read_public_key()
             self._size = self._db_size()
@@ -222,16 +237,26 @@ class Ledger:
                     f"refusing to sign it with key {own.key_id().hex()}"
                 )
 
+    def _check_format(self) -> None:
+        """Format version and the exact schema; reads only the header and ``sqlite_master``.
+
+        A hostile schema runs its SQL when a row is read (:mod:`.schema`), so this comes first.
+        """
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != FORMAT_VERSION:
+            raise LedgerError(f"{self._path} has ledger format {version}; this modbatt reads format {FORMAT_VERSION}")
+        wrong = schema.differences(self._conn)
+        if wrong:
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            raise LedgerError(f"{self._path} is not a modbatt ledger: schema differs: {wrong[0]}{more}")
+
     def _initialise(self) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have initialised the file between our check and the lock.
             if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
-                # Statement by statement: executescript() would COMMIT our transaction.
-                for statement in (_SCHEMA + _TRIGGERS).split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                schema.create(conn)
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('format', ?), ('version', ?)",
                     (_FORMAT_NAME, FORMAT_VERSION),
@@ -249,7 +274,7 @@ class Ledger:
         if row is None:
             return None
         try:
-            return PublicKey.from_spki_der(bytes(row[0]))
+            return PublicKey.from_spki_der(_blob(row[0], "the stored public key", self._path))
         except VerificationError:
             raise LedgerError(f"{self._path} is a damaged ledger: stored public key is invalid") from None
 
@@ -299,16 +324,15 @@ class Ledger:
             part = leaves[i : i + chunk]
             marks = ",".join("?" * len(part))
             for idx, h in self._conn.execute(f"SELECT idx, leaf_hash FROM entries WHERE idx IN ({marks})", part):
-                found[(0, idx)] = bytes(h)
+                found[(0, idx)] = _blob(h, f"leaf hash {idx}", self._path, merkle.HASH_BYTES)
         for i in range(0, len(inner), chunk):
             part = inner[i : i + chunk]
             where = " OR ".join(["(level=? AND idx=?)"] * len(part))
             args = [x for pair in part for x in pair]
             for level, idx, h in self._conn.execute(f"SELECT level, idx, hash FROM nodes WHERE {where}", args):
-                found[(level, idx)] = bytes(h)
+                found[(level, idx)] = _blob(h, f"node ({level}, {idx})", self._path, merkle.HASH_BYTES)
         for pair in pairs:
-            h = found.get(pair)
-            if h is None or len(h) != merkle.HASH_BYTES:
+            if pair not in found:
                 raise LedgerError(f"{self._path} is a damaged ledger: subtree {pair} is missing")
         return found
 
@@ -352,6 +376,8 @@ class Ledger:
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
         """One write transaction; any failure rolls back and drops cached state."""
+        if self._read_only:
+            raise LedgerError(f"{self._path} is open read-only")
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -401,6 +427,7 @@ class Ledger:
                 size = self._db_size()
                 return range(size, size)
             with self._write():
+                self._check_pin()
                 frontier = list(self._current_frontier())
                 start = self._size
                 entry_rows: list[tuple[int, bytes, bytes]] = []
@@ -429,6 +456,18 @@ class Ledger:
 
     # --- reading ----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read: SQLite's errors (a value over the size limit, a damaged page) as LedgerError."""
+        try:
+            yield
+        except sqlite3.DataError:
+            raise LedgerError(
+                f"{self._path} is a damaged ledger: a stored value exceeds {self._max_entry_bytes} bytes"
+            ) from None
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read ledger {self._path}: {exc}") from None
+
     @property
     def path(self) -> str:
         """The file the ledger lives in (``":memory:"`` for an in-memory one)."""
@@ -450,11 +489,11 @@ class Ledger:
 
     def entry(self, index: int) -> bytes:
         """The entry at ``index`` (raises LedgerError when out of range)."""
-        with self._lock:
+        with self._lock, self._reading():
             row = self._conn.execute("SELECT entry FROM entries WHERE idx=?", (index,)).fetchone()
         if row is None:
             raise LedgerError(f"no entry {index} in a log of {self.size}")
-        return bytes(row[0])
+        return _blob(row[0], f"entry {index}", self._path)
 
     def entries(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
         """Entries ``start`` to ``stop`` (exclusive) in order, streamed."""
@@ -464,13 +503,13 @@ class Ledger:
         # whole log; entries are immutable, so pages are consistent with each other.
         page = 4096
         for lo in range(start, stop, page):
-            with self._lock:
+            with self._lock, self._reading():
                 rows = self._conn.execute(
-                    "SELECT entry FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    "SELECT idx, entry FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
                     (lo, min(lo + page, stop)),
                 ).fetchall()
-            for (e,) in rows:
-                yield bytes(e)
+            for idx, e in rows:
+                yield _blob(e, f"entry {idx}", self._path)
 
     def root_hash(self, tree_size: int | None = None) -> bytes:
         """MTH of the first ``tree_size`` entries (all of them by default)."""
@@ -502,7 +541,13 @@ class Ledger:
             raise LedgerError(f"{self._path} is a damaged ledger: tree heads but no public key")
         tree_size, timestamp, root, sig = row
         try:
-            return SignedTreeHead(int(tree_size), bytes(root), int(timestamp), bytes(sig), key)
+            return SignedTreeHead(
+                _integer(tree_size, "a tree size", self._path),
+                _blob(root, "a tree head root", self._path),
+                _integer(timestamp, "a tree head timestamp", self._path),
+                _blob(sig, "a tree head signature", self._path),
+                key,
+            )
         except VerificationError as exc:
             raise LedgerError(f"{self._path} is a damaged ledger: stored tree head: {exc}") from None
 
@@ -519,11 +564,12 @@ class Ledger:
             stored = self._read_public_key()
             if stored is not None and stored != signer.public_key:
                 raise LedgerError("the ledger is signed by another key; refusing to sign")
+            self._check_pin()
             size = self._db_size()
             root = merkle.EMPTY_ROOT if size == 0 else self._subtree(0, size)
             last = self._conn.execute("SELECT MAX(timestamp) FROM tree_heads").fetchone()[0]
             now_ms = int(self._clock() * 1000)
-            timestamp = max(now_ms, int(last)) if last is not None else now_ms
+            timestamp = max(now_ms, _integer(last, "a tree head timestamp", self._path)) if last is not None else now_ms
             try:
                 sth = SignedTreeHead.sign(signer, tree_size=size, root_hash=root, timestamp=timestamp)
             except VerificationError as exc:
@@ -537,12 +583,20 @@ class Ledger:
                 "INSERT INTO tree_heads(tree_size, timestamp, root_hash, signature) VALUES (?, ?, ?, ?)",
                 (sth.tree_size, sth.timestamp, sth.root_hash, sth.signature),
             )
+            # Pinned only after COMMIT: a pin ahead of the file would refuse a sound log forever;
+            # a pin that lags (a crash here) is merely a weaker bound until the next head.
+            pin = self._pin
         self._public_key = signer.public_key
+        if pin is not None:
+            try:
+                pin.store(sth)
+            except ModbattError as exc:
+                log.warning("tree head %d signed but not pinned (%s); the next head pins it", sth.tree_size, exc)
         return sth
 
     def latest_tree_head(self) -> SignedTreeHead | None:
         """The most recently signed tree head, or None if none was signed yet."""
-        with self._lock:
+        with self._lock, self._reading():
             row = self._conn.execute(
                 "SELECT tree_size, timestamp, root_hash, signature FROM tree_heads ORDER BY id DESC LIMIT 1"
             ).fetchone()
@@ -550,13 +604,70 @@ class Ledger:
 
     def tree_head_at(self, tree_size: int) -> SignedTreeHead | None:
         """The latest stored tree head of exactly ``tree_size`` entries, if any."""
-        with self._lock:
+        with self._lock, self._reading():
             row = self._conn.execute(
                 "SELECT tree_size, timestamp, root_hash, signature FROM tree_heads "
                 "WHERE tree_size=? ORDER BY id DESC LIMIT 1",
                 (tree_size,),
             ).fetchone()
             return None if row is None else self._row_to_sth(row)
+
+    # --- anti-rollback ----------------------------------------------------------------
+
+    def pin_heads(self, pin: HeadPin) -> None:
+        """Keep each head this ledger signs in ``pin``; append and sign only while the log extends it.
+
+        From now on :meth:`append`, :meth:`append_many` and :meth:`signed_tree_head` first check,
+        inside their write transaction, that the log extends the pinned head (RFC 9162
+        consistency), and raise :class:`LedgerRollbackError` with nothing written otherwise.
+        The auth controller pins into its key store (:class:`~modbatt.ledger.pin.KeyStoreHeadPin`).
+        """
+        if self._read_only:
+            raise LedgerError(f"{self._path} is open read-only; there is nothing to pin")
+        with self._lock:
+            self._pin = pin
+
+    def check_pinned_head(self) -> None:
+        """Raise :class:`LedgerRollbackError` unless the log extends the pinned head (if any)."""
+        with self._lock, self._reading():
+            self._check_pin()
+
+    def check_extends(self, tree_size: int, root_hash: bytes, *, head: str = "the tree head") -> None:
+        """Raise :class:`LedgerRollbackError` unless this log extends a head of ``tree_size``/``root_hash``.
+
+        ``Reason.STALE`` when the log holds fewer entries (rolled back), ``Reason.BAD_PROOF``
+        when no RFC 9162 consistency proof leads from that head to the current root (rewritten:
+        a fork). Proofs come from the node cache, which :meth:`verify` checks against the
+        entries: audit an untrusted file with :meth:`verify` first. ``head`` names it in errors.
+        """
+        with self._lock, self._reading():
+            self._check_extends(tree_size, root_hash, head)
+
+    def _check_pin(self) -> None:
+        pinned = self._pin.load() if self._pin is not None else None
+        if pinned is None:
+            return
+        if self._signer is not None and pinned.public_key != self._signer.public_key:
+            raise LedgerError("the pinned tree head was signed by another key than this ledger's signer")
+        self._check_extends(pinned.tree_size, pinned.root_hash, "the signer's pinned tree head")
+
+    def _check_extends(self, tree_size: int, root_hash: bytes, head: str) -> None:
+        size = self._db_size()
+        where = f"{head} (size {tree_size}, root {root_hash.hex()[:16]}…)"
+        if size < tree_size:
+            self.rejections[Reason.STALE] += 1
+            raise LedgerRollbackError(
+                Reason.STALE, f"{self._path} holds {size} entries, fewer than {where}: the log was rolled back"
+            )
+        try:
+            proof = self._prefetched(lambda sub: merkle.consistency_proof_from(tree_size, size, sub))
+            root = merkle.EMPTY_ROOT if size == 0 else self._subtree(0, size)
+            merkle.verify_consistency(tree_size, size, root_hash, root, proof)
+        except (VerificationError, LedgerError) as exc:
+            self.rejections[Reason.BAD_PROOF] += 1
+            raise LedgerRollbackError(
+                Reason.BAD_PROOF, f"{self._path} does not extend {where}: history was rewritten (a fork): {exc}"
+            ) from None
 
     # --- auditing ---------------------------------------------------------------------
 
@@ -608,14 +719,20 @@ class Ledger:
             expected_roots: dict[int, list[tuple[int, bytes]]] = {}
             prev_size = prev_ts = -1
             for head_id, size, ts, root, sig in heads:
-                where = f"tree head #{head_id} (size {size})"
+                where = f"tree head #{head_id} (size {size!r})"
+                try:
+                    size = _integer(size, "its size", self._path)
+                    ts = _integer(ts, "its timestamp", self._path)
+                except LedgerError:
+                    problem(f"{where} has a size or timestamp that is not an unsigned integer")
+                    continue
                 if size < prev_size or ts < prev_ts:
                     problem(f"{where} is older or smaller than the head before it")
                 prev_size, prev_ts = max(prev_size, size), max(prev_ts, ts)
                 if key is None:
                     continue
                 try:
-                    sth = SignedTreeHead(size, bytes(root), ts, bytes(sig), key)
+                    sth = SignedTreeHead(size, root, ts, sig, key)
                     sth.verify(self._pinned)
                 except VerificationError as exc:
                     problem(f"{where}: {exc}")
@@ -630,16 +747,22 @@ class Ledger:
                 for head_id, root in expected_roots[0]:
                     if root != merkle.EMPTY_ROOT:
                         problem(f"tree head #{head_id} of the empty log has a non-empty root")
-            entry_cursor = conn.execute("SELECT idx, entry, leaf_hash FROM entries ORDER BY idx")
-            for idx, entry, stored_leaf in entry_cursor:
+            # An entry over the limit is measured, never fetched (its length is in the row header).
+            entry_cursor = conn.execute(
+                "SELECT idx, CASE WHEN length(entry) <= ? THEN entry END, length(entry), typeof(entry), leaf_hash "
+                "FROM entries ORDER BY idx",
+                (self._max_entry_bytes,),
+            )
+            for idx, entry, length, kind, stored_leaf in entry_cursor:
                 if idx != n:
                     problem(f"entry {n} is missing (next stored index is {idx})")
                     break
-                entry = bytes(entry)
-                if len(entry) > self._max_entry_bytes:
-                    problem(f"entry {idx} is {len(entry)} bytes, over the limit")
+                if kind != "blob" or entry is None:
+                    what = f"{length} bytes, over the limit" if kind == "blob" else f"a {kind}, not a blob"
+                    problem(f"entry {idx} is {what}")
+                    entry = b""
                 h = merkle.leaf_hash(entry)
-                if bytes(stored_leaf) != h:
+                if stored_leaf != h:
                     problem(f"entry {idx} does not match its stored leaf hash (entry altered?)")
                 level, pos = 0, idx
                 while frontier and frontier[-1][0] == level:
@@ -659,7 +782,7 @@ class Ledger:
                         node_cursors[level] = conn.execute(
                             "SELECT idx, hash FROM nodes WHERE level=? AND idx>? ORDER BY idx", (level, pos)
                         )
-                    elif bytes(row[1]) != h:
+                    elif row[1] != h:
                         problem(f"cached node ({level}, {pos}) does not match the entries below it")
                     checked_nodes += 1
                 frontier.append((level, h))

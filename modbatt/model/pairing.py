@@ -214,7 +214,13 @@ class PairingCertificate:
 
     @property
     def certificate_hash(self) -> bytes:
-        return sha256(self.encode())
+        """The certificate's identity: SHA-256 of what the controller signs (metadata and sections).
+
+        Not of :meth:`encode`, which includes the signature: a signature is checked, never
+        identified by its bytes (docs/crypto.md §2), so every encoding of one signed
+        certificate has one identity.
+        """
+        return sha256(self._signed())
 
     @classmethod
     def decode(cls, data: bytes) -> PairingCertificate:

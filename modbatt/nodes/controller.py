@@ -19,6 +19,7 @@ from typing import Any
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ModbattError, Reason, VerificationError, counts_rejections
+from ..ledger.pin import KeyStoreHeadPin
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
 from ..model.pairing import ControllerMode, PairingCertificate
@@ -79,6 +80,11 @@ class AuthController:
         self._rng = rng or SystemRandom()
         #: Rejections by reason (authorizations, entity answers, completions): failure counters.
         self.rejections: collections.Counter[Reason] = collections.Counter()
+        # Anti-rollback (docs/ledger.md): each head it signs is pinned in this authenticated store,
+        # and the ledger refuses to append or sign unless the log still extends the pinned head.
+        # A rolled-back or rewritten ledger stops the controller here, before any I/O.
+        ledger.pin_heads(KeyStoreHeadPin(records))
+        ledger.check_pinned_head()
         self._resume()
 
     def _resume(self) -> None:
