@@ -12,9 +12,15 @@ variables and the config files (``~/can.conf``, ``~/.canrc`` …), exactly as
   sender's own datagrams back to it (multicast loopback) and cannot filter them;
   with no channel it uses python-can's IPv4 group, since the IPv6 default group silently delivers
   nothing on loopback-only hosts and in containers.
-* ``slcan`` gets ``sleep_after_open=0`` unless set (python-can's default sleeps 2 s per open),
-  and a ``data_bitrate`` is applied after opening (python-can's slcan has no such argument).
+* ``slcan`` opens a :class:`TolerantSlcanBus`, gets ``sleep_after_open=0`` unless set (python-can's
+  default sleeps 2 s per open), and a ``data_bitrate`` is applied after opening (python-can's
+  slcan has no such argument).
 * everything else (socketcan, pcan, kvaser, vector, …) is passed through as configured.
+
+Malformed input never ends a receive loop: python-can raises from ``recv()`` for a datagram that
+is not a frame (udp_multicast) or a garbled adapter line (slcan), which would end a
+``can.Notifier`` thread for good. Both adapters here drop such input and count it in
+``malformed`` (docs/buses.md, "Malformed input"); real I/O failures still raise.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import can
 import can.util
 from can.interfaces import VALID_INTERFACES
+from can.interfaces.slcan import slcanBus
 from can.interfaces.udp_multicast import UdpMulticastBus
 
 from ..errors import ConfigError, TransportError
@@ -39,6 +46,7 @@ __all__ = [
     "DEFAULT_UDP_GROUP",
     "BusConfig",
     "EchoFilteringUdpMulticastBus",
+    "TolerantSlcanBus",
     "open_bus",
 ]
 
@@ -234,6 +242,8 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         self._receive_own = bool(receive_own_messages)
         #: Own echoes dropped so far (a health figure: it should track frames sent).
         self.echoes_dropped = 0
+        #: Datagrams that are not a python-can frame (not msgpack, bad fields), dropped.
+        self.malformed = 0
         self.group = channel
         self.port = port
         # python-can rejects receive_own_messages=True for this interface; we implement it.
@@ -252,7 +262,16 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         super().send(tagged, timeout)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        msg, already_filtered = super()._recv_internal(timeout)
+        try:
+            msg, already_filtered = super()._recv_internal(timeout)
+        except can.CanOperationError as exc:
+            # python-can chains the socket's OSError for real I/O failures; anything else is a
+            # datagram it could not unpack, which any local process can send without a key.
+            if isinstance(exc.__cause__, OSError):
+                raise
+            self.malformed += 1
+            log.debug("udp_multicast: dropped a datagram that is not a CAN frame (%s)", exc.__cause__)
+            return None, False
         if msg is None:
             return None, already_filtered
         if msg.channel == self._tag:
@@ -265,6 +284,40 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         elif isinstance(msg.channel, str) and msg.channel.startswith(self.TAG_PREFIX):
             msg.channel = None
         return msg, already_filtered
+
+
+class TolerantSlcanBus(slcanBus):
+    """python-can's ``slcan`` adapter, dropping garbled lines instead of raising from ``recv()``.
+
+    A line from the adapter whose ID, DLC or data do not parse makes python-can's parser raise
+    ``ValueError`` or ``IndexError`` (or build a frame with fewer data bytes than its DLC); a byte
+    that is not ASCII makes its reader raise
+    ``CanOperationError`` and keep the bad bytes in its line buffer, so every later read fails
+    too. Here both are dropped, the buffer is cleared, and :attr:`malformed` counts them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Lines from the adapter that are not a frame (bad hex, bad DLC, not ASCII), dropped.
+        self.malformed = 0
+        super().__init__(*args, **kwargs)
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        try:
+            msg, filtered = super()._recv_internal(timeout)
+            if msg is not None and not msg.is_remote_frame and len(msg.data) != msg.dlc:
+                # python-can takes fewer data digits than the DLC announces; an adapter never sends that.
+                self.malformed += 1
+                return None, False
+            return msg, filtered
+        except (ValueError, IndexError):  # int(), bytearray.fromhex(), CAN_FD_DLC[] on a garbled line
+            self.malformed += 1
+            return None, False
+        except can.CanOperationError as exc:
+            if not isinstance(exc.__cause__, UnicodeDecodeError):
+                raise
+            self._buffer.clear()  # python-can's line buffer (can/interfaces/slcan.py) still holds them
+            self.malformed += 1
+            return None, False
 
 
 def _open_udp_multicast(config: BusConfig) -> can.BusABC:
@@ -289,7 +342,7 @@ def _open_slcan(config: BusConfig) -> can.BusABC:
     data_bitrate = kw.pop("data_bitrate", None)
     if config.channel is None:
         raise ConfigError("slcan needs a channel: the serial port, e.g. /dev/ttyACM0 or an emulator's pty")
-    bus = can.Bus(interface="slcan", channel=config.channel, ignore_config=True, **kw)
+    bus = TolerantSlcanBus(channel=config.channel, **kw)
     if data_bitrate is not None:
         if config.bitrate is None:
             bus.shutdown()
