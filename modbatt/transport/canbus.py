@@ -16,6 +16,9 @@ variables and the config files (``~/can.conf``, ``~/.canrc`` …), exactly as
   default sleeps 2 s per open), and a ``data_bitrate`` is applied after opening (python-can's
   slcan has no such argument).
 * everything else (socketcan, pcan, kvaser, vector, …) is passed through as configured.
+* a ``faults`` spec (:class:`~modbatt.transport.faultbus.FaultSpec`, e.g.
+  ``"loss=0.1,dup=0.02,seed=7"``) wraps whatever was opened in a
+  :class:`~modbatt.transport.faultbus.FaultBus`.
 
 Malformed input never ends a receive loop: python-can raises from ``recv()`` for a datagram that
 is not a frame (udp_multicast) or a garbled adapter line (slcan), which would end a
@@ -40,6 +43,7 @@ from can.interfaces.slcan import slcanBus
 from can.interfaces.udp_multicast import UdpMulticastBus
 
 from ..errors import ConfigError, TransportError
+from .faultbus import FaultBus, FaultSpec
 
 __all__ = [
     "DEFAULT_INTERFACE",
@@ -59,7 +63,7 @@ DEFAULT_UDP_GROUP = "239.74.163.2"
 _PYTHON_CAN_IPV6_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"
 
 # Keys that BusConfig keeps as attributes; every other configuration key goes to ``kwargs``.
-_OWN_KEYS = ("interface", "channel", "bitrate", "fd", "data_bitrate")
+_OWN_KEYS = ("interface", "channel", "bitrate", "fd", "data_bitrate", "faults")
 
 
 def _configured_interface(path: str | os.PathLike[str] | None, context: str | None) -> Any:
@@ -91,7 +95,9 @@ class BusConfig:
     ``slcan``, ``socketcan``, ``pcan`` …). ``fd`` asks for CAN FD where the backend knows the
     ``fd`` argument; ``data_bitrate`` is the FD data-phase rate. ``kwargs`` carries any other
     backend argument (``port``, ``receive_own_messages``, ``timing``, ``tty_baudrate`` …).
-    Build one with :meth:`resolve` to honour python-can's config files and environment.
+    ``faults`` (a :class:`~modbatt.transport.faultbus.FaultSpec` or its text) opens the bus
+    behind a fault-injecting wrapper. Build one with :meth:`resolve` to honour python-can's
+    config files and environment.
     """
 
     interface: str = DEFAULT_INTERFACE
@@ -100,8 +106,10 @@ class BusConfig:
     fd: bool = False
     data_bitrate: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    faults: FaultSpec | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", FaultSpec.parse(self.faults))
         if self.interface not in VALID_INTERFACES:
             known = ", ".join(sorted(VALID_INTERFACES))
             raise ConfigError(f"unknown CAN interface {self.interface!r}; python-can knows: {known}")
@@ -124,6 +132,7 @@ class BusConfig:
         *,
         fd: bool | None = None,
         data_bitrate: int | None = None,
+        faults: str | FaultSpec | None = None,
         config_file: str | os.PathLike[str] | None = None,
         context: str | None = None,
         ignore_config: bool = False,
@@ -144,6 +153,7 @@ class BusConfig:
                 "bitrate": bitrate,
                 "fd": fd,
                 "data_bitrate": data_bitrate,
+                "faults": faults,
                 **kwargs,
             }.items()
             if value is not None
@@ -171,6 +181,7 @@ class BusConfig:
         bitrate = rest.pop("bitrate", None)
         fd = rest.pop("fd", False)
         data_bitrate = rest.pop("data_bitrate", None)
+        faults = rest.pop("faults", None)
         try:
             bitrate = None if bitrate is None else int(bitrate)
             data_bitrate = None if data_bitrate is None else int(data_bitrate)
@@ -183,6 +194,7 @@ class BusConfig:
             fd=fd not in (0, False, None, "0", "false", "False"),
             data_bitrate=data_bitrate,
             kwargs=rest,
+            faults=faults,
         )
 
     def bus_kwargs(self) -> dict[str, Any]:
@@ -206,6 +218,8 @@ class BusConfig:
             parts.append(f"{self.bitrate} bit/s")
         if self.fd:
             parts.append("FD" + (f" data {self.data_bitrate} bit/s" if self.data_bitrate else ""))
+        if self.faults is not None:
+            parts.append(f"with faults ({self.faults})")
         return " ".join(parts)
 
 
@@ -361,10 +375,16 @@ def open_bus(config: BusConfig | None = None) -> can.BusABC:
     Raises :class:`~modbatt.errors.ConfigError` for arguments the backend rejects and
     :class:`~modbatt.errors.TransportError` when the bus cannot be opened (no device, no
     multicast route, missing driver library …). The caller owns the bus: ``shutdown()`` it,
-    or use it as a context manager.
+    or use it as a context manager. With ``config.faults`` the bus returned is a
+    :class:`~modbatt.transport.faultbus.FaultBus` that owns the interface it wraps.
     """
     if config is None:
         config = BusConfig.resolve()
+    bus = _open_inner(config)
+    return bus if config.faults is None else FaultBus(bus, config.faults)
+
+
+def _open_inner(config: BusConfig) -> can.BusABC:
     try:
         if config.interface == "udp_multicast":
             return _open_udp_multicast(config)
