@@ -268,3 +268,28 @@ def test_an_unpersistable_escalation_is_not_acted_on():
         with pytest.raises(KeyStoreError):
             receiver.receive(esc, w.world.deployment.clock())
         assert len(receiver.policy.events) == before  # not acted on
+
+
+def test_one_escalation_delivered_at_once_on_many_threads_is_acted_on_once():
+    import threading
+
+    with escalation_world() as w:
+        state = w.world.module.binding(w.binding_id)
+        r = w.recorded
+        esc = SignedEscalation.create(
+            r.request, binding_id=r.binding_id, sender=r.sender, receiver=r.receiver, seq=9,
+            now=w.world.deployment.clock(), key=state.private_key,
+        )  # fmt: skip
+        start, events = threading.Barrier(6), []
+
+        def deliver():
+            start.wait(10)
+            events.append(w.receiver.receive(esc, w.world.deployment.clock())["event"])
+
+        threads = [threading.Thread(target=deliver) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(events) == ["extended"] + ["rejected"] * 5
+        assert w.receiver.gate.rejections == {Reason.REPLAY: 5}
