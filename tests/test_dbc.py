@@ -24,6 +24,7 @@ from modbatt.crypto.freshness import FreshnessCounter, MemoryCounterStore
 from modbatt.crypto.suite import PrivateKey
 from modbatt.errors import ConfigError
 from modbatt.model.tier import Tier
+from modbatt.transport.isotp_link import IsoTpLink
 
 N2C = Direction.RESPONDER_TO_INITIATOR
 C2N = Direction.INITIATOR_TO_RESPONDER
@@ -269,7 +270,7 @@ def test_certificate_isotp_frames_decode(secure_db: cantools.database.can.Databa
     channel = f"modbatt-dbc-{uuid.uuid4().hex}"
     buses = [can.Bus(interface="virtual", channel=channel) for _ in range(3)]
     try:
-        with fragment.IsoTpLink(buses[0], tx_id, rx_id) as ctl, fragment.IsoTpLink(buses[1], rx_id, tx_id) as mod:
+        with IsoTpLink(buses[0], tx_id, rx_id) as ctl, IsoTpLink(buses[1], rx_id, tx_id) as mod:
             ctl.send(bytes(range(100)))
             assert mod.recv(timeout=2.0) == bytes(range(100))
         seen = []

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modbatt.can import fragment as fr
-from modbatt.can.fragment import Fragmenter, IsoTpLink, Reassembler, ReassemblyLimits
+from modbatt.can.fragment import Fragmenter, Reassembler, ReassemblyLimits
 from modbatt.errors import ConfigError, Reason
+from modbatt.transport.isotp_link import IsoTpLink
 
 CARRIER = 0x1800_1001  # any carrier ID; the reassembler does not interpret it
 

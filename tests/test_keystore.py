@@ -8,6 +8,7 @@ import os
 import pickle
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -640,3 +641,52 @@ def test_records_round_trip_property(records: dict[str, dict[str, object]]) -> N
                 store.put_record(name, value)
         again = KeyStore.open(path, passphrase=PASS)
         assert {name: again.record(name) for name in again.names()} == records
+
+
+# --------------------------------------------------------------------------- sharing one file
+
+
+def test_refresh_rereads_what_another_holder_wrote(store_path: Path) -> None:
+    a = KeyStore.open(store_path, passphrase=PASS)
+    b = KeyStore.open(store_path, passphrase=PASS)
+    a.put_record("claim", {"by": "a"})
+    with pytest.raises(KeyStoreError, match="changed by someone else"):  # stale: refused, not overwritten
+        b.put_record("other", {"by": "b"})
+    assert "claim" not in b
+    assert b.refresh() is True and b.record("claim") == {"by": "a"}
+    assert b.refresh() is False  # nothing new: no read
+    b.put_record("other", {"by": "b"})
+    with a.exclusive():  # the critical section re-reads first
+        assert a.record("other") == {"by": "b"}
+
+
+def test_refresh_refuses_a_store_recreated_under_another_salt(store_path: Path, tmp_path: Path) -> None:
+    a = KeyStore.open(store_path, passphrase=PASS)
+    other = KeyStore.create(tmp_path / "other", passphrase=PASS, kdf=CHEAP)
+    other.put_record("x", {"v": 1})
+    os.replace(tmp_path / "other", store_path)
+    with pytest.raises(KeyStoreError, match="re-created"):
+        a.refresh()
+
+
+def test_exclusive_nests_and_serialises_threads(store_path: Path) -> None:
+    store = KeyStore.open(store_path, passphrase=PASS)
+    order: list[str] = []
+
+    def other() -> None:
+        with store.exclusive():
+            order.append("other")
+
+    with store.exclusive(), store.exclusive():
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(0.2)
+        order.append("holder")  # the other thread cannot enter while this block holds the store
+    t.join(5)
+    assert order == ["holder", "other"]
+    lock_file = store_path.parent / f".{store_path.name}.lock"
+    assert lock_file.exists() and stat.S_IMODE(lock_file.stat().st_mode) == 0o600
+    memory = KeyStore.in_memory()
+    with memory.exclusive():
+        memory.put_record("r", {"a": 1})
+    assert memory.refresh() is False

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import can
 import pytest
 
-from modbatt.can.fragment import IsoTpLink
 from modbatt.can.functions import function_named
 from modbatt.can.ids import SEED_LAYOUT
 from modbatt.crypto.suite import PrivateKey
@@ -29,6 +28,7 @@ from modbatt.transport.can_entity import (
     encode_pdu,
 )
 from modbatt.transport.http import RemoteRejection
+from modbatt.transport.isotp_link import IsoTpLink
 from modbatt.workbench.mixed import MixedBench
 
 MODULE = "module-01"

@@ -325,3 +325,30 @@ def test_duplicate_delivery_is_answered_from_the_cache(bench: MixedBench) -> Non
     assert sensor.server.counters["cached_answers"] == 1
     assert third[0] == 409 and json.loads(third[2])["error"] == "replay"
     assert len(sensor.node.machine.bindings) == 1
+
+
+def test_a_failing_message_handler_is_counted_and_paho_keeps_delivering(bench: MixedBench) -> None:
+    """Whatever a handler raises is one dropped message: paho's network thread must not end with it."""
+    assert bench.broker is not None
+    server = bench.entities[SENSOR].server
+    real_put = server._queue.put_nowait
+    failures = iter([RuntimeError("handler bug")])
+
+    def put_once_failing(job: Any) -> None:
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        real_put(job)
+
+    server._queue.put_nowait = put_once_failing  # type: ignore[method-assign]
+    peer = _RawPeer(bench.broker)
+    try:
+        peer.send(_topic(bench), b"{}")  # its handler fails: dropped and counted
+        deadline = time.monotonic() + 3
+        while server.counters["errors"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        peer.close()
+    assert server.counters["errors"] == 1
+    bench.bind(bench.entities[SENSOR])  # the next genuine request is still received and served
+    assert bench.ledger.size == 1

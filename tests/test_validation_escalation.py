@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from helpers_validation import paired_world
 
+from modbatt.attacks.escalations import escalation_world
 from modbatt.crypto.suite import PrivateKey
-from modbatt.errors import Reason, VerificationError
+from modbatt.errors import KeyStoreError, Reason, VerificationError
 from modbatt.model.policy import DEFAULT_POLICY, MessageClass
 from modbatt.model.statements import read_statement
 from modbatt.model.tier import Tier
@@ -21,6 +24,7 @@ from modbatt.protocol.validation import (
     EscalationPolicy,
     EscalationReason,
     EscalationRequest,
+    SeenWindow,
     SignedEscalation,
     Urgency,
 )
@@ -30,13 +34,13 @@ ANOMALY = EscalationRequest(5, EscalationReason.ANOMALY_DETECTED, Urgency.IMMEDI
 
 def _signed(p, request=ANOMALY, seq=0, key=None, now=None):
     return SignedEscalation.create(
-        request, binding_id=p.ctx.binding_id, sender="module-01", seq=seq, now=now or p.now,
-        key=key or p.module["binding_key"],
+        request, binding_id=p.ctx.binding_id, sender="module-01", receiver=p.pack["device_id"], seq=seq,
+        now=now or p.now, key=key or p.module["binding_key"],
     )  # fmt: skip
 
 
 def _gate(p, **kw):
-    return EscalationGate({"module-01": p.pack["partner_key"]}, **kw)
+    return EscalationGate({"module-01": p.pack["partner_key"]}, receiver=p.pack["device_id"], **kw)
 
 
 def test_request_has_the_seed_shape_and_rejects_unknown_values():
@@ -92,8 +96,9 @@ def test_forged_replayed_stale_and_unknown_requests_are_refused():
         gate.admit(_signed(p, seq=2, now=p.now - 3600), p.now)
     assert exc.value.reason is Reason.STALE
     stranger = SignedEscalation.create(
-        ANOMALY, binding_id=p.ctx.binding_id, sender="mallory", seq=0, now=p.now, key=PrivateKey.generate()
-    )
+        ANOMALY, binding_id=p.ctx.binding_id, sender="mallory", receiver=p.pack["device_id"], seq=0, now=p.now,
+        key=PrivateKey.generate(),
+    )  # fmt: skip
     with pytest.raises(VerificationError) as exc:
         gate.admit(stranger, p.now)
     assert exc.value.reason is Reason.WRONG_PEER
@@ -183,3 +188,108 @@ def test_every_level_can_carry_an_authenticated_escalation():
     carried.append(EntityProof.decode(subject.prove(ch.encode(), p.now, escalation=esc[6])).escalation)
     gate = _gate(p, burst=10)
     assert [gate.admit(e, p.now) for e in carried] == [ANOMALY] * 6
+
+
+# --------------------------------------------------------------------------- receiver and restarts
+
+
+def test_the_receiver_is_signed_and_checked():
+    p = paired_world()
+    esc = _signed(p, seq=0)
+    other = EscalationGate({"module-01": p.pack["partner_key"]}, receiver="standby-pack")
+    with pytest.raises(VerificationError) as exc:  # same key, another gate: the body names the pack
+        other.admit(esc, p.now)
+    assert exc.value.reason is Reason.WRONG_PEER
+    readdressed = dataclasses.replace(esc, receiver="standby-pack")  # the signature no longer covers it
+    with pytest.raises(VerificationError) as exc:
+        other.admit(readdressed, p.now)
+    assert exc.value.reason is Reason.BAD_SIGNATURE
+    assert SignedEscalation.from_cbor(esc.to_cbor()) == esc
+    with pytest.raises(VerificationError) as exc:
+        SignedEscalation.from_cbor({k: v for k, v in esc.to_cbor().items() if k != "receiver"})
+    assert exc.value.reason is Reason.MALFORMED
+
+
+def test_the_gate_takes_persisted_windows_in_and_reports_changes_out():
+    p = paired_world()
+    gate = _gate(p)
+    for seq in (0, 1, 5):
+        gate.admit(_signed(p, seq=seq), p.now)
+    (window,) = gate.drain_seen()
+    assert (window.binding_id, window.sender, window.highest) == (p.ctx.binding_id, "module-01", 5)
+    assert gate.drain_seen() == []  # nothing changed since
+    assert SeenWindow.from_record(window.to_record()) == window
+    restarted = _gate(p, seen=[window])
+    for seq in (0, 1, 5):
+        with pytest.raises(VerificationError) as exc:
+            restarted.admit(_signed(p, seq=seq), p.now + 1)
+        assert exc.value.reason is Reason.REPLAY
+    restarted.admit(_signed(p, seq=3), p.now + 1)  # never seen: still inside the window, accepted
+    with pytest.raises(VerificationError) as exc:
+        SeenWindow.from_record({"binding_id": "b", "sender": "s", "highest": 5, "bitmap": -1})
+    assert exc.value.reason is Reason.MALFORMED
+
+
+def test_a_replayed_escalation_is_refused_after_the_receiver_restarts():
+    with escalation_world() as w:
+        assert w.first["event"] == "escalated"
+        restarted = w.restart_pack()
+        event = restarted.receive(w.recorded, w.world.deployment.clock() + 1)
+        assert event["event"] == "rejected" and event["rejection"] == "replay"
+        assert restarted.policy.required_level == 1  # the replay changed nothing
+        # A new request from the module (next seq) is still accepted after the restart.
+        state = w.world.module.binding(w.binding_id)
+        r = w.recorded
+        fresh = SignedEscalation.create(
+            r.request, binding_id=r.binding_id, sender=r.sender, receiver=r.receiver, seq=2,
+            now=w.world.deployment.clock(), key=state.private_key,
+        )  # fmt: skip
+        assert restarted.receive(fresh, w.world.deployment.clock())["event"] == "escalated"
+
+
+def test_an_unpersistable_escalation_is_not_acted_on():
+    with escalation_world() as w:
+        state = w.world.module.binding(w.binding_id)
+        receiver = w.receiver
+
+        class Broken:
+            def __getattr__(self, name):
+                return getattr(w.world.pack.keystore, name)
+
+            def transaction(self):
+                raise KeyStoreError("disk full")
+
+        w.world.pack._store = Broken()
+        esc = SignedEscalation.create(
+            ANOMALY, binding_id=w.binding_id, sender=w.recorded.sender, receiver=w.recorded.receiver, seq=7,
+            now=w.world.deployment.clock(), key=state.private_key,
+        )  # fmt: skip
+        before = len(receiver.policy.events)
+        with pytest.raises(KeyStoreError):
+            receiver.receive(esc, w.world.deployment.clock())
+        assert len(receiver.policy.events) == before  # not acted on
+
+
+def test_one_escalation_delivered_at_once_on_many_threads_is_acted_on_once():
+    import threading
+
+    with escalation_world() as w:
+        state = w.world.module.binding(w.binding_id)
+        r = w.recorded
+        esc = SignedEscalation.create(
+            r.request, binding_id=r.binding_id, sender=r.sender, receiver=r.receiver, seq=9,
+            now=w.world.deployment.clock(), key=state.private_key,
+        )  # fmt: skip
+        start, events = threading.Barrier(6), []
+
+        def deliver():
+            start.wait(10)
+            events.append(w.receiver.receive(esc, w.world.deployment.clock())["event"])
+
+        threads = [threading.Thread(target=deliver) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(events) == ["extended"] + ["rejected"] * 5
+        assert w.receiver.gate.rejections == {Reason.REPLAY: 5}

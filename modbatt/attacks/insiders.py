@@ -38,12 +38,15 @@ def escalation_abuse(seed: int | None = None) -> Outcome:
     p_state, m_state = pack.dep.pack.binding(binding_id), module.binding(binding_id)
     assert p_state is not None and m_state is not None and p_state.partner_key is not None
     m_id = module.access_data.device_id
-    gate = EscalationGate({m_id: p_state.partner_key})
+    p_id = pack.dep.pack.access_data.device_id
+    gate = EscalationGate({m_id: p_state.partner_key}, receiver=p_id)
     now = pack.dep.clock()
     request = EscalationRequest(7, EscalationReason.SECURITY_THREAT)
 
     def esc(seq: int, key: PrivateKey = m_state.private_key, sender: str = m_id) -> SignedEscalation:
-        return SignedEscalation.create(request, binding_id=binding_id, sender=sender, seq=seq, now=now, key=key)
+        return SignedEscalation.create(
+            request, binding_id=binding_id, sender=sender, receiver=p_id, seq=seq, now=now, key=key
+        )
 
     admitted = sum(attempt(lambda s=s: gate.admit(esc(s), now)) is None for s in range(gate.burst))
     reasons = [attempt(lambda s=s: gate.admit(esc(s), now)) for s in range(gate.burst, gate.burst + 20)]

@@ -182,10 +182,10 @@ def replay_validation(seed: int | None = None) -> Outcome:
     ack = executor.on_command(command, now)
     sender.on_ack(ack, now)
     reasons = [attempt(lambda: executor.on_command(command, now)), attempt(lambda: sender.on_ack(ack, now))]
-    gate = EscalationGate({m_id: p_state.partner_key})
+    gate = EscalationGate({m_id: p_state.partner_key}, receiver=p_id)
     esc = SignedEscalation.create(
-        EscalationRequest(5, EscalationReason.ANOMALY_DETECTED), binding_id=binding_id, sender=m_id, seq=1,
-        now=now, key=m_state.private_key,
+        EscalationRequest(5, EscalationReason.ANOMALY_DETECTED), binding_id=binding_id, sender=m_id, receiver=p_id,
+        seq=1, now=now, key=m_state.private_key,
     )  # fmt: skip
     gate.admit(esc, now)
     reasons.append(attempt(lambda: gate.admit(esc, now + 1)))

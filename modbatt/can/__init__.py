@@ -5,7 +5,7 @@ Knows no protocol state: keys and freshness streams come in as arguments.
 
 from .catalog import build_legacy_database, catalog_id_rows, load_catalog
 from .dbc import build_secure_database, export_dbc_files
-from .fragment import Fragmenter, IsoTpLink, Reassembler, ReassemblyLimits
+from .fragment import Fragmenter, Reassembler, ReassemblyLimits
 from .ids import LAYOUTS, SEED_LAYOUT, CanIdFields, IdLayout, find_collisions
 from .secured import SecuredReceiver, SecuredSender, TrafficKeys, derive_traffic_keys
 from .wiretime import CLASSIC, FD, BusProfile
@@ -19,7 +19,6 @@ __all__ = [
     "CanIdFields",
     "Fragmenter",
     "IdLayout",
-    "IsoTpLink",
     "Reassembler",
     "ReassemblyLimits",
     "SecuredReceiver",

@@ -3,7 +3,9 @@
 Certificates, signatures and signed announces (100 B to ``MAX_PAYLOAD`` = 4095 B) do not fit a CAN frame.
 
 * **Point to point** (one sender, one receiver): ISO 15765-2 (ISO-TP) through ``can-isotp``, with
-  flow control. :class:`IsoTpLink` wraps ``isotp.NotifierBasedCanStack`` over any python-can bus.
+  flow control. Here: its addressing (:func:`isotp_address`) and parameters (:func:`isotp_params`);
+  the I/O (``IsoTpLink``, can-isotp's threads over a python-can bus) is in
+  :mod:`modbatt.transport.isotp_link`.
 * **Broadcast** (one sender, many receivers, e.g. a level-1 announce with its signature): ISO-TP
   cannot serve, because its flow control expects exactly one receiver to answer. :class:`Fragmenter`
   cuts a message into frames with the header below and :class:`Reassembler` puts them together
@@ -35,15 +37,14 @@ import collections
 import enum
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import can
 import isotp
 from can.util import dlc2len, len2dlc
 
-from ..errors import ConfigError, Reason, TransportError, VerificationError
+from ..errors import ConfigError, Reason, VerificationError
 from .secured import MAX_PDU
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "PAD_BYTE",
     "TRANSFER_IDS",
     "Fragmenter",
-    "IsoTpLink",
     "ReassembledMessage",
     "Reassembler",
     "ReassemblyLimits",
@@ -578,76 +578,3 @@ def isotp_params(*, fd: bool = False, **overrides: Any) -> dict[str, Any]:
     }
     params.update(overrides)
     return params
-
-
-class IsoTpLink:
-    """One ISO-TP connection over a python-can bus: ``send(bytes)`` / ``recv(timeout)``.
-
-    Runs can-isotp's own threads (this is the one place in ``modbatt.can`` that does I/O). Pass a
-    shared ``notifier`` to run several links on one bus: python-can allows one Notifier per bus.
-    """
-
-    def __init__(
-        self,
-        bus: can.BusABC,
-        txid: int,
-        rxid: int,
-        fd: bool = False,
-        *,
-        extended: bool | None = None,
-        params: Mapping[str, Any] | None = None,
-        notifier: can.Notifier | None = None,
-        max_errors_kept: int = 32,
-    ) -> None:
-        self.address = isotp_address(txid, rxid, extended=extended)
-        self.params = isotp_params(fd=fd, **dict(params or {}))
-        self._owns_notifier = notifier is None
-        self._notifier = notifier if notifier is not None else can.Notifier(bus, [], timeout=0.05)
-        #: Recent transport errors reported by can-isotp (bounded, newest last).
-        self.errors: collections.deque[Exception] = collections.deque(maxlen=max_errors_kept)
-        try:
-            self._stack = isotp.NotifierBasedCanStack(
-                bus, self._notifier, address=self.address, params=self.params, error_handler=self.errors.append
-            )
-            self._stack.start()
-        except Exception as exc:
-            if self._owns_notifier:  # do not leave a Notifier thread behind a failed constructor
-                self._notifier.stop()
-            if isinstance(exc, ValueError):  # can-isotp's verdict on a parameter
-                raise ConfigError(f"ISO-TP parameters rejected: {exc}") from exc
-            raise
-        self._closed = False
-
-    @property
-    def max_payload(self) -> int:
-        """Largest message this link accepts in either direction."""
-        return int(self.params["max_frame_size"])
-
-    def send(self, payload: bytes, timeout: float = 5.0) -> None:
-        """Send one message; blocks until the last frame left or raises :class:`TransportError`."""
-        if len(payload) > self.max_payload:
-            raise ConfigError(f"{len(payload)}-byte message exceeds the ISO-TP limit {self.max_payload}")
-        try:
-            self._stack.send(bytes(payload), send_timeout=timeout)
-        except isotp.BlockingSendFailure as exc:
-            raise TransportError(f"ISO-TP send failed: {exc}") from exc
-
-    def recv(self, timeout: float | None = None) -> bytes | None:
-        """The next complete message, or ``None`` if none arrived within ``timeout`` seconds."""
-        data = self._stack.recv(block=True, timeout=timeout)
-        return bytes(data) if data is not None else None
-
-    def close(self) -> None:
-        """Stop can-isotp's threads (and the Notifier if this link created it). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stack.stop()
-        if self._owns_notifier:
-            self._notifier.stop()
-
-    def __enter__(self) -> IsoTpLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -232,6 +232,19 @@ class ReplayWindow:
         self._bitmap = (1 << self.size) - 1
         self.synced = True
 
+    def snapshot(self) -> tuple[int, int]:
+        """``(highest, bitmap)``: everything needed to rebuild this window after a restart."""
+        return self.highest, self._bitmap
+
+    @classmethod
+    def restore(cls, size: int, highest: int, bitmap: int) -> ReplayWindow:
+        """The window a :meth:`snapshot` describes; refuses values no window could hold."""
+        if not -1 <= highest <= MAX_COUNTER or not 0 <= bitmap < (1 << size) or (highest < 0) != (bitmap == 0):
+            raise VerificationError(Reason.MALFORMED, "replay window state out of range")
+        window = cls(size)
+        window.highest, window._bitmap = highest, bitmap
+        return window
+
 
 def reconstruct(truncated: int, bits: int, latest: int, *, behind: int | None = None) -> int:
     """Rebuild a full freshness value from its ``bits`` low bits (AUTOSAR SecOC style).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -517,6 +518,9 @@ class KeyStore:
         self._fingerprint = fingerprint
         self._lock = threading.RLock()
         self._closed = False
+        # exclusive(): nesting depth in the owning thread and the held lock file (flock).
+        self._exclusive_depth = 0
+        self._lock_fd: int | None = None
 
     # ----------------------------------------------------------------- construction
 
@@ -751,6 +755,71 @@ class KeyStore:
 
         self._mutate(change)
 
+    def refresh(self) -> bool:
+        """Re-read the file if another process replaced it since this instance last read or wrote it.
+
+        Uses the KEK already derived (no KDF run). Returns True when the contents were reloaded.
+        A file now sealed under another salt or KDF (re-created, restored) is refused: reopen it.
+        Call it inside :meth:`exclusive`, so nothing changes the file between the re-read and
+        the decision taken on it.
+        """
+        with self._lock:
+            self._check_open()
+            if self._path is None:
+                return False
+            if self._pending is not None:
+                raise KeyStoreError("cannot refresh a key store inside a transaction")
+            try:
+                current = _fingerprint(os.stat(self._path))
+            except OSError as exc:
+                raise KeyStoreError(f"cannot read key store {self._path}: {_os_error_text(exc)}") from None
+            if current == self._fingerprint:
+                return False
+            assert self._unlocked is not None
+            data, fingerprint = _read_file(self._path, "key store")
+            self._state = _reseal_check(data, self._path, self._unlocked)
+            self._fingerprint = fingerprint
+            _log.debug("key store %s re-read (changed by another process)", self._path)
+            return True
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[KeyStore]:
+        """Hold the store against other threads *and other processes* for the ``with`` block.
+
+        Processes sharing one store file serialise on an advisory ``flock(2)`` of a lock file
+        beside it (``.NAME.lock``); the file is re-read (:meth:`refresh`) once the lock is held,
+        so a check made inside the block sees every change another holder committed. Nested
+        blocks in the same thread are free. In-memory stores take the thread lock only.
+        """
+        with self._lock:
+            self._check_open()
+            outer = self._exclusive_depth == 0
+            if outer and self._path is not None:
+                lock_path = self._path.parent / f".{self._path.name}.lock"
+                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+                try:
+                    fd = os.open(lock_path, flags, 0o600)
+                except OSError as exc:
+                    raise KeyStoreError(f"cannot open lock file {lock_path}: {_os_error_text(exc)}") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._exclusive_depth += 1
+            try:
+                if outer and self._pending is None:
+                    self.refresh()
+                yield self
+            finally:
+                self._exclusive_depth -= 1
+                if outer and self._lock_fd is not None:
+                    fd, self._lock_fd = self._lock_fd, None
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[KeyStore]:
         """Batch changes into one atomic write at the end of the ``with`` block.
@@ -975,18 +1044,30 @@ def _unseal(
     if not secrets.compare_digest(kcv, header.kcv):
         what = "key file" if from_key_file else "passphrase"
         raise KeyStoreError(f"wrong {what} for {path} (or its header is damaged)")
-    try:
-        plain = aead_decrypt(
-            kek, header.nonce, data[HEADER_BYTES:], labels.KEYSTORE_BLOB + data[:HEADER_BYTES]
-        )
-    except VerificationError:
-        raise KeyStoreError(
-            f"{path} is corrupted or has been tampered with (authentication failed)"
-        ) from None
-    state = _decode_body(plain, path)
+    state = _open_body(data, header, kek, path)
     return _Unlocked(
         header.magic, header.flags, header.kdf_id, header.params, header.salt, header.kcv, kek
     ), state
+
+
+def _reseal_check(data: bytes, path: Path, unlocked: _Unlocked) -> _State:
+    """Decrypt a store file written by another holder of the same KEK (see :meth:`KeyStore.refresh`)."""
+    header = _parse_header(data, path, unlocked.magic)
+    same = (header.flags, header.kdf_id, header.params, header.salt, header.kcv) == (
+        unlocked.flags, unlocked.kdf_id, unlocked.params, unlocked.salt, unlocked.kcv,
+    )  # fmt: skip
+    if not same:
+        raise KeyStoreError(f"{path} was re-created or restored by someone else; reopen it")
+    return _open_body(data, header, unlocked.kek, path)
+
+
+def _open_body(data: bytes, header: _Header, kek: bytes, path: Path) -> _State:
+    """Authenticate and decode the body; the whole clear header is associated data."""
+    try:
+        plain = aead_decrypt(kek, header.nonce, data[HEADER_BYTES:], labels.KEYSTORE_BLOB + data[:HEADER_BYTES])
+    except VerificationError:
+        raise KeyStoreError(f"{path} is corrupted or has been tampered with (authentication failed)") from None
+    return _decode_body(plain, path)
 
 
 def _read_file(path: Path, what: str) -> tuple[bytes, _Fingerprint]:

@@ -10,6 +10,7 @@ Entry points for the workbench (``modbatt demo --json``) and notebooks:
 
 * :func:`run_all_levels` → ``{"1": {"outcome": "ok", "messages": …, "bytes": …, "can_frames": …}, …}``
 * :func:`run_escalation_scenario` → the list of escalation events (accepted, rejected, de-escalated)
+* :class:`EscalationReceiver` — a node's escalation intake, its replay guard kept in its key store
 * :class:`Discovery` — a controller learns a module from its L1 announce and reaches it through
   the protocol its access data names, via an :class:`~modbatt.transport.http.EntityClient`.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from ..can.wiretime import CLASSIC, BusProfile, isotp_frame_lengths
 from ..crypto import labels
 from ..crypto.rng import RandomSource, SystemRandom
-from ..crypto.suite import PrivateKey, PublicKey
+from ..crypto.suite import PrivateKey, PublicKey, sha256
 from ..encoding import strict_loads
 from ..errors import ConfigError, ModbattError, Reason, VerificationError
 from ..model.access import AccessData, TransportProtocol
@@ -51,6 +53,7 @@ from ..protocol.validation import (
     PairedHandshakeResponder,
     PairingValidationAuthority,
     PairingValidationParty,
+    SeenWindow,
     SignedEscalation,
     SignedHandshakeInitiator,
     SignedHandshakeResponder,
@@ -69,6 +72,7 @@ from .link import SelectiveLink
 __all__ = [
     "LEVELS",
     "Discovery",
+    "EscalationReceiver",
     "ValidationContext",
     "ValidationService",
     "can_frames",
@@ -398,6 +402,64 @@ def run_all_levels(
 
 # --------------------------------------------------------------------------- escalation
 
+#: Key-store records of a receiving node's escalation replay windows, one per binding and sender.
+_ESCALATION_SEEN_PREFIX = "escalation-seen/"
+
+
+def _seen_name(window: SeenWindow) -> str:
+    stream = f"{window.binding_id}\n{window.sender}".encode()
+    return _ESCALATION_SEEN_PREFIX + sha256(stream).hex()
+
+
+class EscalationReceiver:
+    """A node's escalation intake: the gate, its replay windows kept in the node's key store, the policy.
+
+    The gate's windows are loaded from ``node``'s key store at construction and every change is
+    written back, in one key-store transaction, *before* the policy acts on the request: a
+    request accepted once stays refused (``replay``) after the node restarts, and a request the
+    node could not record is not acted on. ``keys`` (sender device id to the binding key it signs
+    with) defaults to the partners of every binding ``node`` holds. One request at a time.
+    """
+
+    def __init__(
+        self,
+        node: EntityNode,
+        policy: EscalationPolicy,
+        *,
+        keys: Mapping[str, PublicKey] | None = None,
+        burst: int = 3,
+        refill_s: float = 60.0,
+    ) -> None:
+        self.node = node
+        self.policy = policy
+        store = node.keystore
+        if keys is None:
+            keys = {
+                state.partner_access.device_id: state.partner_key
+                for state in node.machine.bindings.values()
+                if state.partner_key is not None and state.partner_access is not None
+            }
+        seen = [
+            SeenWindow.from_record(store.record(n))
+            for n in store.record_names()
+            if n.startswith(_ESCALATION_SEEN_PREFIX)
+        ]
+        self.gate = EscalationGate(keys, receiver=node.access_data.device_id, seen=seen, burst=burst, refill_s=refill_s)
+        self._lock = threading.Lock()
+
+    def receive(self, escalation: SignedEscalation, now: float) -> dict[str, Any]:
+        """Admit, persist, then act; returns the policy's event (``rejected`` for a refused request)."""
+        with self._lock:
+            try:
+                request = self.gate.admit(escalation, now)
+            except VerificationError as exc:
+                return self.policy.reject(escalation.sender, exc.reason, now)
+            store = self.node.keystore
+            with store.transaction():
+                for window in self.gate.drain_seen():
+                    store.put_record(_seen_name(window), window.to_record())
+            return self.policy.request(request, escalation.sender, now)
+
 
 def run_escalation_scenario(
     controller: AuthController,
@@ -450,13 +512,14 @@ def run_escalation_scenario(
             ctx.record_statement("escalation", {k: v for k, v in event.items() if k != "t"})
 
     policy = EscalationPolicy(listeners=[link.escalate], log=log)
-    gate = EscalationGate({m["device_id"]: p["partner_key"]})
+    # The pack's intake: its replay windows live in the pack's key store and survive a restart.
+    receiver = EscalationReceiver(pack, policy, keys={m["device_id"]: p["partner_key"]})
     seq = iter(range(1_000_000))
 
     def escalation(request: EscalationRequest, key: PrivateKey | None = None) -> SignedEscalation:
         return SignedEscalation.create(
-            request, binding_id=binding_id, sender=m["device_id"], seq=next(seq), now=now(),
-            key=key or m["binding_key"],
+            request, binding_id=binding_id, sender=m["device_id"], receiver=p["device_id"], seq=next(seq),
+            now=now(), key=key or m["binding_key"],
         )  # fmt: skip
 
     def deliver(esc: SignedEscalation) -> None:
@@ -467,12 +530,7 @@ def run_escalation_scenario(
         verifier = AnnounceVerifier([BindingKeyRef(binding_id, m["device_id"], p["partner_key"])])
         announce = verifier.receive(data, now())
         assert announce.escalation is not None
-        try:
-            request = gate.admit(announce.escalation, now())
-        except VerificationError as exc:
-            policy.reject(m["device_id"], exc.reason, now())
-            return
-        policy.request(request, m["device_id"], now())
+        receiver.receive(announce.escalation, now())
 
     # 1. anomaly → L5 and the pairing-tier floor on the link.
     anomaly = escalation(EscalationRequest(5, EscalationReason.ANOMALY_DETECTED, Urgency.IMMEDIATE))

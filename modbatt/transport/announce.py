@@ -44,7 +44,7 @@ from ..can.functions import function_named
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..errors import Reason, TransportError, VerificationError
 from ..model.tier import Tier
-from .mqtt import DEFAULT_PORT, _new_client
+from .mqtt import DEFAULT_PORT, _new_client, guarded
 
 __all__ = [
     "ANNOUNCE_FUNCTION",
@@ -222,7 +222,7 @@ class MqttAnnounceListener:
         self._subscribed = threading.Event()
         self._sub_mid: int | None = None
         self._started = False
-        #: ``accepted``, ``refused``, ``oversized``, ``sink_errors``.
+        #: ``accepted``, ``refused``, ``oversized``, ``sink_errors``, ``errors`` (a handler failure).
         self.counters: collections.Counter[str] = collections.Counter()
 
     def start(self, timeout: float = 5.0) -> MqttAnnounceListener:
@@ -251,6 +251,7 @@ class MqttAnnounceListener:
         if mid == self._sub_mid and codes and not codes[0].is_failure:
             self._subscribed.set()
 
+    @guarded
     def _on_message(self, _c: mqtt.Client, _ud: Any, message: mqtt.MQTTMessage) -> None:
         if len(message.payload) > MAX_ANNOUNCE_BYTES:
             self.counters["oversized"] += 1

@@ -44,7 +44,6 @@ from typing import Any
 
 import can
 
-from ..can.fragment import IsoTpLink
 from ..can.functions import function_named
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..encoding import canonical_dumps, strict_loads
@@ -52,6 +51,7 @@ from ..errors import ConfigError, EncodingError, ModbattError, Reason, Transport
 from ..model.tier import Tier
 from ..protocol.messages import OPERATIONS, ControllerRequest, EntityResponse
 from .http import _raise_rejection
+from .isotp_link import IsoTpLink
 from .serving import EntityHandler
 
 __all__ = [

@@ -12,9 +12,18 @@ variables and the config files (``~/can.conf``, ``~/.canrc`` …), exactly as
   sender's own datagrams back to it (multicast loopback) and cannot filter them;
   with no channel it uses python-can's IPv4 group, since the IPv6 default group silently delivers
   nothing on loopback-only hosts and in containers.
-* ``slcan`` gets ``sleep_after_open=0`` unless set (python-can's default sleeps 2 s per open),
-  and a ``data_bitrate`` is applied after opening (python-can's slcan has no such argument).
+* ``slcan`` opens a :class:`TolerantSlcanBus`, gets ``sleep_after_open=0`` unless set (python-can's
+  default sleeps 2 s per open), and a ``data_bitrate`` is applied after opening (python-can's
+  slcan has no such argument).
 * everything else (socketcan, pcan, kvaser, vector, …) is passed through as configured.
+* a ``faults`` spec (:class:`~modbatt.transport.faultbus.FaultSpec`, e.g.
+  ``"loss=0.1,dup=0.02,seed=7"``) wraps whatever was opened in a
+  :class:`~modbatt.transport.faultbus.FaultBus`.
+
+Malformed input never ends a receive loop: python-can raises from ``recv()`` for a datagram that
+is not a frame (udp_multicast) or a garbled adapter line (slcan), which would end a
+``can.Notifier`` thread for good. Both adapters here drop such input and count it in
+``malformed`` (docs/buses.md, "Malformed input"); real I/O failures still raise.
 """
 
 from __future__ import annotations
@@ -30,15 +39,18 @@ from typing import Any
 import can
 import can.util
 from can.interfaces import VALID_INTERFACES
+from can.interfaces.slcan import slcanBus
 from can.interfaces.udp_multicast import UdpMulticastBus
 
 from ..errors import ConfigError, TransportError
+from .faultbus import FaultBus, FaultSpec
 
 __all__ = [
     "DEFAULT_INTERFACE",
     "DEFAULT_UDP_GROUP",
     "BusConfig",
     "EchoFilteringUdpMulticastBus",
+    "TolerantSlcanBus",
     "open_bus",
 ]
 
@@ -51,7 +63,7 @@ DEFAULT_UDP_GROUP = "239.74.163.2"
 _PYTHON_CAN_IPV6_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"
 
 # Keys that BusConfig keeps as attributes; every other configuration key goes to ``kwargs``.
-_OWN_KEYS = ("interface", "channel", "bitrate", "fd", "data_bitrate")
+_OWN_KEYS = ("interface", "channel", "bitrate", "fd", "data_bitrate", "faults")
 
 
 def _configured_interface(path: str | os.PathLike[str] | None, context: str | None) -> Any:
@@ -83,7 +95,9 @@ class BusConfig:
     ``slcan``, ``socketcan``, ``pcan`` …). ``fd`` asks for CAN FD where the backend knows the
     ``fd`` argument; ``data_bitrate`` is the FD data-phase rate. ``kwargs`` carries any other
     backend argument (``port``, ``receive_own_messages``, ``timing``, ``tty_baudrate`` …).
-    Build one with :meth:`resolve` to honour python-can's config files and environment.
+    ``faults`` (a :class:`~modbatt.transport.faultbus.FaultSpec` or its text) opens the bus
+    behind a fault-injecting wrapper. Build one with :meth:`resolve` to honour python-can's
+    config files and environment.
     """
 
     interface: str = DEFAULT_INTERFACE
@@ -92,8 +106,10 @@ class BusConfig:
     fd: bool = False
     data_bitrate: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    faults: FaultSpec | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", FaultSpec.parse(self.faults))
         if self.interface not in VALID_INTERFACES:
             known = ", ".join(sorted(VALID_INTERFACES))
             raise ConfigError(f"unknown CAN interface {self.interface!r}; python-can knows: {known}")
@@ -116,6 +132,7 @@ class BusConfig:
         *,
         fd: bool | None = None,
         data_bitrate: int | None = None,
+        faults: str | FaultSpec | None = None,
         config_file: str | os.PathLike[str] | None = None,
         context: str | None = None,
         ignore_config: bool = False,
@@ -136,6 +153,7 @@ class BusConfig:
                 "bitrate": bitrate,
                 "fd": fd,
                 "data_bitrate": data_bitrate,
+                "faults": faults,
                 **kwargs,
             }.items()
             if value is not None
@@ -163,6 +181,7 @@ class BusConfig:
         bitrate = rest.pop("bitrate", None)
         fd = rest.pop("fd", False)
         data_bitrate = rest.pop("data_bitrate", None)
+        faults = rest.pop("faults", None)
         try:
             bitrate = None if bitrate is None else int(bitrate)
             data_bitrate = None if data_bitrate is None else int(data_bitrate)
@@ -175,6 +194,7 @@ class BusConfig:
             fd=fd not in (0, False, None, "0", "false", "False"),
             data_bitrate=data_bitrate,
             kwargs=rest,
+            faults=faults,
         )
 
     def bus_kwargs(self) -> dict[str, Any]:
@@ -198,6 +218,8 @@ class BusConfig:
             parts.append(f"{self.bitrate} bit/s")
         if self.fd:
             parts.append("FD" + (f" data {self.data_bitrate} bit/s" if self.data_bitrate else ""))
+        if self.faults is not None:
+            parts.append(f"with faults ({self.faults})")
         return " ".join(parts)
 
 
@@ -234,6 +256,8 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         self._receive_own = bool(receive_own_messages)
         #: Own echoes dropped so far (a health figure: it should track frames sent).
         self.echoes_dropped = 0
+        #: Datagrams that are not a python-can frame (not msgpack, bad fields), dropped.
+        self.malformed = 0
         self.group = channel
         self.port = port
         # python-can rejects receive_own_messages=True for this interface; we implement it.
@@ -252,7 +276,16 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         super().send(tagged, timeout)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        msg, already_filtered = super()._recv_internal(timeout)
+        try:
+            msg, already_filtered = super()._recv_internal(timeout)
+        except can.CanOperationError as exc:
+            # python-can chains the socket's OSError for real I/O failures; anything else is a
+            # datagram it could not unpack, which any local process can send without a key.
+            if isinstance(exc.__cause__, OSError):
+                raise
+            self.malformed += 1
+            log.debug("udp_multicast: dropped a datagram that is not a CAN frame (%s)", exc.__cause__)
+            return None, False
         if msg is None:
             return None, already_filtered
         if msg.channel == self._tag:
@@ -265,6 +298,40 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
         elif isinstance(msg.channel, str) and msg.channel.startswith(self.TAG_PREFIX):
             msg.channel = None
         return msg, already_filtered
+
+
+class TolerantSlcanBus(slcanBus):
+    """python-can's ``slcan`` adapter, dropping garbled lines instead of raising from ``recv()``.
+
+    A line from the adapter whose ID, DLC or data do not parse makes python-can's parser raise
+    ``ValueError`` or ``IndexError`` (or build a frame with fewer data bytes than its DLC); a byte
+    that is not ASCII makes its reader raise
+    ``CanOperationError`` and keep the bad bytes in its line buffer, so every later read fails
+    too. Here both are dropped, the buffer is cleared, and :attr:`malformed` counts them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Lines from the adapter that are not a frame (bad hex, bad DLC, not ASCII), dropped.
+        self.malformed = 0
+        super().__init__(*args, **kwargs)
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        try:
+            msg, filtered = super()._recv_internal(timeout)
+            if msg is not None and not msg.is_remote_frame and len(msg.data) != msg.dlc:
+                # python-can takes fewer data digits than the DLC announces; an adapter never sends that.
+                self.malformed += 1
+                return None, False
+            return msg, filtered
+        except (ValueError, IndexError):  # int(), bytearray.fromhex(), CAN_FD_DLC[] on a garbled line
+            self.malformed += 1
+            return None, False
+        except can.CanOperationError as exc:
+            if not isinstance(exc.__cause__, UnicodeDecodeError):
+                raise
+            self._buffer.clear()  # python-can's line buffer (can/interfaces/slcan.py) still holds them
+            self.malformed += 1
+            return None, False
 
 
 def _open_udp_multicast(config: BusConfig) -> can.BusABC:
@@ -289,7 +356,7 @@ def _open_slcan(config: BusConfig) -> can.BusABC:
     data_bitrate = kw.pop("data_bitrate", None)
     if config.channel is None:
         raise ConfigError("slcan needs a channel: the serial port, e.g. /dev/ttyACM0 or an emulator's pty")
-    bus = can.Bus(interface="slcan", channel=config.channel, ignore_config=True, **kw)
+    bus = TolerantSlcanBus(channel=config.channel, **kw)
     if data_bitrate is not None:
         if config.bitrate is None:
             bus.shutdown()
@@ -308,10 +375,16 @@ def open_bus(config: BusConfig | None = None) -> can.BusABC:
     Raises :class:`~modbatt.errors.ConfigError` for arguments the backend rejects and
     :class:`~modbatt.errors.TransportError` when the bus cannot be opened (no device, no
     multicast route, missing driver library …). The caller owns the bus: ``shutdown()`` it,
-    or use it as a context manager.
+    or use it as a context manager. With ``config.faults`` the bus returned is a
+    :class:`~modbatt.transport.faultbus.FaultBus` that owns the interface it wraps.
     """
     if config is None:
         config = BusConfig.resolve()
+    bus = _open_inner(config)
+    return bus if config.faults is None else FaultBus(bus, config.faults)
+
+
+def _open_inner(config: BusConfig) -> can.BusABC:
     try:
         if config.interface == "udp_multicast":
             return _open_udp_multicast(config)

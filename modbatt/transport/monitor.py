@@ -18,6 +18,7 @@ database or wire-time model is not available, instead of failing to start.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -125,6 +126,9 @@ class MonitorSummary:
     load_percent: float | None  # None when no wire-time model is available
     peak_load_percent: float | None  # busiest whole second (bucketed by timestamp)
     no_model: bool = False  # load is None because modbatt.can.wiretime is unavailable
+    #: Live bus only: input that was no frame (a foreign datagram, a garbled adapter line), dropped
+    #: by the adapter or the receive loop; None for a log or an adapter that does not count it.
+    input_dropped: int | None = None
 
     def format(self) -> str:
         fps = f"{self.frames_per_s:.1f} frames/s" if self.frames_per_s is not None else "- frames/s"
@@ -139,6 +143,8 @@ class MonitorSummary:
                 text += f", peak 1 s {self.peak_load_percent:.2f} %"
             text += " (worst-case stuffing)"
         text += f"; malformed IDs: {self.malformed}; error frames: {self.error_frames}"
+        if self.input_dropped is not None:
+            text += f"; undecodable input dropped: {self.input_dropped}"
         return text
 
 
@@ -664,14 +670,26 @@ def filter_matches(msg: can.Message, filters: Sequence[Mapping[str, Any]]) -> bo
     return False
 
 
-def _messages_from_bus(bus: can.BusABC, deadline: Callable[[], float | None]) -> Iterator[can.Message | None]:
-    """Frames from ``bus``; yields ``None`` on idle so the caller can refresh and check stops."""
+def _messages_from_bus(
+    bus: can.BusABC, deadline: Callable[[], float | None], dropped: collections.Counter[str]
+) -> Iterator[can.Message | None]:
+    """Frames from ``bus``; yields ``None`` on idle so the caller can refresh and check stops.
+
+    A backend that raises for input it cannot decode (not for a failed device: that error is
+    chained from an ``OSError`` and ends the monitor) costs one count in ``dropped``, not the run.
+    """
     while True:
         left = deadline()
         if left is not None and left <= 0:
             return
         timeout = 0.2 if left is None else min(0.2, left)
-        yield bus.recv(timeout=timeout)
+        try:
+            yield bus.recv(timeout=timeout)
+        except can.CanOperationError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise
+            dropped["input"] += 1
+            yield None
 
 
 def run_monitor(
@@ -702,12 +720,13 @@ def run_monitor(
     if duration is not None and duration <= 0:
         raise ConfigError("--duration must be a positive number of seconds")
     live = isinstance(source, can.BusABC)
+    dropped: collections.Counter[str] = collections.Counter()
     start = clock()
     if live:
         assert isinstance(source, can.BusABC)
         stop_at = None if duration is None else start + duration
         frames: Iterable[can.Message | None] = _messages_from_bus(
-            source, lambda: None if stop_at is None else stop_at - clock()
+            source, lambda: None if stop_at is None else stop_at - clock(), dropped
         )
     else:
         frames = source  # type: ignore[assignment]
@@ -743,5 +762,10 @@ def run_monitor(
         for line in monitor.format_per_id():
             write(line)
     summary = monitor.summary()
+    if live:
+        assert isinstance(source, can.BusABC)
+        adapter = getattr(source, "malformed", None)
+        if isinstance(adapter, int) or dropped:
+            summary = dataclasses.replace(summary, input_dropped=(adapter or 0) + dropped["input"])
     write(summary.format())
     return summary

@@ -18,7 +18,8 @@ processed twice. The protocol's own replay protection is untouched: anything not
 reaches the entity.
 
 This module carries bytes and never judges them: the entity node decides, the controller verifies.
-Both ends count what they drop (``counters``), never crash on input, and run a bounded number of
+Both ends count what they drop (``counters``; a message whose handler fails counts as ``errors``
+and never ends paho's network thread), never crash on input, and run a bounded number of
 threads (paho's network thread, plus one worker on the server) that ``close()`` stops.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -57,6 +59,7 @@ __all__ = [
     "STATUS_PROPERTY",
     "MqttEntityClient",
     "MqttEntityServer",
+    "guarded",
     "mqtt_endpoint",
 ]
 
@@ -95,6 +98,22 @@ def _new_client(client_id: str) -> mqtt.Client:
     # Reconnect fast after a broker restart; paho's default starts at 1 s and doubles up to 2 min.
     client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
     return client
+
+
+def guarded(handler: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a paho message callback of an object with ``counters``: an exception is one dropped
+    message, counted as ``errors``, instead of the end of paho's network thread (paho re-raises
+    a callback's exception out of its loop unless ``suppress_exceptions`` is set)."""
+
+    @functools.wraps(handler)
+    def wrapper(self: Any, *args: Any) -> None:
+        try:
+            handler(self, *args)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("MQTT message dropped: its handler failed")
+
+    return wrapper
 
 
 def _user_property(props: Properties | None, name: str) -> str | None:
@@ -258,6 +277,7 @@ class MqttEntityClient:
         elif code >= 0x80:
             pending.refused = f"broker refused the request (reason code {code})"
 
+    @guarded
     def _on_message(self, _c: mqtt.Client, _ud: Any, message: mqtt.MQTTMessage) -> None:
         props = message.properties
         correlation = getattr(props, "CorrelationData", None)
@@ -498,6 +518,7 @@ class MqttEntityServer:
         self._subscribed.clear()
         self.counters["drops"] += 1
 
+    @guarded
     def _on_message(self, _c: mqtt.Client, _ud: Any, message: mqtt.MQTTMessage) -> None:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None)

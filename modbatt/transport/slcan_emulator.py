@@ -34,7 +34,8 @@ command   meaning                                        reply
 ``b B``   send CAN FD frame with bit-rate switch         ``z\\r`` / ``Z\\r``
 ========  =============================================  =====================================
 
-Anything else, or a frame command that does not parse, gets ``\\a`` (BELL). While the channel is
+Anything else, or a frame command that does not parse, gets ``\\a`` (BELL); no input ends a thread
+(unparseable bridged-bus input is dropped and counted in ``stats.malformed``). While the channel is
 open, frames from the bus are written to the host as ``t/T/r/R/d/D/b/B`` lines, like an adapter in
 auto-poll mode. The bit rate is recorded, not enforced (the bridged bus decides timing).
 
@@ -104,6 +105,7 @@ class SlcanStats:
     frames_to_host: int = 0
     frames_dropped: int = 0  # host not reading (buffer full) or channel closed
     frames_skipped: int = 0  # error frames / frames slcan cannot express
+    malformed: int = 0  # input dropped: bus-side data that is no frame, host lines that broke the parser
 
 
 class _BadCommand(Exception):
@@ -332,6 +334,10 @@ class SlcanEmulator:
         except (_BadCommand, UnicodeDecodeError, ValueError, IndexError):
             self.stats.bells += 1
             reply = _BELL
+        except Exception:  # any other parser failure: still one refused line, never a dead thread
+            self.stats.bells += 1
+            self.stats.malformed += 1
+            reply = _BELL
         self._emit(reply)
 
     def _require(self, condition: bool) -> None:
@@ -431,7 +437,15 @@ class SlcanEmulator:
         bus = self.bus
         try:
             while not self._stop.is_set():
-                msg = bus.recv(timeout=self._poll_interval)
+                try:
+                    msg = bus.recv(timeout=self._poll_interval)
+                except can.CanOperationError as exc:
+                    if isinstance(exc.__cause__, OSError):
+                        raise  # the bus itself failed
+                    # Bytes the bridged backend could not turn into a frame (e.g. a foreign
+                    # udp_multicast datagram): drop them, keep bridging.
+                    self.stats.malformed += 1
+                    continue
                 if msg is None:
                     continue
                 if not self.is_open:

@@ -134,7 +134,12 @@ def run_demo(
         pack, module = deployment.entities[PACK_ID], deployment.entities[MODULE_ID]
         authorization = deployment.authorize(pack, module)
         say(f"binding authority granted {PACK_ID} <-> {MODULE_ID} (signed authorization)")
-        outcome = controller.bind(pack.access_data, module.access_data, authorization)
+        earlier = controller.binding_of(PACK_ID, MODULE_ID)
+        if earlier is None:
+            outcome = controller.bind(pack.access_data, module.access_data, authorization)
+        else:  # a state directory reused: one live binding per relationship, so revoke and re-bind
+            say(f"{PACK_ID} and {MODULE_ID} are already bound ({earlier}): revoking it to re-bind")
+            outcome = controller.rebind(earlier, authorization)
         record = outcome.record
         say(f"controller collected both semi-public keys and distributed them cross-wise: {record.binding_id}")
         for node in (pack, module):

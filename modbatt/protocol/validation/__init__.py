@@ -33,6 +33,7 @@ from .escalation import (
     EscalationReason,
     EscalationRequest,
     EscalationRule,
+    SeenWindow,
     SignedEscalation,
     Urgency,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "PairedHandshakeResponder",
     "PairingValidationAuthority",
     "PairingValidationParty",
+    "SeenWindow",
     "SignedEscalation",
     "SignedHandshakeInitiator",
     "SignedHandshakeResponder",

@@ -218,6 +218,15 @@ class SequenceGuard:
         """Mark ``seq`` seen; call only after the message authenticated."""
         self._windows.setdefault(stream, ReplayWindow(self.size)).commit(seq)
 
+    def snapshot(self, stream: Hashable) -> tuple[int, int] | None:
+        """``(highest, bitmap)`` of one stream's window (None before its first commit), for persisting."""
+        window = self._windows.get(stream)
+        return window.snapshot() if window is not None else None
+
+    def restore(self, stream: Hashable, highest: int, bitmap: int) -> None:
+        """Reload one stream's window from a :meth:`snapshot` (after a restart)."""
+        self._windows[stream] = ReplayWindow.restore(self.size, highest, bitmap)
+
 
 # --------------------------------------------------------------------------- counters
 

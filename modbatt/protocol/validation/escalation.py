@@ -1,17 +1,23 @@
 """Escalation (seed 3.2): authenticated, rate-limited requests that raise the required level.
 
 Any level's message may carry an ``escalation`` field: a :class:`SignedEscalation`, i.e. the
-seed's ``escalation_request {target_level, reason, urgency}`` plus sender, binding, sequence
-number and time, **signed with the sender's binding key** (label ``sig/validation/escalation``).
-It is signed on its own, not only through the carrying message, because L4 messages carry only a
-pairing-key MAC and the seed's "Escalation Abuse" risk asks for authenticated requests.
+seed's ``escalation_request {target_level, reason, urgency}`` plus sender, receiver, binding,
+sequence number and time, **signed with the sender's binding key** (label
+``sig/validation/escalation``). It is signed on its own, not only through the carrying message,
+because L4 messages carry only a pairing-key MAC and the seed's "Escalation Abuse" risk asks for
+authenticated requests. Naming the receiver keeps a recorded request from being replayed to
+another gate that holds the same binding key (the controller holds both keys of every binding).
 
 Two machines, both sans-I/O:
 
-* :class:`EscalationGate` authenticates a request (binding key of the named sender), rejects
-  replays (sequence window per sender) and stale ones (±skew), and rate-limits per sender with a
-  token bucket (default: burst 3, one more every 60 s) — an entity that floods escalations gets
-  ``rate_limited`` and cannot pin its partner at maximum cost.
+* :class:`EscalationGate` authenticates a request (binding key of the named sender, addressed to
+  this receiver), rejects replays (sequence window per binding and sender) and stale ones
+  (±skew), and rate-limits per sender with a token bucket (default: burst 3, one more every
+  60 s) — an entity that floods escalations gets ``rate_limited`` and cannot pin its partner at
+  maximum cost. The replay windows are the receiver's state to keep across restarts: the gate
+  takes the persisted :class:`SeenWindow` set in and reports each change out
+  (:meth:`EscalationGate.drain_seen`); the node writes them before it acts on the request
+  (docs/validation.md, "Escalation replay across restarts").
 * :class:`EscalationPolicy` turns an accepted request into a required validation level and a tier
   floor for the link (``SelectiveLink.escalate``), holds it for a stated time, de-escalates on
   :meth:`EscalationPolicy.tick`, and logs every event (accepted, deferred, ignored, rejected,
@@ -21,7 +27,7 @@ Two machines, both sans-I/O:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +45,7 @@ __all__ = [
     "EscalationReason",
     "EscalationRequest",
     "EscalationRule",
+    "SeenWindow",
     "SignedEscalation",
     "Urgency",
 ]
@@ -91,6 +98,7 @@ class SignedEscalation:
     request: EscalationRequest
     binding_id: str
     sender: str
+    receiver: str
     seq: int
     ts_ms: int
     sig: bytes = field(default=b"", repr=False)
@@ -100,17 +108,26 @@ class SignedEscalation:
             "escalation_request": self.request.to_dict(),
             "binding_id": self.binding_id,
             "sender": self.sender,
+            "receiver": self.receiver,
             "seq": self.seq,
             "ts_ms": self.ts_ms,
         }
 
     @classmethod
     def create(
-        cls, request: EscalationRequest, *, binding_id: str, sender: str, seq: int, now: float, key: PrivateKey
+        cls,
+        request: EscalationRequest,
+        *,
+        binding_id: str,
+        sender: str,
+        receiver: str,
+        seq: int,
+        now: float,
+        key: PrivateKey,
     ) -> SignedEscalation:
-        unsigned = cls(request, binding_id, sender, seq, int(now * 1000))
+        unsigned = cls(request, binding_id, sender, receiver, seq, int(now * 1000))
         sig = key.sign(labels.SIG_ESCALATION, canonical_dumps(unsigned._body()))
-        return SignedEscalation(request, binding_id, sender, seq, unsigned.ts_ms, sig)
+        return SignedEscalation(request, binding_id, sender, receiver, seq, unsigned.ts_ms, sig)
 
     def verify(self, key: PublicKey) -> None:
         key.verify(labels.SIG_ESCALATION, canonical_dumps(self._body()), self.sig)
@@ -120,14 +137,40 @@ class SignedEscalation:
 
     @classmethod
     def from_cbor(cls, value: Any, what: str = "escalation") -> SignedEscalation:
-        m = expect_map(value, what, required={"escalation_request", "binding_id", "sender", "seq", "ts_ms", "sig"})
+        m = expect_map(
+            value, what, required={"escalation_request", "binding_id", "sender", "receiver", "seq", "ts_ms", "sig"}
+        )
         return cls(
             EscalationRequest.from_dict(m["escalation_request"]),
             text(m["binding_id"], f"{what}.binding_id", max_len=64),
             text(m["sender"], f"{what}.sender", max_len=64),
+            text(m["receiver"], f"{what}.receiver", max_len=64),
             integer(m["seq"], f"{what}.seq", lo=0, hi=(1 << 63) - 1),
             integer(m["ts_ms"], f"{what}.ts_ms", lo=0, hi=(1 << 63) - 1),
             raw_bytes(m["sig"], f"{what}.sig", size=64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SeenWindow:
+    """One stream's replay window (a binding and its sender), as the receiving node persists it."""
+
+    binding_id: str
+    sender: str
+    highest: int
+    bitmap: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"binding_id": self.binding_id, "sender": self.sender, "highest": self.highest, "bitmap": self.bitmap}
+
+    @classmethod
+    def from_record(cls, value: Any) -> SeenWindow:
+        m = expect_map(value, "escalation replay window", required={"binding_id", "sender", "highest", "bitmap"})
+        return cls(
+            text(m["binding_id"], "binding_id", max_len=64),
+            text(m["sender"], "sender", max_len=64),
+            integer(m["highest"], "highest", lo=-1, hi=(1 << 63) - 1),
+            integer(m["bitmap"], "bitmap", lo=0, hi=(1 << 64) - 1),
         )
 
 
@@ -145,25 +188,39 @@ class _Bucket:
 
 
 class EscalationGate(Counted):
-    """Authenticates and rate-limits escalation requests, per sender.
+    """Authenticates and rate-limits escalation requests, per sender, for one receiver.
 
     ``keys`` maps a sender's device id to the binding key it signs with (the receiver's partner
-    key; the controller holds both keys of each binding). A request is checked in this order:
-    known sender (``wrong_peer``), signature (``bad_signature``), time (``stale``), sequence
-    (``replay``), then the sender's bucket (``rate_limited``). A rejected request costs no token
-    and changes no state except the counters; a rate-limited one is not remembered as seen, so
-    the sender may retry it later.
+    key; the controller holds both keys of each binding). ``receiver`` is this gate's own device
+    id; ``seen`` the replay windows persisted before a restart. A request is checked in this
+    order: known sender (``wrong_peer``), signature (``bad_signature``), addressed to this
+    receiver (``wrong_peer``), time (``stale``), sequence per binding and sender (``replay``),
+    then the sender's bucket (``rate_limited``). A rejected request costs no token and changes no
+    state except the counters; a rate-limited one is not remembered as seen, so the sender may
+    retry it later. Each accepted request changes one window: :meth:`drain_seen` hands the
+    changed windows to the caller to persist.
     """
 
     def __init__(
-        self, keys: Mapping[str, PublicKey], *, burst: int = 3, refill_s: float = 60.0, skew_s: float = CLOCK_SKEW_S
+        self,
+        keys: Mapping[str, PublicKey],
+        *,
+        receiver: str,
+        seen: Iterable[SeenWindow] = (),
+        burst: int = 3,
+        refill_s: float = 60.0,
+        skew_s: float = CLOCK_SKEW_S,
     ) -> None:
         super().__init__()
         self.keys = dict(keys)
+        self.receiver = receiver
         self.burst = burst
         self.refill_s = refill_s
         self.skew_s = skew_s
         self._seen = SequenceGuard()
+        for window in seen:
+            self._seen.restore((window.binding_id, window.sender), window.highest, window.bitmap)
+        self._changed: dict[tuple[str, str], SeenWindow] = {}
         self._buckets: dict[str, _Bucket] = {}
 
     @counted
@@ -172,8 +229,13 @@ class EscalationGate(Counted):
         if key is None:
             raise VerificationError(Reason.WRONG_PEER, f"no binding key for {escalation.sender!r}")
         escalation.verify(key)
+        if escalation.receiver != self.receiver:
+            raise VerificationError(
+                Reason.WRONG_PEER, f"this escalation is addressed to {escalation.receiver!r}, not {self.receiver!r}"
+            )
         check_timestamp(escalation.ts_ms, now, skew_s=self.skew_s)
-        self._seen.check(escalation.sender, escalation.seq)
+        stream = (escalation.binding_id, escalation.sender)
+        self._seen.check(stream, escalation.seq)
         bucket = self._buckets.setdefault(escalation.sender, _Bucket(float(self.burst), now))
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) / self.refill_s)
         bucket.updated = now
@@ -182,8 +244,16 @@ class EscalationGate(Counted):
                 Reason.RATE_LIMITED, f"{escalation.sender} exceeded {self.burst} escalations per {self.refill_s:.0f} s"
             )
         bucket.tokens -= 1.0
-        self._seen.commit(escalation.sender, escalation.seq)
+        self._seen.commit(stream, escalation.seq)
+        snapshot = self._seen.snapshot(stream)
+        assert snapshot is not None
+        self._changed[stream] = SeenWindow(*stream, *snapshot)
         return escalation.request
+
+    def drain_seen(self) -> list[SeenWindow]:
+        """The windows changed since the last call (each at its latest state), for the node to persist."""
+        changed, self._changed = list(self._changed.values()), {}
+        return changed
 
 
 @dataclass(frozen=True, slots=True)
