@@ -8,35 +8,22 @@ Two halves, one traffic table (:mod:`modbatt.sim.schedule`):
   one process (:class:`PackSimulation`) or with every module in its own process over
   ``udp_multicast`` (:func:`run_multiprocess`). Functional: every frame really crosses the bus
   and is verified, but a virtual bus takes no time.
-* :mod:`modbatt.sim.des` — simulated time: a CAN bus with arbitration by identifier and wire time
-  from :mod:`modbatt.can.wiretime`, CPU cost profiles (``HOST`` measured here, STM32WB55 and
-  ATmega64M1 from published figures), latency per validation level against the spec budgets
-  (:func:`latency_table`) and a whole pack's bus load (:func:`simulate_pack_load`).
+* the discrete-event model — simulated time, split by responsibility: :mod:`~modbatt.sim.eventloop`
+  (clock and event queue), :mod:`~modbatt.sim.busmodel` (a CAN bus with arbitration by identifier
+  and wire time from :mod:`modbatt.can.wiretime`), :mod:`~modbatt.sim.cpu` (CPU cost profiles:
+  ``HOST`` measured here, STM32WB55 and ATmega64M1 from published figures),
+  :mod:`~modbatt.sim.transactions` (each level as steps), :mod:`~modbatt.sim.latency` (latency per
+  level against the spec budgets, :func:`latency_table`), :mod:`~modbatt.sim.load` (a whole pack's
+  bus load, :func:`simulate_pack_load`) and :mod:`~modbatt.sim.experiments` (``modbatt sweep``).
 
 Layering: this package imports from every layer below it; nothing below imports it.
 """
 
-from .des import (
-    ATMEGA64M1,
-    BUDGETS,
-    BUSES,
-    LEVELS,
-    STM32WB55,
-    TYPICAL_STUFF_SHARE,
-    CanBusModel,
-    CpuProfile,
-    EventLoop,
-    FrameRecord,
-    OpCost,
-    PackLoadResult,
-    Platform,
-    latency_table,
-    measure_host,
-    platforms,
-    run_level,
-    simulate_pack_load,
-    wire_seconds,
-)
+from .busmodel import BUSES, TYPICAL_STUFF_SHARE, CanBusModel, FrameRecord, wire_seconds
+from .cpu import ATMEGA64M1, STM32WB55, CpuProfile, OpCost, Platform, measure_host, platforms
+from .eventloop import EventLoop
+from .latency import latency_table, run_level
+from .load import PackLoadResult, simulate_pack_load
 from .pack import (
     AcceleratedClock,
     PackSimulation,
@@ -49,6 +36,7 @@ from .pack import (
     run_multiprocess,
 )
 from .schedule import COMMAND_CLASSES, TELEMETRY, TelemetrySpec, TrafficPlan, frames_for_unit, uses_isotp
+from .transactions import BUDGETS, LEVELS
 
 __all__ = [
     "ATMEGA64M1",
