@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from modbatt.can.wiretime import CLASSIC, FD, frame_time
+from modbatt.errors import ConfigError
 from modbatt.sim import (
     ATMEGA64M1,
     BUDGETS,
@@ -128,7 +129,7 @@ def test_profiles_say_where_their_numbers_come_from():
         for row in profile.table():
             assert row["source"], row
     assert STM32WB55.ops[ops.ECDSA_VERIFY].published
-    assert "RM0456" in STM32WB55.ops[ops.ECDSA_VERIFY].source
+    assert "RM0453" in STM32WB55.ops[ops.ECDSA_VERIFY].source
     host = measure_host()
     assert 0 < host.cost(ops.ECDSA_VERIFY) < 0.01  # tens of µs here; generous for a loaded machine
     assert host is measure_host()  # measured once per process
@@ -162,5 +163,5 @@ def test_sweep_experiments_give_tidy_rows():
     assert row["met"] is False and row["bus"] == "classic 500k"
     rows = SWEEP_EXPERIMENTS["pack_load"](modules=2, bus="FD 1M/5M", duration=1.0)
     assert rows and all(0 < r["bus_load"] < 1 for r in rows)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         SWEEP_EXPERIMENTS["level_latency"](level="L9", platform="HOST")

@@ -1,4 +1,10 @@
-"""A whole pack's traffic (:mod:`modbatt.sim.schedule`) on one simulated bus: load and queueing."""
+"""A whole pack's traffic (:mod:`modbatt.sim.schedule`) on one simulated bus: load, queueing, CPU load.
+
+:class:`PackTraffic` puts the periodic traffic of 1-31 modules on a simulated bus (it is the
+background the design space measures each transaction against); :func:`simulate_pack_load` runs
+it alone and reports bus load and queueing per message class; :func:`cpu_load` is the analytic
+share of each CPU the same traffic needs. docs/simulation.md §6.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,145 @@ from ..can.wiretime import BusProfile, bus_load
 from ..model.policy import MessageClass
 from ..model.tier import Tier
 from .busmodel import BUSES, CanBusModel, FrameRecord, wire_seconds
-from .cpu import Platform
+from .cpu import CCM, GCM, Platform
 from .eventloop import EventLoop
-from .schedule import ACK_BYTES, COMMAND_CLASSES, HEARTBEAT_BYTES, TELEMETRY, TrafficPlan, frames_for_unit, uses_isotp
-from .transactions import _aead, _can_id, _Process, _Request, _send_unit, _unit_bytes
+from .schedule import ACK_BYTES, COMMAND_CLASSES, HEARTBEAT_BYTES, TELEMETRY, TrafficPlan, frames_for_unit
+from .transactions import (
+    PROTOCOLS,
+    Process,
+    ProtocolProfile,
+    Request,
+    Transfer,
+    can_id,
+    protocol_named,
+    send_unit,
+    unit_bytes,
+)
 
-__all__ = ["PackLoadResult", "simulate_pack_load"]
+__all__ = ["PackLoadResult", "PackTraffic", "cpu_load", "simulate_pack_load"]
+
+
+def _extra(protocol: ProtocolProfile, cls: MessageClass) -> int:
+    """Bytes the protocol adds to a routine unit: a signature on every command and ack where it signs them."""
+    return protocol.command_signature_bytes if cls in COMMAND_CLASSES else 0
+
+
+def _isotp(plan: TrafficPlan, protocol: ProtocolProfile, cls: MessageClass, bus: BusProfile) -> bool:
+    """ISO-TP both ways as soon as one unit either way exceeds a frame (as :func:`~modbatt.sim.schedule.uses_isotp`)."""
+    tier = plan.tier(cls)
+    biggest = max(plan.payload_sizes(cls)) + _extra(protocol, cls)
+    return tier is Tier.BINDING or unit_bytes(bus, Transfer("pack", cls, tier, biggest)) > bus.data_field
+
+
+class PackTraffic:
+    """The periodic traffic of ``modules`` modules and their pack, scheduled on ``loop`` and ``bus``.
+
+    Every module sends its telemetry and heartbeat, the pack its keep-alives, commands, limits and
+    firmware blocks, each module acknowledging; phases are spread evenly so periodic messages do
+    not all start together. With ``platform`` the sender's seal and receiver's open time are
+    added per unit (CPUs never contend: one process per message). ``latencies`` collects message
+    latencies per (class, sender) and ``mix`` the frame lengths sent.
+    """
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        bus: CanBusModel,
+        modules: int,
+        *,
+        plan: TrafficPlan | None = None,
+        protocol: ProtocolProfile | str = "seed",
+        platform: Platform | None = None,
+        layout: IdLayout = SEED_LAYOUT,
+    ) -> None:
+        if not 1 <= modules <= 31:
+            raise ValueError("modules must be 1-31")
+        self.loop, self.bus, self.modules = loop, bus, modules
+        self.plan = plan or TrafficPlan()
+        self.protocol = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+        self.platform, self.layout = platform, layout
+        self.latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.mix: dict[int, int] = defaultdict(int)
+        self._schedule()
+
+    def _cost(self, actor: str, tier: Tier, nbytes: int) -> float:
+        # Routine units cost one AEAD seal or open each (signatures of the seed's commands are
+        # left to cpu_load: a CPU that cannot keep up shows there, not as one long message).
+        if self.platform is None or tier is Tier.NONE:
+            return 0.0
+        return self.platform.cpu(actor).cost(GCM if self.bus.profile.fd else CCM, nbytes)
+
+    def _frames(self, cls: MessageClass, tier: Tier, payload: int) -> list[int]:
+        prof = self.bus.profile
+        frames = frames_for_unit(unit_bytes(prof, Transfer("pack", cls, tier, payload)), prof,
+                                 _isotp(self.plan, self.protocol, cls, prof))  # fmt: skip
+        for n in frames:
+            self.mix[n] += 1
+        return frames
+
+    def _message(self, cls: MessageClass, sender: str, node: int, payload: int) -> Generator[Request, Any, None]:
+        tier = self.plan.tier(cls)
+        direction = 0 if sender == "pack" else 1
+        receiver = "module" if sender == "pack" else "pack"
+        tx = can_id(self.layout, cls, tier, node, direction)
+        rx = can_id(self.layout, cls, tier, node, 1 - direction)
+        payload += _extra(self.protocol, cls)
+        yield ("compute", self._cost(sender, tier, payload))
+        yield from send_unit(tx, rx, self._frames(cls, tier, payload), (cls.value, sender))
+        yield ("compute", self._cost(receiver, tier, payload))
+        if cls in COMMAND_CLASSES and sender == "pack":
+            ack_start = self.loop.now
+            ack = ACK_BYTES + _extra(self.protocol, cls)
+            yield ("compute", self._cost("module", tier, ack))
+            yield from send_unit(rx, tx, self._frames(cls, tier, ack), (cls.value, "module (ack)"))
+            yield ("compute", self._cost("pack", tier, ack))
+            self.latencies[(cls.value, "module (ack)")].append(self.loop.now - ack_start)
+
+    def _start(self, cls: MessageClass, sender: str, node: int, payload: int) -> None:
+        t0, key = self.loop.now, (cls.value, sender)
+        Process(self.loop, self.bus, self._message(cls, sender, node, payload),
+                lambda: self.latencies[key].append(self.loop.now - t0))  # fmt: skip
+
+    def _command(self, flip: itertools.cycle[MessageClass], node: int) -> None:
+        cls = next(flip)  # charge and discharge commands alternate
+        self._start(cls, "pack", node, self.plan.payload_sizes(cls)[0])
+
+    def _periodic(self, period: float, phase: float, fn: Callable[[], None]) -> None:
+        def tick() -> None:
+            fn()
+            self.loop.call_later(period, tick)
+
+        self.loop.schedule(phase, tick)
+
+    def _schedule(self) -> None:
+        plan, n, sizes = self.plan, self.modules, self.plan.payload_sizes
+        for node in range(1, n + 1):
+            share = (node - 1) / n
+            for spec in TELEMETRY:
+                cls = spec.message_class
+                self._periodic(spec.period, share * spec.period, _bind(self._start, cls, "module", node, sizes(cls)[1]))
+            for period, sender in ((plan.heartbeat_period, "module"), (plan.keepalive_period, "pack")):
+                self._periodic(period, share * period, _bind(self._start, MessageClass.HEARTBEAT, sender, node,
+                                                            HEARTBEAT_BYTES))  # fmt: skip
+            flip = itertools.cycle((MessageClass.CHARGE_COMMAND, MessageClass.DISCHARGE_COMMAND))
+            self._periodic(plan.command_period, share * plan.command_period, _bind(self._command, flip, node))
+            limits = MessageClass.SAFETY_LIMITS
+            self._periodic(plan.limits_period, share * plan.limits_period,
+                           _bind(self._start, limits, "pack", node, sizes(limits)[0]))  # fmt: skip
+        targets = itertools.cycle(range(1, n + 1))
+        fw = MessageClass.FIRMWARE_UPDATE
+        self._periodic(plan.firmware_period, 0.0, lambda: self._start(fw, "pack", next(targets), sizes(fw)[0]))
+
+    def analytic_load(self, seconds: float, stuffing: str) -> float:
+        """``wiretime.bus_load`` over the frames sent so far (``typical``: our stuffing share)."""
+        prof = self.bus.profile
+        if stuffing == "typical":
+            return sum(c * wire_seconds(prof, n, stuffing) for n, c in self.mix.items()) / seconds
+        return bus_load(prof, [(n, c / seconds) for n, c in self.mix.items()], worst=stuffing == "worst")
+
+
+def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+    return lambda: fn(*args)
 
 
 @dataclass
@@ -35,12 +174,14 @@ class PackLoadResult:
     analytic_load: float
     frames: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    protocol: str = "seed"
 
     @property
     def summary(self) -> dict[str, Any]:
         delays = [r["queue_max_ms"] for r in self.rows]
         return {
             "modules": self.modules,
+            "protocol": self.protocol,
             "bus": self.profile.name,
             "stuffing": self.stuffing,
             "duration_s": self.duration,
@@ -66,101 +207,22 @@ def simulate_pack_load(
     *,
     duration: float = 10.0,
     plan: TrafficPlan | None = None,
+    protocol: ProtocolProfile | str = "seed",
     stuffing: str = "worst",
     platform: Platform | None = None,
     layout: IdLayout = SEED_LAYOUT,
 ) -> PackLoadResult:
-    """Put the pack simulator's traffic (:mod:`modbatt.sim.schedule`) for ``modules`` on one bus.
+    """Run :class:`PackTraffic` alone for ``duration`` simulated seconds.
 
-    Every module sends its telemetry and heartbeat, the pack its keep-alives, commands, limits and
-    firmware blocks, each module acknowledging; phases are spread evenly so periodic messages do
-    not all start together. With ``platform`` the sender's seal and receiver's open time are
-    added per unit (CPUs never contend: one process per message). Returns bus load (simulated
-    busy time / duration, and the analytic ``wiretime`` figure for the same frame mix) and per
-    message class: messages, frames, mean and max queueing delay per frame, mean / p99 / max
-    message latency (first frame handed to the controller → last frame on the wire, plus CPU).
+    Returns bus load (simulated busy time / duration, and the analytic ``wiretime`` figure for the
+    same frame mix) and per message class: messages, frames, mean and max queueing delay per
+    frame, mean / p99 / max message latency (first frame handed to the controller → last frame
+    on the wire, plus CPU).
     """
-    if not 1 <= modules <= 31:
-        raise ValueError("modules must be 1-31")
     prof = BUSES[profile] if isinstance(profile, str) else profile
-    plan = plan or TrafficPlan()
     loop = EventLoop()
     bus = CanBusModel(loop, prof, stuffing=stuffing, keep_log=True)
-    latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
-    mix: dict[int, int] = defaultdict(int)
-
-    def cost(actor: str, tier: Tier, nbytes: int) -> float:
-        # Only symmetric tiers occur in the plan: one AEAD seal or open per unit.
-        if platform is None or tier is Tier.NONE:
-            return 0.0
-        return platform.cpu(actor).cost(_aead(prof), nbytes)
-
-    def message(cls: MessageClass, sender: str, node: int, payload: int) -> Generator[_Request, Any, None]:
-        tier = plan.tier(cls)
-        direction = 0 if sender == "pack" else 1
-        receiver = "module" if sender == "pack" else "pack"
-        tx = _can_id(layout, cls, tier, node, direction)
-        rx = _can_id(layout, cls, tier, node, 1 - direction)
-        iso = uses_isotp(plan, cls, prof, tier)
-        frames = frames_for_unit(_unit_bytes(prof, tier, payload), prof, iso)
-        for n in frames:
-            mix[n] += 1
-        yield ("compute", cost(sender, tier, payload))
-        yield from _send_unit(tx, rx, frames, (cls.value, sender))
-        yield ("compute", cost(receiver, tier, payload))
-        if cls in COMMAND_CLASSES and sender == "pack":
-            ack_start = loop.now
-            yield ("compute", cost("module", tier, ACK_BYTES))
-            ack_frames = frames_for_unit(_unit_bytes(prof, tier, ACK_BYTES), prof, iso)
-            for n in ack_frames:
-                mix[n] += 1
-            yield from _send_unit(rx, tx, ack_frames, (cls.value, "module (ack)"))
-            yield ("compute", cost("pack", tier, ACK_BYTES))
-            latencies[(cls.value, "module (ack)")].append(loop.now - ack_start)
-
-    def start(cls: MessageClass, sender: str, node: int, payload: int) -> None:
-        t0 = loop.now
-        key = (cls.value, sender)
-        _Process(loop, bus, message(cls, sender, node, payload), lambda: latencies[key].append(loop.now - t0))
-
-    def periodic(period: float, phase: float, fn: Callable[[], None]) -> None:
-        def tick() -> None:
-            fn()
-            loop.call_later(period, tick)
-
-        loop.schedule(phase, tick)
-
-    sizes = plan.payload_sizes
-    for node in range(1, modules + 1):
-        share = (node - 1) / modules
-        for spec in TELEMETRY:
-            periodic(
-                spec.period,
-                share * spec.period,
-                _bind(start, spec.message_class, "module", node, sizes(spec.message_class)[1]),
-            )
-        periodic(
-            plan.heartbeat_period,
-            share * plan.heartbeat_period,
-            _bind(start, MessageClass.HEARTBEAT, "module", node, HEARTBEAT_BYTES),
-        )
-        periodic(
-            plan.keepalive_period,
-            share * plan.keepalive_period,
-            _bind(start, MessageClass.HEARTBEAT, "pack", node, HEARTBEAT_BYTES),
-        )
-        periodic(plan.command_period, share * plan.command_period, _alternating(start, node, sizes))
-        periodic(
-            plan.limits_period,
-            share * plan.limits_period,
-            _bind(start, MessageClass.SAFETY_LIMITS, "pack", node, sizes(MessageClass.SAFETY_LIMITS)[0]),
-        )
-    targets = itertools.cycle(range(1, modules + 1))
-    periodic(
-        plan.firmware_period,
-        0.0,
-        lambda: start(MessageClass.FIRMWARE_UPDATE, "pack", next(targets), sizes(MessageClass.FIRMWARE_UPDATE)[0]),
-    )
+    traffic = PackTraffic(loop, bus, modules, plan=plan, protocol=protocol, platform=platform, layout=layout)
     loop.run(until=duration)
     measured = [r for r in bus.log if r.start < duration]
     busy = sum(min(r.end, duration) - r.start for r in measured)
@@ -169,13 +231,13 @@ def simulate_pack_load(
         per_tag[r.tag].append(r)
     rows = []
     for (cls_name, who), recs in sorted(per_tag.items()):
-        lat = sorted(latencies.get((cls_name, who), []))
+        lat = sorted(traffic.latencies.get((cls_name, who), []))
         q = [r.queued for r in recs]
         rows.append(
             {
                 "message_class": cls_name,
                 "sender": who,
-                "tier": plan.tier(MessageClass(cls_name)).label,
+                "tier": traffic.plan.tier(MessageClass(cls_name)).label,
                 "messages": len(lat),
                 "frames": len(recs),
                 "queue_mean_ms": statistics.fmean(q) * 1e3,
@@ -185,26 +247,46 @@ def simulate_pack_load(
                 "latency_max_ms": lat[-1] * 1e3 if lat else math.nan,
             }
         )
-    # Analytic cross-check: the same frame mix through wiretime.bus_load (typical: our stuffing share).
-    seconds = loop.now if loop.now > 0 else duration
-    if stuffing == "typical":
-        analytic = sum(c * wire_seconds(prof, n, stuffing) for n, c in mix.items()) / seconds
-    else:
-        analytic = bus_load(prof, [(n, c / seconds) for n, c in mix.items()], worst=stuffing == "worst")
-    return PackLoadResult(modules, prof, duration, stuffing, busy / duration, analytic, len(measured), rows)
+    analytic = traffic.analytic_load(loop.now if loop.now > 0 else duration, stuffing)
+    return PackLoadResult(modules, prof, duration, stuffing, busy / duration, analytic, len(measured), rows,
+                          traffic.protocol.name)  # fmt: skip
 
 
-def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
-    return lambda: fn(*args)
+def cpu_load(
+    protocol: ProtocolProfile | str, platform: Platform, profile: BusProfile, modules: int,
+    plan: TrafficPlan | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """Share of the pack's and of one module's CPU the routine traffic needs (1.0 = busy all the time).
 
-
-def _alternating(
-    start: Callable[..., None], node: int, sizes: Callable[[MessageClass], tuple[int, int]]
-) -> Callable[[], None]:
-    flip = itertools.cycle((MessageClass.CHARGE_COMMAND, MessageClass.DISCHARGE_COMMAND))
-
-    def go() -> None:
-        cls = next(flip)
-        start(cls, "pack", node, sizes(cls)[0])
-
-    return go
+    Per unit one AEAD seal and one open; where the protocol signs commands, a signature and a
+    verification per command and per ack on top. The pack serves every module; a module its own
+    traffic and its share of the firmware blocks. Above 1.0 the CPU cannot keep up.
+    """
+    p = protocol if isinstance(protocol, ProtocolProfile) else PROTOCOLS[protocol]
+    plan = plan or TrafficPlan()
+    a = GCM if profile.fd else CCM
+    pack = module = 0.0
+    rates: list[tuple[MessageClass, str, float]] = [(t.message_class, "module", 1 / t.period) for t in TELEMETRY]
+    rates += [(MessageClass.HEARTBEAT, "module", 1 / plan.heartbeat_period),
+              (MessageClass.HEARTBEAT, "pack", 1 / plan.keepalive_period),
+              (MessageClass.CHARGE_COMMAND, "pack", 1 / plan.command_period),
+              (MessageClass.SAFETY_LIMITS, "pack", 1 / plan.limits_period),
+              (MessageClass.FIRMWARE_UPDATE, "pack", 1 / plan.firmware_period / modules)]  # fmt: skip
+    for cls, sender, rate in rates:
+        tier = plan.tier(cls)
+        if tier is Tier.NONE:
+            continue
+        payload = plan.payload_sizes(cls)[0 if sender == "pack" else 1] + _extra(p, cls)
+        seal = platform.cpu(sender).cost(a, payload)
+        open_ = platform.cpu("module" if sender == "pack" else "pack").cost(a, payload)
+        pack_s, module_s = (seal, open_) if sender == "pack" else (open_, seal)
+        if cls in COMMAND_CLASSES:
+            ack = ACK_BYTES + _extra(p, cls)
+            pack_s += platform.pack.cost(a, ack)
+            module_s += platform.module.cost(a, ack)
+            if p.signed_commands:
+                pack_s += platform.pack.cost(p.sign) + platform.pack.cost(p.verify)
+                module_s += platform.module.cost(p.verify) + platform.module.cost(p.sign)
+        pack += rate * pack_s * modules
+        module += rate * module_s
+    return pack, module
