@@ -162,14 +162,13 @@ def design_point(
     """One row per budget level for one protocol, platform, bus and pack size (see :func:`design_space`)."""
     proto = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
     prof = BUSES[bus]
+    if not (platform.pack.supports(proto.ops) and platform.module.supports(proto.ops)):
+        return []
     queues, offered, complete = transfer_delays(proto.name, bus, int(modules), stuffing)
     pack_load, module_load = cpu_load(proto, platform, prof, int(modules))
     sustainable = complete and offered < 1.0 and pack_load < 1.0 and module_load < 1.0
-    supported = platform.pack.supports(proto.ops) and platform.module.supports(proto.ops)
     rows = []
     for level in levels:
-        if not supported:
-            continue
         steps = level_steps(level, proto, prof)
         compute = {"pack": 0.0, "module": 0.0}
         wire = queue = 0.0
