@@ -80,6 +80,8 @@ class PackTraffic:
         self.platform, self.layout = platform, layout
         self.latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.mix: dict[int, int] = defaultdict(int)
+        self._lengths: dict[tuple[MessageClass, int], list[int]] = {}  # memo: thousands of messages, few shapes
+        self._ids: dict[tuple[MessageClass, int, int], int] = {}
         self._schedule()
 
     def _cost(self, actor: str, tier: Tier, nbytes: int) -> float:
@@ -90,9 +92,13 @@ class PackTraffic:
         return self.platform.cpu(actor).cost(GCM if self.bus.profile.fd else CCM, nbytes)
 
     def _frames(self, cls: MessageClass, tier: Tier, payload: int) -> list[int]:
-        prof = self.bus.profile
-        frames = frames_for_unit(unit_bytes(prof, Transfer("pack", cls, tier, payload)), prof,
-                                 _isotp(self.plan, self.protocol, cls, prof))  # fmt: skip
+        frames = self._lengths.get((cls, payload))
+        if frames is None:
+            prof = self.bus.profile
+            unit = unit_bytes(prof, Transfer("pack", cls, tier, payload))
+            frames = self._lengths[(cls, payload)] = frames_for_unit(
+                unit, prof, _isotp(self.plan, self.protocol, cls, prof)
+            )
         for n in frames:
             self.mix[n] += 1
         return frames
@@ -101,8 +107,7 @@ class PackTraffic:
         tier = self.plan.tier(cls)
         direction = 0 if sender == "pack" else 1
         receiver = "module" if sender == "pack" else "pack"
-        tx = can_id(self.layout, cls, tier, node, direction)
-        rx = can_id(self.layout, cls, tier, node, 1 - direction)
+        tx, rx = self._id(cls, tier, node, direction), self._id(cls, tier, node, 1 - direction)
         payload += _extra(self.protocol, cls)
         yield ("compute", self._cost(sender, tier, payload))
         yield from send_unit(tx, rx, self._frames(cls, tier, payload), (cls.value, sender))
@@ -114,6 +119,12 @@ class PackTraffic:
             yield from send_unit(rx, tx, self._frames(cls, tier, ack), (cls.value, "module (ack)"))
             yield ("compute", self._cost("pack", tier, ack))
             self.latencies[(cls.value, "module (ack)")].append(self.loop.now - ack_start)
+
+    def _id(self, cls: MessageClass, tier: Tier, node: int, direction: int) -> int:
+        key = (cls, node, direction)
+        if key not in self._ids:
+            self._ids[key] = can_id(self.layout, cls, tier, node, direction)
+        return self._ids[key]
 
     def _start(self, cls: MessageClass, sender: str, node: int, payload: int) -> None:
         t0, key = self.loop.now, (cls.value, sender)

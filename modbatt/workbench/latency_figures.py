@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 
 from ..sim.design import SHORT
 
-__all__ = ["budget_heatmap_figure", "latency_breakdown_figure", "latency_figure"]
+__all__ = ["budget_heatmap_figure", "bus_load_figure", "latency_breakdown_figure", "latency_figure"]
 
 _WIRE, _QUEUE, _COMPUTE, _PACK, _MODULE, _BUDGET = "#4c9be8", "#b0b7bf", "#f28e2b", "#f28e2b", "#b6671c", "#d62728"
 
@@ -81,8 +81,9 @@ def budget_heatmap_figure(table: Any, *, modules: int | None = None, stuffing: s
     """Budgets met (0-4) per protocol × platform (rows) and bus (columns) at one pack size.
 
     ``table`` is :func:`modbatt.sim.design.design_space`; ``modules`` (default: the largest in the
-    table) and ``stuffing`` (default: the first) pick the slice. Each cell names the budgets
-    missed; a point whose bus or CPUs cannot carry the routine traffic is marked "overload".
+    table) and ``stuffing`` (default: the first) pick the slice. Each cell names the budgets whose
+    latency is over; "overload" marks a point whose bus or CPUs cannot carry the routine traffic
+    (no budget counts as met there).
     """
     modules = int(table["modules"].max()) if modules is None else modules
     stuffing = str(table["stuffing"].iloc[0]) if stuffing is None else stuffing
@@ -94,7 +95,7 @@ def budget_heatmap_figure(table: Any, *, modules: int | None = None, stuffing: s
     for (proto, plat, bus), g in t.groupby(["protocol", "platform", "bus"], sort=False):
         i, j = rows.index((proto, plat)), buses.index(bus)
         grid[i][j] = int(g["met"].sum())
-        missed = [SHORT[lv] for lv in g["level"][~g["met"]]]
+        missed = [SHORT[lv] for lv in g["level"][~g["latency_ok"]]]
         overload = "overload" if not bool(g["sustainable"].all()) else ""
         notes[i][j] = "\n".join(x for x in (", ".join(missed).replace("L5 telemetry", "L5 tel"), overload) if x)
     fig, ax = plt.subplots(figsize=(1.55 * len(buses) + 3.2, 0.62 * len(rows) + 1.8))
@@ -114,7 +115,7 @@ def budget_heatmap_figure(table: Any, *, modules: int | None = None, stuffing: s
     bar = fig.colorbar(im, ax=ax, ticks=range(5), fraction=0.03, pad=0.02)
     bar.set_label("budgets met (of L3, L5 telemetry, L5 ack, L6)", fontsize=8)
     ax.set_title(f"Budgets met per protocol profile and platform (pack / module CPU), {modules} modules, "
-                 f"{stuffing}-case bit stuffing; cells name the budgets missed", fontsize=9)  # fmt: skip
+                 f"{stuffing}-case bit stuffing; cells name the budgets over latency", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -154,5 +155,34 @@ def latency_breakdown_figure(steps: Mapping[str, Sequence[Mapping[str, Any]]], b
                   fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
     axes[-1][0].set_xlabel("ms from the first step")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bus_load_figure(summaries: Sequence[Mapping[str, Any]]) -> Figure:
+    """Offered bus load and worst queueing delay of a pack per bus (``PackLoadResult.summary`` rows), side by side."""
+    names = [s["bus"] for s in summaries]
+    first = summaries[0]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    loads = [100 * s["analytic_load"] for s in summaries]
+    colours = ["#d62728" if v > 100 else "#f28e2b" if v > 70 else "#59a14f" for v in loads]
+    ax.bar(names, loads, color=colours)
+    ax.axhline(100, color="#2c3e50", ls="--", lw=1, label="bus capacity")
+    for x, v in enumerate(loads):
+        ax.text(x, v + max(loads) * 0.02, f"{v:.0f} %", ha="center", fontsize=8)
+    ax.set_ylim(0, max(max(loads), 100) * 1.15)
+    ax.set_ylabel(f"offered load (% of the bus, {first['stuffing']}-case stuffing)", fontsize=8)
+    ax.set_title("Offered load", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    ax2.bar(names, [s["worst_queue_ms"] for s in summaries], color=colours)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("worst queueing delay of one frame (ms, log)", fontsize=8)
+    ax2.set_title("Worst queueing delay", fontsize=9)
+    for a in (ax, ax2):
+        a.tick_params(axis="x", labelrotation=30, labelsize=8)
+        a.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{first['modules']}-module pack at the documented rates, {first.get('protocol', 'seed')} profile, "
+                 f"{first['duration_s']:g} s simulated (red: above the bus capacity, queues grow without bound)",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
