@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -203,6 +204,14 @@ def test_unreadable_profile_files_are_config_errors(tmp_path, name, text):
     assert "\n" not in str(err.value)
 
 
+def test_the_example_profile_file_is_the_atmega_at_16_mhz():
+    example = load_cpu_profile(Path(__file__).resolve().parents[1] / "sweeps"
+                               / "cpu-atmega64m1-16mhz.yaml")  # fmt: skip
+    assert example.clock_hz == 2 * ATMEGA64M1.clock_hz
+    for op, cost in ATMEGA64M1.ops.items():
+        assert example.cost(op, 64) * 2 == pytest.approx(cost.seconds(64)) and example.ops[op].source == cost.source
+
+
 def test_a_user_profile_runs_in_the_design_space(tmp_path):
     data = ATMEGA64M1.to_mapping()
     data.update(name="ATmega64M1@16MHz", clock_hz=16e6)  # the same cycle counts at twice the clock
@@ -228,7 +237,7 @@ def test_a_user_profile_runs_in_the_design_space(tmp_path):
 
 
 def test_design_space_sweep_file_covers_the_grid():
-    spec = load_sweep(__import__("pathlib").Path(__file__).resolve().parents[1] / "sweeps" / "design-space.yaml")
+    spec = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "design-space.yaml")
     assert spec.experiment == "design_space"
     assert spec.grid["modules"] == list(range(1, 32)) and set(spec.grid["protocol"]) == set(PROTOCOLS)
     assert set(spec.grid["bus"]) == set(BUSES) and "HOST" in spec.grid["platform"]
