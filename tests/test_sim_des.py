@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from modbatt.can.wiretime import CLASSIC, FD, frame_time
-from modbatt.sim import des
-from modbatt.sim.des import (
+from modbatt.errors import ConfigError
+from modbatt.sim import (
     ATMEGA64M1,
     BUDGETS,
     BUSES,
@@ -19,7 +19,10 @@ from modbatt.sim.des import (
     latency_table,
     measure_host,
     simulate_pack_load,
+    wire_seconds,
 )
+from modbatt.sim import cpu as ops
+from modbatt.sim.experiments import SWEEP_EXPERIMENTS
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +79,15 @@ def test_wire_time_equals_the_wiretime_model(name, nbytes):
         (rec,) = bus.log
         assert rec.wire == pytest.approx(frame_time(profile, nbytes, worst=worst), rel=1e-12)
         assert rec.queued == 0.0
-    typical = des.wire_seconds(profile, nbytes, "typical")
+    typical = wire_seconds(profile, nbytes, "typical")
     assert frame_time(profile, nbytes, worst=False) < typical < frame_time(profile, nbytes, worst=True)
 
 
 def test_documented_frame_times():
     # tooling-notes §A4: classic 29-bit 8 B = 160 bits worst at 1 Mbit/s; FD 64 B 500k/2M = 453.5 µs worst.
-    assert des.wire_seconds(CLASSIC, 8) == pytest.approx(160e-6)
+    assert wire_seconds(CLASSIC, 8) == pytest.approx(160e-6)
     fd = dataclasses.replace(FD, nominal_bitrate=500_000, data_bitrate=2_000_000)
-    assert des.wire_seconds(fd, 64) == pytest.approx(453.5e-6)
+    assert wire_seconds(fd, 64) == pytest.approx(453.5e-6)
 
 
 def test_budget_table_has_every_level_platform_and_bitrate(table):
@@ -106,8 +109,8 @@ def test_budget_table_has_every_level_platform_and_bitrate(table):
 def test_mcu_module_side_ecdsa_breaks_the_l5_command_budget(table):
     # The documented finding (reference facts §f): the 20 ms L5 budget cannot include an ECDSA
     # operation on the ATmega module — one verify alone is two orders of magnitude over.
-    assert ATMEGA64M1.cost(des.ECDSA_VERIFY) > BUDGETS["L5 command + ack"]
-    assert ATMEGA64M1.cost(des.ECDSA_SIGN) > BUDGETS["L5 command + ack"]
+    assert ATMEGA64M1.cost(ops.ECDSA_VERIFY) > BUDGETS["L5 command + ack"]
+    assert ATMEGA64M1.cost(ops.ECDSA_SIGN) > BUDGETS["L5 command + ack"]
     rows = table[(table.level == "L5 command + ack") & (table.platform == "MCU")]
     assert len(rows) == len(BUSES)
     assert (~rows.met).all()
@@ -125,10 +128,10 @@ def test_profiles_say_where_their_numbers_come_from():
     for profile in (STM32WB55, ATMEGA64M1, measure_host()):
         for row in profile.table():
             assert row["source"], row
-    assert STM32WB55.ops[des.ECDSA_VERIFY].published
-    assert "RM0456" in STM32WB55.ops[des.ECDSA_VERIFY].source
+    assert STM32WB55.ops[ops.ECDSA_VERIFY].published
+    assert "RM0453" in STM32WB55.ops[ops.ECDSA_VERIFY].source
     host = measure_host()
-    assert 0 < host.cost(des.ECDSA_VERIFY) < 0.01  # tens of µs here; generous for a loaded machine
+    assert 0 < host.cost(ops.ECDSA_VERIFY) < 0.01  # tens of µs here; generous for a loaded machine
     assert host is measure_host()  # measured once per process
 
 
@@ -156,9 +159,9 @@ def test_thirty_one_module_pack_load():
 
 
 def test_sweep_experiments_give_tidy_rows():
-    row = des.SWEEP_EXPERIMENTS["level_latency"](level="L5 command + ack", platform="MCU", bus="classic 500k")
+    row = SWEEP_EXPERIMENTS["level_latency"](level="L5 command + ack", platform="MCU", bus="classic 500k")
     assert row["met"] is False and row["bus"] == "classic 500k"
-    rows = des.SWEEP_EXPERIMENTS["pack_load"](modules=2, bus="FD 1M/5M", duration=1.0)
+    rows = SWEEP_EXPERIMENTS["pack_load"](modules=2, bus="FD 1M/5M", duration=1.0)
     assert rows and all(0 < r["bus_load"] < 1 for r in rows)
-    with pytest.raises(ValueError):
-        des.SWEEP_EXPERIMENTS["level_latency"](level="L9", platform="HOST")
+    with pytest.raises(ConfigError):
+        SWEEP_EXPERIMENTS["level_latency"](level="L9", platform="HOST")

@@ -8,35 +8,36 @@ Two halves, one traffic table (:mod:`modbatt.sim.schedule`):
   one process (:class:`PackSimulation`) or with every module in its own process over
   ``udp_multicast`` (:func:`run_multiprocess`). Functional: every frame really crosses the bus
   and is verified, but a virtual bus takes no time.
-* :mod:`modbatt.sim.des` — simulated time: a CAN bus with arbitration by identifier and wire time
-  from :mod:`modbatt.can.wiretime`, CPU cost profiles (``HOST`` measured here, STM32WB55 and
-  ATmega64M1 from published figures), latency per validation level against the spec budgets
-  (:func:`latency_table`) and a whole pack's bus load (:func:`simulate_pack_load`).
+* the discrete-event model — simulated time, split by responsibility: :mod:`~modbatt.sim.eventloop`
+  (clock and event queue), :mod:`~modbatt.sim.busmodel` (a CAN bus with arbitration by identifier
+  and wire time from :mod:`modbatt.can.wiretime`), :mod:`~modbatt.sim.cpu` (CPU cost profiles:
+  ``HOST`` measured here, STM32WB55 and ATmega64M1 from published figures),
+  :mod:`~modbatt.sim.transactions` (each level as steps), :mod:`~modbatt.sim.latency` (latency per
+  level against the spec budgets, :func:`latency_table`), :mod:`~modbatt.sim.load` (a whole pack's
+  bus load, :func:`simulate_pack_load`), :mod:`~modbatt.sim.design` (every protocol profile ×
+  platform × bus × pack size against the budgets, :func:`design_space`) and
+  :mod:`~modbatt.sim.experiments` (``modbatt sweep``).
 
 Layering: this package imports from every layer below it; nothing below imports it.
 """
 
-from .des import (
+from .busmodel import BUSES, TYPICAL_STUFF_SHARE, CanBusModel, FrameRecord, wire_seconds
+from .cpu import (
     ATMEGA64M1,
-    BUDGETS,
-    BUSES,
-    LEVELS,
     STM32WB55,
-    TYPICAL_STUFF_SHARE,
-    CanBusModel,
+    STM32WB55_SW,
     CpuProfile,
-    EventLoop,
-    FrameRecord,
     OpCost,
-    PackLoadResult,
     Platform,
-    latency_table,
+    builtin_cpus,
+    load_cpu_profile,
     measure_host,
     platforms,
-    run_level,
-    simulate_pack_load,
-    wire_seconds,
 )
+from .design import DESIGN_PLATFORMS, answer_table, breakdown, design_space, resolve_platforms, summary_table
+from .eventloop import EventLoop
+from .latency import latency_table, run_level, step_rows
+from .load import PackLoadResult, PackTraffic, cpu_load, simulate_pack_load
 from .pack import (
     AcceleratedClock,
     PackSimulation,
@@ -49,14 +50,19 @@ from .pack import (
     run_multiprocess,
 )
 from .schedule import COMMAND_CLASSES, TELEMETRY, TelemetrySpec, TrafficPlan, frames_for_unit, uses_isotp
+from .transactions import BUDGET_LEVELS, BUDGETS, LEVELS, PROTOCOLS, ProtocolProfile, level_steps
 
 __all__ = [
     "ATMEGA64M1",
     "BUDGETS",
+    "BUDGET_LEVELS",
     "BUSES",
     "COMMAND_CLASSES",
+    "DESIGN_PLATFORMS",
     "LEVELS",
+    "PROTOCOLS",
     "STM32WB55",
+    "STM32WB55_SW",
     "TELEMETRY",
     "TYPICAL_STUFF_SHARE",
     "AcceleratedClock",
@@ -67,7 +73,9 @@ __all__ = [
     "OpCost",
     "PackLoadResult",
     "PackSimulation",
+    "PackTraffic",
     "Platform",
+    "ProtocolProfile",
     "RealClock",
     "Scheduler",
     "SimClock",
@@ -75,14 +83,24 @@ __all__ = [
     "TelemetrySpec",
     "TrafficPlan",
     "VirtualClock",
+    "answer_table",
+    "breakdown",
+    "builtin_cpus",
+    "cpu_load",
+    "design_space",
     "frames_for_unit",
     "latency_table",
+    "level_steps",
+    "load_cpu_profile",
     "measure_host",
     "multicast_available",
     "platforms",
+    "resolve_platforms",
     "run_level",
     "run_multiprocess",
     "simulate_pack_load",
+    "step_rows",
+    "summary_table",
     "uses_isotp",
     "wire_seconds",
 ]

@@ -1,10 +1,11 @@
 """The pack's traffic as data: who sends what, at which rate, how big, over which transport.
 
 One table for both simulators: :mod:`modbatt.sim.pack` sends exactly this on a python-can bus,
-and :func:`modbatt.sim.des.simulate_pack_load` puts the same units on the simulated bus, so the
+and :func:`modbatt.sim.load.simulate_pack_load` puts the same units on the simulated bus, so the
 load figures describe the traffic the pack simulator really produces.
 
-Rates (reference facts §f; none of them is a measured figure of the real pack):
+Rates (the ModBatt project's documents, dp-web4/modbatt-CAN; none of them is a measured figure of
+the real pack):
 
 ==========================  =====================  ==========  ===================================
 legacy message (catalog)    message class          period      source

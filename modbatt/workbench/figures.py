@@ -1,4 +1,6 @@
-"""Spec figures: the trust graph, security overhead per tier, and (with the simulator) latency.
+"""Spec figures: the trust graph, security overhead per tier, certificates, validation and escalation.
+
+The latency model's figures are in :mod:`modbatt.workbench.latency_figures`.
 
 Every function returns a matplotlib ``Figure`` built from package data only, so a notebook is a
 call and a :func:`~modbatt.workbench.results.save_figure`. Without a display matplotlib picks
@@ -20,10 +22,8 @@ from ..encoding import strict_loads
 from ..model.tier import Tier
 
 __all__ = [
-    "bus_load_figure",
     "certificate_anatomy_figure",
     "escalation_timeline_figure",
-    "latency_figure",
     "tier_overhead_figure",
     "trust_graph",
     "trust_graph_figure",
@@ -212,65 +212,5 @@ def escalation_timeline_figure(events: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_title("Escalation: raised on request, refused on abuse, decays after its hold")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def latency_figure(table: Any) -> Figure:
-    """Latency per level against bus, wire (incl. queueing) vs compute, per platform, with the budget.
-
-    ``table`` is :func:`modbatt.sim.des.latency_table` (a DataFrame).
-    """
-    levels = list(dict.fromkeys(table["level"]))
-    buses = list(dict.fromkeys(table["bus"]))
-    platforms = list(dict.fromkeys(table["platform"]))
-    cols = min(3, len(levels))
-    nrows = -(-len(levels) // cols)
-    fig, grid = plt.subplots(nrows, cols, figsize=(4.6 * cols, 4.0 * nrows), squeeze=False)
-    axes = [ax for row in grid for ax in row]
-    for spare in axes[len(levels) :]:
-        spare.axis("off")
-    width = 0.8 / len(platforms)
-    hatches = ("", "//", "..")
-    for ax, level in zip(axes, levels, strict=False):
-        rows = table[table["level"] == level]
-        for i, platform in enumerate(platforms):
-            sub = rows[rows["platform"] == platform].set_index("bus").reindex(buses)
-            xs = [j + (i - (len(platforms) - 1) / 2) * width for j in range(len(buses))]
-            wire = sub["wire_ms"] + sub["queue_ms"]
-            ax.bar(xs, wire, width, color="#4c9be8", hatch=hatches[i % 3], edgecolor="white",
-                   label=f"wire ({platform})")  # fmt: skip
-            ax.bar(xs, sub["compute_ms"], width, bottom=wire, color="#f28e2b", hatch=hatches[i % 3],
-                   edgecolor="white", label=f"compute ({platform})")  # fmt: skip
-        budget = float(rows["budget_ms"].iloc[0])
-        ax.axhline(budget, color="#d62728", ls="--", lw=1.2, label=f"budget {budget:g} ms")
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(buses)), buses, rotation=45, ha="right", fontsize=7)
-        ax.set_title(level, fontsize=9)
-        ax.set_ylabel("latency (ms, log)")
-        ax.grid(True, axis="y", which="both", alpha=0.25)
-    axes[0].legend(fontsize=6, loc="upper right")
-    fig.suptitle("Latency per level against bus: wire time (blue) and compute (orange); budget dashed")
-    fig.tight_layout()
-    return fig
-
-
-def bus_load_figure(summaries: Sequence[Mapping[str, Any]]) -> Figure:
-    """Bus load and worst queueing delay of a pack per bus (``PackLoadResult.summary`` rows)."""
-    names = [s["bus"] for s in summaries]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    loads = [100 * s["analytic_load"] for s in summaries]
-    colours = ["#d62728" if v > 100 else "#f28e2b" if v > 70 else "#59a14f" for v in loads]
-    ax.bar(names, loads, color=colours)
-    ax.axhline(100, color="#2c3e50", ls="--", lw=1)
-    for x, v in enumerate(loads):
-        ax.text(x, v + 2, f"{v:.0f} %", ha="center", fontsize=8)
-    ax.set(ylabel="offered load (% of bus, worst-case stuffing)",
-           title=f"{summaries[0]['modules']}-module pack at the documented rates")  # fmt: skip
-    ax2 = ax.twinx()
-    ax2.plot(names, [s["worst_queue_ms"] for s in summaries], "o-", color="#2c3e50", label="worst queueing delay")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("worst queueing delay (ms, log)")
-    ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

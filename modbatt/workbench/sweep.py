@@ -82,9 +82,9 @@ EXPERIMENTS: dict[str, Callable[..., Mapping[str, Any] | Sequence[Mapping[str, A
 def _register_optional() -> None:
     # Experiments from higher layers register themselves when their modules exist.
     try:
-        from ..sim import des  # registers its experiments if it defines SWEEP_EXPERIMENTS
+        from ..sim.experiments import SWEEP_EXPERIMENTS
 
-        EXPERIMENTS.update(getattr(des, "SWEEP_EXPERIMENTS", {}))
+        EXPERIMENTS.update(SWEEP_EXPERIMENTS)
     except ImportError:
         pass
 

@@ -93,7 +93,7 @@ def cost_rows(payload_bytes: int = 8, profiles: Sequence[BusProfile] = (CLASSIC,
 
 def cpu_cost_rows(*, include_host: bool = True) -> list[dict[str, Any]]:
     """Per-operation CPU costs of each platform of the latency model, with their sources."""
-    from ..sim.des import platforms
+    from ..sim.cpu import platforms
 
     rows = []
     for name, platform in platforms().items():
