@@ -38,7 +38,9 @@ def ref_c(tmp_path_factory) -> Path:
             pytest.fail(f"MODBATT_REQUIRE_CC=1 but {why}")
         pytest.skip(why)
     out = tmp_path_factory.mktemp("ref-c")
-    done = subprocess.run(["make", "-C", str(ROOT / "ref-c"), f"OUT={out}"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["make", "-C", str(ROOT / "ref-c"), f"OUT={out}"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr  # -Wall -Wextra -Werror: a warning fails here
     return out / "modbatt-ref"
 
