@@ -59,6 +59,7 @@ body { font-size: 9pt; }
 .sphinxsidebar, .related, .footer { display: none; }
 div.document, div.documentwrapper, div.bodywrapper, div.body { margin: 0; width: auto; max-width: none; }
 table { font-size: 7.5pt; border-collapse: collapse; }
+td, th { overflow-wrap: anywhere; }
 pre { font-size: 7pt; white-space: pre-wrap; }
 img { max-width: 100%; }
 h1 { page-break-before: always; }

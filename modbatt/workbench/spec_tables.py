@@ -190,6 +190,9 @@ def _walk(value: Any, path: str = "") -> Iterable[tuple[str, str, str]]:
     elif isinstance(value, list) and value and isinstance(value[0], dict):
         yield path, "array", f"{len(value)} maps"
         yield from _walk(value[0], f"{path}[]")
+    elif isinstance(value, list) and not path:  # a top-level array: its items by position
+        for i, item in enumerate(value):
+            yield from _walk(item, f"[{i}]")
     else:
         size = (
             f"{len(value)} B" if isinstance(value, bytes) else f"{len(value)}" if isinstance(value, (str, list)) else ""
@@ -197,13 +200,22 @@ def _walk(value: Any, path: str = "") -> Iterable[tuple[str, str, str]]:
         yield path, _cbor_type(value), size
 
 
+def _signed(rec: Record, label: bytes) -> Any:
+    return cbor2.loads(next(s.message for s in rec.signatures if s.label == label))
+
+
 def _observed(rec: Record) -> str:
     cert = rec.facts["certificate"]
     parts = [
         ("Pairing certificate", cbor2.loads(cert.encode())),
         ("Pairing certificate metadata (the `metadata` byte string)", cbor2.loads(cert.metadata_bytes)),
+        ("Pairing offer (signed body; on the wire it also carries `signature`, 64 B)",
+         _signed(rec, labels.SIG_PAIRING_OFFER)),
+        ("Pairing completion (what each entity signs for the controller)", _signed(rec, labels.SIG_PAIRING_COMPLETION)),
         ("Ledger entry: binding record", cbor2.loads(rec.facts["ledger_entries"][0])),
-    ]
+        ("Ledger statement (signed body; the entry adds `authority`, 64 B)", _signed(rec, labels.SIG_LEDGER_STATEMENT)),
+        ("Signed tree head (signed bytes: an array, not a map)", _signed(rec, labels.SIG_TREE_HEAD)),
+    ]  # fmt: skip
     out = [
         "These structures are deterministic CBOR maps (RFC 8949 §4.2.1: map keys sorted by length, then "
         "bytewise). The tables list every field of one real instance from the vectors' seeded run, with its "
