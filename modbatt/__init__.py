@@ -5,8 +5,9 @@ Layers (DESIGN §2), bottom to top: ``crypto`` and ``encoding``; ``model`` and `
 and ``cli``. A lower layer never imports a higher one.
 """
 
+from .crypto.labels import SPEC_VERSION
 from .errors import ModbattError, Reason, VerificationError
 
 __version__ = "0.1.0"
 
-__all__ = ["ModbattError", "Reason", "VerificationError", "__version__"]
+__all__ = ["SPEC_VERSION", "ModbattError", "Reason", "VerificationError", "__version__"]

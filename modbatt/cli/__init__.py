@@ -25,6 +25,8 @@ _COMMAND_MODULES = (
     "audit",
     "cert",
     "dbc",
+    "vectors",
+    "spec",
     "monitor",
     "attack",
     "bench",

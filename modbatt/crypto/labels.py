@@ -13,8 +13,16 @@ the label, so that no call site can forget it.
 
 from __future__ import annotations
 
+from typing import Final
+
+#: The Modbatt protocol version: the ``v`` every versioned wire structure carries (pairing
+#: certificates, ledger entries, tree heads, validation messages) and the ``vN`` of every label.
+PROTOCOL_VERSION: Final = 1
+#: Version of the specification document (docs/spec): ``PROTOCOL_VERSION.revision``. A revision
+#: changes wording only; any change of a byte on the wire takes a new protocol version.
+SPEC_VERSION: Final = f"{PROTOCOL_VERSION}.0"
 SUITE_VERSION = 1
-_PREFIX = b"modbatt/v1/"
+_PREFIX = f"modbatt/v{PROTOCOL_VERSION}/".encode("ascii")
 
 
 def _label(name: str) -> bytes:

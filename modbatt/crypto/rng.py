@@ -19,6 +19,7 @@ from . import labels
 __all__ = [
     "REPRODUCIBLE_ENV",
     "RandomSource",
+    "ScriptedRandom",
     "SeededRandom",
     "SystemRandom",
     "reproducible_mode_allowed",
@@ -86,3 +87,32 @@ class SeededRandom:
 
     def __repr__(self) -> str:
         return "SeededRandom(<seed hidden>)"
+
+
+class ScriptedRandom:
+    """Hands out exactly the byte strings it was given, in order: fixed ephemeral keys for
+    known-answer vectors (docs/vectors.md), e.g. ``seal_to_semi_public_key(..., rng=ScriptedRandom([e]))``.
+
+    Reproducible mode only, like :class:`SeededRandom` (keys it yields are marked reproducible),
+    and each request must match the next scripted string's length exactly, so a script can never
+    silently feed a different use than the one it was written for.
+    """
+
+    reproducible = True
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        if not reproducible_mode_allowed():
+            raise ReproducibleModeError(
+                f"scripted randomness is for test vectors only; set {REPRODUCIBLE_ENV}=1 to use it"
+            )
+        self._chunks = [bytes(c) for c in chunks]
+
+    def token_bytes(self, n: int) -> bytes:
+        if not self._chunks:
+            raise ReproducibleModeError("scripted randomness exhausted")
+        if len(self._chunks[0]) != n:
+            raise ReproducibleModeError(f"scripted chunk is {len(self._chunks[0])} bytes, {n} requested")
+        return self._chunks.pop(0)
+
+    def __repr__(self) -> str:
+        return f"ScriptedRandom(<{len(self._chunks)} chunks>)"

@@ -1,0 +1,172 @@
+"""Record what the package really derives, signs and decodes while a reproducible deployment
+binds, pairs and runs validation levels 1-7 (docs/vectors.md §Key schedule).
+
+The key-schedule and validation-message vectors are taken from this record rather than from a
+second description of the protocol, so a new derivation or message shows up in the vectors (and
+in review) the day the code starts using it. Recording wraps three package functions for the
+duration of one run and restores them afterwards:
+
+* ``hkdf_sha256`` in every ``modbatt`` module that imported it (inputs, output, caller);
+* ``PrivateKey.sign`` (label, message, signature, public key);
+* ``Message.decode`` of the validation machines (each message a verifier accepted).
+
+To add a derivation to the vectors, add a step to :data:`STEPS`; its HKDF calls are picked up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...can.secured import Direction, derive_traffic_keys
+from ...crypto import keystore, labels, suite
+from ...crypto.suite import PrivateKey, PublicKey
+from ...model.pairing import ControllerMode
+from ...model.tier import Tier
+from ...nodes.inmemory import InMemoryDeployment
+from ...nodes.pairing_flow import pair_entities
+from ...nodes.validation import run_all_levels
+from ...protocol.validation._common import Message
+
+__all__ = ["STEPS", "HkdfCall", "Record", "SignCall", "record_scenario"]
+
+SEED = 18
+
+
+@dataclass(frozen=True)
+class HkdfCall:
+    ikm: bytes
+    salt: bytes | None
+    info: bytes
+    length: int
+    okm: bytes
+    caller: str
+
+
+@dataclass(frozen=True)
+class SignCall:
+    private_key: bytes  # the scalar: every key here is a seeded (reproducible) one
+    public_key: PublicKey
+    label: bytes
+    message: bytes
+    signature: bytes
+
+
+@dataclass
+class Record:
+    hkdf: list[HkdfCall] = field(default_factory=list)
+    signatures: list[SignCall] = field(default_factory=list)
+    messages: list[tuple[type[Message], bytes]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _recording(rec: Record) -> Iterator[None]:
+    original_hkdf = suite.hkdf_sha256
+    original_sign = PrivateKey.sign
+    original_decode = Message.__dict__["decode"]
+
+    def hkdf(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+        okm = original_hkdf(ikm, info=info, length=length, salt=salt)
+        frame = sys._getframe(1)
+        caller = f"{frame.f_globals.get('__name__')}.{frame.f_code.co_qualname}"
+        rec.hkdf.append(HkdfCall(bytes(ikm), None if salt is None else bytes(salt), bytes(info), length, okm, caller))
+        return okm
+
+    def sign(self: PrivateKey, label: bytes, message: bytes) -> bytes:
+        sig = original_sign(self, label, message)
+        rec.signatures.append(SignCall(self.scalar_bytes(), self.public_key, bytes(label), bytes(message), sig))
+        return sig
+
+    def decode(cls: type[Message], data: bytes) -> Message:
+        msg = original_decode.__func__(cls, data)
+        rec.messages.append((cls, bytes(data)))
+        return msg
+
+    patched = [
+        m
+        for name, m in list(sys.modules.items())
+        if name.startswith("modbatt") and getattr(m, "hkdf_sha256", None) is original_hkdf
+    ]
+    for m in patched:
+        m.hkdf_sha256 = hkdf  # type: ignore[attr-defined]
+    PrivateKey.sign = sign  # type: ignore[method-assign]
+    Message.decode = classmethod(decode)  # type: ignore[assignment, method-assign]
+    try:
+        yield
+    finally:
+        for m in patched:
+            m.hkdf_sha256 = original_hkdf  # type: ignore[attr-defined]
+        PrivateKey.sign = original_sign  # type: ignore[method-assign]
+        Message.decode = original_decode  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- the scenario
+
+
+def _bind_and_pair(dep: InMemoryDeployment, rec: Record) -> None:
+    module = dep.modules[1]
+    outcome = dep.bind(dep.pack, module)
+    binding_id = outcome.record.binding_id
+    std = pair_entities(dep.controller, dep.pack, module, binding_id)
+    blind = pair_entities(dep.controller, dep.pack, module, binding_id, mode=ControllerMode.BLIND)
+    rec.facts.update(
+        binding_id=binding_id,
+        pairing_id=std.certificate.metadata.pairing_id,
+        certificate=std.certificate,
+        blind_certificate=blind.certificate,
+        controller_key=dep.controller_key,
+        secrets=module.pairing_secrets(std.certificate.metadata.pairing_id),
+    )
+
+
+def _validation_levels(dep: InMemoryDeployment, rec: Record) -> None:
+    out = run_all_levels(dep.controller, dep.pack, dep.modules[1], rec.facts["binding_id"], rec.facts["pairing_id"])
+    failed = {level: r for level, r in out.items() if r.get("outcome") != "ok"}
+    if failed:
+        raise RuntimeError(f"validation levels failed while recording vectors: {failed}")
+
+
+def _can_traffic_keys(dep: InMemoryDeployment, rec: Record) -> None:
+    secrets = rec.facts["secrets"]
+    for tier, secret in ((Tier.EXCHANGE, secrets.exchange_secret), (Tier.PAIRING, secrets.pairing_secret)):
+        for direction in Direction:
+            derive_traffic_keys(secret, tier, direction)
+
+
+def _key_store_keys(dep: InMemoryDeployment, rec: Record) -> None:
+    # A key-file store (no stretching KDF): the KEK/KCV derivation of docs/crypto.md §7.2.
+    secret = bytes(range(32))
+    salt = bytes(range(0x40, 0x50))
+    for label in (labels.KEYSTORE_KEK, labels.KEYSTORE_BACKUP):
+        keystore._derive(secret, keystore._KDF_KEY_FILE, (0, 0, 0), salt, label)
+
+
+def _ledger(dep: InMemoryDeployment, rec: Record) -> None:
+    rec.facts["ledger_entries"] = list(dep.ledger.entries())
+
+
+#: The recorded run, in order. Each step takes the deployment and the record (for facts).
+STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
+    _bind_and_pair,
+    _validation_levels,
+    _can_traffic_keys,
+    _key_store_keys,
+    _ledger,
+)
+
+
+def record_scenario() -> Record:
+    """Run :data:`STEPS` on a seeded in-memory deployment and return what was recorded.
+
+    Needs reproducible mode (the caller holds :func:`~._format.reproducible`).
+    """
+    rec = Record()
+    dep = InMemoryDeployment(seed=SEED, modules=1)
+    with _recording(rec):
+        for step in STEPS:
+            step(dep, rec)
+    return rec
