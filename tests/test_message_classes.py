@@ -14,7 +14,7 @@ from modbatt.can.wiretime import CLASSIC
 from modbatt.errors import VerificationError
 from modbatt.model.policy import CRITICAL_CLASSES, DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from modbatt.model.tier import Tier
-from modbatt.sim.des import CanBusModel, EventLoop
+from modbatt.sim import CanBusModel, EventLoop
 
 ES = function_for(MessageClass.EMERGENCY_SHUTDOWN)
 NODES = range(0x100)

@@ -22,7 +22,7 @@ Time: a :class:`Scheduler` runs timers against an injectable clock — :class:`R
 buses, :class:`AcceleratedClock` (wall time × factor) or :class:`VirtualClock` (jumps to the next
 timer: as fast as the CPU allows) for tests — and pumps the buses in between. Runs are bounded in
 simulated time and by a wall-clock guard. Wire time is not modelled here (a virtual bus is
-instantaneous): use :mod:`modbatt.sim.des` for latency.
+instantaneous): use :mod:`modbatt.sim.latency` for latency.
 
 Separate processes: :func:`run_multiprocess` spawns one process per module on ``udp_multicast``;
 each receives its own keys over a pipe at start (never on disk or the command line), runs for a
