@@ -285,7 +285,7 @@ class PairedChannel:
             secrets=secrets, policy=keys.policy, node=keys.node, binding_key=keys.binding_key,
             partner_key=keys.partner_key, layout=self.layout, profile=self.profile, windows=windows,
             counter_stores=lambda tier: self._freshness.counter_store(self.pairing_id, sid, tier, out_dir),
-            classify=self._classify,
+            classify=self._classify, reservation=self._freshness.reservation,
         )  # fmt: skip
         self._keys = keys
         self._link = link

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..can.secured import Direction
-from ..crypto.freshness import CounterStore, FileCounterStore, MemoryCounterStore
+from ..crypto.freshness import DEFAULT_RESERVATION, CounterStore, FileCounterStore, MemoryCounterStore
 from ..errors import ConfigError
 from ..model.tier import Tier
 
@@ -65,6 +65,9 @@ class ChannelFreshness(Protocol):
 
     #: True when the state survives the process (files), False for an ephemeral store.
     persistent: bool
+    #: Values a sending stream reserves per durable write: a restart skips at most this many,
+    #: and the medium sees one write per this many messages (flash wear on an MCU).
+    reservation: int
 
     def counter_store(self, pairing_id: str, session_id: bytes, tier: Tier, direction: Direction) -> CounterStore:
         """The reservation store of one sending stream."""
@@ -104,7 +107,10 @@ class EphemeralFreshness:
 
     persistent = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, reservation: int = DEFAULT_RESERVATION) -> None:
+        if reservation < 1:
+            raise ValueError("a reservation is at least one value")
+        self.reservation = reservation
         self._stores: dict[tuple[str, bytes, Tier, Direction], MemoryCounterStore] = {}
         self._opened: set[tuple[str, bytes]] = set()
         self._held: set[str] = set()
@@ -164,8 +170,11 @@ class FileFreshness:
 
     persistent = True
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, reservation: int = DEFAULT_RESERVATION) -> None:
+        if reservation < 1:
+            raise ValueError("a reservation is at least one value")
         self.root = Path(root)
+        self.reservation = reservation
 
     def _session_dir(self, pairing_id: str, session_id: bytes) -> Path:
         return self.root / _check_pairing_id(pairing_id) / bytes(session_id).hex()

@@ -28,7 +28,7 @@ from ..can.functions import function_for, message_class_of
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..can.secured import Direction, SecuredPdu, SecuredReceiver, SecuredSender, TrafficKeys, derive_traffic_keys
 from ..can.wiretime import CLASSIC, BusProfile
-from ..crypto.freshness import CounterStore, FreshnessCounter, ReplayWindow
+from ..crypto.freshness import DEFAULT_RESERVATION, CounterStore, FreshnessCounter, ReplayWindow
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import Reason, VerificationError
 from ..model.access import AccessData
@@ -67,8 +67,9 @@ class SelectiveLink:
 
     ``counter_stores(tier)`` gives the durable store of this end's sending stream at ``tier`` and
     ``windows[tier]`` the replay window of the receiving stream; both are required, so where
-    freshness lives is always the caller's explicit choice. ``classify`` refines an
-    authentication failure (see :data:`Classifier`).
+    freshness lives is always the caller's explicit choice. ``reservation`` is how many values a
+    counter reserves per durable write. ``classify`` refines an authentication failure (see
+    :data:`Classifier`).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class SelectiveLink:
         layout: IdLayout = SEED_LAYOUT,
         profile: BusProfile = CLASSIC,
         classify: Classifier | None = None,
+        reservation: int = DEFAULT_RESERVATION,
     ) -> None:
         self.policy = policy
         self.node = node
@@ -112,7 +114,7 @@ class SelectiveLink:
                     derive_traffic_keys(secret[tier], tier, out_dir),
                     derive_traffic_keys(secret[tier], tier, in_dir),
                 )
-            counter = FreshnessCounter(counter_stores(tier)) if tier is not Tier.NONE else None
+            counter = FreshnessCounter(counter_stores(tier), window=reservation) if tier is not Tier.NONE else None
             self._senders[tier] = SecuredSender(layout, profile, tx, counter)
             if tier is not Tier.NONE and tier not in windows:
                 raise ValueError(f"no replay window given for the {tier.label} tier")
