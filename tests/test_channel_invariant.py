@@ -7,7 +7,12 @@ times), sessions of a multi-use certificate (also half-done ones), restarts of e
 (including a kill between reserving a counter value and using it), resyncs, re-pairings and
 revocations, in both controller modes and on both bus profiles. Every AEAD object the CAN codec
 builds is replaced by a recording one, so the key and nonce of each encryption are seen where
-they are used. A restart includes the driver's start-up step: its resync frames are delivered.
+they are used.
+
+A restarted end's resync frames are delivered at once or left queued for a later pump. Until its
+partner has processed the restart notice, the partner may still take a frame the restarted end
+sent before it died and that never arrived (a first delivery, not a replay); everything else
+sent before a restart of either end must be refused.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class ChannelMachine(RuleBasedStateMachine):
         secured.AESGCM = self.recorder.wrap("gcm", aead.AESGCM)  # type: ignore[misc]
         self.frames: list[Frame] = []
         self.epoch = {side: 0 for side in SIDES}
+        #: Per receiver: the partner's restart count as of the last delivery of control frames.
+        self.heard = {side: 0 for side in SIDES}
         self.accepted = 0
 
     def teardown(self) -> None:
@@ -116,7 +123,11 @@ class ChannelMachine(RuleBasedStateMachine):
         self.pid = self.cert.metadata.pairing_id
         pair_entities(self.w.controller, self.w.pack, self.w.module, certificate=self.cert)
         self.ch: dict[str, PairedChannel] = {s: self._node(s).channel(self.pid, profile=self.profile) for s in SIDES}
+        self._pump()
+
+    def _pump(self) -> None:
         pump(self.ch["pack"], self.ch["module"])
+        self.heard = {side: self.epoch[_other(side)] for side in SIDES}
 
     # -- traffic ---------------------------------------------------------------------------
 
@@ -139,24 +150,37 @@ class ChannelMachine(RuleBasedStateMachine):
         assert frame.accepted == 0, "a frame was accepted twice"
         assert frame.pairing_id == self.pid, "a frame of an earlier pairing was accepted"
         assert frame.session_id == channel.session_id, "a frame of another session was accepted"
-        assert frame.epochs == (self.epoch[frame.sender], self.epoch[receiver]), "a frame from before a restart"
+        assert frame.epochs[1] == self.epoch[receiver], "a frame sent before the receiver restarted"
+        assert frame.epochs[0] >= self.heard[receiver], "a frame sent before a restart the receiver knew of"
         frame.accepted += 1
         self.accepted += 1
         return True
+
+    def _replay_all(self) -> None:
+        """The attacker plays every frame ever recorded, oldest first, to the end it was meant for."""
+        for frame in list(self.frames):
+            self._deliver(frame)
+
+    @rule()
+    def replay_everything(self) -> None:
+        self._replay_all()
 
     @rule(side=st.sampled_from(SIDES), cls=st.sampled_from(CLASSES))
     def send(self, side: str, cls: MessageClass) -> None:
         self._send(side, cls)
 
     @precondition(lambda self: self.frames)
-    @rule(pick=st.integers(0, 10_000))
-    def deliver(self, pick: int) -> None:
-        self._deliver(self.frames[pick % len(self.frames)])
+    @rule(pick=st.integers(0, 10_000), recent=st.booleans())
+    def deliver(self, pick: int, recent: bool) -> None:
+        """Any recorded frame (a replay, a late or a first delivery), often one of the last few."""
+        span = min(len(self.frames), 6) if recent else len(self.frames)
+        self._deliver(self.frames[-1 - pick % span])
 
     @precondition(
         lambda self: self.ch["pack"].session_id == self.ch["module"].session_id
         and self.ch["pack"].synced
         and self.ch["module"].synced
+        and self.heard == {side: self.epoch[_other(side)] for side in SIDES}
     )
     @rule(side=st.sampled_from(SIDES), cls=st.sampled_from(CLASSES))
     def fresh_frame_gets_through(self, side: str, cls: MessageClass) -> None:
@@ -168,6 +192,7 @@ class ChannelMachine(RuleBasedStateMachine):
     @rule()
     def new_session(self) -> None:
         pair_entities(self.w.controller, self.w.pack, self.w.module, certificate=self.cert)
+        self._replay_all()
 
     @rule()
     def half_session(self) -> None:
@@ -177,9 +202,10 @@ class ChannelMachine(RuleBasedStateMachine):
         self.w.module.pairing_offer(self.pid, self.w.pack.pairing_start(self.pid))
         self.w.clock.advance(self.cert.metadata.handshake_timeout_s + 1)
         assert self.w.pack.pairing_tick() == [self.pid]
+        self._replay_all()
 
-    @rule(side=st.sampled_from(SIDES), kill=st.booleans(), cls=st.sampled_from(CLASSES[:2]))
-    def restart(self, side: str, kill: bool, cls: MessageClass) -> None:
+    @rule(side=st.sampled_from(SIDES), kill=st.booleans(), notice=st.booleans(), cls=st.sampled_from(CLASSES[:2]))
+    def restart(self, side: str, kill: bool, notice: bool, cls: MessageClass) -> None:
         if kill:  # die right after a reservation became durable, before its first value is used
             channel = self.ch[side]
             out_dir = Direction(channel.sending_direction)
@@ -203,16 +229,20 @@ class ChannelMachine(RuleBasedStateMachine):
         reborn = self.w.restart(self._node(side))
         self.epoch[side] += 1
         self.ch[side] = reborn.channel(self.pid, profile=self.profile)
-        pump(self.ch["pack"], self.ch["module"])  # the driver's start-up: resync frames delivered
+        self._replay_all()  # before the restart notice is out: the restarted end must refuse all
+        if notice:
+            self._pump()  # the driver's start-up: the restart notice and the resync go out at once
+            self._replay_all()
 
     @rule(side=st.sampled_from(SIDES))
     def resync(self, side: str) -> None:
         self.ch[side].resync()
-        pump(self.ch["pack"], self.ch["module"])
+        self._pump()
 
     @rule()
     def re_pair(self) -> None:
         self._new_pairing()
+        self._replay_all()
 
     @rule()
     def revoke_and_re_pair(self) -> None:
@@ -220,7 +250,9 @@ class ChannelMachine(RuleBasedStateMachine):
         for side in SIDES:
             self._node(side).apply_pairing_revocation(notice)
             assert self.ch[side].revoked
+        self._replay_all()  # into the revoked channels: refused as revoked
         self._new_pairing()
+        self._replay_all()
 
     @invariant()
     def nonces_never_repeat(self) -> None:
