@@ -177,10 +177,12 @@ class ChannelMachine(RuleBasedStateMachine):
         self._deliver(self.frames[-1 - pick % span])
 
     @precondition(
-        lambda self: self.ch["pack"].session_id == self.ch["module"].session_id
-        and self.ch["pack"].synced
-        and self.ch["module"].synced
-        and self.heard == {side: self.epoch[_other(side)] for side in SIDES}
+        lambda self: (
+            self.ch["pack"].session_id == self.ch["module"].session_id
+            and self.ch["pack"].synced
+            and self.ch["module"].synced
+            and self.heard == {side: self.epoch[_other(side)] for side in SIDES}
+        )
     )
     @rule(side=st.sampled_from(SIDES), cls=st.sampled_from(CLASSES))
     def fresh_frame_gets_through(self, side: str, cls: MessageClass) -> None:

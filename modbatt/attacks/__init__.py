@@ -10,7 +10,7 @@ notebook (a ``scenario`` papermill parameter: ``run_parameter(scenario, seed)``,
 
 from __future__ import annotations
 
-from . import bus, extraction, insiders, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
+from . import bus, channel, extraction, insiders, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
 from .outcome import OUTCOMES, Outcome, attempt
 from .registry import FAMILIES, SCENARIOS, Scenario, get, matrix, names, run, run_all, run_parameter
 

@@ -552,8 +552,8 @@ class SecuredReceiver(_Channel):
         """
         if challenge is not None and len(challenge) != RESYNC_CHALLENGE_BYTES:
             raise ValueError(f"a resync challenge is {RESYNC_CHALLENGE_BYTES} bytes")
-        self._challenge = bytes(challenge) if challenge is not None else (rng or SystemRandom()).token_bytes(
-            RESYNC_CHALLENGE_BYTES
+        self._challenge = (
+            bytes(challenge) if challenge is not None else (rng or SystemRandom()).token_bytes(RESYNC_CHALLENGE_BYTES)
         )
         return self._challenge
 
