@@ -244,3 +244,17 @@ def test_explicit_ephemeral_store_is_what_the_in_memory_deployment_uses():
     w, _, _ = _paired()
     assert all(isinstance(f, EphemeralFreshness) for f in w.freshness.values())
     assert w.pack.freshness is w.freshness["pack-01"] and not w.pack.freshness.persistent
+
+
+def test_fd_resync_answers_are_valid_fd_lengths_and_their_padding_is_checked():
+    w, _, pid = _paired()
+    pack, module = w.pack.channel(pid, profile=FD), w.module.channel(pid, profile=FD)
+    module.resync()
+    (request,) = module.frames_to_send()
+    pack.receive(request.can_id, request.data)
+    single = [a for a in pack.frames_to_send() if a.single_frame]
+    assert [len(a.data) for a in single] == [24, 24]  # FV 7 + tag 16, padded to a valid FD length
+    with pytest.raises(VerificationError) as exc:  # a padding byte that is not zero
+        module.receive(single[0].can_id, single[0].data[:-1] + b"\x01")
+    assert exc.value.reason is Reason.MALFORMED
+    assert module.receive(single[1].can_id, single[1].data) is None  # accepted: the window is resynced

@@ -392,7 +392,10 @@ class SecuredSender(_Channel):
             assert aead is not None
             auth = aead.encrypt(nonce, b"", _RESYNC_AAD + challenge)
         data = head + auth
-        return SecuredPdu(can_id, data, len(data) <= self.profile.data_field, fv)
+        single = len(data) <= self.profile.data_field
+        if self._fd and single:  # a valid FD length (23 -> 24): zero padding, checked by the receiver
+            data += bytes(frame_length(len(data), fd=True) - len(data))
+        return SecuredPdu(can_id, data, single, fv)
 
 
 class SecuredReceiver(_Channel):
@@ -584,7 +587,10 @@ class SecuredReceiver(_Channel):
         if tier is Tier.NONE:
             raise VerificationError(Reason.WRONG_LEVEL, "clear channels have no freshness")
         auth_len = SIGNATURE_BYTES if tier is Tier.BINDING else self._fmt.tag_bytes
-        if len(data) != COUNTER_BYTES + auth_len:
+        size = COUNTER_BYTES + auth_len
+        if self._fd and size <= self._field and len(data) == frame_length(size, fd=True) and not any(data[size:]):
+            data = data[:size]  # the zero padding up to a valid FD length
+        if len(data) != size:
             raise VerificationError(Reason.MALFORMED, "resync answer has the wrong length")
         fv = int.from_bytes(data[:COUNTER_BYTES], "big")
         if fv > MAX_COUNTER:
