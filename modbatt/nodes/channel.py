@@ -324,22 +324,20 @@ class PairedChannel:
             self._outgoing.append(self._link.sender(tier).protect_resync(answer, challenge))
         if fields.function == _RESTART.code:
             # The partner restarted: whatever it sent before may still be in flight, and its
-            # counters jumped. Accept nothing more from it until it answered our own challenge.
-            # (An unauthenticated restart notice costs one resync round trip, nothing more.)
-            awaiting = any(self._link.receiver(t).awaiting_resync for t in _FRESH_TIERS)
+            # counters jumped. Accept nothing more from it until it answered a fresh challenge
+            # (one outstanding from before may have gone to its previous life, unanswerable).
+            # An unauthenticated restart notice costs one resync round trip, nothing more.
             for tier in _FRESH_TIERS:
                 self._link.receiver(tier).window.synced = False
-            if not awaiting:
-                self._challenge(_REQUEST)
+            self._challenge(_REQUEST)
 
     def _after_reject(self, reason: Reason) -> None:
         if reason is not Reason.BAD_MAC or self.profile.fd or self._revoked:
             return
         self._bad_streak += 1
-        if self._bad_streak >= RESYNC_AFTER_BAD_MACS:
+        if self._bad_streak >= RESYNC_AFTER_BAD_MACS:  # at most one challenge per streak
             self._bad_streak = 0
-            if not any(self._link.receiver(t).awaiting_resync for t in _FRESH_TIERS):
-                self._challenge(_REQUEST)
+            self._challenge(_REQUEST)
 
     def _classify(self, tier: Tier, can_id: int, data: bytes, reassembled: bool) -> VerificationError | None:
         """An authentication failure explained: an authentic frame far behind the window, or of an

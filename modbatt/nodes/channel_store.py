@@ -203,6 +203,9 @@ class FileFreshness:
         base = self.root / _check_pairing_id(pairing_id)
         if not base.is_dir():
             return
+        if not keep:  # revoked or voided: nothing of the pairing stays (its channel is closed)
+            shutil.rmtree(base, ignore_errors=True)
+            return
         keep_names = {bytes(k).hex() for k in keep}
         for child in base.iterdir():
             if child.is_dir() and child.name not in keep_names:
