@@ -258,3 +258,20 @@ def test_fd_resync_answers_are_valid_fd_lengths_and_their_padding_is_checked():
         module.receive(single[0].can_id, single[0].data[:-1] + b"\x01")
     assert exc.value.reason is Reason.MALFORMED
     assert module.receive(single[1].can_id, single[1].data) is None  # accepted: the window is resynced
+
+
+def test_floods_of_resync_requests_and_forgeries_cost_bounded_work():
+    w, _, pid = _paired()
+    pack, module = w.pack.channel(pid), w.module.channel(pid)
+    request_id = SEED_LAYOUT.encode(function_named("RESYNC_REQUEST").id_fields(0x01, 1))
+    for i in range(100):  # unauthenticated requests: anyone on the bus can send them
+        assert pack.receive(request_id, i.to_bytes(8, "big")) is None
+    assert len(pack.frames_to_send()) == 3  # one set of answers (one signature), for the latest
+    assert pack.frames_to_send() == []
+    genuine = pack.send(CHARGE, b"\x01")
+    challenges = 0
+    for i in range(640):  # forged frames with a valid identifier: unexplained bad_mac
+        with pytest.raises(VerificationError):
+            module.receive(genuine.can_id, bytes([i & 0xFF]) + genuine.data[1:3] + bytes(5))
+        challenges += len(module.frames_to_send())
+    assert 1 <= challenges <= 640 // 64 + 1

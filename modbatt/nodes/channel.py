@@ -15,9 +15,10 @@ from what the entity persisted and hands out the same live object to every calle
   accepting until it has heard from the restarted end, and challenges it back (its counters
   jumped past a reservation, which an 8-bit classic FV cannot follow).
 
-Sans-I/O: :meth:`receive` consumes control frames (returning None) and the channel queues what
-it must send; a driver sends :meth:`frames_to_send` on its bus, or :func:`pump` carries them
-between two ends in one process. A driver also calls :meth:`resync` again when a channel stays
+Sans-I/O: :meth:`receive` consumes control frames (returning None) and notes what is due;
+:meth:`frames_to_send` builds it (answers for the latest challenge, then the latest challenge
+wanted), and a driver sends those on its bus, or :func:`pump` carries them between two ends in
+one process. A driver also calls :meth:`resync` again when a channel stays
 unsynced for longer than it is willing to wait (a lost challenge): the channel has no clock.
 """
 
@@ -147,8 +148,13 @@ class PairedChannel:
         self._rng = rng or SystemRandom()
         self._on_close = on_close
         self._out_dir, _ = _directions(self.role)
-        self._outgoing: list[SecuredPdu] = []
+        # Control work is done when the driver asks for it (frames_to_send): only the latest
+        # challenge to answer and the latest one to send matter, so a flood of requests between
+        # two drains costs one set of answers (one signature), not one per request.
+        self._answer_for: bytes | None = None
+        self._want_challenge: Function | None = None
         self._bad_streak = 0
+        self._streaks_waiting = 0
         self._revoked = False
         self._lease: Lease | None = freshness.acquire(self.pairing_id)
         try:
@@ -235,8 +241,25 @@ class PairedChannel:
         return got
 
     def frames_to_send(self) -> list[SecuredPdu]:
-        """Control frames queued for the partner (resync), oldest first; the queue is emptied."""
-        out, self._outgoing = self._outgoing, []
+        """The control frames (resync) due to the partner now: answers first, then a challenge.
+
+        Built when asked, for the latest challenge received and the latest one wanted; asking
+        again returns nothing until something new happened.
+        """
+        out: list[SecuredPdu] = []
+        if self._lease is None:
+            return out
+        if self._answer_for is not None:
+            answer = _ANSWER.id_fields(self.node, int(self._out_dir))
+            out += [self._link.sender(tier).protect_resync(answer, self._answer_for) for tier in _FRESH_TIERS]
+            self._answer_for = None
+        if self._want_challenge is not None:
+            challenge = self._rng.token_bytes(RESYNC_CHALLENGE_BYTES)
+            for tier in _FRESH_TIERS:
+                self._link.receiver(tier).resync_challenge(challenge=challenge)
+            fields = self._want_challenge.id_fields(self.node, int(self._out_dir))
+            out.append(self._link.sender(Tier.NONE).protect(fields, challenge))
+            self._want_challenge = None
         return out
 
     def resync(self) -> None:
@@ -269,7 +292,7 @@ class PairedChannel:
         anchors = {t: old.receiver(t).window.highest for t in _FRESH_TIERS}
         self._retired.insert(0, _Retired(self._keys.secrets, self._keys, self.layout, self.profile, anchors))
         del self._retired[RETIRED_SESSIONS:]
-        self._outgoing.clear()  # control frames under the old session's keys are void
+        self._answer_for = self._want_challenge = None  # control work of the old session is void
         self._open(keys, fresh)
         self._link.escalate(old.floor)
 
@@ -301,11 +324,10 @@ class PairedChannel:
             raise ConfigError("this channel is closed; ask the entity for the pairing's channel again")
 
     def _challenge(self, function: Function) -> None:
-        challenge = self._rng.token_bytes(RESYNC_CHALLENGE_BYTES)
-        for tier in _FRESH_TIERS:
-            self._link.receiver(tier).resync_challenge(challenge=challenge)
-        fields = function.id_fields(self.node, int(self._out_dir))
-        self._outgoing.append(self._link.sender(Tier.NONE).protect(fields, challenge))
+        """Want a challenge sent (a restart notice is never downgraded to a plain request)."""
+        if self._want_challenge is not _RESTART:
+            self._want_challenge = function
+        self._streaks_waiting = 0
 
     def _on_resync(self, fields: CanIdFields, can_id: int, data: bytes, reassembled: bool) -> None:
         if fields.direction == int(self._out_dir) or fields.node != self.node:
@@ -319,9 +341,7 @@ class PairedChannel:
         challenge = self._link.receiver(Tier.NONE).open(can_id, data, reassembled=reassembled).payload
         if len(challenge) != RESYNC_CHALLENGE_BYTES:
             raise VerificationError(Reason.MALFORMED, f"a resync challenge is {RESYNC_CHALLENGE_BYTES} bytes")
-        answer = _ANSWER.id_fields(self.node, int(self._out_dir))
-        for tier in _FRESH_TIERS:
-            self._outgoing.append(self._link.sender(tier).protect_resync(answer, challenge))
+        self._answer_for = challenge  # answered at the next frames_to_send (the latest one only)
         if fields.function == _RESTART.code:
             # The partner restarted: whatever it sent before may still be in flight, and its
             # counters jumped. Accept nothing more from it until it answered a fresh challenge
@@ -335,8 +355,14 @@ class PairedChannel:
         if reason is not Reason.BAD_MAC or self.profile.fd or self._revoked:
             return
         self._bad_streak += 1
-        if self._bad_streak >= RESYNC_AFTER_BAD_MACS:  # at most one challenge per streak
-            self._bad_streak = 0
+        if self._bad_streak < RESYNC_AFTER_BAD_MACS:
+            return
+        self._bad_streak = 0
+        self._streaks_waiting += 1
+        # While a challenge is out, challenge again only after 8 more streaks (64 failures): a
+        # flood of forgeries then costs the partner one answer per 64 frames, not one per 8.
+        waiting = any(self._link.receiver(t).awaiting_resync for t in _FRESH_TIERS)
+        if not waiting or self._streaks_waiting >= RESYNC_AFTER_BAD_MACS:
             self._challenge(_REQUEST)
 
     def _classify(self, tier: Tier, can_id: int, data: bytes, reassembled: bool) -> VerificationError | None:
