@@ -13,7 +13,7 @@ Two machines, both sans-I/O:
   token bucket (default: burst 3, one more every 60 s) — an entity that floods escalations gets
   ``rate_limited`` and cannot pin its partner at maximum cost.
 * :class:`EscalationPolicy` turns an accepted request into a required validation level and a tier
-  floor for the link (``SelectiveLink.escalate``), holds it for a stated time, de-escalates on
+  floor for the link (``PairedChannel.escalate``), holds it for a stated time, de-escalates on
   :meth:`EscalationPolicy.tick`, and logs every event (accepted, deferred, ignored, rejected,
   de-escalated) as a JSON-ready dict.
 """
