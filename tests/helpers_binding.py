@@ -40,6 +40,14 @@ class World(InMemoryDeployment):
     def module(self) -> EntityNode:
         return self.nodes["module"]
 
+    def restart(self, node: EntityNode) -> EntityNode:
+        """A simulated restart that ``pack``/``module`` follow."""
+        reborn = super().restart(node)
+        for role, held in self.nodes.items():
+            if held is node:
+                self.nodes[role] = reborn
+        return reborn
+
     def authorization(self) -> Any:
         return self.authorize(self.pack, self.module)
 

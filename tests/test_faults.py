@@ -12,12 +12,10 @@ from helpers_binding import World
 
 from modbatt.attacks._world import paired_pack
 from modbatt.attacks.faults import FaultRates, acknowledged_commands, fragment_transfers
-from modbatt.crypto.freshness import ReplayWindow
 from modbatt.crypto.keystore import KdfParams, KeyStore
 from modbatt.errors import KeyStoreError, ModbattError, Reason, TransportError, VerificationError
 from modbatt.model.policy import MessageClass
-from modbatt.model.tier import Tier
-from modbatt.nodes.entity import EntityNode
+from modbatt.nodes.channel import pump
 from modbatt.protocol.binding import CLOCK_SKEW_SECONDS
 
 RATES = FaultRates(loss=0.05, duplication=0.02, reordering=0.02, corruption=0.01)
@@ -50,24 +48,26 @@ def test_fragment_transport_under_faults_delivers_every_message_intact():
     assert counters["buffered_bytes"] <= 16 * 1024
 
 
-def test_node_reset_mid_command_resyncs_and_loses_nothing(pack):
+def test_node_reset_mid_command_resyncs_and_loses_nothing():
+    pack = paired_pack(5)
     tx, rx = pack.link(1, "pack"), pack.link(1, "module")
     first = acknowledged_commands(tx, rx, 50, RATES, seed=1)
     assert first.nothing_acknowledged_lost and len(first.acknowledged) == 50
-    # The module reboots: its receive window is gone. It accepts nothing until an authenticated resync.
-    receiver = rx._receivers[Tier.PAIRING]
-    receiver.window = ReplayWindow.unsynced()
-    pdu = tx.send(MessageClass.CHARGE_COMMAND, b"\x00\x00")
+    recorded = tx.send(MessageClass.CHARGE_COMMAND, b"\x00\x00")  # in flight when the module reboots
+    # The module reboots: its receive windows are gone. It accepts nothing until an authenticated resync.
+    pack.restart(1, "module")
+    rx = pack.link(1, "module")
+    assert not rx.synced
     with pytest.raises(VerificationError) as exc:
-        rx.receive(pdu.can_id, pdu.data)
+        rx.receive(recorded.can_id, recorded.data)
     assert exc.value.reason is Reason.STALE
-    challenge = receiver.resync_challenge()
-    answer = tx._senders[Tier.PAIRING].protect_resync(receiver.layout.decode(pdu.can_id), challenge)
-    receiver.accept_resync(answer.can_id, answer.data)
-    with pytest.raises(VerificationError):  # frames from before the resync stay refused
-        rx.receive(pdu.can_id, pdu.data)
+    assert pump(tx, rx) > 0 and rx.synced and tx.synced
+    with pytest.raises(VerificationError) as exc:  # frames from before the resync stay refused
+        rx.receive(recorded.can_id, recorded.data)
+    assert exc.value.reason in (Reason.REPLAY, Reason.STALE)
     again = acknowledged_commands(tx, rx, 50, RATES, seed=2)
     assert again.nothing_acknowledged_lost and len(again.acknowledged) == 50
+    pack.close()
 
 
 def test_node_reset_mid_pairing_leaves_no_secret_and_a_retry_pairs():
@@ -79,24 +79,27 @@ def test_node_reset_mid_pairing_leaves_no_secret_and_a_retry_pairs():
     module.accept_certificate(cert.encode())
     offer = dep.pack.pairing_start(pid)
     # Module resets before it answers: a new node on the same key store, the half exchange lost.
-    rebooted = EntityNode(module.keystore, clock=dep.clock, rng=dep.rng)
-    dep.client.nodes[module.access_data.endpoint] = rebooted
+    rebooted = dep.restart(module)
     with pytest.raises(VerificationError) as exc:
         rebooted.pairing_offer(pid, offer)
     assert exc.value.reason is Reason.WRONG_SESSION
     assert rebooted.pairing_secrets(pid) is None and dep.pack.pairing_secrets(pid) is None
     dep.clock.advance(31)
     assert dep.pack.pairing_tick() == [pid]  # the partial pairing times out; its half is erased
-    # The retry (second use of the certificate) completes; the use counter survived the reset.
-    a = dep.pack.accept_certificate(cert.encode())
+    # The retry completes between the entities. The reset burned no use: a use is counted only
+    # when a session derives secrets (the first never did), and that count lives in the key store.
+    dep.pack.accept_certificate(cert.encode())
     rebooted.accept_certificate(cert.encode())
     dep.pack.pairing_offer(pid, rebooted.pairing_offer(pid, dep.pack.pairing_start(pid)) or b"")
+    a = dep.pack.pairings[pid]
     with pytest.raises(VerificationError) as late:  # the first session's deadline passed: controller refuses
         dep.controller.complete_pairing(a.completion)
     assert late.value.reason is Reason.TIMEOUT
-    with pytest.raises(VerificationError) as used:
-        rebooted.accept_certificate(cert.encode())
-    assert used.value.reason is Reason.EXHAUSTED
+    assert len(rebooted.pairing_uses(pid)) == len(dep.pack.pairing_uses(pid)) == 1
+    # The refused completion left a use spent on both entities: the controller can see it.
+    assert dep.controller.burned_uses(pid, rebooted.pairing_uses(pid)) == 1
+    rebooted = dep.restart(rebooted)
+    assert len(rebooted.pairing_uses(pid)) == 1  # survives a reset
     p.close()
 
 

@@ -23,10 +23,11 @@ ids = st.one_of(st.integers(0, (1 << 29) - 1), st.integers(-(1 << 40), 1 << 40))
 
 @pytest.fixture(scope="module")
 def links():
-    pack = paired_pack(21)
-    out = {p.name: (pack.link(1, "pack", profile=p), pack.link(1, "module", profile=p)) for p in (CLASSIC, FD)}
-    yield out
-    pack.close()
+    packs = {p.name: paired_pack(21) for p in (CLASSIC, FD)}  # a channel lives on one bus profile
+    yield {name: (pack.link(1, "pack", profile=p), pack.link(1, "module", profile=p))
+           for (name, pack), p in zip(packs.items(), (CLASSIC, FD), strict=True)}  # fmt: skip
+    for pack in packs.values():
+        pack.close()
 
 
 @FAST
@@ -38,8 +39,8 @@ def test_id_layout_decode_raises_only_classified_errors(can_id):
         assert layout.decode.cache_info().currsize <= 4096
 
 
-def _windows(link):
-    return {t: (r.window.highest, r.window._bitmap) for t, r in link._receivers.items()}
+def _windows(channel):
+    return {t: (channel._link.receiver(t).window.highest, channel._link.receiver(t).window._bitmap) for t in Tier}
 
 
 @FAST
@@ -64,7 +65,7 @@ def test_selective_link_receive_fuzz(links, can_id, data, reassembled, profile):
 )
 def test_secured_receiver_open_and_resync_fuzz(links, can_id, data, tier, profile):
     _, rx = links[profile]
-    receiver = rx._receivers[tier]
+    receiver = rx._link.receiver(tier)
     for fn in (lambda: receiver.open(can_id, data), lambda: receiver.open(can_id, data, reassembled=True),
                lambda: receiver.accept_resync(can_id, data)):  # fmt: skip
         with contextlib.suppress(VerificationError):

@@ -9,9 +9,8 @@ import pytest
 
 from modbatt.cli import main
 from modbatt.errors import Reason, VerificationError
-from modbatt.model.policy import DEFAULT_POLICY, MessageClass
+from modbatt.model.policy import MessageClass
 from modbatt.nodes.inmemory import InMemoryDeployment
-from modbatt.nodes.link import SelectiveLink
 from modbatt.nodes.monitor_keys import KeyStoreDecryptor
 from modbatt.nodes.pairing_flow import pair_entities
 from modbatt.transport.recording import write_log
@@ -24,10 +23,7 @@ def _paired(seed=5):
         record = d.bind(d.pack, module).record
         pid = pair_entities(d.controller, d.pack, module, record.binding_id).certificate.metadata.pairing_id
         for name, node in (("pack", d.pack), ("module", module)):
-            state = node.binding(record.binding_id)
-            links[(node_id, name)] = SelectiveLink(secrets=node.pairing_secrets(pid), policy=DEFAULT_POLICY,
-                                                   node=node_id, binding_key=state.private_key,
-                                                   partner_key=state.partner_key)  # fmt: skip
+            links[(node_id, name)] = node.channel(pid)
     return d, links
 
 

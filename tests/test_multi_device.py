@@ -8,10 +8,10 @@ from helpers_binding import World
 from modbatt.crypto.keystore import KeyStore
 from modbatt.errors import Reason, VerificationError
 from modbatt.model import AccessData, TransportProtocol
-from modbatt.model.policy import DEFAULT_POLICY, MessageClass
+from modbatt.model.policy import MessageClass
 from modbatt.nodes.authority import authorize_binding
+from modbatt.nodes.channel_store import EphemeralFreshness
 from modbatt.nodes.entity import EntityNode
-from modbatt.nodes.link import SelectiveLink
 from modbatt.nodes.pairing_flow import pair_entities
 
 
@@ -23,7 +23,7 @@ def _pack_with_modules(n):
         access = AccessData(f"can://can0/0x{node_id:02x}", TransportProtocol.CAN, device)
         node = EntityNode.provision(
             KeyStore.in_memory(reproducible=True), access_data=access, controller_key=w.controller_key.public_key,
-            clock=w.clock, rng=w.rng,
+            clock=w.clock, rng=w.rng, freshness=EphemeralFreshness(),
         )  # fmt: skip
         w.client.nodes[access.endpoint] = node
         modules[node_id] = node
@@ -36,17 +36,9 @@ def _pack_with_modules(n):
 
 
 def _links(w, module, record, outcome, node_id):
-    pack_state = w.pack.binding(record.binding_id)
-    mod_state = module.binding(record.binding_id)
     pid = outcome.certificate.metadata.pairing_id
-    pack_link = SelectiveLink(
-        secrets=w.pack.pairing_secrets(pid), policy=DEFAULT_POLICY, node=node_id,
-        binding_key=pack_state.private_key, partner_key=pack_state.partner_key,
-    )  # fmt: skip
-    mod_link = SelectiveLink(
-        secrets=module.pairing_secrets(pid), policy=DEFAULT_POLICY, node=node_id,
-        binding_key=mod_state.private_key, partner_key=mod_state.partner_key,
-    )  # fmt: skip
+    pack_link, mod_link = w.pack.channel(pid), module.channel(pid)
+    assert pack_link.node == mod_link.node == node_id  # the module's CAN address, from its access data
     return pack_link, mod_link
 
 

@@ -170,18 +170,116 @@ def test_use_past_max_uses_is_refused_by_entity_and_controller():
     assert w.ledger.size == 3  # issued + completed only
 
 
-def test_second_use_within_max_uses_gets_a_new_session():
+def _session(w, pid):
+    """One session of an already accepted certificate, in process; entity a's participant."""
+    reply = w.module.pairing_offer(pid, w.pack.pairing_start(pid))
+    w.pack.pairing_offer(pid, reply)
+    return w.pack.pairings[pid]
+
+
+def test_second_use_within_max_uses_gets_a_new_session_with_new_secrets():
     w, record = _bound_world()
     cert = w.controller.issue_pairing(record.binding_id, max_uses=2)
     pid = cert.metadata.pairing_id
+    sessions = []
     for use in (1, 2):
-        a = w.pack.accept_certificate(cert.encode())
+        w.pack.accept_certificate(cert.encode())
         w.module.accept_certificate(cert.encode())
-        reply = w.module.pairing_offer(pid, w.pack.pairing_start(pid))
-        w.pack.pairing_offer(pid, reply)
+        a = _session(w, pid)
         w.controller.complete_pairing(a.completion)
         assert w.controller.pending_pairing(pid).sessions[-1] == a.session_nonce
         assert len(w.controller.pending_pairing(pid).sessions) == use
+        mine, theirs = w.pack.pairing_secrets(pid), w.module.pairing_secrets(pid)
+        assert (mine.session_id, mine.pairing_secret) == (theirs.session_id, theirs.pairing_secret)
+        sessions.append(mine)
+    first, second = sessions
+    # Same certificate, same pairing and exchange keys: the session transcript keeps the secrets apart.
+    assert first.session_id != second.session_id
+    assert first.pairing_secret != second.pairing_secret and first.exchange_secret != second.exchange_secret
+
+
+def test_accepting_a_certificate_again_is_idempotent_and_counts_no_use():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, max_uses=1)
+    pid = cert.metadata.pairing_id
+    for _ in range(5):  # anyone who saw the certificate can send it again: nothing is spent
+        a = w.pack.accept_certificate(cert.encode())
+        b = w.module.accept_certificate(cert.encode())
+    assert w.pack.pairing_uses(pid) == [] and w.module.pairing_uses(pid) == []
+    offer = w.pack.pairing_start(pid)
+    # Mid-session: accepting again hands back the same participants, nothing is reset.
+    assert w.pack.accept_certificate(cert.encode()) is a and w.module.accept_certificate(cert.encode()) is b
+    assert a.session_nonce is not None and a.state is PairingState.AWAITING_PARTNER
+    w.pack.pairing_offer(pid, w.module.pairing_offer(pid, offer))
+    w.controller.complete_pairing(a.completion)
+    # One use each, counted when the session derived its secrets.
+    assert len(w.pack.pairing_uses(pid)) == 1 and len(w.module.pairing_uses(pid)) == 1
+    # Done: a repeat start cannot reset or re-run a spent single-use certificate.
+    assert _accept_error(w.module, cert) is Reason.EXHAUSTED
+    with pytest.raises(VerificationError) as exc:
+        w.pack.pairing_start(pid)
+    assert exc.value.reason is Reason.EXHAUSTED
+    assert w.pack.pairing_secrets(pid).session_id == w.module.pairing_secrets(pid).session_id
+
+
+def test_start_during_a_session_in_progress_is_refused_without_reset():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id)
+    pid = cert.metadata.pairing_id
+    w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    offer = w.pack.pairing_start(pid)
+    with pytest.raises(VerificationError) as exc:
+        w.pack.pairing_start(pid)
+    assert exc.value.reason is Reason.DUPLICATE
+    with pytest.raises(VerificationError) as exc:
+        w.module.pairing_start(pid)
+    assert exc.value.reason is Reason.WRONG_PEER
+    w.pack.pairing_offer(pid, w.module.pairing_offer(pid, offer))  # the original session still completes
+    assert w.controller.complete_pairing(w.pack.pairings[pid].completion) > 0
+
+
+def test_burned_uses_are_visible_to_the_controller():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, max_uses=3)
+    pid = cert.metadata.pairing_id
+    assert pair_entities(w.controller, w.pack, w.module, certificate=cert).burned == {"pack-01": 0, "module-01": 0}
+    w.module.pairing_offer(pid, w.pack.pairing_start(pid))  # B derived session 2; A never hears back
+    assert w.controller.burned_uses(pid, w.module.pairing_uses(pid)) == 1
+    assert w.controller.burned_uses(pid, w.pack.pairing_uses(pid)) == 0
+    w.clock.now += 31  # A's half-done session times out; the next session reports what was burned
+    w.pack.pairing_tick()
+    out = pair_entities(w.controller, w.pack, w.module, certificate=cert)
+    assert out.burned == {"pack-01": 0, "module-01": 1}
+    assert len(w.module.pairing_uses(pid)) == 3 and len(w.controller.pending_pairing(pid).sessions) == 2
+
+
+def test_a_crash_cannot_buy_an_extra_use():
+    w, record = _bound_world()
+    cert = w.controller.issue_pairing(record.binding_id, max_uses=1)
+    pid = cert.metadata.pairing_id
+    w.pack.accept_certificate(cert.encode())
+    w.module.accept_certificate(cert.encode())
+    offer = w.pack.pairing_start(pid)
+    # B fails while storing the session: nothing is stored, no use counted, no reply leaves.
+    store = w.module.keystore
+    real = store.put_record
+
+    def failing(name, value):
+        if name.startswith("pairing-uses/"):
+            raise RuntimeError("power lost")
+        return real(name, value)
+
+    store.put_record = failing
+    with pytest.raises(RuntimeError):
+        w.module.pairing_offer(pid, offer)
+    store.put_record = real
+    assert w.module.pairing_secrets(pid) is None and w.module.pairing_uses(pid) == []
+    # B stores the session and dies before its reply leaves: the use is spent for good.
+    w.module.pairing_offer(pid, offer)
+    module = w.restart(w.module)
+    assert len(module.pairing_uses(pid)) == 1
+    assert _accept_error(module, cert) is Reason.EXHAUSTED
 
 
 def test_replayed_completion_is_refused():

@@ -1,4 +1,7 @@
-"""Selective encryption on a paired CAN link: tier policy, downgrade refusal, freshness across restarts."""
+"""Selective encryption on a paired CAN link: tier policy, downgrade refusal, freshness across restarts.
+
+Every link end here is the entity's own channel (``EntityNode.channel``), as in a deployment.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import pytest
 from helpers_binding import World
 
 from modbatt.can.ids import SEED_LAYOUT
-from modbatt.crypto.freshness import FileCounterStore
+from modbatt.crypto.keystore import KeyStore
 from modbatt.errors import Reason, VerificationError
 from modbatt.model.policy import CRITICAL_CLASSES, DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from modbatt.model.tier import Tier
-from modbatt.nodes.link import SelectiveLink
+from modbatt.nodes.channel import pump
+from modbatt.nodes.entity import EntityNode
 from modbatt.nodes.pairing_flow import pair_entities
 
 
@@ -22,13 +26,8 @@ def paired():
     return w, record, outcome
 
 
-def _link(w, node, record, outcome, **kw):
-    state = node.binding(record.binding_id)
-    secrets = node.pairing_secrets(outcome.certificate.metadata.pairing_id)
-    return SelectiveLink(
-        secrets=secrets, policy=kw.pop("policy", DEFAULT_POLICY), node=1,
-        binding_key=state.private_key, partner_key=state.partner_key, **kw,
-    )  # fmt: skip
+def _link(w, node, record, outcome):
+    return node.channel(outcome.certificate.metadata.pairing_id)
 
 
 def test_default_tiers_follow_the_seed(paired):
@@ -70,8 +69,10 @@ def test_routine_classes_may_go_in_clear_only_where_the_policy_allows(paired):
     with pytest.raises(VerificationError):
         _link(w, w.pack, record, outcome).send(MessageClass.HEARTBEAT, b"\x00", tier=Tier.NONE)
     relaxed = DEFAULT_POLICY.with_clear(MessageClass.HEARTBEAT)
-    pack = _link(w, w.pack, record, outcome, policy=relaxed)
-    module = _link(w, w.module, record, outcome, policy=relaxed)
+    # The policy travels in the certificate: a pairing issued with the relaxed one.
+    outcome = pair_entities(w.controller, w.pack, w.module, record.binding_id, policy=relaxed)
+    pack = _link(w, w.pack, record, outcome)
+    module = _link(w, w.module, record, outcome)
     pdu = pack.send(MessageClass.HEARTBEAT, b"\x00", tier=Tier.NONE)
     assert module.receive(pdu.can_id, pdu.data).tier is Tier.NONE
 
@@ -127,19 +128,34 @@ def test_binding_tier_messages_carry_a_signature(paired):
     assert (got.tier, got.payload) == (Tier.BINDING, b"announce")
 
 
-def test_restart_never_reuses_a_nonce(paired, tmp_path):
-    w, record, outcome = paired
-
-    def stores(tier):
-        return FileCounterStore(tmp_path / f"pack-{tier.label}.counter")
-
+def test_restart_never_reuses_a_nonce(tmp_path):
+    """Pack on a key store on disk: its channel's counters are files beside it and survive restarts."""
+    w = World()
+    path = tmp_path / "pack.keystore"
+    key_file = KeyStore.generate_key_file(tmp_path / "pack.kek")
+    disk = KeyStore.create(path, key_file=key_file, reproducible=True)
+    with disk.transaction():
+        for name in w.pack.keystore.key_names():
+            disk.put_private_key(name, w.pack.keystore.private_key(name))
+        for name in w.pack.keystore.record_names():
+            disk.put_record(name, w.pack.keystore.record(name))
+    w.pack = EntityNode(disk, clock=w.clock, rng=w.rng)  # freshness: files beside the store
+    w.client.nodes[w.pack.access_data.endpoint] = w.pack
+    record = w.bind().record
+    pid = pair_entities(w.controller, w.pack, w.module, record.binding_id).certificate.metadata.pairing_id
+    module = w.module.channel(pid)
     seen = set()
     for _boot in range(3):
-        pack = _link(w, w.pack, record, outcome, counter_stores=stores)
+        pack = w.pack.channel(pid)
+        pump(pack, module)  # after a restart: resync both ways
         for _ in range(5):
             pdu = pack.send(MessageClass.CHARGE_COMMAND, b"\x06")
             assert pdu.freshness not in seen  # the FV is the nonce's counter part
             seen.add(pdu.freshness)
+            assert module.receive(pdu.can_id, pdu.data).payload == b"\x06"
+        pack.close()  # a restart: the next node object opens the same files
+        w.pack = EntityNode(KeyStore.open(path, key_file=key_file), clock=w.clock, rng=w.rng)
     assert len(seen) == 15
-    # Each restart resumed past the reservation persisted before the crash.
+    # Each restart resumed past the reservation persisted before it.
     assert sorted(seen)[5] > sorted(seen)[4] + 1
+    assert sorted((tmp_path / "pack.freshness" / pid).iterdir())  # the counters are files on disk

@@ -10,11 +10,10 @@ from helpers_validation import paired_world
 from modbatt.attacks.escalations import escalation_world
 from modbatt.crypto.suite import PrivateKey
 from modbatt.errors import KeyStoreError, Reason, VerificationError
-from modbatt.model.policy import DEFAULT_POLICY, MessageClass
+from modbatt.model.policy import MessageClass
 from modbatt.model.statements import read_statement
 from modbatt.model.tier import Tier
 from modbatt.nodes.audit import EventLog
-from modbatt.nodes.link import SelectiveLink
 from modbatt.nodes.validation import run_escalation_scenario
 from modbatt.protocol.validation import (
     Announcer,
@@ -55,10 +54,7 @@ def test_request_has_the_seed_shape_and_rejects_unknown_values():
 
 def test_escalation_rides_in_an_announce_and_raises_level_and_link_tier():
     p = paired_world()
-    link = SelectiveLink(
-        secrets=p.pack["secrets"], policy=DEFAULT_POLICY, node=1, binding_key=p.pack["binding_key"],
-        partner_key=p.pack["partner_key"],
-    )  # fmt: skip
+    link = p.world.pack.channel(p.ctx.pairing_id)  # the pack's own channel of the pairing
     policy = EscalationPolicy(listeners=[link.escalate])
     announce = Announcer(
         binding_id=p.ctx.binding_id, access_data=p.world.module.access_data, binding_key=p.module["binding_key"]

@@ -11,7 +11,7 @@ notebook (a ``scenario`` papermill parameter: ``run_parameter(scenario, seed)``,
 from __future__ import annotations
 
 # isort: off
-from . import bus, extraction, insiders, ledger_tamper, malleability, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
+from . import bus, channel, extraction, insiders, ledger_tamper, malleability, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
 from . import escalations, garbage, grants  # noqa: F401  (hostile input; imported last so its rows follow each family's first ones)
 # isort: on
 from .outcome import OUTCOMES, Outcome, attempt

@@ -1,9 +1,13 @@
 """The victim every scenario attacks: a real pack, bound and paired through the real protocol.
 
-Nothing here is a stand-in: an :class:`~modbatt.workbench.inmemory.InMemoryDeployment` with a real
-auth controller, ledger and key stores; bindings and pairings made by the real flows; links are
-the real :class:`~modbatt.nodes.link.SelectiveLink`. ``seed`` makes runs reproducible (it needs
-``MODBATT_REPRODUCIBLE=1``, like every seeded source); ``None`` uses the system CSPRNG.
+Nothing here is a stand-in: an :class:`~modbatt.nodes.inmemory.InMemoryDeployment` with a real
+auth controller, ledger and key stores; bindings and pairings made by the real flows; link ends
+are the entities' own :class:`~modbatt.nodes.channel.PairedChannel` (what a deployment uses).
+``seed`` makes runs reproducible (it needs ``MODBATT_REPRODUCIBLE=1``, like every seeded
+source); ``None`` uses the system CSPRNG.
+
+What an attacker builds for itself (a sender from secrets it stole) is :func:`forged_sender`:
+its in-memory counter is the attacker's explicit choice, never the victim's.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..can.ids import SEED_LAYOUT
+from ..can.secured import Direction, SecuredSender, TrafficKeys, derive_traffic_keys
 from ..can.wiretime import CLASSIC, BusProfile
+from ..crypto.freshness import FreshnessCounter, MemoryCounterStore
+from ..crypto.suite import PrivateKey
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode
+from ..model.tier import Tier
+from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
-from ..nodes.link import SelectiveLink, node_id_of
 from ..nodes.pairing_flow import PairingOutcome, pair_entities
+from ..protocol.pairing import PairingSecrets
 
-__all__ = ["Pack", "RecordingClient", "paired_pack", "tap"]
+__all__ = ["Pack", "RecordingClient", "forged_sender", "paired_pack", "tap"]
 
 Side = Literal["pack", "module"]
 
@@ -40,24 +50,41 @@ class Pack:
     def pairing_id(self, node_id: int) -> str:
         return self.pairings[node_id].certificate.metadata.pairing_id
 
-    def link(self, node_id: int, side: Side, *, profile: BusProfile = CLASSIC) -> SelectiveLink:
-        """A fresh link end for module ``node_id``'s pairing, on the pack's or the module's side."""
-        entity = self.dep.pack if side == "pack" else self.module(node_id)
-        binding_id = self.records[node_id].binding_id
-        state = entity.binding(binding_id)
-        secrets = entity.pairing_secrets(self.pairing_id(node_id))
-        assert state is not None and state.partner_key is not None and secrets is not None
-        return SelectiveLink(
-            secrets=secrets,
-            policy=self.pairings[node_id].certificate.metadata.encryption_policy,
-            node=node_id_of(self.module(node_id).access_data),
-            binding_key=state.private_key,
-            partner_key=state.partner_key,
-            profile=profile,
-        )
+    def entity(self, node_id: int, side: Side) -> EntityNode:
+        return self.dep.pack if side == "pack" else self.module(node_id)
+
+    def link(self, node_id: int, side: Side, *, profile: BusProfile = CLASSIC) -> PairedChannel:
+        """The live channel of module ``node_id``'s pairing on the pack's or the module's side."""
+        return self.entity(node_id, side).channel(self.pairing_id(node_id), profile=profile)
+
+    def restart(self, node_id: int, side: Side) -> EntityNode:
+        """Restart one end (a new node on the same key store and channel state)."""
+        return self.dep.restart(self.entity(node_id, side))
 
     def close(self) -> None:
         self.dep.ledger.close()
+
+
+def forged_sender(
+    secrets: PairingSecrets,
+    tier: Tier,
+    *,
+    direction: Direction = Direction.INITIATOR_TO_RESPONDER,
+    profile: BusProfile = CLASSIC,
+    signer: PrivateKey | None = None,
+    start: int = 0,
+) -> SecuredSender:
+    """An attacker's own sender at ``tier`` from secrets (or a binding key) it holds.
+
+    The counter is in memory and starts at ``start``: an attacker does not care about nonce
+    reuse, and this is never a channel of the victim's.
+    """
+    if tier is Tier.BINDING:
+        keys = TrafficKeys.binding(direction, signer=signer, context=secrets.context)
+    else:
+        secret = secrets.pairing_secret if tier is Tier.PAIRING else secrets.exchange_secret
+        keys = derive_traffic_keys(secret, tier, direction)
+    return SecuredSender(SEED_LAYOUT, profile, keys, FreshnessCounter(MemoryCounterStore(start)))
 
 
 def paired_pack(

@@ -109,15 +109,16 @@ def bus_flood(seed: int | None = None) -> Outcome:
     tx, rx = pack.link(1, "module"), pack.link(1, "pack")
     genuine = tx.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
     real_id = genuine.can_id
-    window_before = {t: (r.window.highest) for t, r in rx._receivers.items()}
+    window_before = rx.window_state()
     for _ in range(20_000):
         with contextlib.suppress(VerificationError):
             rx.receive(rng.getrandbits(29), rng.randbytes(rng.randrange(0, 9)))
         with contextlib.suppress(VerificationError):
             rx.receive(real_id, rng.randbytes(len(genuine.data)))
-    window_after = {t: (r.window.highest) for t, r in rx._receivers.items()}
+    window_after = rx.window_state()
     cache = SEED_LAYOUT.decode.cache_info()  # type: ignore[attr-defined]
     got = rx.receive(genuine.can_id, genuine.data)  # the genuine frame still verifies after the flood
+    assert got is not None
     counters = counted("pack_link.rejects", rx.rejects)
     counters.update(
         frames=40_000, genuine_verified=int(got.payload == b"\x0c\x80"), decode_cache=cache.currsize,

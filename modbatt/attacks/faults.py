@@ -3,7 +3,7 @@ fragment transport, with an acknowledged-delivery loop that proves nothing ackno
 
 The simulator (:mod:`modbatt.sim.pack`) has no fault hook, so faults are applied here between
 real components: :class:`FaultyChannel` perturbs a stream of frames at stated rates;
-:func:`acknowledged_commands` drives critical commands over two real :class:`SelectiveLink` ends
+:func:`acknowledged_commands` drives critical commands over two real channel ends
 through a faulty channel in both directions, retransmitting (with a fresh freshness value each
 time) until acknowledged; :func:`fragment_transfers` does the same for broadcast fragments through
 a real :class:`Reassembler`. Corrupted frames are refused by the MAC or the CRC and counted.
@@ -19,7 +19,7 @@ from typing import Any
 from ..can.fragment import Reassembler, fragment_message
 from ..errors import VerificationError
 from ..model.policy import MessageClass
-from ..nodes.link import SelectiveLink
+from ..nodes.channel import PairedChannel
 from .outcome import counted
 
 __all__ = ["FaultRates", "FaultReport", "FaultyChannel", "acknowledged_commands", "fragment_transfers"]
@@ -84,7 +84,7 @@ class FaultReport:
 
 
 def acknowledged_commands(
-    pack: SelectiveLink, module: SelectiveLink, count: int, rates: FaultRates, *, seed: int = 0, max_rounds: int = 200
+    pack: PairedChannel, module: PairedChannel, count: int, rates: FaultRates, *, seed: int = 0, max_rounds: int = 200
 ) -> FaultReport:
     """Send ``count`` charge commands (1-byte sequence numbers) from ``pack`` to ``module`` over a
     faulty channel; the module delivers them in order exactly once and acknowledges each (also over
@@ -109,6 +109,8 @@ def acknowledged_commands(
                 got = module.receive(can_id, data)
             except VerificationError:
                 continue  # corrupted, replayed or stale: counted in module.rejects
+            if got is None:
+                continue  # a control frame (resync), not a command
             seq = got.payload[0] | got.payload[1] << 8
             if seq >= len(delivered):
                 held.add(seq)
@@ -122,6 +124,8 @@ def acknowledged_commands(
             try:
                 got = pack.receive(can_id, data)
             except VerificationError:
+                continue
+            if got is None:
                 continue
             acked.add(got.payload[0] | got.payload[1] << 8)
     counters = {**counted("module.rejects", module.rejects), **counted("pack.rejects", pack.rejects)}

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 from ..can.ids import SEED_LAYOUT
 from ..can.secured import Direction, SecuredReceiver, SecuredSender, derive_traffic_keys
-from ..crypto import labels
 from ..crypto.freshness import FreshnessCounter, MemoryCounterStore
-from ..crypto.suite import PrivateKey, hkdf_sha256
+from ..crypto.suite import PrivateKey
 from ..errors import Reason
 from ..model.pairing import ControllerMode
 from ..model.policy import MessageClass
 from ..model.tier import Tier
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
-from ..protocol.pairing import EXCHANGE_KEY_BYTES, PAIRING_KEY_BYTES, CompletionProof
+from ..protocol.pairing import EXCHANGE_KEY_BYTES, PAIRING_KEY_BYTES, CompletionProof, derive_session_secrets
 from ..protocol.validation import EscalationGate, EscalationReason, EscalationRequest, SignedEscalation
 from ..workbench.controller_modes import RecordingRandom
-from ._world import Pack, paired_pack
+from ._world import Pack, forged_sender, paired_pack
 from .outcome import Outcome, attempt, counted, judge
 from .registry import scenario
 
@@ -68,14 +67,15 @@ def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bo
     dep.controller._rng = spy  # the attacker's view of the compromised controller's memory
     out = pair_entities(dep.controller, dep.pack, module, pack.records[1].binding_id, mode=mode)
     pack.pairings[1] = out
-    pid = out.certificate.metadata.pairing_id.encode()
+    pid = out.certificate.metadata.pairing_id
     pairing_key = next(v for v in spy.seen if len(v) == PAIRING_KEY_BYTES)
     exchange_key = spy.seen[spy.seen.index(pairing_key) + 1]
     assert len(exchange_key) == EXCHANGE_KEY_BYTES
-    guessed = {
-        Tier.PAIRING: hkdf_sha256(pairing_key, info=labels.PAIRING_TRAFFIC_SECRET + pid),
-        Tier.EXCHANGE: hkdf_sha256(exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pid),
-    }
+    # The controller relayed both offers, so it knows the session transcript (it is public).
+    pairing_secret, exchange_secret = derive_session_secrets(
+        pairing_key, exchange_key, pairing_id=pid, transcript=out.transcript
+    )
+    guessed = {Tier.PAIRING: pairing_secret, Tier.EXCHANGE: exchange_secret}
     pack_link, module_link = pack.link(1, "pack"), pack.link(1, "module")
     reads = forges = True
     counters: dict[str, int] = {}
@@ -90,18 +90,17 @@ def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bo
             SEED_LAYOUT,
             pack_link.profile,
             derive_traffic_keys(guessed[tier], tier, Direction.INITIATOR_TO_RESPONDER),
-            FreshnessCounter(MemoryCounterStore()),  # the module has accepted nothing yet on this link
+            # The attacker's own counter, ahead of the pack's so the module has not seen its values.
+            FreshnessCounter(MemoryCounterStore(10)),
         )
         fields = SEED_LAYOUT.decode(captured.can_id)
         forged = forger.protect(fields, b"\x01\x00\xff")
         forges &= attempt(lambda f=forged: module_link.receive(f.can_id, f.data)) is None
     # In both modes: the controller cannot forge a binding-tier frame or a completion (no binding key).
     fake = PrivateKey.generate(dep.rng)
-    bind_sender = SecuredSender(
-        SEED_LAYOUT, pack_link.profile,
-        type(pack_link._senders[Tier.BINDING].keys).binding(Direction.INITIATOR_TO_RESPONDER, signer=fake),
-        FreshnessCounter(MemoryCounterStore(10_000)),
-    )  # fmt: skip
+    session = dep.pack.pairing_secrets(pid)
+    assert session is not None
+    bind_sender = forged_sender(session, Tier.BINDING, profile=pack_link.profile, signer=fake, start=10_000)
     unit = bind_sender.protect(SEED_LAYOUT.decode(pack_link.send(MessageClass.IDENTITY, b"x").can_id), b"x")
     counters["binding_tier_forged"] = int(
         attempt(lambda: module_link.receive(unit.can_id, unit.data, reassembled=True)) is None

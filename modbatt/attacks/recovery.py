@@ -33,6 +33,7 @@ from ..errors import ConfigError, VerificationError
 from ..model.binding import key_commitment
 from ..model.policy import MessageClass
 from ..nodes.pairing_flow import PairingService, pair_over
+from ..protocol.pairing import SESSION_ID_BYTES, transcript_of_offers
 from ..transport.http import InProcessEntityClient
 from ._world import RecordingClient, paired_pack
 from .outcome import Outcome
@@ -67,11 +68,10 @@ def _from_offer(offer: bytes) -> tuple[bytes, bytes]:
     return canonical_dumps(body), signature
 
 
-def _from_binding_frame(can_id: int, data: bytes, pairing_id: str) -> tuple[bytes, bytes]:
+def _from_binding_frame(can_id: int, data: bytes, context: bytes) -> tuple[bytes, bytes]:
     fields = SEED_LAYOUT.decode(can_id)
     fv = int.from_bytes(data[:7], "big")
     nonce = ((fields.direction << 88) | ((_EXT | can_id) << 56) | fv).to_bytes(12, "big")  # all from the wire
-    context = pairing_id.encode("ascii")  # signed into binding-tier frames; clear in the certificate
     return bytes([len(context)]) + context + nonce + data[7:-64], data[-64:]
 
 
@@ -88,11 +88,14 @@ def semi_public_key_recovery(seed: int | None = None) -> Outcome:
     pack.pairings[1] = pair_over(dep.controller, wire, binding_id)
     pid = pack.pairing_id(1)
     offer_a, offer_b = (base64.b64decode(payload["offer"]) for _, op, payload in wire.calls if op == "pairing-offer")
+    # The binding-tier signature context: pairing id (clear in the certificate) ‖ session id, which
+    # the two offers on the wire give (docs/pairing.md, "Sessions").
+    context = pid.encode("ascii") + transcript_of_offers(offer_a, offer_b)[:SESSION_ID_BYTES]
     announce = pack.link(1, "module").send(MessageClass.IDENTITY, b"module-01 here")
     captured = {
         "offer_a": (labels.SIG_PAIRING_OFFER, *_from_offer(offer_a)),
         "offer_b": (labels.SIG_PAIRING_OFFER, *_from_offer(offer_b)),
-        "announce_frame": (labels.SIG_CAN_FRAME, *_from_binding_frame(announce.can_id, announce.data, pid)),
+        "announce_frame": (labels.SIG_CAN_FRAME, *_from_binding_frame(announce.can_id, announce.data, context)),
     }
     # The ledger (public to auditors) holds the commitments that would confirm a candidate.
     record = pack.records[1]

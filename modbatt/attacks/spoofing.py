@@ -8,14 +8,13 @@ is used*.
 
 from __future__ import annotations
 
+from ..can.functions import function_for
 from ..can.ids import SEED_LAYOUT
-from ..can.secured import SecuredSender, derive_traffic_keys
-from ..crypto.freshness import FreshnessCounter, MemoryCounterStore
+from ..can.secured import Direction
 from ..errors import Reason
 from ..model.policy import MessageClass
 from ..model.tier import Tier
-from ..nodes.link import SelectiveLink
-from ._world import paired_pack
+from ._world import forged_sender, paired_pack
 from .outcome import Outcome, attempt, counted, judge
 from .registry import scenario
 
@@ -40,16 +39,15 @@ def can_node_spoof(seed: int | None = None) -> Outcome:
     for cls in (MessageClass.VOLTAGE_TELEMETRY, MessageClass.CRITICAL_TELEMETRY):
         pdu = m2.send(cls, b"\x0c\x80")
         reasons.append(attempt(lambda p=pdu: pack_link1.receive(_set_node(p.can_id, 1), p.data)))
-    # A link built from module 2's own secrets that stamps node 1 (a cloned firmware lying about its id).
+    # Frames made with module 2's own keys that stamp node 1 (a cloned firmware lying about its id).
     state = pack.module(2).binding(pack.records[2].binding_id)
     secrets = pack.module(2).pairing_secrets(pack.pairing_id(2))
-    assert state is not None and state.partner_key is not None and secrets is not None
-    liar = SelectiveLink(
-        secrets=secrets, policy=pack.pairings[2].certificate.metadata.encryption_policy, node=1,
-        binding_key=state.private_key, partner_key=state.partner_key,
-    )  # fmt: skip
+    assert state is not None and secrets is not None
+    up = Direction.RESPONDER_TO_INITIATOR
     for cls in (MessageClass.VOLTAGE_TELEMETRY, MessageClass.CRITICAL_TELEMETRY, MessageClass.IDENTITY):
-        pdu = liar.send(cls, b"\x0c\x80")
+        tier = pack.pairings[2].certificate.metadata.encryption_policy.tier_for(cls)
+        liar = forged_sender(secrets, tier, direction=up, signer=state.private_key)
+        pdu = liar.protect(function_for(cls).id_fields(1, int(up)), b"\x0c\x80")
         reasons.append(attempt(lambda p=pdu: pack_link1.receive(p.can_id, p.data, reassembled=not p.single_frame)))
     genuine = pack.link(1, "module").send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
     pack_link1.receive(genuine.can_id, genuine.data)  # module 1 itself is still heard
@@ -108,12 +106,7 @@ def downgrade_lower_tier(seed: int | None = None) -> Outcome:
     # Someone holding only the exchange secret (e.g. a logging tool) seals a command at that tier.
     secrets = pack.dep.pack.pairing_secrets(pack.pairing_id(1))
     assert secrets is not None
-    sender = SecuredSender(
-        SEED_LAYOUT,
-        pack_link.profile,
-        derive_traffic_keys(secrets.exchange_secret, Tier.EXCHANGE, 0),
-        FreshnessCounter(MemoryCounterStore()),
-    )
+    sender = forged_sender(secrets, Tier.EXCHANGE, profile=pack_link.profile)
     real = SEED_LAYOUT.decode(pdu.can_id)
     forged = sender.protect(real.__class__(real.function, real.node, real.priority, real.direction), b"\x01\x00\x64")
     reasons.append(attempt(lambda: module_link.receive(forged.can_id, forged.data)))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from ..model.pairing import ControllerMode, PairingCertificate
-from ..model.policy import DEFAULT_POLICY, MessageClass
+from ..model.policy import MessageClass
 from ..nodes.inmemory import InMemoryDeployment
-from ..nodes.link import SelectiveLink
 from ..nodes.pairing_flow import pair_entities
 from ..protocol.pairing import issue_certificate
 from . import time_per_call
@@ -55,19 +54,8 @@ def run(quick: bool) -> list[dict]:
         )
     outcome = pair_entities(d.controller, d.pack, module, record.binding_id)
     pid = outcome.certificate.metadata.pairing_id
-    ends = []
-    for node in (d.pack, module):
-        state = node.binding(record.binding_id)
-        ends.append(
-            SelectiveLink(
-                secrets=node.pairing_secrets(pid),
-                policy=DEFAULT_POLICY,
-                node=1,
-                binding_key=state.private_key,
-                partner_key=state.partner_key,
-            )
-        )
-    sender, receiver = ends
+    # The entities' own channels (the in-memory deployment's freshness is ephemeral by choice).
+    sender, receiver = d.pack.channel(pid), module.channel(pid)
     for tier, cls in _CLASS_FOR_TIER.items():
         payload = b"\x01\x02\x03"
 

@@ -247,6 +247,8 @@ def _isotp_signals(profile: BusProfile) -> tuple[list[Signal], str]:
 
 def _tiers_for(function: Function, policy: EncryptionPolicy) -> list[Tier]:
     """Tiers this function may be sent at: its minimum and above, and clear where the policy could allow it."""
+    if function.tiers is not None:  # fixed by the protocol (resync), not by the policy
+        return list(function.tiers)
     minimum = policy.minimum[MessageClass(function.message_class)]
     tiers = [t for t in Tier if t >= minimum]
     if minimum is not Tier.NONE:

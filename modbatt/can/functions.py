@@ -7,6 +7,12 @@ the tier signalled in the identifier against the policy minimum for what the fra
 
 Ranges: 0x001-0x03F protocol management (binding tier by default), 0x040-0x07F routine
 monitoring (exchange tier), 0x080-0x0BF critical operations (pairing tier).
+
+The freshness resync of a paired channel (docs/can-frames.md §3) has three functions of its own:
+``RESYNC_REQUEST`` and ``RESYNC_RESTART`` carry a receiver's 8-byte challenge in clear (the
+second also says "I restarted, my counters jumped: challenge me back"), ``RESYNC_ANSWER`` carries
+a sender's authenticated full freshness value at the tier it answers for. Their ``tiers`` are
+fixed by the protocol, not by the policy table.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .ids import CanIdFields
 __all__ = [
     "EMERGENCY_PRIORITY",
     "FUNCTIONS",
+    "RESYNC_FUNCTIONS",
     "Function",
     "function_for",
     "function_named",
@@ -51,6 +58,8 @@ class Function:
     name: str
     message_class: MessageClass
     priority: int = 3
+    #: Tiers the function travels at when the protocol fixes them (resync); None: the policy decides.
+    tiers: tuple[Tier, ...] | None = None
 
     def id_fields(self, node: int, direction: int, tier: Tier | None = None) -> CanIdFields:
         """The identifier fields of this function for ``node`` in ``direction`` (one place for all senders)."""
@@ -66,6 +75,12 @@ _TABLE = (
     # stack: C2N requests, N2C answers (modbatt.transport.can_entity). Signed envelopes, so the
     # binding tier; class VALIDATION because that class is not looked up by function_for.
     Function(0x005, "BINDING_API", MessageClass.VALIDATION, 4),
+    # Freshness resync of a paired channel (modbatt.nodes.channel). Class VALIDATION, like
+    # BINDING_API, because function_for never looks that class up; the channel routes these
+    # before the policy check. Priority 2: a link that lost sync carries nothing until it is back.
+    Function(0x006, "RESYNC_REQUEST", MessageClass.VALIDATION, 2, (Tier.NONE,)),
+    Function(0x007, "RESYNC_RESTART", MessageClass.VALIDATION, 2, (Tier.NONE,)),
+    Function(0x008, "RESYNC_ANSWER", MessageClass.VALIDATION, 2, (Tier.EXCHANGE, Tier.PAIRING, Tier.BINDING)),
     Function(0x040, "VOLTAGE", MessageClass.VOLTAGE_TELEMETRY, 5),
     Function(0x041, "CURRENT", MessageClass.CURRENT_TELEMETRY, 5),
     Function(0x042, "TEMPERATURE", MessageClass.TEMPERATURE_TELEMETRY, 5),
@@ -84,10 +99,26 @@ _TABLE = (
     Function(0x087, "CELL_BALANCING", MessageClass.CELL_BALANCING, 3),
 )
 
+
+def _checked(table: tuple[Function, ...]) -> tuple[Function, ...]:
+    """The table, once its codes and names are unique and priority 0 is emergency shutdown's alone."""
+    codes = [f.code for f in table]
+    names = [f.name for f in table]
+    if len(set(codes)) != len(codes) or len(set(names)) != len(names):
+        raise AssertionError("function codes and names must be unique")
+    if [f.name for f in table if f.priority == EMERGENCY_PRIORITY] != ["EMERGENCY_SHUTDOWN"]:
+        raise AssertionError("priority 0 is reserved for EMERGENCY_SHUTDOWN (docs/lifecycle.md §arbitration)")
+    return table
+
+
+_TABLE = _checked(_TABLE)
+
 #: Function code -> :class:`Function`.
 FUNCTIONS = MappingProxyType({f.code: f for f in _TABLE})
 _BY_CLASS = MappingProxyType({f.message_class: f for f in _TABLE if f.message_class is not MessageClass.VALIDATION})
 _BY_NAME = MappingProxyType({f.name: f for f in _TABLE})
+#: Function codes of the resync exchange (handled by the channel, never by the policy check).
+RESYNC_FUNCTIONS = frozenset(_BY_NAME[n].code for n in ("RESYNC_REQUEST", "RESYNC_RESTART", "RESYNC_ANSWER"))
 
 
 def function_for(message_class: MessageClass) -> Function:

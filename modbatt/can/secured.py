@@ -392,7 +392,10 @@ class SecuredSender(_Channel):
             assert aead is not None
             auth = aead.encrypt(nonce, b"", _RESYNC_AAD + challenge)
         data = head + auth
-        return SecuredPdu(can_id, data, len(data) <= self.profile.data_field, fv)
+        single = len(data) <= self.profile.data_field
+        if self._fd and single:  # a valid FD length (23 -> 24): zero padding, checked by the receiver
+            data += bytes(frame_length(len(data), fd=True) - len(data))
+        return SecuredPdu(can_id, data, single, fv)
 
 
 class SecuredReceiver(_Channel):
@@ -497,10 +500,70 @@ class SecuredReceiver(_Channel):
         window.commit(fv)
         return Opened(fields, payload, fv)
 
-    def resync_challenge(self, rng: RandomSource | None = None) -> bytes:
-        """A fresh challenge to send to the peer; only the latest one is accepted."""
-        self._challenge = (rng or SystemRandom()).token_bytes(RESYNC_CHALLENGE_BYTES)
+    def authenticates(
+        self, can_id: int, data: bytes, *, within: range = range(0), reassembled: bool = False
+    ) -> int | None:
+        """The full FV under which ``data`` verifies on this channel's key, or None. Classification only.
+
+        Never accepts anything, never moves the window, never counts, never raises: a caller that
+        already refused a frame uses it to say *why* (an authentic frame of an earlier session, or
+        one far behind the window, is stale rather than forged). Classic symmetric frames carry only
+        8 FV bits, so the full values tried are those in ``within`` whose low byte matches (one try
+        per 256 values); FD and binding-tier frames carry the full FV.
+        """
+        try:
+            fields = self.layout.decode(can_id)
+            tier = self._tier
+            if tier is Tier.NONE or (fields.tier is not None and fields.tier is not tier):
+                return None
+            data = bytes(data)
+            n = len(data)
+            if n < self._overhead or n > (MAX_PDU if reassembled else self._field):
+                return None
+            if tier is Tier.BINDING:
+                fv = int.from_bytes(data[:COUNTER_BYTES], "big")
+                assert self.keys.verifier is not None
+                body, sig = data[COUNTER_BYTES:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+                self.keys.verifier.verify(labels.SIG_CAN_FRAME, self.keys.context + self._nonce(can_id, fv) + body, sig)
+                return fv
+            if self._fd:
+                fv = int.from_bytes(data[:COUNTER_BYTES], "big")
+                pad = data[COUNTER_BYTES]
+                if pad > n - self._overhead:
+                    return None
+                self._gcm.decrypt(  # type: ignore[union-attr]
+                    self._nonce(can_id, fv), data[COUNTER_BYTES + _FD_PAD_BYTES : n - pad], _FV_BYTE[pad]
+                )
+                return fv
+            split = n - 5
+            low = data[split]
+            start = max(within.start, 0)
+            for fv in range(start + ((low - start) & 0xFF), min(within.stop, MAX_COUNTER + 1), 256):
+                try:
+                    self._ccm.decrypt(self._nonce(can_id, fv), data[:split] + data[split + 1 :], None)  # type: ignore[union-attr]
+                except InvalidTag:
+                    continue
+                return fv
+        except (VerificationError, InvalidTag, TypeError, ValueError, OverflowError):
+            return None
+        return None
+
+    def resync_challenge(self, rng: RandomSource | None = None, *, challenge: bytes | None = None) -> bytes:
+        """A fresh challenge to send to the peer; only the latest one is accepted.
+
+        ``challenge`` sets one drawn elsewhere (a channel asks every tier with one challenge).
+        """
+        if challenge is not None and len(challenge) != RESYNC_CHALLENGE_BYTES:
+            raise ValueError(f"a resync challenge is {RESYNC_CHALLENGE_BYTES} bytes")
+        self._challenge = (
+            bytes(challenge) if challenge is not None else (rng or SystemRandom()).token_bytes(RESYNC_CHALLENGE_BYTES)
+        )
         return self._challenge
+
+    @property
+    def awaiting_resync(self) -> bool:
+        """True while a challenge is outstanding (no answer accepted for it yet)."""
+        return self._challenge is not None
 
     def accept_resync(self, can_id: int, data: bytes) -> int:
         """Verify the peer's answer to our outstanding challenge and restart the window at its FV."""
@@ -524,7 +587,10 @@ class SecuredReceiver(_Channel):
         if tier is Tier.NONE:
             raise VerificationError(Reason.WRONG_LEVEL, "clear channels have no freshness")
         auth_len = SIGNATURE_BYTES if tier is Tier.BINDING else self._fmt.tag_bytes
-        if len(data) != COUNTER_BYTES + auth_len:
+        size = COUNTER_BYTES + auth_len
+        if self._fd and size <= self._field and len(data) == frame_length(size, fd=True) and not any(data[size:]):
+            data = data[:size]  # the zero padding up to a valid FD length
+        if len(data) != size:
             raise VerificationError(Reason.MALFORMED, "resync answer has the wrong length")
         fv = int.from_bytes(data[:COUNTER_BYTES], "big")
         if fv > MAX_COUNTER:

@@ -37,6 +37,7 @@ from ..errors import ModbattError, Reason, VerificationError
 
 __all__ = [
     "COUNTER_BYTES",
+    "DEFAULT_RESERVATION",
     "MAX_COUNTER",
     "RESYNC_CHALLENGE_BYTES",
     "CounterStore",
@@ -52,7 +53,8 @@ COUNTER_BYTES: Final = 7
 MAX_COUNTER: Final = (1 << (8 * COUNTER_BYTES)) - 1
 #: Size of the random challenge of a resync request.
 RESYNC_CHALLENGE_BYTES: Final = 8
-_DEFAULT_RESERVATION: Final = 1024
+#: Values a sender reserves per durable write (one store write per this many messages).
+DEFAULT_RESERVATION: Final = 1024
 
 
 class CounterStore(Protocol):
@@ -130,7 +132,7 @@ class FreshnessCounter:
 
     __slots__ = ("_next", "_reserved", "_store", "window")
 
-    def __init__(self, store: CounterStore, *, window: int = _DEFAULT_RESERVATION) -> None:
+    def __init__(self, store: CounterStore, *, window: int = DEFAULT_RESERVATION) -> None:
         if window < 1:
             raise ValueError("reservation window must be at least 1")
         self._store = store

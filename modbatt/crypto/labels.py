@@ -63,10 +63,12 @@ SEAL_PAIRING_SECTION = _label("seal/pairing-section")
 SIG_PAIRING_OFFER = _key_hiding("sig/pairing-offer")
 PAIRING_HANDSHAKE_KEY = _label("pairing/handshake-key")
 PAIRING_HALF_EXCHANGE = _label("pairing/half-exchange")
-PAIRING_TRAFFIC_SECRET = _label("pairing/traffic-secret")
-PAIRING_EXCHANGE_SECRET = _label("pairing/exchange-secret")
-PAIRING_BLIND_TRAFFIC_SECRET = _label("pairing/blind-traffic-secret")
-PAIRING_BLIND_EXCHANGE_SECRET = _label("pairing/blind-exchange-secret")
+# Per-session secrets (docs/pairing.md "Sessions"): HKDF salt = the session transcript hash.
+PAIRING_SESSION_TRANSCRIPT = _label("pairing/session-transcript")
+PAIRING_SESSION_TRAFFIC_SECRET = _label("pairing/session-traffic-secret")
+PAIRING_SESSION_EXCHANGE_SECRET = _label("pairing/session-exchange-secret")
+PAIRING_BLIND_SESSION_TRAFFIC_SECRET = _label("pairing/blind-session-traffic-secret")
+PAIRING_BLIND_SESSION_EXCHANGE_SECRET = _label("pairing/blind-session-exchange-secret")
 # Commitments recorded in the ledger instead of keys.
 COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
 # The key-free binding witness: hash of a party's access data.

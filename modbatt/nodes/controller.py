@@ -20,7 +20,7 @@ import collections
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -472,6 +472,16 @@ class AuthController:
             self.records.delete(mark)
             self.ledger.signed_tree_head()
         return index
+
+    def burned_uses(self, pairing_id: str, derived: Iterable[bytes]) -> int:
+        """How many of the sessions an entity reports it derived were never recorded as completed.
+
+        Each derived session counted one use on that entity; one the controller never recorded
+        (the completion was lost, refused or never sent) is a burned use: the entity will refuse
+        the certificate sooner than the ledger suggests. A report is the entity's word, not proof.
+        """
+        recorded = set(self.pending_pairing(pairing_id).sessions)
+        return len({bytes(n) for n in derived} - recorded)
 
     @counts_rejections
     def revoke_pairing(self, pairing_id: str, reason: str = "revoked") -> bytes:

@@ -12,19 +12,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ..can.ids import SEED_LAYOUT, IdLayout
+from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.keybackend import FileKeyBackend, KeyBackend
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
-from ..errors import ConfigError, ModbattError, Reason, VerificationError, counts_rejections
+from ..encoding import strict_loads
+from ..errors import ConfigError, EncodingError, ModbattError, Reason, VerificationError, counts_rejections
 from ..model.access import AccessData
 from ..model.pairing import PairingCertificate
+from ..model.policy import EncryptionPolicy
 from ..model.statements import read_statement
 from ..protocol.binding import BindingEntity, EntityBindingState, EntityDecision
 from ..protocol.messages import OPERATIONS, ControllerRequest
 from ..protocol.pairing import PairingParticipant, PairingSecrets, PairingState
+from .channel import RETIRED_SESSIONS, ChannelKeys, ChannelObserver, PairedChannel
+from .channel_store import ChannelFreshness, FileFreshness
 from .errors_http import http_status
+from .link import node_id_of
 
 __all__ = ["EntityNode", "rejection"]
 
@@ -37,6 +45,8 @@ _BINDING_PREFIX = "binding/"
 _PAIRING = "pairing/"
 _PAIRING_USES = "pairing-uses/"
 _PAIRING_REVOKED = "pairing-revoked/"
+#: Participant states in which accepting the certificate again hands back the participant as is.
+_LIVE_STATES = (PairingState.AWAITING_PARTNER, PairingState.COMPLETING, PairingState.PAIRED)
 
 
 def _key_name(binding_id: str) -> str:
@@ -61,11 +71,14 @@ class EntityNode:
         clock: Callable[[], float] = time.time,
         rng: RandomSource | None = None,
         keys: KeyBackend | None = None,
+        freshness: ChannelFreshness | None = None,
     ):
         self._store = keystore
         self._keys: KeyBackend = keys if keys is not None else FileKeyBackend(keystore)
         self._clock = clock
         self._lock = threading.Lock()
+        self._freshness = freshness
+        self._channels: dict[str, PairedChannel] = {}
         self.pairings: dict[str, PairingParticipant] = {}
         #: Rejections by reason (binding requests, certificates, offers): failure counters.
         self.rejections: collections.Counter[Reason] = collections.Counter()
@@ -100,6 +113,7 @@ class EntityNode:
         clock: Callable[[], float] = time.time,
         rng: RandomSource | None = None,
         keys: KeyBackend | None = None,
+        freshness: ChannelFreshness | None = None,
     ) -> EntityNode:
         """Provision an entity: identity key, access data and the one controller it obeys.
 
@@ -118,7 +132,7 @@ class EntityNode:
             if existing["controller_key"] != config["controller_key"]:
                 raise ConfigError("this entity is provisioned for another controller")
             keystore.put_record(_CONFIG, config)
-        return cls(keystore, clock=clock, rng=rng, keys=keys)
+        return cls(keystore, clock=clock, rng=rng, keys=keys, freshness=freshness)
 
     @property
     def access_data(self) -> AccessData:
@@ -165,6 +179,7 @@ class EntityNode:
         # written before the record and undone if the record fails, and destroyed only after the
         # record is gone, so a record never outlives or precedes its key.
         joined = self._keys.joins_store_transaction
+        voided: list[str] = []
         new_key = None
         try:
             with self._store.transaction():
@@ -184,6 +199,7 @@ class EntityNode:
                     for name in self._store.record_names():
                         if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
                             self._store.delete(name)
+                            voided.append(name[len(_PAIRING) :])
                 self._store.put_record(_SEEN, seen)
         except BaseException:
             if new_key is not None and not joined and new_key in self._keys:
@@ -191,38 +207,78 @@ class EntityNode:
             raise
         if decision.remove is not None and not joined and _key_name(decision.remove) in self._keys:
             self._keys.delete(_key_name(decision.remove))
+        self._drop_pairing_state(voided)
 
     # ----------------------------------------------------------------------- pairing
 
+    @property
+    def freshness(self) -> ChannelFreshness:
+        """Where this entity's channels keep their freshness (see :mod:`~modbatt.nodes.channel_store`).
+
+        Given at construction, or files beside an on-disk key store (``<store>.freshness/``). An
+        in-memory key store has no state directory: asking then is a :class:`ConfigError`, never
+        a silent fallback to counters that a restart would reset.
+        """
+        if self._freshness is None:
+            path = getattr(self._store, "path", None)
+            if path is None:
+                raise ConfigError(
+                    "this entity's key store lives in memory, so its channels have nowhere to persist "
+                    "freshness: pass freshness=EphemeralFreshness() (a simulation or a test) or use a key store on disk"
+                )
+            self._freshness = FileFreshness(Path(path).with_suffix(".freshness"))
+        return self._freshness
+
+    def _uses(self, pairing_id: str) -> list[bytes]:
+        name = _PAIRING_USES + pairing_id
+        return [bytes(n) for n in self._store.record(name).get("sessions", [])] if name in self._store else []
+
+    def pairing_uses(self, pairing_id: str) -> list[bytes]:
+        """Session nonces of every session this entity derived secrets for (one use each)."""
+        return self._uses(pairing_id)
+
+    def _new_participant(self, cert: PairingCertificate) -> PairingParticipant:
+        meta = cert.metadata
+        state = self.machine.bindings.get(meta.binding_id)
+        if state is None or state.partner_key is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, "the certificate relies on a binding this entity lacks")
+        sessions = self._uses(meta.pairing_id)
+        return PairingParticipant(
+            certificate=cert,
+            device_id=self.machine.device_id,
+            binding_id=state.binding_id,
+            binding_key=state.private_key,
+            partner_key=state.partner_key,
+            partner_device_id=state.partner_access.device_id,
+            controller_key=self.machine.controller_key,
+            now=self._clock(),
+            uses_so_far=len(sessions),
+            rng=self.machine._rng,
+            seen_sessions=sessions,
+        )
+
     @counts_rejections
     def accept_certificate(self, certificate: bytes | PairingCertificate) -> PairingParticipant:
-        """Validate a pairing certificate and open this entity's section; counts one use."""
+        """Validate a pairing certificate and open this entity's section. Counts no use.
+
+        Idempotent: while a session is in progress, or after one completed, accepting the same
+        certificate again hands back the participant as it is — nothing is reset, nothing is
+        counted (the certificate travels in clear, anyone can send it again). A use is counted
+        only when a session derives secrets (:meth:`pairing_offer`). Spent uses: ``exhausted``.
+        """
         cert = PairingCertificate.decode(certificate) if isinstance(certificate, (bytes, bytearray)) else certificate
         meta = cert.metadata
         with self._lock:
             if _PAIRING_REVOKED + meta.pairing_id in self._store:
                 raise VerificationError(Reason.REVOKED, "this pairing was revoked")
-            state = self.machine.bindings.get(meta.binding_id)
-            if state is None or state.partner_key is None:
-                raise VerificationError(Reason.UNKNOWN_BINDING, "the certificate relies on a binding this entity lacks")
-            uses_name = _PAIRING_USES + meta.pairing_id
-            used = self._store.record(uses_name) if uses_name in self._store else {}
-            uses, sessions = used.get("uses", 0), list(used.get("sessions", []))
-            participant = PairingParticipant(
-                certificate=cert,
-                device_id=self.machine.device_id,
-                binding_id=state.binding_id,
-                binding_key=state.private_key,
-                partner_key=state.partner_key,
-                partner_device_id=state.partner_access.device_id,
-                controller_key=self.machine.controller_key,
-                now=self._clock(),
-                uses_so_far=uses,
-                rng=self.machine._rng,
-                seen_sessions=sessions,
-            )
-            # The use is counted before any half leaves: a crash cannot buy an extra use.
-            self._store.put_record(uses_name, {"uses": uses + 1, "sessions": sessions})
+            existing = self.pairings.get(meta.pairing_id)
+            if existing is not None and existing.state in _LIVE_STATES:
+                cert.verify(self.machine.controller_key)
+                if cert.metadata_hash != existing.certificate.metadata_hash:
+                    raise VerificationError(Reason.DUPLICATE, "another certificate names a pairing in progress")
+                if existing.state is not PairingState.PAIRED or len(self._uses(meta.pairing_id)) < meta.max_uses:
+                    return existing
+            participant = self._new_participant(cert)  # validates everything, including uses left
             self.pairings[meta.pairing_id] = participant
         return participant
 
@@ -234,24 +290,71 @@ class EntityNode:
 
     @counts_rejections
     def pairing_start(self, pairing_id: str) -> bytes:
-        return self._participant(pairing_id).start(self._clock())
+        """Entity a: the first offer of a session (a new session once the previous one completed)."""
+        with self._lock:
+            participant = self._participant(pairing_id)
+            if participant.role != "a":
+                raise VerificationError(Reason.WRONG_PEER, "only entity a starts a session")
+            if participant.state is PairingState.AWAITING_PARTNER:
+                if participant.session_nonce is not None:
+                    raise VerificationError(Reason.DUPLICATE, "a session of this pairing is in progress")
+            else:  # completed or failed: the next session of the same certificate
+                participant = self._new_participant(participant.certificate)
+                self.pairings[pairing_id] = participant
+            return participant.start(self._clock())
 
     @counts_rejections
     def pairing_offer(self, pairing_id: str, offer: bytes) -> bytes | None:
-        """Take the partner's offer; persist the secrets once the pairing key is rebuilt."""
-        participant = self._participant(pairing_id)
+        """Take the partner's offer; count the use and persist the session once secrets are derived."""
         with self._lock:
+            current = self._participant(pairing_id)
+            participant = current
+            if current.role == "b" and current.state is not PairingState.AWAITING_PARTNER:
+                # Entity a began another session, or an offer of an answered session is replayed:
+                # the latter is a replay whatever uses are left (its session nonce is remembered).
+                if _offer_session(offer) in self._uses(pairing_id):
+                    raise VerificationError(Reason.REPLAY, "offer of a session this entity already answered")
+                participant = self._new_participant(current.certificate)
             reply = participant.on_offer(offer, self._clock())
             if participant.secrets is not None:
-                record = {**participant.secrets.to_record(), "binding_id": participant.metadata.binding_id}
-                uses_name = _PAIRING_USES + pairing_id
-                used = self._store.record(uses_name) if uses_name in self._store else {"uses": 1}
-                # Remember the answered session (with the secrets, atomically): its offer replayed later is refused.
-                used["sessions"] = [*used.get("sessions", []), participant.session_nonce]
-                with self._store.transaction():
-                    self._store.put_record(_PAIRING + pairing_id, record)
-                    self._store.put_record(uses_name, used)
+                self._commit_session(participant)
+                self.pairings[pairing_id] = participant
         return reply
+
+    def _commit_session(self, participant: PairingParticipant) -> None:
+        """Count the use and store the session as current, atomically, before any reply leaves."""
+        secrets = participant.secrets
+        assert secrets is not None and participant.session_nonce is not None
+        meta = participant.metadata
+        pid = meta.pairing_id
+        sessions = self._uses(pid)
+        if len(sessions) >= meta.max_uses:  # the last gate: two sessions raced for the last use
+            participant.state = PairingState.FAILED
+            raise VerificationError(Reason.EXHAUSTED, f"certificate already used {len(sessions)} time(s)")
+        name = _PAIRING + pid
+        old = self._store.record(name) if name in self._store else {}
+        kept = [secrets.to_record(), *old.get("sessions", [])][: 1 + RETIRED_SESSIONS]
+        record = {
+            "binding_id": meta.binding_id,
+            "role": secrets.role,
+            "policy": meta.encryption_policy.to_dict(),
+            "current": secrets.session_id,
+            "sessions": kept,
+            "opened": [sid for sid in old.get("opened", []) if any(sid == k["session_id"] for k in kept)],
+        }
+        with self._store.transaction():
+            self._store.put_record(name, record)
+            self._store.put_record(
+                _PAIRING_USES + pid, {"uses": len(sessions) + 1, "sessions": [*sessions, participant.session_nonce]}
+            )
+        if self._freshness is not None or getattr(self._store, "path", None) is not None:
+            self.freshness.forget(pid, keep=[k["session_id"] for k in kept])
+        live = self._channels.get(pid)
+        if live is not None:
+            keys = self._channel_keys(pid)
+            fresh = self._check_opened(pid, secrets.session_id)
+            live.rekey(keys, fresh=fresh)
+            self._mark_opened(pid, secrets.session_id)
 
     def pairings_held(self) -> list[tuple[str, str]]:
         """``(pairing_id, binding_id)`` of every pairing whose secrets this entity holds."""
@@ -262,8 +365,98 @@ class EntityNode:
         return sorted(out)
 
     def pairing_secrets(self, pairing_id: str) -> PairingSecrets | None:
+        """The secrets of the pairing's *current* session (None when this entity holds none)."""
         name = _PAIRING + pairing_id
-        return PairingSecrets.from_record(self._store.record(name)) if name in self._store else None
+        if name not in self._store:
+            return None
+        return PairingSecrets.from_record(self._store.record(name)["sessions"][0])
+
+    def _channel_keys(self, pairing_id: str) -> ChannelKeys:
+        if _PAIRING_REVOKED + pairing_id in self._store:
+            raise VerificationError(Reason.REVOKED, "this pairing was revoked")
+        name = _PAIRING + pairing_id
+        if name not in self._store:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"this entity holds no pairing {pairing_id}")
+        record = self._store.record(name)
+        state = self.machine.bindings.get(record["binding_id"])
+        if state is None or state.partner_key is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, "the pairing relies on a binding this entity lacks")
+        sessions = [PairingSecrets.from_record(r) for r in record["sessions"]]
+        module = state.partner_access if sessions[0].role == "a" else self.machine.access_data
+        return ChannelKeys(
+            secrets=sessions[0],
+            policy=EncryptionPolicy.from_dict(record["policy"]),
+            node=node_id_of(module),
+            binding_key=state.private_key,
+            partner_key=state.partner_key,
+            retired=tuple(sessions[1:]),
+        )
+
+    def _check_opened(self, pairing_id: str, session_id: bytes) -> bool:
+        """Whether the session opens fresh (windows at zero) or restarts; refuses lost freshness state."""
+        recorded = any(sid == session_id for sid in self._store.record(_PAIRING + pairing_id).get("opened", []))
+        on_store = self.freshness.opened(pairing_id, session_id)
+        if recorded and not on_store:
+            # Counters would restart at zero under keys that already sent: nonce reuse. Refuse.
+            raise ConfigError(
+                f"the freshness state of pairing {pairing_id} is missing from {self.freshness!r} although its "
+                "session was opened before (restored from a backup, or deleted?); re-pair to get new keys"
+            )
+        return not recorded and not on_store
+
+    def _mark_opened(self, pairing_id: str, session_id: bytes) -> None:
+        self.freshness.mark_opened(pairing_id, session_id)  # the store first: a crash leaves "restart"
+        name = _PAIRING + pairing_id
+        record = self._store.record(name)
+        if not any(sid == session_id for sid in record.get("opened", [])):
+            self._store.put_record(name, {**record, "opened": [*record.get("opened", []), session_id]})
+
+    def channel(
+        self, pairing_id: str, *, profile: BusProfile = CLASSIC, layout: IdLayout = SEED_LAYOUT
+    ) -> PairedChannel:
+        """The live channel of ``pairing_id`` (created on first use; the same object afterwards).
+
+        The only way to get a link for a pairing. Opened for the first time on its session it
+        starts synchronised; opened again (after a restart, or a close) it starts unsynced with a
+        resync challenge queued (:meth:`PairedChannel.frames_to_send`). One profile and layout
+        per live channel: close it before asking for another.
+        """
+        with self._lock:
+            live = self._channels.get(pairing_id)
+            if live is not None:
+                if live.profile != profile or live.layout is not layout:
+                    on = f"{live.profile.name}/{live.layout.name}"
+                    raise ConfigError(f"pairing {pairing_id} has a live channel on {on}; close it first")
+                return live
+            keys = self._channel_keys(pairing_id)
+            sid = keys.secrets.session_id
+            fresh = self._check_opened(pairing_id, sid)
+            channel = PairedChannel(
+                keys, freshness=self.freshness, fresh=fresh, profile=profile, layout=layout,
+                rng=self.machine._rng, on_close=self._channel_closed,
+            )  # fmt: skip
+            try:
+                self._mark_opened(pairing_id, sid)
+            except BaseException:
+                channel.close()
+                raise
+            self._channels[pairing_id] = channel
+            return channel
+
+    def close_channels(self) -> None:
+        """Close every live channel (before this node object goes away)."""
+        for channel in list(self._channels.values()):
+            channel.close()
+
+    def _channel_closed(self, channel: PairedChannel) -> None:
+        if self._channels.get(channel.pairing_id) is channel:
+            del self._channels[channel.pairing_id]
+
+    def observer(
+        self, pairing_id: str, *, profile: BusProfile = CLASSIC, layout: IdLayout = SEED_LAYOUT
+    ) -> ChannelObserver:
+        """A receive-only view of the pairing's current session for a bus monitor (never sends)."""
+        return ChannelObserver(self._channel_keys(pairing_id), layout=layout, profile=profile)
 
     def pairing_tick(self) -> list[str]:
         """Time out partial pairings; returns the ids abandoned."""
@@ -276,6 +469,16 @@ class EntityNode:
                 dropped.append(pid)
         return dropped
 
+    def _drop_pairing_state(self, pairing_ids: list[str]) -> None:
+        """After a pairing's records are gone: its live channel refuses, its freshness is erased."""
+        for pid in pairing_ids:
+            live = self._channels.pop(pid, None)
+            if live is not None:
+                live.revoke()
+            if self._freshness is not None or getattr(self._store, "path", None) is not None:
+                self.freshness.forget(pid)
+            self.pairings.pop(pid, None)
+
     @counts_rejections
     def apply_pairing_revocation(self, notice: bytes) -> str:
         """Act on a controller-signed ``pairing_revoked`` statement: erase the pairing's secrets."""
@@ -287,8 +490,18 @@ class EntityNode:
             if _PAIRING + pairing_id in self._store:
                 self._store.delete(_PAIRING + pairing_id)
             self._store.put_record(_PAIRING_REVOKED + pairing_id, {"ledger_statement": notice})
-        self.pairings.pop(pairing_id, None)
+        self._drop_pairing_state([pairing_id])
         return pairing_id
+
+
+def _offer_session(offer: bytes) -> bytes | None:
+    """The session nonce an offer claims (unverified: it only picks the reason of a refusal)."""
+    try:
+        value = strict_loads(offer, max_bytes=1024)
+    except EncodingError:
+        return None
+    nonce = value.get("session_nonce") if isinstance(value, dict) else None
+    return nonce if isinstance(nonce, bytes) else None
 
 
 def rejection(reason: Reason, detail: str) -> dict[str, Any]:

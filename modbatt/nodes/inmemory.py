@@ -3,6 +3,12 @@
 No disk, no sockets: for the simulator, notebooks, benchmarks and tests. With ``seed`` set
 (reproducible mode only, ``MODBATT_REPRODUCIBLE=1``) every key and identifier is the same on
 every run; the clock is a settable :class:`ManualClock` unless one is passed in.
+
+Channel freshness is ephemeral here, by explicit choice: every entity gets its own
+:class:`~modbatt.nodes.channel_store.EphemeralFreshness` (:attr:`InMemoryDeployment.freshness`),
+which survives a simulated restart of a node (:meth:`InMemoryDeployment.restart`) but not the
+process. A deployment that must survive the process keeps its entities on disk
+(``modbatt.workbench.deployment``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.binding import BindingAuthorization
 from ..transport.http import InProcessEntityClient
 from .authority import authorize_binding
+from .channel_store import EphemeralFreshness
 from .controller import AuthController, BindingOutcome
 from .entity import EntityNode
 
@@ -66,6 +73,8 @@ class InMemoryDeployment:
         self.ledger = Ledger(":memory:", signer=self.controller_key, clock=self.clock)
         self.controller_store = KeyStore.in_memory(reproducible=reproducible)
         self.client = InProcessEntityClient({})
+        #: Each entity's channel state, by device id (ephemeral: this deployment lives in memory).
+        self.freshness: dict[str, EphemeralFreshness] = {}
         self.controller = AuthController(
             controller_key=self.controller_key,
             authority_key=self.authority_key.public_key,
@@ -84,15 +93,36 @@ class InMemoryDeployment:
             self.modules[node_id] = self.add_entity(module_access(node_id))
 
     def add_entity(self, access: AccessData) -> EntityNode:
+        freshness = self.freshness.setdefault(access.device_id, EphemeralFreshness())
         node = EntityNode.provision(
             KeyStore.in_memory(reproducible=self.rng.reproducible),
             access_data=access,
             controller_key=self.controller_key.public_key,
             clock=self.clock,
             rng=self.rng,
+            freshness=freshness,
         )
         self.client.nodes[access.endpoint] = node
         return node
+
+    def restart(self, node: EntityNode) -> EntityNode:
+        """Simulate a restart of ``node``: a new node on the same key store and channel state.
+
+        What the node held only in memory is gone (pairings in progress, live channels and their
+        replay windows); the old object's channels are closed, as a dead process lets go of them.
+        Callers keep using the returned node (the old one is replaced in :attr:`client`).
+        """
+        node.close_channels()
+        reborn = EntityNode(
+            node.keystore, clock=self.clock, rng=self.rng, freshness=self.freshness[node.access_data.device_id]
+        )
+        self.client.nodes[node.access_data.endpoint] = reborn
+        if node is self.pack:
+            self.pack = reborn
+        for node_id, module in self.modules.items():
+            if module is node:
+                self.modules[node_id] = reborn
+        return reborn
 
     def authorize(self, a: EntityNode, b: EntityNode) -> BindingAuthorization:
         """The binding authority's grant for ``a`` and ``b`` (the out-of-band step)."""

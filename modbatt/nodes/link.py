@@ -11,8 +11,11 @@ message from the pairing certificate's :class:`~modbatt.model.policy.EncryptionP
   class the function code claims, so stripping the flag bits or re-sending a command in clear is
   refused and counted, before any key is used.
 
-Freshness streams are per tier and direction; their counters persist through ``counter_stores``
-with a reservation window, so a restart never reuses a nonce.
+Freshness streams are per session, tier and direction. A link has no freshness of its own: the
+caller passes the counter stores (reservation windows, so a restart never reuses a nonce) and the
+replay windows explicitly. :class:`~modbatt.nodes.channel.PairedChannel` is the one owner that
+builds links for a pairing (per session, persisted, resynchronised after a restart); nothing else
+should construct one except a test of the link itself.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..can.functions import function_for, message_class_of
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..can.secured import Direction, SecuredPdu, SecuredReceiver, SecuredSender, TrafficKeys, derive_traffic_keys
 from ..can.wiretime import CLASSIC, BusProfile
-from ..crypto.freshness import CounterStore, FreshnessCounter, MemoryCounterStore, ReplayWindow
+from ..crypto.freshness import DEFAULT_RESERVATION, CounterStore, FreshnessCounter, ReplayWindow
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import Reason, VerificationError
 from ..model.access import AccessData
@@ -33,7 +36,11 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
 
-__all__ = ["DEFAULT_NODE", "Received", "SelectiveLink", "node_id_of"]
+__all__ = ["DEFAULT_NODE", "Classifier", "Received", "SelectiveLink", "node_id_of"]
+
+#: Asked after a frame failed authentication on this link: a more precise refusal (an authentic
+#: frame of an earlier session, say), or None to keep ``bad_mac``/``bad_signature``.
+Classifier = Callable[[Tier, int, bytes, bool], "VerificationError | None"]
 
 #: CAN node used for a module whose access data names no CAN address (e.g. reached over HTTP).
 DEFAULT_NODE = 0x01
@@ -56,7 +63,14 @@ class Received:
 
 
 class SelectiveLink:
-    """One end of a paired link with per-class tier selection and policy enforcement."""
+    """One end of a paired link (one session) with per-class tier selection and policy enforcement.
+
+    ``counter_stores(tier)`` gives the durable store of this end's sending stream at ``tier`` and
+    ``windows[tier]`` the replay window of the receiving stream; both are required, so where
+    freshness lives is always the caller's explicit choice. ``reservation`` is how many values a
+    counter reserves per durable write. ``classify`` refines an authentication failure (see
+    :data:`Classifier`).
+    """
 
     def __init__(
         self,
@@ -66,21 +80,24 @@ class SelectiveLink:
         node: int,
         binding_key: PrivateKey,
         partner_key: PublicKey,
+        counter_stores: Callable[[Tier], CounterStore],
+        windows: Mapping[Tier, ReplayWindow],
         layout: IdLayout = SEED_LAYOUT,
         profile: BusProfile = CLASSIC,
-        counter_stores: Callable[[Tier], CounterStore] | None = None,
-        windows: Mapping[Tier, ReplayWindow] | None = None,
+        classify: Classifier | None = None,
+        reservation: int = DEFAULT_RESERVATION,
     ) -> None:
         self.policy = policy
         self.node = node
         self.layout = layout
         self.profile = profile
         self.floor = Tier.NONE
+        self.session_id = secrets.session_id
         self.rejects: collections.Counter[Reason] = collections.Counter()
+        self._classify = classify
         out_dir = Direction.INITIATOR_TO_RESPONDER if secrets.role == "a" else Direction.RESPONDER_TO_INITIATOR
         in_dir = Direction(1 - out_dir)
         self._out_dir = int(out_dir)
-        store_for = counter_stores or (lambda _tier: MemoryCounterStore())
         secret = {Tier.EXCHANGE: secrets.exchange_secret, Tier.PAIRING: secrets.pairing_secret}
         self._senders: dict[Tier, SecuredSender] = {}
         self._receivers: dict[Tier, SecuredReceiver] = {}
@@ -88,19 +105,21 @@ class SelectiveLink:
             if tier is Tier.NONE:
                 tx, rx = TrafficKeys.clear(out_dir), TrafficKeys.clear(in_dir)
             elif tier is Tier.BINDING:
-                # Binding keys outlive pairings: the pairing id in each signature stops a frame of an
-                # earlier pairing of the same binding replaying into this link's fresh window.
-                context = secrets.pairing_id.encode("ascii")
-                tx = TrafficKeys.binding(out_dir, signer=binding_key, context=context)
-                rx = TrafficKeys.binding(in_dir, verifier=partner_key, context=context)
+                # Binding keys outlive pairings and sessions: the pairing and session ids in each
+                # signature stop a frame of another pairing or session replaying into this link.
+                tx = TrafficKeys.binding(out_dir, signer=binding_key, context=secrets.context)
+                rx = TrafficKeys.binding(in_dir, verifier=partner_key, context=secrets.context)
             else:
                 tx, rx = (
                     derive_traffic_keys(secret[tier], tier, out_dir),
                     derive_traffic_keys(secret[tier], tier, in_dir),
                 )
-            counter = FreshnessCounter(store_for(tier)) if tier is not Tier.NONE else None
+            counter = FreshnessCounter(counter_stores(tier), window=reservation) if tier is not Tier.NONE else None
             self._senders[tier] = SecuredSender(layout, profile, tx, counter)
-            window = (windows or {}).get(tier)
+            if tier is not Tier.NONE and tier not in windows:
+                raise ValueError(f"no replay window given for the {tier.label} tier")
+            # Clear frames carry no freshness: their receiver's window is never consulted.
+            window = windows[tier] if tier is not Tier.NONE else ReplayWindow(1)
             self._receivers[tier] = SecuredReceiver(layout, profile, rx, window)
 
     @property
@@ -131,11 +150,27 @@ class SelectiveLink:
             message_class = message_class_of(fields.function)
             tier = fields.tier if fields.tier is not None else Tier.NONE
             self.policy.check(message_class, tier)  # downgrade: refused before any key is used
-            opened = self._receivers[tier].open(can_id, data, reassembled=reassembled)
+            try:
+                opened = self._receivers[tier].open(can_id, data, reassembled=reassembled)
+            except VerificationError as exc:
+                if self._classify is None or exc.reason not in (Reason.BAD_MAC, Reason.BAD_SIGNATURE):
+                    raise
+                better = self._classify(tier, can_id, data, reassembled)
+                if better is None:
+                    raise
+                raise better from None
         except VerificationError as exc:
             self.rejects[exc.reason] += 1
             raise
         return Received(message_class, tier, opened.payload, opened.fields)
+
+    def sender(self, tier: Tier) -> SecuredSender:
+        """The secured sender of ``tier`` (the channel answers resync challenges with it)."""
+        return self._senders[Tier(tier)]
+
+    def receiver(self, tier: Tier) -> SecuredReceiver:
+        """The secured receiver of ``tier`` (the channel resynchronises and classifies with it)."""
+        return self._receivers[Tier(tier)]
 
     def counters(self) -> dict[str, int]:
         """Rejections by reason, for monitors and the attack matrix."""

@@ -10,12 +10,19 @@ Each entity serves these steps as ops of its :class:`PairingService` (``pairing-
 CAN or in process — whatever :class:`~modbatt.transport.http.EntityClient` reaches the entity
 its access data names. The ops need no controller signature of their own: the certificate is
 controller-signed and every offer is signed with a binding key, and the entity checks both.
+``pairing-accept`` is idempotent and counts no use (anyone who saw the certificate can send it
+again); its answer reports the sessions the entity derived, so the controller can tell uses that
+were burned (derived by an entity, never recorded as completed: :meth:`AuthController.burned_uses`).
+
+:func:`pair_over` issues a certificate and runs its first session; :func:`run_session` runs one
+more session of a multi-use certificate (new session secrets, new traffic keys).
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +31,13 @@ from ..errors import EncodingError, Reason, VerificationError
 from ..model._fields import b64, b64_bytes, expect_map, uuid_text
 from ..model.access import AccessData
 from ..model.pairing import MAX_CERTIFICATE_BYTES, PairingCertificate
-from ..protocol.pairing import CompletionProof, PairingSecrets
+from ..protocol.pairing import SESSION_NONCE_BYTES, CompletionProof, PairingSecrets, transcript_of_offers
 from ..transport.http import EntityClient, InProcessEntityClient
 from .controller import AuthController
 from .entity import EntityNode, rejection
 from .errors_http import http_status
 
-__all__ = ["PAIRING_OPS", "PairingOutcome", "PairingService", "pair_entities", "pair_over"]
+__all__ = ["PAIRING_OPS", "PairingOutcome", "PairingService", "pair_entities", "pair_over", "run_session"]
 
 PAIRING_OPS = ("pairing-accept", "pairing-start", "pairing-offer", "pairing-confirm")
 _MAX_OFFER_BYTES = 1024
@@ -38,15 +45,20 @@ _MAX_OFFER_BYTES = 1024
 
 @dataclass(frozen=True)
 class PairingOutcome:
-    """A completed pairing: its certificate, where completion sits in the ledger, the offer sizes.
+    """A completed pairing session: its certificate, where completion sits in the ledger, the offers.
 
-    ``secrets`` (by device id) is filled only where the entities are in this process.
+    ``transcript`` is the session transcript hash (public: whoever relays both offers computes
+    it). ``burned`` (by device id) counts sessions an entity derived before this one that the
+    controller never recorded. ``secrets`` (by device id) is filled only where the entities are
+    in this process.
     """
 
     certificate: PairingCertificate
     ledger_index: int
     offer_sizes: tuple[int, int]
     secrets: dict[str, PairingSecrets] = field(default_factory=dict)
+    transcript: bytes = b""
+    burned: dict[str, int] = field(default_factory=dict)
 
 
 class PairingService:
@@ -75,7 +87,13 @@ class PairingService:
             participant = self.node.accept_certificate(
                 b64_bytes(m["certificate"], "certificate", max_len=MAX_CERTIFICATE_BYTES)
             )
-            return {"pairing_id": participant.pairing_id, "role": participant.role}
+            sessions = self.node.pairing_uses(participant.pairing_id)
+            return {
+                "pairing_id": participant.pairing_id,
+                "role": participant.role,
+                "uses": len(sessions),
+                "sessions": [b64(n) for n in sessions],
+            }
         if op not in PAIRING_OPS:
             raise VerificationError(Reason.MALFORMED, f"no pairing operation {op!r}")
         required = {"pairing_id", "offer"} if op == "pairing-offer" else {"pairing_id"}
@@ -87,6 +105,8 @@ class PairingService:
             participant = self.node.pairings.get(pairing_id)
             if participant is None:
                 raise VerificationError(Reason.WRONG_SESSION, "no pairing in progress with that id")
+            if participant.completion is None or participant.state.value != "completing":
+                raise VerificationError(Reason.WRONG_SESSION, "no completed session waiting for confirmation")
             participant.confirm()
             return {"pairing_id": pairing_id}
         reply = self.node.pairing_offer(pairing_id, b64_bytes(m["offer"], "offer", max_len=_MAX_OFFER_BYTES))
@@ -104,14 +124,23 @@ def _answer_bytes(answer: Mapping[str, Any], key: str) -> bytes:
     return base64.b64decode(value, validate=True)
 
 
-def pair_over(controller: AuthController, client: EntityClient, binding_id: str, **issue: Any) -> PairingOutcome:
-    """Issue a certificate for ``binding_id`` and pair its two entities through ``client``."""
-    cert = controller.issue_pairing(binding_id, **issue)
-    meta = cert.metadata
+def _reported_sessions(answer: Any) -> list[bytes]:
+    """Session nonces an entity's ``pairing-accept`` answer reports (empty if it reports none)."""
+    sessions = answer.get("sessions") if isinstance(answer, Mapping) else None
+    if not isinstance(sessions, list) or len(sessions) > 1024:
+        return []
+    return [b64_bytes(n, "sessions", size=SESSION_NONCE_BYTES) for n in sessions]
+
+
+def run_session(controller: AuthController, client: EntityClient, certificate: PairingCertificate) -> PairingOutcome:
+    """One session of ``certificate`` between its two entities through ``client`` (any use of it)."""
+    meta = certificate.metadata
     pid = meta.pairing_id
-    encoded = b64(cert.encode())
+    encoded = b64(certificate.encode())
+    burned = {}
     for end in (meta.entity_a, meta.entity_b):  # the whole certificate to both (seed 2.3)
-        client.call(end.endpoint, "pairing-accept", {"certificate": encoded})
+        answer = client.call(end.endpoint, "pairing-accept", {"certificate": encoded})
+        burned[end.device_id] = controller.burned_uses(pid, _reported_sessions(answer))
     offer_a = _answer_bytes(client.call(meta.entity_a.endpoint, "pairing-start", {"pairing_id": pid}), "offer")
     answer_b = client.call(meta.entity_b.endpoint, "pairing-offer", {"pairing_id": pid, "offer": b64(offer_a)})
     offer_b = _answer_bytes(answer_b, "reply")
@@ -120,19 +149,41 @@ def pair_over(controller: AuthController, client: EntityClient, binding_id: str,
         raise VerificationError(Reason.MALFORMED, "entity a returned no completion proof")
     index = controller.complete_pairing(CompletionProof.from_json(answer_a["completion"]))
     client.call(meta.entity_a.endpoint, "pairing-confirm", {"pairing_id": pid})
-    return PairingOutcome(cert, index, (len(offer_a), len(offer_b)))
+    return PairingOutcome(
+        certificate, index, (len(offer_a), len(offer_b)), transcript=transcript_of_offers(offer_a, offer_b),
+        burned=burned,
+    )  # fmt: skip
+
+
+def pair_over(controller: AuthController, client: EntityClient, binding_id: str, **issue: Any) -> PairingOutcome:
+    """Issue a certificate for ``binding_id`` and pair its two entities through ``client``."""
+    return run_session(controller, client, controller.issue_pairing(binding_id, **issue))
 
 
 def pair_entities(
-    controller: AuthController, a: EntityNode, b: EntityNode, binding_id: str, **issue: Any
+    controller: AuthController,
+    a: EntityNode,
+    b: EntityNode,
+    binding_id: str | None = None,
+    *,
+    certificate: PairingCertificate | None = None,
+    **issue: Any,
 ) -> PairingOutcome:
-    """Pair two entity nodes of this process (the same flow as :func:`pair_over`, no sockets)."""
+    """Pair two entity nodes of this process (the same flow as :func:`pair_over`, no sockets).
+
+    With ``certificate`` it runs the next session of that (multi-use) certificate instead of
+    issuing a new one.
+    """
     client = InProcessEntityClient({n.access_data.endpoint: PairingService(n) for n in (a, b)})
-    outcome = pair_over(controller, client, binding_id, **issue)
-    pid = outcome.certificate.metadata.pairing_id
+    if certificate is None:
+        if binding_id is None:
+            raise TypeError("pair_entities needs a binding_id or a certificate")
+        certificate = controller.issue_pairing(binding_id, **issue)
+    outcome = run_session(controller, client, certificate)
+    pid = certificate.metadata.pairing_id
     secrets = {}
     for node in (a, b):
         s = node.pairing_secrets(pid)
         if s is not None:
             secrets[node.access_data.device_id] = s
-    return PairingOutcome(outcome.certificate, outcome.ledger_index, outcome.offer_sizes, secrets)
+    return dataclasses.replace(outcome, secrets=secrets)

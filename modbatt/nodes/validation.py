@@ -32,7 +32,7 @@ from ..encoding import strict_loads
 from ..errors import ConfigError, ModbattError, Reason, VerificationError
 from ..model.access import AccessData, TransportProtocol
 from ..model.binding import BindingRecord
-from ..model.policy import DEFAULT_POLICY, MessageClass
+from ..model.policy import MessageClass
 from ..model.statements import sign_statement
 from ..model.tier import Tier
 from ..protocol.validation import (
@@ -67,7 +67,6 @@ from ..transport.http import EntityClient
 from .audit import EventLog, json_safe
 from .controller import AuthController
 from .entity import EntityNode
-from .link import SelectiveLink
 
 __all__ = [
     "LEVELS",
@@ -494,13 +493,8 @@ def run_escalation_scenario(
             offset += seconds
 
     p, m = ctx.side(pack), ctx.side(module)
-    # The controller keeps no copy of the certificate's policy; demo pairings use the default.
-    meta_policy = DEFAULT_POLICY
-    node_id = module.access_data.can_node or 0x01
-    link = SelectiveLink(
-        secrets=p["secrets"], policy=meta_policy, node=node_id, binding_key=p["binding_key"],
-        partner_key=p["partner_key"],
-    )  # fmt: skip
+    # The pack's own channel of the pairing (the policy is the certificate's, kept by the entity).
+    link = pack.channel(pairing_id)
     out: list[dict[str, Any]] = []
 
     def log(event: dict[str, Any]) -> None:

@@ -11,11 +11,17 @@
 * :func:`verify_completion` — the controller checks the completion proof and yields the ledger
   record.
 
+Sessions. Each use of a certificate is one *session*: its secrets derive from the pairing key
+(pairing tier) and the exchange key (exchange tier) with the session transcript as HKDF salt —
+the session nonce and the hashes of both signed offers (:func:`session_transcript`) — so no two
+sessions of one multi-use certificate share a traffic key (docs/pairing.md, "Sessions").
+:attr:`PairingSecrets.session_id` names the session.
+
 Controller modes. ``standard`` is the seed's design: the traffic secrets derive from the pairing
-and exchange keys alone, so a controller that failed to erase them could read everything.
-``blind`` (our step beyond the seed) adds an ephemeral ECDH exchange between the entities,
-signed with their binding keys, into both secrets: the controller — which never holds a binding
-private key — cannot derive traffic keys even if it kept the pairing key.
+and exchange keys and the (public) transcript, so a controller that failed to erase those keys
+could read everything. ``blind`` (our step beyond the seed) adds an ephemeral ECDH exchange
+between the entities, signed with their binding keys, into both secrets: the controller — which
+never holds a binding private key — cannot derive traffic keys even if it kept the pairing key.
 """
 
 from __future__ import annotations
@@ -49,12 +55,17 @@ from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
 __all__ = [
     "HALF_BYTES",
     "PAIRING_KEY_BYTES",
+    "SESSION_ID_BYTES",
     "CompletionProof",
     "PairingParticipant",
     "PairingSecrets",
     "PairingState",
     "PendingPairing",
+    "derive_session_secrets",
     "issue_certificate",
+    "offer_hash",
+    "session_transcript",
+    "transcript_of_offers",
     "verify_completion",
 ]
 
@@ -63,6 +74,8 @@ HALF_BYTES = 32
 EXCHANGE_KEY_BYTES = 32
 VALIDATION_NONCE_BYTES = 16
 SESSION_NONCE_BYTES = 16
+#: Bytes of a session identifier (the head of the session transcript hash).
+SESSION_ID_BYTES = 16
 #: Partial pairings are abandoned after this long by default (spec addendum: 30 s).
 DEFAULT_HANDSHAKE_TIMEOUT_S = 30
 _ROLES = ("a", "b")
@@ -304,18 +317,33 @@ class PairingState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PairingSecrets:
-    """The two symmetric tier secrets a pairing yields (inputs to the CAN/link key derivation)."""
+    """The two symmetric tier secrets of one pairing *session* (inputs to the CAN key derivation).
+
+    ``session_id`` (16 bytes, the head of the session transcript hash) names the session: the
+    channel keeps freshness per (pairing, session) and refuses frames of other sessions.
+    """
 
     pairing_id: str
     role: str
+    session_id: bytes
     pairing_secret: bytes = field(repr=False)
     exchange_secret: bytes = field(repr=False)
     mode: ControllerMode = ControllerMode.STANDARD
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != SESSION_ID_BYTES:
+            raise ValueError(f"a session id is {SESSION_ID_BYTES} bytes")
+
+    @property
+    def context(self) -> bytes:
+        """Pairing id ‖ session id: what binding-tier signatures on this session's link cover."""
+        return self.pairing_id.encode("ascii") + self.session_id
 
     def to_record(self) -> dict[str, Any]:
         return {
             "pairing_id": self.pairing_id,
             "role": self.role,
+            "session_id": self.session_id,
             "pairing_secret": self.pairing_secret,
             "exchange_secret": self.exchange_secret,
             "mode": self.mode.value,
@@ -323,7 +351,76 @@ class PairingSecrets:
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
-        return cls(r["pairing_id"], r["role"], r["pairing_secret"], r["exchange_secret"], ControllerMode(r["mode"]))
+        return cls(
+            r["pairing_id"], r["role"], r["session_id"], r["pairing_secret"], r["exchange_secret"],
+            ControllerMode(r["mode"]),
+        )  # fmt: skip
+
+
+def offer_hash(offer: bytes | Mapping[str, Any]) -> bytes:
+    """SHA-256 of what an offer's signature covers: its canonical body without the signature.
+
+    Hashing the signed content rather than the received bytes keeps the transcript independent of
+    how the signature itself is encoded.
+    """
+    body = dict(expect_map(strict_loads(offer, max_bytes=1024), "offer") if isinstance(offer, bytes) else offer)
+    body.pop("signature", None)
+    return sha256(canonical_dumps(body))
+
+
+def session_transcript(pairing_id: str, session_nonce: bytes, offer_a_hash: bytes, offer_b_hash: bytes) -> bytes:
+    """The session transcript hash: label ‖ pairing id ‖ session nonce ‖ H(offer A) ‖ H(offer B).
+
+    Every field has a fixed length (a pairing id is a 36-character UUID), so the concatenation is
+    unambiguous.
+    """
+    if len(session_nonce) != SESSION_NONCE_BYTES or len(offer_a_hash) != 32 or len(offer_b_hash) != 32:
+        raise VerificationError(Reason.MALFORMED, "transcript fields have the wrong size")
+    return sha256(
+        labels.PAIRING_SESSION_TRANSCRIPT + pairing_id.encode("ascii") + session_nonce + offer_a_hash + offer_b_hash
+    )
+
+
+def transcript_of_offers(offer_a: bytes, offer_b: bytes) -> bytes:
+    """The transcript hash of a session from its two offers as they travelled (no key needed).
+
+    Whoever carries both offers (the controller relays them) can compute it; it is public. The
+    secrets stay out of reach without the pairing and exchange keys (and, in blind mode, the
+    entities' ECDH secret).
+    """
+    a = expect_map(strict_loads(offer_a, max_bytes=1024), "offer", required=_OFFER_FIELDS)
+    b = expect_map(strict_loads(offer_b, max_bytes=1024), "offer", required=_OFFER_FIELDS)
+    if a["role"] != "a" or b["role"] != "b" or a["pairing_id"] != b["pairing_id"]:
+        raise VerificationError(Reason.WRONG_SESSION, "the offers are not the two halves of one session")
+    if a["session_nonce"] != b["session_nonce"]:
+        raise VerificationError(Reason.WRONG_SESSION, "the offers belong to different sessions")
+    nonce = raw_bytes(a["session_nonce"], "offer.session_nonce", size=SESSION_NONCE_BYTES)
+    return session_transcript(text(a["pairing_id"], "pairing_id", max_len=64), nonce, offer_hash(a), offer_hash(b))
+
+
+def derive_session_secrets(
+    pairing_key: bytes | bytearray,
+    exchange_key: bytes,
+    *,
+    pairing_id: str,
+    transcript: bytes,
+    dh: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """``(pairing_secret, exchange_secret)`` of one session (HKDF-SHA256, RFC 5869).
+
+    ikm = pairing key (or exchange key), ‖ the blind-mode ECDH secret when there is one;
+    salt = the session transcript hash; info = label ‖ pairing id.
+    """
+    pid = pairing_id.encode("ascii")
+    if dh is None:
+        return (
+            hkdf_sha256(bytes(pairing_key), salt=transcript, info=labels.PAIRING_SESSION_TRAFFIC_SECRET + pid),
+            hkdf_sha256(exchange_key, salt=transcript, info=labels.PAIRING_SESSION_EXCHANGE_SECRET + pid),
+        )
+    return (
+        hkdf_sha256(bytes(pairing_key) + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_TRAFFIC_SECRET + pid),
+        hkdf_sha256(exchange_key + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_EXCHANGE_SECRET + pid),
+    )
 
 
 _OFFER_FIELDS = {"pairing_id", "role", "session_nonce", "sealed_half", "ephemeral", "completion", "signature"}
@@ -399,6 +496,7 @@ class PairingParticipant:
         self._validation_nonce: bytes | None = None
         self.callback: str | None = None
         self._sent = False
+        self._own_offer_hash: bytes | None = None
 
     @property
     def pairing_id(self) -> str:
@@ -425,6 +523,7 @@ class PairingParticipant:
         }
         signature = self._binding_key.sign(labels.SIG_PAIRING_OFFER, canonical_dumps(body))
         self._sent = True
+        self._own_offer_hash = offer_hash(body)
         return canonical_dumps({**body, "signature": signature})
 
     def start(self, now: float) -> bytes:
@@ -461,35 +560,41 @@ class PairingParticipant:
         )
         if len(partner_half) != HALF_BYTES:
             raise VerificationError(Reason.MALFORMED, "a half is 32 bytes")
+        partner_hash = offer_hash(offer)
         pairing_key = bytearray(self._half + partner_half if self.role == "a" else partner_half + self._half)
         try:
             self._open_handshake(pairing_key)
             dh = self._blind_secret(offer.get("ephemeral"))
-            self.secrets = self._derive(pairing_key, dh)
+            assert self._validation_nonce is not None
+            my_completion = self._binding_key.sign(
+                labels.SIG_PAIRING_COMPLETION,
+                _completion_bytes(
+                    self.pairing_id,
+                    self._validation_nonce,
+                    self.session_nonce,
+                    self.certificate.certificate_hash,
+                    self.role,
+                ),
+            )
+            if self.role == "b":
+                # B's own offer is part of the transcript, so it is built before the secrets.
+                reply = self._offer(my_completion)
+                assert self._own_offer_hash is not None
+                self.secrets = self._derive(pairing_key, dh, partner_hash, self._own_offer_hash)
+                self.state = PairingState.PAIRED
+                return reply
+            partner_completion = raw_bytes(offer["completion"], "offer.completion", size=64)
+            self._partner_key.verify(
+                labels.SIG_PAIRING_COMPLETION,
+                _completion_bytes(
+                    self.pairing_id, self._validation_nonce, self.session_nonce, self.certificate.certificate_hash, "b"
+                ),
+                partner_completion,
+            )
+            assert self._own_offer_hash is not None
+            self.secrets = self._derive(pairing_key, dh, self._own_offer_hash, partner_hash)
         finally:
             _wipe(pairing_key)
-        assert self._validation_nonce is not None
-        my_completion = self._binding_key.sign(
-            labels.SIG_PAIRING_COMPLETION,
-            _completion_bytes(
-                self.pairing_id,
-                self._validation_nonce,
-                self.session_nonce,
-                self.certificate.certificate_hash,
-                self.role,
-            ),
-        )
-        if self.role == "b":
-            self.state = PairingState.PAIRED
-            return self._offer(my_completion)
-        partner_completion = raw_bytes(offer["completion"], "offer.completion", size=64)
-        self._partner_key.verify(
-            labels.SIG_PAIRING_COMPLETION,
-            _completion_bytes(
-                self.pairing_id, self._validation_nonce, self.session_nonce, self.certificate.certificate_hash, "b"
-            ),
-            partner_completion,
-        )
         self.completion = CompletionProof(
             self.pairing_id, self._validation_nonce, self.session_nonce, {"a": my_completion, "b": partner_completion}
         )
@@ -545,14 +650,13 @@ class PairingParticipant:
             raise VerificationError(Reason.MALFORMED, "blind-mode offer lacks its ephemeral key")
         return self._ephemeral.exchange(PublicKey.from_bytes(raw_bytes(partner_ephemeral, "ephemeral", size=33)))
 
-    def _derive(self, pairing_key: bytearray, dh: bytes | None) -> PairingSecrets:
-        pid = self.pairing_id.encode("ascii")
-        if dh is None:
-            pairing_secret = hkdf_sha256(bytes(pairing_key), info=labels.PAIRING_TRAFFIC_SECRET + pid)
-            exchange_secret = hkdf_sha256(self._exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pid)
-        else:
-            pairing_secret = hkdf_sha256(bytes(pairing_key) + dh, info=labels.PAIRING_BLIND_TRAFFIC_SECRET + pid)
-            exchange_secret = hkdf_sha256(self._exchange_key + dh, info=labels.PAIRING_BLIND_EXCHANGE_SECRET + pid)
-        return PairingSecrets(
-            self.pairing_id, self.role, pairing_secret, exchange_secret, self.metadata.controller_mode
+    def _derive(self, pairing_key: bytearray, dh: bytes | None, hash_a: bytes, hash_b: bytes) -> PairingSecrets:
+        assert self.session_nonce is not None
+        transcript = session_transcript(self.pairing_id, self.session_nonce, hash_a, hash_b)
+        pairing_secret, exchange_secret = derive_session_secrets(
+            pairing_key, self._exchange_key, pairing_id=self.pairing_id, transcript=transcript, dh=dh
         )
+        return PairingSecrets(
+            self.pairing_id, self.role, transcript[:SESSION_ID_BYTES], pairing_secret, exchange_secret,
+            self.metadata.controller_mode,
+        )  # fmt: skip

@@ -4,7 +4,7 @@ Two halves, one traffic table (:mod:`modbatt.sim.schedule`):
 
 * :mod:`modbatt.sim.pack` — a pack controller and 1-31 modules bound and paired through the real
   protocol, exchanging legacy telemetry (exchange tier) and acknowledged critical commands
-  (pairing tier) through :class:`~modbatt.nodes.link.SelectiveLink` on any python-can bus, in
+  (pairing tier) through each entity's :class:`~modbatt.nodes.channel.PairedChannel` on any python-can bus, in
   one process (:class:`PackSimulation`) or with every module in its own process over
   ``udp_multicast`` (:func:`run_multiprocess`). Functional: every frame really crosses the bus
   and is verified, but a virtual bus takes no time.

@@ -1,8 +1,10 @@
 """Pack simulator: one pack controller and 1-31 modules talking secured CAN on a real python-can bus.
 
-Setup goes through the real protocol: an :class:`~modbatt.workbench.inmemory.InMemoryDeployment`
+Setup goes through the real protocol: an :class:`~modbatt.nodes.inmemory.InMemoryDeployment`
 binds the pack to every module and :func:`~modbatt.nodes.pairing_flow.pair_entities` pairs them, so
-each module has its own pairing and exchange secrets and its own :class:`SelectiveLink` pair.
+each module has its own pairing and exchange secrets, and each end talks through its entity's own
+:class:`~modbatt.nodes.channel.PairedChannel` (in process: the deployment's explicitly ephemeral
+freshness; in separate processes: see below).
 
 Traffic (:mod:`modbatt.sim.schedule`): every module sends the legacy module-bus telemetry
 (MODULE_STATUS_1/2/3 encoded with cantools from the legacy catalog) at the documented rates as
@@ -24,8 +26,11 @@ timer: as fast as the CPU allows) for tests — and pumps the buses in between. 
 simulated time and by a wall-clock guard. Wire time is not modelled here (a virtual bus is
 instantaneous): use :mod:`modbatt.sim.latency` for latency.
 
-Separate processes: :func:`run_multiprocess` spawns one process per module on ``udp_multicast``;
-each receives its own keys over a pipe at start (never on disk or the command line), runs for a
+Separate processes: :func:`run_multiprocess` spawns one process per module on ``udp_multicast``.
+Each module's entity state (its encrypted key store, with a key file beside it, in a private
+temporary directory the parent removes at the end) is written to disk before the child starts;
+the child opens it and restores its channel from it — keys of the current session, freshness
+files beside the store — exactly as a module restarting from its own storage would. It runs for a
 bounded time and reports its statistics back; the parent cleans every process up.
 
 Statistics (:class:`SimStats`): frames and units sent/received per class and tier, rejects by
@@ -41,12 +46,15 @@ import heapq
 import itertools
 import math
 import multiprocessing
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import can
@@ -55,16 +63,20 @@ from can.util import len2dlc
 
 from ..can.catalog import build_legacy_database
 from ..can.fragment import isotp_address, isotp_params
-from ..can.functions import FUNCTIONS, function_for, message_class_of
+from ..can.functions import FUNCTIONS, RESYNC_FUNCTIONS, function_for, message_class_of
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
+from ..can.secured import frame_format
 from ..can.wiretime import CLASSIC, BusProfile
-from ..crypto.suite import PrivateKey, PublicKey
+from ..crypto.freshness import COUNTER_BYTES, RESYNC_CHALLENGE_BYTES
+from ..crypto.keystore import KeyStore
 from ..errors import ConfigError, ModbattError, VerificationError
 from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.tier import Tier
-from ..nodes.link import Received, SelectiveLink
+from ..nodes.channel import PairedChannel
+from ..nodes.entity import EntityNode
+from ..nodes.inmemory import InMemoryDeployment
+from ..nodes.link import Received
 from ..nodes.pairing_flow import pair_entities
-from ..protocol.pairing import PairingSecrets
 from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus
 from .schedule import (
     COMMAND_CLASSES,
@@ -464,7 +476,7 @@ class _Node:
         self.endpoint = endpoint
         self.plan = plan
         self.clock = clock
-        self.links: dict[int, SelectiveLink] = {}
+        self.links: dict[int, PairedChannel] = {}
         self._conns: dict[tuple[int, int, Tier], _Conn] = {}
 
     @property
@@ -475,11 +487,21 @@ class _Node:
         key = (peer, function, tier)
         c = self._conns.get(key)
         if c is None:
-            cls = message_class_of(function)
-            c = self._conns[key] = _Conn(
-                self, peer, function, tier, uses_isotp(self.plan, cls, self.endpoint.profile, tier)
-            )
+            profile = self.endpoint.profile
+            if function in RESYNC_FUNCTIONS:
+                # Control frames: a challenge fits one frame; an answer is FV ‖ tag (or signature).
+                answer = COUNTER_BYTES + frame_format(tier, profile).tag_bytes if tier is not Tier.NONE else 0
+                isotp_mode = max(answer, RESYNC_CHALLENGE_BYTES) > profile.data_field
+            else:
+                isotp_mode = uses_isotp(self.plan, message_class_of(function), profile, tier)
+            c = self._conns[key] = _Conn(self, peer, function, tier, isotp_mode)
         return c
+
+    def flush(self, peer: int) -> None:
+        """Send the control frames (resync) the channel with ``peer`` queued."""
+        for pdu in self.links[peer].frames_to_send():
+            fields = self.endpoint.layout.decode(pdu.can_id)
+            self.conn(peer, fields.function, fields.tier if fields.tier is not None else Tier.NONE).send(pdu.data)
 
     def send(self, peer: int, message_class: MessageClass, payload: bytes) -> None:
         pdu = self.links[peer].send(message_class, payload)
@@ -503,6 +525,10 @@ class _Node:
             got = self.links[conn.peer].receive(conn.rx_id, data, reassembled=reassembled)
         except VerificationError as exc:
             self.stats.rejects[exc.reason.value] += 1
+            self.flush(conn.peer)  # a streak of failures may have queued a resync challenge
+            return
+        if got is None:  # a resync frame: the channel may have answers or a challenge to send
+            self.flush(conn.peer)
             return
         self.stats.units_rx[_key(got.message_class, got.tier)] += 1
         self.handle(conn.peer, got)
@@ -707,64 +733,36 @@ class _Pack(_Node):
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys for one module (what a module process receives over its pipe)
+# Pairing, and a module's state on disk (what a module process restores its channel from)
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _LinkKeys:
-    """Everything one end of a link needs. Secret: only ever passed through a pipe, never logged."""
-
-    node: int
-    secrets: dict[str, Any] = field(repr=False)
-    policy: dict[str, str]
-    binding_scalar: bytes = field(repr=False)
-    partner_key: bytes
-    reproducible: bool
-
-    def link(self, layout: IdLayout, profile: BusProfile) -> SelectiveLink:
-        return SelectiveLink(
-            secrets=PairingSecrets.from_record(self.secrets),
-            policy=EncryptionPolicy.from_dict(self.policy),
-            node=self.node,
-            binding_key=PrivateKey.from_scalar_bytes(self.binding_scalar, reproducible=self.reproducible),
-            partner_key=PublicKey.from_bytes(self.partner_key),
-            layout=layout,
-            profile=profile,
-        )
-
-
-def _paired_keys(modules: int, seed: int | None) -> tuple[dict[int, _LinkKeys], dict[int, _LinkKeys], EncryptionPolicy]:
-    """Bind and pair a pack with ``modules`` modules; return both ends' keys per module id."""
-    # Layering exception (reported): InMemoryDeployment lives in layer 6 (workbench) although it
-    # only wires layer-4 objects. Imported here, at call time, so importing modbatt.sim never
-    # imports the workbench package and no import cycle can form if the workbench imports sim.
-    from ..nodes.inmemory import InMemoryDeployment
-
+def _paired(modules: int, seed: int | None) -> tuple[InMemoryDeployment, dict[int, str], EncryptionPolicy]:
+    """Bind and pair a pack with ``modules`` modules; the deployment and each module's pairing id."""
     dep = InMemoryDeployment(seed=seed, modules=modules)
-    pack_keys: dict[int, _LinkKeys] = {}
-    module_keys: dict[int, _LinkKeys] = {}
+    pairings: dict[int, str] = {}
     policy: EncryptionPolicy | None = None
     for node_id, module in dep.modules.items():
         record = dep.bind(dep.pack, module).record
         outcome = pair_entities(dep.controller, dep.pack, module, record.binding_id)
-        meta = outcome.certificate.metadata
-        policy = meta.encryption_policy
-        for entity, out in ((dep.pack, pack_keys), (module, module_keys)):
-            state = entity.binding(record.binding_id)
-            sec = entity.pairing_secrets(meta.pairing_id)
-            assert state is not None and state.partner_key is not None and sec is not None
-            out[node_id] = _LinkKeys(
-                node=node_id,
-                secrets=sec.to_record(),
-                policy=meta.encryption_policy.to_dict(),
-                binding_scalar=state.private_key.scalar_bytes(),
-                partner_key=state.partner_key.to_bytes(),
-                reproducible=state.private_key.reproducible,
-            )
-    dep.ledger.close()  # the keys are extracted; the in-memory ledger is not needed any more
+        pairings[node_id] = outcome.certificate.metadata.pairing_id
+        policy = outcome.certificate.metadata.encryption_policy
     assert policy is not None
-    return pack_keys, module_keys, policy
+    return dep, pairings, policy
+
+
+def _persist_entity(node: EntityNode, path: Path) -> Path:
+    """Write ``node``'s key store to an encrypted store at ``path`` (key file beside it); the key file."""
+    key_file = KeyStore.generate_key_file(path.with_suffix(".kek"))
+    source = node.keystore
+    disk = KeyStore.create(path, key_file=key_file, reproducible=source.reproducible)
+    with disk.transaction():
+        for name in source.key_names():
+            disk.put_private_key(name, source.private_key(name))
+        for name in source.record_names():
+            disk.put_record(name, source.record(name))
+    disk.close()
+    return key_file
 
 
 def _check_modules(modules: int) -> None:
@@ -805,7 +803,7 @@ class PackSimulation:
         self.clock: SimClock = clock or VirtualClock()
         self.layout = layout
         self.config = bus or BusConfig(interface="virtual", channel=f"modbatt-sim-{uuid.uuid4().hex}", fd=profile.fd)
-        pack_keys, module_keys, self.policy = _paired_keys(modules, seed)
+        self._dep, pairings, self.policy = _paired(modules, seed)
         if self.policy.to_dict() != self.plan.policy.to_dict():
             self.plan = dataclasses.replace(self.plan, policy=self.policy)  # the certificate's policy rules
         self.stats = SimStats()
@@ -822,10 +820,11 @@ class PackSimulation:
         self.pack = _Pack(self._pack_ep, self.plan, self.clock, db)
         self.module_nodes: dict[int, _Module] = {}
         for node_id in range(1, modules + 1):
-            self.pack.links[node_id] = pack_keys[node_id].link(layout, profile)
+            pid = pairings[node_id]
+            self.pack.links[node_id] = self._dep.pack.channel(pid, profile=profile, layout=layout)
             pack_nodes[node_id] = self.pack
             m = _Module(node_id, self._module_ep, self.plan, self.clock, db)
-            m.links[node_id] = module_keys[node_id].link(layout, profile)
+            m.links[node_id] = self._dep.modules[node_id].channel(pid, profile=profile, layout=layout)
             module_nodes[node_id] = m
             self.module_nodes[node_id] = m
         self.scheduler = Scheduler(self.clock, [self._pack_ep, self._module_ep])
@@ -865,6 +864,9 @@ class PackSimulation:
             with contextlib.suppress(Exception):
                 bus.shutdown()
         self._buses.clear()
+        for node in (self._dep.pack, *self._dep.modules.values()):
+            node.close_channels()
+        self._dep.ledger.close()
 
     def __enter__(self) -> PackSimulation:
         return self
@@ -899,7 +901,11 @@ def _free_port() -> int:
 
 @dataclass(frozen=True)
 class _ChildSpec:
-    keys: _LinkKeys
+    node: int
+    pairing_id: str
+    store: str  # the module's key store on disk (its freshness files go beside it)
+    key_file: str
+    policy: dict[str, str]
     bus: dict[str, Any]
     profile: BusProfile
     plan: dict[str, Any]
@@ -913,20 +919,25 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
     from ..can.ids import LAYOUTS
 
     bus = None
+    entity: EntityNode | None = None
     wall_end = time.monotonic() + spec.deadline
     try:
         bus = open_bus(BusConfig(**spec.bus))
         layout = LAYOUTS[spec.layout_name]
-        plan = TrafficPlan(**{**spec.plan, "policy": EncryptionPolicy.from_dict(spec.keys.policy)})
+        plan = TrafficPlan(**{**spec.plan, "policy": EncryptionPolicy.from_dict(spec.policy)})
         stats = SimStats()
         clock = RealClock()
         nodes: dict[int, _Node] = {}
         ep = _Endpoint(bus, spec.profile, layout, stats, 0, nodes)
-        module = _Module(spec.keys.node, ep, plan, clock, _db())
-        module.links[spec.keys.node] = spec.keys.link(layout, spec.profile)
-        nodes[spec.keys.node] = module
+        module = _Module(spec.node, ep, plan, clock, _db())
+        # The module restores its channel from its own storage: keys from the key store,
+        # freshness from the files beside it (FileFreshness, the entity's default on disk).
+        entity = EntityNode(KeyStore.open(spec.store, key_file=spec.key_file))
+        module.links[spec.node] = entity.channel(spec.pairing_id, profile=spec.profile, layout=layout)
+        nodes[spec.node] = module
+        module.flush(spec.node)  # a restarted session queues a resync challenge
         sched = Scheduler(clock, [ep])
-        conn.send(("ready", spec.keys.node))
+        conn.send(("ready", spec.node))
         while not conn.poll(0.01):  # keep the socket read while waiting for the start signal
             ep.drain(0.0)
             if time.monotonic() > wall_end:
@@ -935,7 +946,7 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
         if kind != "go":
             return
         t0 = clock.now()
-        module.start(sched, t0, (spec.keys.node - 1) / spec.modules)
+        module.start(sched, t0, (spec.node - 1) / spec.modules)
         sched.run(t0 + duration, max_wall=max(wall_end - time.monotonic(), 0.1))
         sched.cancel_all()
         while not conn.poll(0.0) and time.monotonic() < wall_end:  # serve late commands until told to stop
@@ -946,6 +957,8 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
+        if entity is not None:
+            entity.close_channels()
         if bus is not None:
             bus.shutdown()
         conn.close()
@@ -975,16 +988,18 @@ def run_multiprocess(
 ) -> SimStats:
     """Pack in this process, each module in its own process, all on one ``udp_multicast`` group.
 
-    ``port`` defaults to a free UDP port, so concurrent runs do not hear each other. Keys go to
-    each child through its pipe at start. Children are started with ``spawn``: a script calling
-    this needs the usual ``if __name__ == "__main__":`` guard. Every child is bounded (``start_timeout + duration +
-    drain`` plus a margin) and joined or terminated before this returns.
+    ``port`` defaults to a free UDP port, so concurrent runs do not hear each other. Each child
+    restores its module's channel from the module's state on disk (a private temporary directory,
+    removed before this returns). Children are started with ``spawn``: a script calling this needs
+    the usual ``if __name__ == "__main__":`` guard. Every child is bounded (``start_timeout +
+    duration + drain`` plus a margin) and joined or terminated before this returns.
     """
     _check_modules(modules)
     plan = plan or TrafficPlan()
     port = port or _free_port()
     bus_kw: dict[str, Any] = {"interface": "udp_multicast", "channel": group, "kwargs": {"port": port}}
-    pack_keys, module_keys, policy = _paired_keys(modules, seed)
+    dep, pairings, policy = _paired(modules, seed)
+    state = Path(tempfile.mkdtemp(prefix="modbatt-sim-"))  # 0700: only this user reads the key files
     plan_kw = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "policy"}
     ctx = multiprocessing.get_context("spawn")
     deadline = start_timeout + duration + drain + 10.0
@@ -995,8 +1010,13 @@ def run_multiprocess(
     try:
         bus = open_bus(BusConfig(**bus_kw))
         for node_id in range(1, modules + 1):
+            store = state / f"module-{node_id:02d}.keystore"
+            key_file = _persist_entity(dep.modules[node_id], store)
+            spec = _ChildSpec(
+                node_id, pairings[node_id], str(store), str(key_file), policy.to_dict(), bus_kw, profile, plan_kw,
+                layout.name, modules, deadline,
+            )  # fmt: skip
             parent, child = ctx.Pipe()
-            spec = _ChildSpec(module_keys[node_id], bus_kw, profile, plan_kw, layout.name, modules, deadline)
             proc = ctx.Process(target=_module_process, args=(child, spec), name=f"modbatt-module-{node_id:02d}")
             proc.start()
             child.close()
@@ -1007,7 +1027,7 @@ def run_multiprocess(
         ep = _Endpoint(bus, profile, layout, pack_stats, 1, nodes)
         pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db())
         for node_id in range(1, modules + 1):
-            pack.links[node_id] = pack_keys[node_id].link(layout, profile)
+            pack.links[node_id] = dep.pack.channel(pairings[node_id], profile=profile, layout=layout)
             nodes[node_id] = pack
         ready_by = time.monotonic() + start_timeout
         for proc, pipe in children:
@@ -1055,3 +1075,6 @@ def run_multiprocess(
                 proc.join(timeout=1.0)
         if bus is not None:
             bus.shutdown()
+        dep.pack.close_channels()
+        dep.ledger.close()
+        shutil.rmtree(state, ignore_errors=True)

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..crypto import labels
 from ..crypto.rng import RandomSource
-from ..crypto.suite import hkdf_sha256
 from ..model.pairing import ControllerMode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
-from ..protocol.pairing import EXCHANGE_KEY_BYTES, PAIRING_KEY_BYTES
+from ..protocol.pairing import EXCHANGE_KEY_BYTES, PAIRING_KEY_BYTES, derive_session_secrets
 
 __all__ = ["RecordingRandom", "compromised_controller_reads"]
 
@@ -56,13 +54,15 @@ def compromised_controller_reads(mode: ControllerMode, seed: int | None = None) 
     d.controller._rng = spy  # the controller's memory, as an attacker who compromised it sees it
     out = pair_entities(d.controller, d.pack, module, record.binding_id, mode=ControllerMode(mode))
     d.ledger.close()
-    pid = out.certificate.metadata.pairing_id.encode()
     pairing_key = next(v for v in spy.seen if len(v) == PAIRING_KEY_BYTES)
     exchange_key = spy.seen[spy.seen.index(pairing_key) + 1]
     assert len(exchange_key) == EXCHANGE_KEY_BYTES
     real = out.secrets[module.access_data.device_id]
+    # The session transcript is public (the controller relayed both offers); blind mode also
+    # needs the entities' ECDH secret, which no recording of the controller holds.
+    pairing_secret, exchange_secret = derive_session_secrets(
+        pairing_key, exchange_key, pairing_id=out.certificate.metadata.pairing_id, transcript=out.transcript
+    )
     return Exposure(
-        ControllerMode(mode).value,
-        hkdf_sha256(pairing_key, info=labels.PAIRING_TRAFFIC_SECRET + pid) == real.pairing_secret,
-        hkdf_sha256(exchange_key, info=labels.PAIRING_EXCHANGE_SECRET + pid) == real.exchange_secret,
+        ControllerMode(mode).value, pairing_secret == real.pairing_secret, exchange_secret == real.exchange_secret
     )

@@ -28,12 +28,12 @@ from ..errors import ConfigError, Reason, TransportError, VerificationError
 from ..ledger import verify_inclusion
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.pairing import ControllerMode
-from ..model.policy import EncryptionPolicy, MessageClass
+from ..model.policy import MessageClass
 from ..nodes.audit import EVENT_LOG_NAME, EventLog
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
-from ..nodes.link import Received, SelectiveLink, node_id_of
+from ..nodes.link import Received
 from ..nodes.pairing_flow import pair_entities
 from ..nodes.validation import run_all_levels, run_escalation_scenario
 from ..transport.canbus import BusConfig, open_bus
@@ -162,7 +162,7 @@ def run_demo(
             "and erased the pairing key; the entities swapped halves under the exchange key"
         )
         say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
-        frames = _talk_over_can(pack, module, record.binding_id, meta.pairing_id, meta.encryption_policy, bus, say)
+        frames = _talk_over_can(pack, module, meta.pairing_id, bus, say)
         events = EventLog(state / EVENT_LOG_NAME)
         validation = run_all_levels(controller, pack, module, record.binding_id, meta.pairing_id, events=events)
         say("validation levels 1-7: " + ", ".join(f"L{k} {v['outcome']}" for k, v in sorted(validation.items())))
@@ -208,23 +208,14 @@ def _frame_view(direction: str, pdu_id: int, data: bytes, got: Received) -> dict
 def _talk_over_can(
     pack: EntityNode,
     module: EntityNode,
-    binding_id: str,
     pairing_id: str,
-    policy: EncryptionPolicy,
     bus: BusConfig | None,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """One charge command (pairing tier) and one voltage reading (exchange tier) on a real python-can bus."""
-    node_id = node_id_of(module.access_data)
-    links = {}
-    for name, node in (("pack", pack), ("module", module)):
-        state = node.binding(binding_id)
-        secrets = node.pairing_secrets(pairing_id)
-        if state is None or state.partner_key is None or secrets is None:
-            raise VerificationError(Reason.UNKNOWN_BINDING, f"{node.access_data.device_id} is not paired")
-        links[name] = SelectiveLink(
-            secrets=secrets, policy=policy, node=node_id, binding_key=state.private_key, partner_key=state.partner_key
-        )
+    # Each entity's own channel: keys of the current session, freshness persisted beside its key
+    # store under the state directory (a rerun resumes past the reserved counters).
+    links = {name: node.channel(pairing_id) for name, node in (("pack", pack), ("module", module))}
     config = bus or BusConfig(interface="virtual", channel=f"modbatt-demo-{uuid.uuid4().hex}")
     frames = []
     with open_bus(config) as pack_bus, open_bus(config) as module_bus:
@@ -238,6 +229,8 @@ def _talk_over_can(
             if msg is None:
                 raise TransportError(f"the {label} did not arrive on {config.describe()}")
             got = links[receiver].receive(msg.arbitration_id, bytes(msg.data))
+            if got is None:  # pragma: no cover - a fresh channel sends no control frames
+                raise TransportError(f"the {label} arrived as a control frame")
             frames.append(_frame_view(f"{sender}->{receiver}", msg.arbitration_id, bytes(msg.data), got))
             say(
                 f"{label} {sender} -> {receiver} on {config.interface}: id 0x{msg.arbitration_id:08X} "

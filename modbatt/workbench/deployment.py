@@ -107,4 +107,6 @@ class Deployment:
         return authorize_binding(self.authority_key, a, b, self.clock(), self.rng)
 
     def close(self) -> None:
+        for node in self.entities.values():
+            node.close_channels()  # let go of the freshness files (nothing is lost: they are durable)
         self.ledger.close()

@@ -19,7 +19,7 @@ Two machines, both sans-I/O:
   (:meth:`EscalationGate.drain_seen`); the node writes them before it acts on the request
   (docs/validation.md, "Escalation replay across restarts").
 * :class:`EscalationPolicy` turns an accepted request into a required validation level and a tier
-  floor for the link (``SelectiveLink.escalate``), holds it for a stated time, de-escalates on
+  floor for the link (``PairedChannel.escalate``), holds it for a stated time, de-escalates on
   :meth:`EscalationPolicy.tick`, and logs every event (accepted, deferred, ignored, rejected,
   de-escalated) as a JSON-ready dict.
 """

@@ -21,11 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...can.secured import Direction, derive_traffic_keys
 from ...crypto import keystore, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
-from ...model.tier import Tier
 from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.pairing_flow import pair_entities
 from ...nodes.validation import run_all_levels
@@ -131,10 +129,10 @@ def _validation_levels(dep: InMemoryDeployment, rec: Record) -> None:
 
 
 def _can_traffic_keys(dep: InMemoryDeployment, rec: Record) -> None:
-    secrets = rec.facts["secrets"]
-    for tier, secret in ((Tier.EXCHANGE, secrets.exchange_secret), (Tier.PAIRING, secrets.pairing_secret)):
-        for direction in Direction:
-            derive_traffic_keys(secret, tier, direction)
+    # As a deployment derives them: each end opens its channel of the pairing (the one owner of
+    # the link), which derives both directions of each symmetric tier from the current session.
+    for node in (dep.pack, dep.modules[1]):
+        node.channel(rec.facts["pairing_id"])
 
 
 def _key_store_keys(dep: InMemoryDeployment, rec: Record) -> None:
