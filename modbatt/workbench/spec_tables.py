@@ -59,6 +59,8 @@ REASONS: dict[Reason, str] = {
     Reason.UNKNOWN_BINDING: "refers to a binding or key the receiver does not hold",
     Reason.HASH_MISMATCH: "a hash or commitment does not match the data it covers",
     Reason.KEY_MISMATCH: "a key differs from the one committed or expected",
+    Reason.WRONG_STATE: "not accepted in the pack's current security state (docs/lifecycle.md)",
+    Reason.UNROUTABLE: "a gateway has no route for the frame (docs/gateway.md)",
 }
 #: The protocol state machines whose states the specification must name (docs/spec/state-machines.md).
 STATE_MACHINES: dict[str, type[enum.Enum]] = {
@@ -236,7 +238,11 @@ def _reasons() -> str:
 
 def _labels(rec: Record) -> str:
     uses = keyschedule._uses(rec)
-    rows = [(n, f"`{v.decode()}`", len(v), uses[n]) for n, v in keyschedule.all_labels().items()]
+    # A key-hiding signature label puts the signer's compressed key into the signed bytes (docs/crypto.md §3.1).
+    rows = [
+        (n, f"`{v.decode()}`", len(v), f"{uses[n]}, key-hiding" if v in labels.KEY_HIDING else uses[n])
+        for n, v in keyschedule.all_labels().items()
+    ]
     return _table(("constant", "label (ASCII)", "bytes", "use"), rows)
 
 
