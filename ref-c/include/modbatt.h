@@ -1,6 +1,6 @@
 /*
  * modbatt reference C: the firmware-facing subset of the Modbatt protocol, written from the
- * specification (docs/spec/key-schedule.md §4.3, docs/spec/frames.md §5, docs/spec/ids.md §7).
+ * specification (docs/spec/key-schedule.md §4.4, docs/spec/frames.md §5, docs/spec/ids.md §7).
  * C99 + OpenSSL libcrypto. No dynamic allocation on the frame path.
  */
 #ifndef MODBATT_H
@@ -41,7 +41,7 @@ enum { MB_TIER_NONE = 0, MB_TIER_EXCHANGE = 1, MB_TIER_PAIRING = 2, MB_TIER_BIND
 int mb_hkdf_sha256(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t salt_len,
                    const uint8_t *info, size_t info_len, uint8_t *okm, size_t okm_len);
 
-/* The classic (CCM) and FD (GCM) traffic keys of a symmetric tier in one direction (spec §4.3). */
+/* The classic (CCM) and FD (GCM) traffic keys of a symmetric tier in one direction (spec §4.4). */
 int mb_traffic_keys(const uint8_t *tier_secret, size_t secret_len, int tier, int direction,
                     uint8_t classic_key[MB_KEY_BYTES], uint8_t fd_key[MB_KEY_BYTES]);
 
@@ -84,7 +84,8 @@ typedef struct {
     int direction;   /* key direction d of the nonce */
     uint8_t classic_key[MB_KEY_BYTES];
     uint8_t fd_key[MB_KEY_BYTES];
-    uint8_t peer_point[MB_POINT_BYTES]; /* binding: the sender's public key (receiving) */
+    uint8_t peer_point[MB_POINT_BYTES]; /* binding: the signer's compressed public key (the peer's when
+                                         * receiving, one's own when sending; in the signed bytes too) */
     uint8_t context[255];               /* binding: signature context c, 0 or 2..255 bytes */
     size_t context_len;
     unsigned behind; /* classic reconstruction reach, 64 */

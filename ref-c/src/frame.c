@@ -166,11 +166,14 @@ mb_status mb_protect(const mb_channel *ch, const mb_id_fields *fields, uint64_t 
 mb_status mb_binding_tbs(const mb_channel *ch, uint32_t id, uint64_t fv, const uint8_t *payload, size_t n,
                          uint8_t *tbs, size_t *tbs_len)
 {
-    /* len(L) || L || K || N || payload, K = len(c) || c or empty (spec §5.1) */
+    /* len(L) || L || Q || K || N || payload, Q = the signer's compressed public key (the label is
+     * key-hiding), K = len(c) || c or empty (spec §5.1) */
     size_t k = 0, label_len = sizeof SIG_LABEL - 1;
     tbs[k++] = (uint8_t)label_len;
     memcpy(tbs + k, SIG_LABEL, label_len);
     k += label_len;
+    memcpy(tbs + k, ch->peer_point, MB_POINT_BYTES);
+    k += MB_POINT_BYTES;
     if (ch->context_len > 0) {
         if (ch->context_len < 2 || ch->context_len > 255)
             return MB_MALFORMED;
@@ -204,11 +207,18 @@ static mb_status verify_p256(const uint8_t point[MB_POINT_BYTES], const uint8_t 
     static const uint8_t order[32] = {0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF,
                                       0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17,
                                       0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51};
+    /* floor(n / 2): suite v1 signers emit low S only (s <= n/2), so (r, n - s) is no second signature. */
+    static const uint8_t half_order[32] = {0x7F, 0xFF, 0xFF, 0xFF, 0x80, 0x00, 0x00, 0x00, 0x7F, 0xFF, 0xFF,
+                                           0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xDE, 0x73, 0x7D, 0x56, 0xD3, 0x8B,
+                                           0xCF, 0x42, 0x79, 0xDC, 0xE5, 0x61, 0x7E, 0x31, 0x92, 0xA8};
     static const uint8_t zero[32] = {0};
-    /* r and s must lie in [1, n-1]: anything else no signer can make (malformed, spec §5.5 step 7). */
+    /* r and s must lie in [1, n-1], and s in [1, n/2]: anything else no signer makes (malformed,
+     * spec §5.5 step 7), checked before any curve arithmetic. */
     for (int i = 0; i < 2; i++)
         if (memcmp(sig + 32 * i, zero, 32) == 0 || memcmp(sig + 32 * i, order, 32) >= 0)
             return MB_MALFORMED;
+    if (memcmp(sig + 32, half_order, 32) > 0)
+        return MB_MALFORMED;
     mb_status st = MB_INTERNAL;
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     OSSL_PARAM *params = NULL;
@@ -274,7 +284,7 @@ mb_status mb_open(const mb_channel *ch, mb_window *w, uint64_t id64, const uint8
     if (len < overhead) /* step 5 */
         return MB_MALFORMED;
     if (ch->tier == MB_TIER_BINDING) { /* step 7 */
-        uint8_t tbs[1 + sizeof SIG_LABEL + 256 + 12 + MB_MAX_PDU];
+        uint8_t tbs[1 + sizeof SIG_LABEL + MB_POINT_BYTES + 256 + 12 + MB_MAX_PDU];
         size_t tbs_len, n = len - BINDING_OVERHEAD;
         fv = get_fv(data);
         if ((st = mb_window_check(w, fv)) != MB_OK)

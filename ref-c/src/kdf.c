@@ -1,4 +1,4 @@
-/* Key schedule: HKDF-SHA256 and the CAN traffic keys (spec §4.3). */
+/* Key schedule: HKDF-SHA256 and the CAN traffic keys (spec §4.4). */
 #include <string.h>
 
 #include <openssl/evp.h>

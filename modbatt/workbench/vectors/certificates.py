@@ -8,7 +8,7 @@ from typing import Any
 import cbor2
 
 from ...crypto import labels
-from ...crypto.suite import P256_ORDER, PrivateKey, PublicKey, sha256
+from ...crypto.suite import P256_ORDER, PrivateKey, PublicKey, sha256, signed_digest
 from ...errors import EncodingError, Reason, VerificationError
 from ...model.pairing import PairingCertificate
 from ._format import VectorFile, h
@@ -18,8 +18,9 @@ from .trace import Record
 __all__ = ["check_case", "generate"]
 
 
-def _framed(label: bytes, message: bytes) -> bytes:
-    return bytes([len(label)]) + label + message
+def _framed(label: bytes, message: bytes, signer: bytes) -> bytes:
+    """The signed bytes as the specification states them (docs/crypto.md §3, §3.1)."""
+    return bytes([len(label)]) + label + (signer if label in labels.KEY_HIDING else b"") + message
 
 
 def _high_s(sig: bytes) -> bytes:
@@ -32,14 +33,17 @@ def generate(rec: Record) -> VectorFile:
         "modbatt-signatures-and-certificates",
         [
             "SignatureTest: ECDSA P-256 / SHA-256 with RFC 6979 deterministic nonces, raw r || s (64 bytes),",
-            "over framed = len(label) (1 byte) || label || message (docs/crypto.md §3); one case per label",
-            "the package signs with, recorded from a seeded deployment (so the messages are real ones).",
+            "over framed = len(label) (1 byte) || label || message (docs/crypto.md §3), with the signer's",
+            "33-byte compressed public key between label and message for a key-hiding label (flag KeyHiding,",
+            "docs/crypto.md §3.1); s is at most n/2 (low S). One case per label the package signs with,",
+            "recorded from a seeded deployment (so the messages are real ones).",
             "CertificateTest: a pairing certificate (deterministic CBOR, docs/pairing.md): signedBytes is the",
-            "certificate map without 'signature'; certificateHash = SHA-256(certificate); metadataHash =",
+            "certificate map without 'signature'; certificateHash = SHA-256(signedBytes); metadataHash =",
             "SHA-256(metadata bytes).",
         ],
         {
-            "HighS": "s replaced by n - s: the same signature value under ECDSA's symmetry (malleability)",
+            "HighS": "s replaced by n - s: valid to plain ECDSA, refused by suite v1 (low S only) as malformed",
+            "KeyHiding": "a label signed by a semi-public key: the signer's public key is part of the signed bytes",
             "ModifiedSignature": "a bit of r or s flipped",
             "ModifiedContent": "a signed byte changed after signing",
             "UnknownField": "an extra map key",
@@ -59,12 +63,14 @@ def generate(rec: Record) -> VectorFile:
             groups[key] = vf.group(
                 "SignatureTest", privateKey=h(call.private_key), publicKey=h(call.public_key.to_bytes())
             )
+        framed = _framed(call.label, call.message, call.public_key.to_bytes())
         groups[key].add(
             f"{label_of(call.label)}",
+            flags=("KeyHiding",) if call.label in labels.KEY_HIDING else (),
             label=h(call.label),
             message=h(call.message),
-            framed=h(_framed(call.label, call.message)),
-            digest=h(sha256(_framed(call.label, call.message))),
+            framed=h(framed),
+            digest=h(sha256(framed)),
             signature=h(call.signature),
         )
     controller: PrivateKey = rec.facts["controller_key"]
@@ -100,7 +106,7 @@ def generate(rec: Record) -> VectorFile:
         Reason.BAD_SIGNATURE,
         "ModifiedSignature",
     )
-    bad("high-S twin of the signature", _with(as_map, signature=_high_s(sig)), "acceptable", None, "HighS")
+    bad("high-S twin of the signature", _with(as_map, signature=_high_s(sig)), "invalid", Reason.MALFORMED, "HighS")
     sections = dict(as_map["sections"])
     sections["entity_b"] = sections["entity_b"][:-1] + bytes([sections["entity_b"][-1] ^ 1])
     bad("a sealed section changed after signing", _with(as_map, sections=sections), "invalid", Reason.BAD_SIGNATURE,
@@ -122,7 +128,9 @@ def check_case(group: dict[str, Any], case: dict[str, Any]) -> None:
         key = PrivateKey.from_scalar_bytes(bytes.fromhex(group["privateKey"]), reproducible=True)
         assert key.public_key.to_bytes().hex() == group["publicKey"]
         label, message = bytes.fromhex(case["label"]), bytes.fromhex(case["message"])
-        assert _framed(label, message).hex() == case["framed"]
+        framed = _framed(label, message, key.public_key.to_bytes())
+        assert framed.hex() == case["framed"]
+        assert sha256(framed) == signed_digest(label, message, signer=key.public_key), case["tcId"]
         assert key.sign(label, message).hex() == case["signature"], f"tcId {case['tcId']}: not RFC 6979"
         key.public_key.verify(label, message, bytes.fromhex(case["signature"]))
         return

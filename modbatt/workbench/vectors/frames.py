@@ -36,8 +36,9 @@ __all__ = ["BINDING_CONTEXT", "RECEIVER", "check_case", "generate"]
 
 #: Receiver parameters every group uses: replay window of 32, classic FV reconstruction 64 back.
 RECEIVER = {"windowSize": 32, "behind": 64}
-#: The BINDING signature context of a paired link: the pairing id (docs/can-frames.md §2).
-BINDING_CONTEXT = b"00000000-0000-4000-8000-000000000018"
+#: The BINDING signature context of a paired link: the pairing id ‖ the 16-byte session id
+#: (:attr:`~modbatt.protocol.pairing.PairingSecrets.context`, docs/can-frames.md §2).
+BINDING_CONTEXT = b"00000000-0000-4000-8000-000000000018" + sha256(b"modbatt-vectors/session-id")[:16]
 _SECRETS = {
     Tier.EXCHANGE: sha256(b"modbatt-vectors/exchange-secret"),
     Tier.PAIRING: sha256(b"modbatt-vectors/pairing-secret"),
@@ -244,8 +245,8 @@ def _binding(b: _Builder) -> None:
     sig_at = len(data) - 64
     s = int.from_bytes(data[sig_at + 32 :], "big")
     high_s = data[: sig_at + 32] + (P256_ORDER - s).to_bytes(32, "big")
-    b.invalid("high-S twin of the signature", can_id, high_s, Reason.BAD_SIGNATURE, reassembled=True,
-              flags=("HighS",), result="acceptable")  # fmt: skip
+    b.invalid("high-S twin of the signature", can_id, high_s, Reason.MALFORMED, reassembled=True,
+              flags=("HighS",))  # fmt: skip
     b.invalid("signature r flipped", can_id, _flip(data, sig_at), Reason.BAD_SIGNATURE, reassembled=True,
               flags=("ModifiedSignature",))  # fmt: skip
     b.invalid("freshness changed after signing", can_id, _flip(data, 6, 2), Reason.BAD_SIGNATURE, reassembled=True,
@@ -284,7 +285,7 @@ NOTES = {
     "ModifiedFreshness": "the freshness value on the wire changed",
     "ModifiedId": "the CAN identifier changed (it is part of the nonce)",
     "ModifiedSignature": "a signature byte changed",
-    "HighS": "s replaced by n - s (ECDSA malleability)",
+    "HighS": "s replaced by n - s (ECDSA malleability): suite v1 takes low S only, a high S is malformed",
     "Replay": "a freshness value the receiver already accepted",
     "Stale": "a freshness value behind the window, or a receiver that has not resynchronised",
     "WrongLength": "a data length the tier or profile does not allow (DLC)",

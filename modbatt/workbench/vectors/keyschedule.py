@@ -22,7 +22,10 @@ PER_LABEL = 2
 LABEL_USES = {
     "SEAL_PARTNER_KEY": "seal-context",
     "SEAL_PAIRING_SECTION": "seal-context",
+    "PAIRING_SESSION_TRANSCRIPT": "hash",
     "COMMIT_SEMI_PUBLIC_KEY": "hash",
+    "WITNESS_ACCESS_HASH": "hash",
+    "PKCS11_PIN_CHECK": "hash",
     "KEY_ID": "hash",
     "LCT_ID": "hash",
     "REPRODUCIBLE_STREAM": "hash",
