@@ -6,15 +6,17 @@ import pytest
 
 from modbatt import attacks
 from modbatt.attacks.malleability import high_s_twin
-from modbatt.can.ids import SEED_LAYOUT, CanIdFields
-from modbatt.can.secured import CLASSIC, FD, BusProfile, Direction, SecuredReceiver, SecuredSender, TrafficKeys
+from modbatt.can.secured import CLASSIC, FD, BusProfile
 from modbatt.crypto import suite
-from modbatt.crypto.freshness import FreshnessCounter, MemoryCounterStore
 from modbatt.crypto.rng import SeededRandom
 from modbatt.crypto.suite import P256_HALF_ORDER, PrivateKey
 from modbatt.errors import Reason, VerificationError
 from modbatt.ledger import Ledger, SignedTreeHead
 from modbatt.model.pairing import PairingCertificate
+from modbatt.model.policy import MessageClass
+from modbatt.model.tier import Tier
+from modbatt.nodes.inmemory import InMemoryDeployment
+from modbatt.nodes.pairing_flow import pair_entities
 
 SEED = 11
 
@@ -79,20 +81,21 @@ def test_hostile_ledger_files_are_refused_within_the_memory_budget() -> None:
 
 @pytest.mark.parametrize("profile", [CLASSIC, FD], ids=lambda p: p.name)
 def test_high_s_binding_tier_frame_is_refused_and_moves_nothing(profile: BusProfile) -> None:
-    """The CAN path: a binding-tier unit with its signature's twin is malformed, counted, and the
-    genuine unit still opens afterwards (the replay window did not move)."""
-    key = PrivateKey.generate(SeededRandom("tampering-tests/binding"))
-    direction = Direction.INITIATOR_TO_RESPONDER
-    tx = SecuredSender(
-        SEED_LAYOUT, profile, TrafficKeys.binding(direction, signer=key), FreshnessCounter(MemoryCounterStore())
-    )
-    rx = SecuredReceiver(SEED_LAYOUT, profile, TrafficKeys.binding(direction, verifier=key.public_key))
-    pdu = tx.protect(CanIdFields(function=0x42, node=0x03, priority=6, direction=1), b"cell voltages")
+    """The CAN path a deployment uses (each end's channel of a pairing): a binding-tier unit with
+    its signature's twin is malformed, counted, and the genuine unit still opens afterwards (the
+    replay window did not move)."""
+    dep = InMemoryDeployment(seed=SEED, modules=1)
+    module_node = dep.modules[1]
+    record = dep.bind(dep.pack, module_node).record
+    pid = pair_entities(dep.controller, dep.pack, module_node, record.binding_id).certificate.metadata.pairing_id
+    pack, module = dep.pack.channel(pid, profile=profile), module_node.channel(pid, profile=profile)
+    pdu = pack.send(MessageClass.CHARGE_COMMAND, b"cell voltages", tier=Tier.BINDING)
     forged = pdu.data[:-64] + high_s_twin(pdu.data[-64:])
     with pytest.raises(VerificationError) as exc:
-        rx.open(pdu.can_id, forged, reassembled=not pdu.single_frame)
-    assert exc.value.reason is Reason.MALFORMED and rx.rejects[Reason.MALFORMED] == 1
-    assert rx.open(pdu.can_id, pdu.data, reassembled=not pdu.single_frame).payload == b"cell voltages"
+        module.receive(pdu.can_id, forged, reassembled=not pdu.single_frame)
+    assert exc.value.reason is Reason.MALFORMED and module.rejects == {Reason.MALFORMED: 1}
+    assert module.receive(pdu.can_id, pdu.data, reassembled=not pdu.single_frame).payload == b"cell voltages"
+    dep.ledger.close()
 
 
 def test_high_s_tree_head_is_refused() -> None:
