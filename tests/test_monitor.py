@@ -453,3 +453,29 @@ def test_terminal_escapes_from_a_crafted_dbc_are_shown_not_obeyed(
     assert main(["monitor", "--log", str(log), "--dbc", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\\x1b" in err and len(err.strip().splitlines()) == 1
+
+
+def test_monitor_into_head_exits_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    log = tmp_path / "long.log"
+    log.write_text("".join(f"({T0 + i / 1000:.6f}) vcan0 123#{i % 256:02X}\n" for i in range(20000)))
+    pipeline = subprocess.run(
+        f"{sys.executable} -m modbatt.cli monitor --log {log} --no-builtin-dbc | head -n 3",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        executable="/bin/bash",
+    )
+    assert len(pipeline.stdout.splitlines()) == 3
+    assert "Traceback" not in pipeline.stderr and "error" not in pipeline.stderr.lower(), pipeline.stderr
+    status = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m modbatt.cli monitor --log {log} --no-builtin-dbc | head -n 1 >/dev/null",
+        shell=True,
+        capture_output=True,
+        timeout=120,
+        executable="/bin/bash",
+    )
+    assert status.returncode == 0, status.stderr

@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = f"{reason}: {text}"  # the classified reason always leads
         print(f"modbatt {args.command}: error: {escape(text)}", file=sys.stderr)
         return EXIT_FAILED if reason is not None else EXIT_USAGE
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         # A file or device the user named cannot be used: one line, not a traceback.
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
@@ -74,10 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modbatt: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Output piped into `head` and the like: not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
