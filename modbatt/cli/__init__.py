@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "cert",
     "dbc",
     "monitor",
+    "decode",
     "attack",
     "bench",
 )

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import EXIT_OK
 
-__all__ = ["register"]
+__all__ = ["decryptor_from_keystore", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -121,7 +121,7 @@ def _monitor(args: argparse.Namespace) -> int:
     monitor = Monitor(
         args.layout,
         load_databases(args.dbc),
-        decryptor=_decryptor(args.keystore, args.layout) if args.keystore else None,
+        decryptor=decryptor_from_keystore(args.keystore, args.layout) if args.keystore else None,
         builtin_databases=not args.no_builtin_dbc,
         on_problem=problem,
         bitrate=args.bitrate or (config.bitrate if config else None),
@@ -171,7 +171,7 @@ def _monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _decryptor(path: str, layout_name: str | None) -> Any:
+def decryptor_from_keystore(path: str, layout_name: str | None = None) -> Any:
     """A decryptor from an entity key store, unlocked by FILE.kek or $MODBATT_PASSPHRASE."""
     import os
     from pathlib import Path
