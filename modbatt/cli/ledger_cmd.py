@@ -27,6 +27,7 @@ from ..crypto.suite import PublicKey
 from ..errors import ConfigError, LedgerError, VerificationError
 from ..ledger import Ledger, merkle, tree_head
 from . import EXIT_FAILED, EXIT_OK
+from .files import expect_file_kind
 
 __all__ = ["register"]
 
@@ -99,6 +100,7 @@ def _verify(args: argparse.Namespace) -> int:
     pinned = _load_public_key(args.public_key)
     if not Path(args.path).exists():
         raise ConfigError(f"no such ledger file: {args.path}")
+    expect_file_kind(args.path, "SQLite database")  # another kind of file is a user mistake (2), not a failed check
     try:
         with _open(args.path, pinned) as ledger:
             report = ledger.verify()

@@ -292,7 +292,9 @@ class FrameDecoder:
     :param databases: cantools databases tried first, by exact ID.
     :param decryptor: optional :class:`Decryptor` for protected units.
     :param builtin_databases: also decode with modbatt's own databases.
-    :param reassemble: rebuild ISO-TP and broadcast-fragment units (seed layout only).
+    :param reassemble: rebuild ISO-TP and broadcast-fragment units per the payload catalog (seed
+        layout only); ``False`` takes every frame as a unit by itself, for traffic that does not
+        follow the catalog's framing.
     :param on_problem: told once about a built-in database that cannot be built.
     """
 
@@ -313,7 +315,8 @@ class FrameDecoder:
         self.decryptor = decryptor
         self.builtin = BuiltinDatabases(self.layout, on_problem) if builtin_databases else None
         self._plain = self.builtin if self.builtin is not None else BuiltinDatabases(self.layout, on_problem)
-        self.reassemble = reassemble and self.layout.name == "seed"
+        self.reassemble = reassemble
+        self._units_known = self.layout.name == "seed"
         self._isotp: dict[int, _IsoTpSniffer] = {}
         self._fragments = fragment.Reassembler()
         #: Frames of ISO-TP identifiers beyond :data:`MAX_ISOTP_STREAMS`, not reassembled.
@@ -338,7 +341,7 @@ class FrameDecoder:
         if msg.is_remote_frame:
             return report
         self._decode_signals(msg, report)
-        if self.reassemble and report.id_fields is not None and report.id_fields.function in PAYLOADS:
+        if self._units_known and report.id_fields is not None and report.id_fields.function in PAYLOADS:
             for unit in self._units(msg, report.id_fields):
                 self._open(unit)
                 report.units.append(unit)
@@ -365,8 +368,8 @@ class FrameDecoder:
         assert fields.tier is not None
         data = bytes(msg.data)
         transport = transport_for(fields.function, fields.tier, FD if msg.is_fd else CLASSIC)
-        if transport is Transport.SINGLE_FRAME:
-            return [UnitReport(msg.arbitration_id, fields, transport, data)]
+        if transport is Transport.SINGLE_FRAME or not self.reassemble:
+            return [UnitReport(msg.arbitration_id, fields, Transport.SINGLE_FRAME, data)]
         if transport is Transport.BROADCAST_FRAGMENTS:
             now = float(msg.timestamp) if math.isfinite(msg.timestamp) else 0.0
             done = self._fragments.feed(msg.arbitration_id, data, now)

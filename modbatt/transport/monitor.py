@@ -60,6 +60,7 @@ class Monitor:
     :param on_problem: told (once each) about a built-in database that cannot be built.
     :param bitrate: nominal bit rate for bus load (default 500 kbit/s, stated in the summary).
     :param data_bitrate: CAN FD data-phase rate for FD frames with BRS.
+    :param reassemble: rebuild multi-frame units per the payload catalog (see :class:`FrameDecoder`).
     """
 
     def __init__(
@@ -72,10 +73,12 @@ class Monitor:
         on_problem: Callable[[str], None] | None = None,
         bitrate: int | None = None,
         data_bitrate: int | None = None,
+        reassemble: bool = True,
     ) -> None:
         self.decoder = FrameDecoder(
-            layout, databases, decryptor, builtin_databases=builtin_databases, on_problem=on_problem
-        )
+            layout, databases, decryptor, builtin_databases=builtin_databases, on_problem=on_problem,
+            reassemble=reassemble,
+        )  # fmt: skip
         self.stats = BusStatistics(bitrate, data_bitrate)
 
     @property

@@ -64,7 +64,8 @@ def decrypted_demo_trace(state_dir: Path | None = None) -> list[str]:
     result = run_demo(state, transport="in-process")
     store_path = result.state_dir / "entities" / f"{PACK_ID}.keystore"
     store = KeyStore.open(store_path, key_file=store_path.with_suffix(".kek"))
-    monitor = Monitor(decryptor=KeyStoreDecryptor(store))
+    # The demo sends short illustrative payloads as single frames, not the catalog's framing.
+    monitor = Monitor(decryptor=KeyStoreDecryptor(store), reassemble=False)
     lines = []
     for i, frame in enumerate(result.frames):
         msg = can.Message(timestamp=float(i), arbitration_id=int(frame["can_id"], 16),

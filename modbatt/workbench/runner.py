@@ -108,12 +108,18 @@ def list_parameters(notebooks_dir: Path | None = None, only: Sequence[str] = ())
 
 
 def _to_html(executed: Path) -> Path | None:
+    """An HTML rendering beside the executed notebook; None when nbconvert cannot render here.
+
+    The rendering is a convenience: without nbconvert or its templates (a virtual environment
+    that does not see the base installation's ``share/jupyter``), the report points at the .ipynb.
+    """
     try:
         import nbformat
         from nbconvert import HTMLExporter
-    except ImportError:  # the report then links the .ipynb only
+
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    except Exception:
         return None
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
     write_atomic(out, body.encode("utf-8"))
     return out
