@@ -479,3 +479,34 @@ def test_monitor_into_head_exits_quietly(tmp_path: Path) -> None:
         executable="/bin/bash",
     )
     assert status.returncode == 0, status.stderr
+
+
+def test_a_udp_multicast_recording_names_its_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modbatt.sim.pack import multicast_available
+    from modbatt.transport.canbus import BusConfig, open_bus
+
+    ok, why = multicast_available()
+    if not ok:
+        pytest.skip(why)
+    import random
+
+    group = f"239.74.{random.randrange(1, 255)}.{random.randrange(1, 255)}"  # the monitor uses the default port
+    record = tmp_path / "udp.log"
+    stop = threading.Event()
+
+    def sender() -> None:
+        with open_bus(BusConfig(interface="udp_multicast", channel=group)) as bus:
+            while not stop.wait(0.01):
+                bus.send(can.Message(arbitration_id=HEARTBEAT_N2C, data=bytes(6)))
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    try:
+        code = main(["monitor", "-i", "udp_multicast", "-c", group, "--count", "3", "--duration", "10",
+                     "--record", str(record), "--no-builtin-dbc"])  # fmt: skip
+    finally:
+        stop.set()
+        thread.join(5)
+    assert code == 0
+    lines = record.read_text().splitlines()
+    assert len(lines) == 3 and all(line.split()[1] == group for line in lines), lines  # not python-can's "vcan0"
