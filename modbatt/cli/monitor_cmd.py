@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         "or the passphrase in $MODBATT_PASSPHRASE)",
     )
     dec.add_argument(
+        "--no-reassembly",
+        action="store_true",
+        help="take every frame as a unit by itself (traffic that does not follow the payload catalog's "
+        "ISO-TP framing, such as the demo's short single frames)",
+    )
+    dec.add_argument(
         "--no-builtin-dbc",
         action="store_true",
         help="do not decode with modbatt's own databases (secured protocol, legacy catalog)",
@@ -126,6 +132,7 @@ def _monitor(args: argparse.Namespace) -> int:
         on_problem=problem,
         bitrate=args.bitrate or (config.bitrate if config else None),
         data_bitrate=args.data_bitrate or (config.data_bitrate if config else None),
+        reassemble=not args.no_reassembly,
     )
     if args.per_id:
         view: TraceView = LiveTableView(sys.stdout)
