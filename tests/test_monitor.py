@@ -510,3 +510,29 @@ def test_a_udp_multicast_recording_names_its_group(tmp_path: Path, capsys: pytes
     assert code == 0
     lines = record.read_text().splitlines()
     assert len(lines) == 3 and all(line.split()[1] == group for line in lines), lines  # not python-can's "vcan0"
+
+
+def test_broadcast_fragments_are_reassembled_into_one_unit() -> None:
+    from modbatt.can import fragment
+    from modbatt.can.functions import function_named
+
+    announce = ids.SEED_LAYOUT.encode(function_named("ANNOUNCE").id_fields(0x07, 1, Tier.BINDING))
+    unit = bytes(range(200))
+    frames = fragment.Fragmenter(first_transfer_id=2).fragment(unit)
+    monitor = Monitor("seed", builtin_databases=True)
+    reports = [monitor.observe(can.Message(timestamp=T0 + i / 100, arbitration_id=announce, data=f))
+               for i, f in enumerate(frames)]  # fmt: skip
+    done = [u for r in reports for u in r.units]
+    assert len(frames) > 30 and len(done) == 1 and done[0].data == unit
+    assert done[0].transport.value == "broadcast_fragments" and reports[-1].units == done
+    assert done[0].decrypt_note == "encrypted"  # a binding-tier unit, and no key store given
+    assert reports[0].signals["FRAG_TotalLength"] == len(unit)  # the DBC reads the header the same way
+
+
+def test_unusable_timestamps_from_a_bus_are_counted_not_fatal() -> None:
+    monitor = Monitor("seed")
+    for i, stamp in enumerate([T0, float("inf"), float("nan"), -1.0, T0 + 1.5]):
+        monitor.observe(can.Message(timestamp=stamp, arbitration_id=HEARTBEAT_N2C, data=bytes([i] * 6)))
+    summary = monitor.summary()
+    assert summary.frames == 5 and summary.bad_timestamps == 3 and summary.duration == pytest.approx(1.5)
+    assert summary.load_reliable  # 1.5 s of usable time
