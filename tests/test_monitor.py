@@ -357,7 +357,7 @@ def test_per_id_table_is_redrawn_in_place_on_a_terminal(capture: Path) -> None:
     tty = _Tty()
     monitor = Monitor("seed")
     run_monitor(monitor, read_log(capture), LiveTableView(tty), per_id=True)  # type: ignore[arg-type]
-    assert tty.text.startswith("\x1b[H") and "\x1b[K\n" in tty.text and "\x1b[J" in tty.text
+    assert tty.text.startswith("\x1b[2J\x1b[H") and "\x1b[K\n" in tty.text and "\x1b[J" in tty.text
     assert tty.text.count("rate/s") == 1  # one table, drawn over itself
     piped = _Tty()
     piped.isatty = lambda: False  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ Anderson, "Trojan Source", 2021) become ``\\uNNNN``. Everything else passes unch
 text, including non-ASCII names and units such as "°C", reads as before.
 
 :class:`Screen` redraws a block of lines in place on a terminal with ECMA-48 cursor controls
-(cursor home, erase to end of line, erase below), the way ``cantools monitor`` and
+(clear once, then cursor home, erase to end of line, erase below), the way ``cantools monitor`` and
 ``can.viewer`` keep one table on screen; it writes nothing but plain lines when the output is
 not a terminal.
 """
@@ -54,6 +54,7 @@ def is_terminal(stream: TextIO) -> bool:
 _HOME = "\x1b[H"
 _ERASE_LINE = "\x1b[K"
 _ERASE_BELOW = "\x1b[J"
+_CLEAR = "\x1b[2J"
 
 
 class Screen:
@@ -71,7 +72,8 @@ class Screen:
         """Show ``lines``: over the previous block on a terminal, appended otherwise."""
         if self.in_place:
             body = "".join(f"{escape(line)}{_ERASE_LINE}\n" for line in lines)
-            self.stream.write(f"{_HOME}{body}{_ERASE_BELOW}")
+            first = "" if self._drawn else _CLEAR  # the first table starts on a clean screen
+            self.stream.write(f"{first}{_HOME}{body}{_ERASE_BELOW}")
         else:
             self.stream.write("".join(f"{escape(line)}\n" for line in lines))
             self.stream.write("\n")
