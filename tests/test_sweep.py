@@ -59,7 +59,20 @@ def test_sweep_list_names_experiments_and_keys(capsys):
     overhead = next(line for line in lines if line.startswith("frame_overhead: "))
     assert "tier, profile, payload_bytes, nominal_bitrate=1000000" in overhead
     assert any(line.startswith("pairing_cost: ") for line in lines)
+    # The simulator's experiments register themselves (sweep._register_optional) and list the same way.
+    design = next(line for line in lines if line.startswith("design_space: "))
+    assert "protocol, bus, modules, platform='STM32WB55 / ATmega64M1', stuffing='worst', cpu_file=None" in design
     assert "_frame_overhead" not in "\n".join(lines)
+
+
+def test_an_unknown_design_space_key_names_the_valid_ones(tmp_path, capsys):
+    params = tmp_path / "typo.yaml"
+    params.write_text("experiment: design_space\ngrid: {modules: [1]}\nfixed: {protocol: seed, bus: classic 500k, "
+                      "platfrom: STM32WB55}\n")  # fmt: skip
+    assert main(["sweep", str(params), "--output", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'platfrom'" in err and "platform" in err and "cpu_file" in err
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_several_files_in_one_call_go_under_build_or_a_folder(tmp_path, capsys):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -131,17 +133,39 @@ def test_list_params(notebooks, capsys):
     assert out.startswith("02-bad") and "01-good" not in out and "other            float" in out
 
 
+#: The latency model's notebooks create no keys and open no bus: they declare no seed or bus settings.
+MODEL_ONLY = ("07-", "09-")
+
+
+def _annotated_names(nb: Path) -> set[str]:
+    """Every name the notebook's ``parameters`` cell declares, read with Python's own parser."""
+    cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)}
+
+
 def test_every_workbench_notebook_declares_typed_described_parameters():
     from modbatt.workbench.parameters import notebook_parameters
     from modbatt.workbench.runner import list_notebooks
 
-    for nb in list_notebooks():
-        if nb.stem.startswith("07"):
-            continue  # the latency notebook follows the same convention in its own change
+    notebooks = list_notebooks()
+    assert [nb.stem[:2] for nb in notebooks] == [f"{i:02d}" for i in range(1, len(notebooks) + 1)]
+    for nb in notebooks:
         specs = notebook_parameters(nb)
-        assert {"figures_dir", "results_dir", "reproducible", "seed", "bus_interface", "bus_channel"} <= set(specs)
+        # papermill reads every declaration (it skips `X | None`, hence Optional[X]): -p can set each one.
+        assert set(specs) == _annotated_names(nb), nb.stem
+        assert {"figures_dir", "results_dir", "reproducible"} <= set(specs), nb.stem
+        session = {"seed", "bus_interface", "bus_channel"}
+        assert (session & set(specs)) == (set() if nb.stem.startswith(MODEL_ONLY) else session), nb.stem
         for spec in specs.values():
             assert spec.type_name != "None" and spec.help, (nb.stem, spec)
+
+
+def test_every_committed_figure_carries_its_caption():
+    from modbatt.workbench.report import figure_caption
+
+    figures = sorted((Path(__file__).resolve().parents[1] / "figures").glob("*.png"))
+    assert figures
+    assert [png.name for png in figures if not figure_caption(png)] == []
 
 
 def _chromium() -> str | None:
