@@ -17,7 +17,7 @@ from typing import Final
 
 #: The Modbatt protocol version: the ``v`` every versioned wire structure carries (pairing
 #: certificates, ledger entries, tree heads, validation messages) and the ``vN`` of every label.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: Version of the specification document (docs/spec): ``PROTOCOL_VERSION.revision``. A revision
 #: changes wording only; any change of a byte on the wire takes a new protocol version.
 SPEC_VERSION: Final = f"{PROTOCOL_VERSION}.0"

@@ -2,7 +2,7 @@
 
 Encoding (deterministic CBOR; byte layout in docs/pairing.md)::
 
-    certificate = {"v": 1,
+    certificate = {"v": 2,              ; the protocol version (labels.PROTOCOL_VERSION)
                    "metadata": bstr,            ; canonical CBOR of PairingMetadata
                    "sections": {"entity_a": bstr, "entity_b": bstr, "handshake_validation": bstr},
                    "signature": bstr .size 64}  ; controller, over the map without "signature"
@@ -36,7 +36,7 @@ __all__ = [
     "Restrictions",
 ]
 
-CERTIFICATE_VERSION = 1
+CERTIFICATE_VERSION = labels.PROTOCOL_VERSION
 MAX_CERTIFICATE_BYTES = 8192
 SECTION_NAMES = ("entity_a", "entity_b", "handshake_validation")
 CONTEXTS = ("battery_management", "diagnostics", "firmware_update", "emergency", "manufacturing")

@@ -15,7 +15,7 @@
 #define FD_OVERHEAD (MB_FV_BYTES + 1 + FD_TAG)     /* FV + pad count + tag = 24 */
 #define BINDING_OVERHEAD (MB_FV_BYTES + MB_SIG_BYTES) /* 71 */
 
-static const char SIG_LABEL[] = "modbatt/v1/sig/can-frame";
+static const char SIG_LABEL[] = "modbatt/v2/sig/can-frame";
 
 const char *mb_status_name(mb_status s)
 {

@@ -29,7 +29,7 @@ int mb_hkdf_sha256(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size
 int mb_traffic_keys(const uint8_t *tier_secret, size_t secret_len, int tier, int direction,
                     uint8_t classic_key[MB_KEY_BYTES], uint8_t fd_key[MB_KEY_BYTES])
 {
-    static const char base[] = "modbatt/v1/can/traffic-key";
+    static const char base[] = "modbatt/v2/can/traffic-key";
     static const char ccm[] = "aes-256-ccm-32";
     static const char gcm[] = "aes-256-gcm-128";
     uint8_t info[sizeof base - 1 + 2 + sizeof gcm - 1];

@@ -1,6 +1,6 @@
 """Shared pieces of the validation machines: typed messages, strict decoding, freshness, sessions.
 
-Every validation message is a canonical-CBOR map ``{"v": 1, "type": T, "level": L, <fields>,
+Every validation message is a canonical-CBOR map ``{"v": 2, "type": T, "level": L, <fields>,
 <auth>}`` where ``<auth>`` is a signature or MAC over the canonical CBOR of the map without it.
 Decoding checks the version, then the level (a message of another level is ``wrong_level``,
 before anything else is looked at), then the type and the exact field set, then each field.
@@ -140,7 +140,7 @@ class Message:
 
     def body(self) -> dict[str, Any]:
         out = {name: _out(getattr(self, name)) for name in self.SPEC}
-        return {**out, "v": 1, "type": self.TYPE, "level": self.LEVEL}
+        return {**out, "v": labels.PROTOCOL_VERSION, "type": self.TYPE, "level": self.LEVEL}
 
     def signed_bytes(self) -> bytes:
         """What the signature or MAC covers: every field but the authenticator, canonically."""
@@ -170,7 +170,7 @@ class Message:
         value = loads(data)
         if not isinstance(value, dict):
             raise malformed("a validation message is a CBOR map")
-        if value.get("v") != 1:
+        if value.get("v") != labels.PROTOCOL_VERSION:
             raise malformed("unsupported validation message version")
         if value.get("level") != cls.LEVEL:
             raise VerificationError(

@@ -84,7 +84,7 @@ def generate(rec: Record) -> VectorFile:
             "Labels of cipher suite v1 and every HKDF-SHA256 (RFC 5869) derivation modbatt makes, recorded",
             "from a seeded deployment that binds, pairs (standard and blind) and runs validation levels 1-7.",
             "info = label || infoAfterLabel; a null salt is HKDF's default (32 zero bytes).",
-            "TrafficKeyTest: the CAN keys of a symmetric tier: HKDF(tierSecret, info = 'modbatt/v1/can/traffic-key'",
+            "TrafficKeyTest: the CAN keys of a symmetric tier: HKDF(tierSecret, info = 'modbatt/v2/can/traffic-key'",
             "|| tier (1 byte) || direction (1 byte) || mode),",
             "mode 'aes-256-ccm-32' (classic) or 'aes-256-gcm-128' (FD).",
         ],

@@ -8,6 +8,7 @@ from typing import Any
 
 import cbor2
 
+from ...crypto import labels
 from ...crypto.suite import PublicKey
 from ...errors import Reason, VerificationError
 from ...protocol.validation._common import Message
@@ -81,8 +82,9 @@ def generate(rec: Record) -> VectorFile:
         base = {"messageType": cls.TYPE}
         g.add(f"{cls.TYPE} with level {cls.LEVEL % 7 + 1}", "invalid", reason=Reason.WRONG_LEVEL, flags=("WrongLevel",),
               message=h(_reencode(data, level=cls.LEVEL % 7 + 1)), **base)  # fmt: skip
-        g.add(f"{cls.TYPE} with v 2", "invalid", reason=Reason.MALFORMED, flags=("WrongVersion",),
-              message=h(_reencode(data, v=2)), **base)  # fmt: skip
+        other = labels.PROTOCOL_VERSION - 1
+        g.add(f"{cls.TYPE} with v {other}", "invalid", reason=Reason.MALFORMED, flags=("WrongVersion",),
+              message=h(_reencode(data, v=other)), **base)  # fmt: skip
         g.add(f"{cls.TYPE} with an extra field", "invalid", reason=Reason.UNKNOWN_FIELD, flags=("UnknownField",),
               message=h(_reencode(data, zz_extra=0)), **base)  # fmt: skip
         first = next(iter(cls.SPEC))
