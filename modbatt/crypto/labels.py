@@ -69,6 +69,10 @@ PAIRING_SESSION_TRAFFIC_SECRET = _label("pairing/session-traffic-secret")
 PAIRING_SESSION_EXCHANGE_SECRET = _label("pairing/session-exchange-secret")
 PAIRING_BLIND_SESSION_TRAFFIC_SECRET = _label("pairing/blind-session-traffic-secret")
 PAIRING_BLIND_SESSION_EXCHANGE_SECRET = _label("pairing/blind-session-exchange-secret")
+# The efficient profile (docs/profiles.md): the session's binding MAC secret from static ECDH of
+# the two binding keys, and the pairing secret bound to it.
+PAIRING_BINDING_MAC_SECRET = _label("pairing/binding-mac-secret")
+PAIRING_BOUND_TRAFFIC_SECRET = _label("pairing/binding-bound-traffic-secret")
 # Commitments recorded in the ledger instead of keys.
 COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
 # The key-free binding witness: hash of a party's access data.
