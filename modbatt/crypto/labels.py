@@ -86,6 +86,8 @@ SIG_ANNOUNCE = _key_hiding("sig/validation/announce")
 SIG_WITNESS_REQUEST = _key_hiding("sig/validation/witness-request")
 SIG_WITNESS_ACK = _key_hiding("sig/validation/witness-ack")
 SIG_HANDSHAKE = _key_hiding("sig/validation/signed-handshake")
+# Level 3 under the efficient profile: HKDF info of the MAC key (from the binding MAC secret) and MAC label.
+HANDSHAKE_BINDING_MAC = _label("validation/handshake-binding-mac")
 VALIDATION_SESSION_KEY = _label("validation/session-key")
 PAIRED_HANDSHAKE_AUTH = _label("validation/paired-handshake-auth")
 COMMAND_KEY = _label("validation/command-key")
