@@ -143,7 +143,9 @@ class FrameFormat:
 
     @property
     def room(self) -> int:
-        """Payload bytes that still fit one frame (0 when the tier is always multi-frame)."""
+        """Payload bytes that still fit one frame (0 for the binding tier: always multi-frame)."""
+        if self.tier is Tier.BINDING:
+            return 0
         return max(self.data_field - self.overhead, 0)
 
     @property
@@ -315,6 +317,7 @@ class _Channel:
         "_nonce_base",
         "_overhead",
         "_signed",
+        "_single",
         "_tier",
         "direction",
         "keys",
@@ -332,6 +335,9 @@ class _Channel:
         self._tier = keys.tier
         self._fd = profile.fd
         self._field = profile.data_field
+        # Binding-tier units always travel over the multi-frame transport, whatever their size and
+        # profile, so the framing follows from the identifier alone (docs/can-frames.md §2).
+        self._single = 0 if keys.tier is Tier.BINDING else profile.data_field
         self._overhead = self._fmt.overhead
         self._ccm = keys._ccm
         self._gcm = keys._gcm
@@ -374,7 +380,7 @@ class SecuredSender(_Channel):
         """Identifier + protected bytes for ``payload`` (the channel's tier stamped into the ID)."""
         can_id = self._id(fields)
         n = len(payload)
-        field = self._field
+        field = self._single
         if n + self._overhead > MAX_PDU:
             raise VerificationError(Reason.OVERSIZED, f"{n}-byte payload exceeds the {MAX_PDU}-byte unit limit")
         tier = self._tier
@@ -477,9 +483,10 @@ class SecuredReceiver(_Channel):
         if type(data) is not bytes:
             data = bytes(data)
         n = len(data)
-        limit = MAX_PDU if reassembled else self._field
+        limit = MAX_PDU if reassembled else self._single
         if n > limit:
-            raise VerificationError(Reason.OVERSIZED, f"{n} bytes, limit {limit}")
+            why = " (binding-tier units are multi-frame only)" if limit == 0 else ""
+            raise VerificationError(Reason.OVERSIZED, f"{n} bytes, limit {limit}{why}")
         if self._fd and not reassembled and n > 8 and n != frame_length(n, fd=True):
             raise VerificationError(Reason.MALFORMED, f"{n} is not a valid CAN FD length")
         if mine is Tier.NONE:
@@ -546,7 +553,7 @@ class SecuredReceiver(_Channel):
                 return None
             data = bytes(data)
             n = len(data)
-            if n < self._overhead or n > (MAX_PDU if reassembled else self._field):
+            if n < self._overhead or n > (MAX_PDU if reassembled else self._single):
                 return None
             if self._signed:
                 fv = int.from_bytes(data[:COUNTER_BYTES], "big")

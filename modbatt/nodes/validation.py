@@ -251,11 +251,10 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
 
     ``seed``: binding-key signatures, ephemeral keys made as the handshake runs. ``efficient``: the
     binding MAC of the pairing session, ephemeral keys taken from the pools :meth:`ValidationContext.idle`
-    filled beforehand (off the critical path).
+    filled beforehand, off the critical path (:func:`run_level` lets the devices idle first).
     """
     p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
     common = {"binding_id": ctx.binding_id, "rng": ctx.rng}
-    ctx.idle()
     ini = SignedHandshakeInitiator(
         device_id=p["device_id"], binding_key=p["binding_key"], partner_id=m["device_id"],
         partner_key=p["partner_key"], secrets=p["secrets"], ephemerals=ctx.ephemerals.get(p["device_id"]), **common,
@@ -273,7 +272,7 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
     session.open(ping, ctx.now())
     pong = session.seal(b"pong", ctx.now())
     ini.session.open(pong, ctx.now())
-    misses = sum(pool.misses for pool in ctx.ephemerals.values())
+    misses = sum(pool.misses for pool in ctx.ephemerals.values()) if ctx.ephemerals else 0
     return _summary(
         [hello, reply, finish], session_messages=[len(ping), len(pong)], single_use=True, ttl_s=60,
         authenticator=ini.authenticator, ephemeral_keys="precomputed" if ctx.ephemerals else "per handshake",
@@ -402,7 +401,12 @@ LEVELS: dict[int, Callable[[ValidationContext], dict[str, Any]]] = {
 
 
 def run_level(ctx: ValidationContext, level: int) -> dict[str, Any]:
-    """Run one level; a classified failure is reported as ``{"outcome": "rejected", "reason": …}``."""
+    """Run one level; a classified failure is reported as ``{"outcome": "rejected", "reason": …}``.
+
+    The devices are idle before each level (:meth:`ValidationContext.idle`: under ``efficient`` they
+    fill their level-3 ephemeral pools then, not while a level runs).
+    """
+    ctx.idle()
     try:
         out = LEVELS[level](ctx)
     except VerificationError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import can
 
 from ..can.ids import SEED_LAYOUT
+from ..can.payloads import Transport, transport_for
 from ..can.secured import SecuredPdu
 from ..can.wiretime import CLASSIC, isotp_frame_lengths
 from ..errors import ConfigError, Reason, TransportError, VerificationError
@@ -259,16 +260,18 @@ def _talk_over_can(
 def _carry(pdu: SecuredPdu, tx_bus: can.BusABC, rx_bus: can.BusABC, config: BusConfig) -> tuple[int, bytes, int]:
     """Put one secured unit on the bus and take it off the other handle: ``(id, bytes, frames)``.
 
-    A single frame goes as it is; a longer unit through ISO-TP, flow control on the identifier of
+    The transport follows from the identifier (:func:`~modbatt.can.payloads.transport_for`): a
+    single frame goes as it is, anything else through ISO-TP, flow control on the identifier of
     the reverse direction (docs/can-fragmentation-and-dbc.md); ``frames`` counts flow control.
     """
-    if pdu.single_frame:
+    fields = SEED_LAYOUT.decode(pdu.can_id)
+    assert fields.tier is not None
+    if transport_for(fields.function, fields.tier, CLASSIC) is Transport.SINGLE_FRAME:
         tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
         msg = rx_bus.recv(timeout=2.0)
         if msg is None:
             raise TransportError(f"a frame did not arrive on {config.describe()}")
         return msg.arbitration_id, bytes(msg.data), 1
-    fields = SEED_LAYOUT.decode(pdu.can_id)
     reverse = SEED_LAYOUT.encode(dataclasses.replace(fields, direction=1 - fields.direction))
     with IsoTpLink(tx_bus, pdu.can_id, reverse) as tx, IsoTpLink(rx_bus, reverse, pdu.can_id) as rx:
         tx.send(pdu.data)
