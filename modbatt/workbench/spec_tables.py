@@ -137,7 +137,7 @@ def _messages() -> str:
         "protocol version, `type` and `level` as below; the authenticator covers the map without it.\n"
     ]
     by_level: dict[int, list[type[Message]]] = {}
-    for (level, _), cls in message_classes().items():
+    for (level, _, _), cls in message_classes().items():
         by_level.setdefault(level, []).append(cls)
     for level, classes in by_level.items():
         out.append(f"\n### Level {level}\n")
@@ -151,7 +151,9 @@ def _messages() -> str:
             if cls.AUTH is not None:
                 sizes = " or ".join(str(s) for s in cls.AUTH_SIZES)
                 rows.append((cls.AUTH, "bytes", sizes, "CBOR byte string: signature r‖s or MAC (authenticator)"))
-            out.append(f"\n#### `{cls.TYPE}`\n\n" + _table(("field", "type", "size", "encoding"), rows))
+            profiles = " and ".join(f"`{p}`" for p in cls.PROFILES)
+            used = "" if len(cls.PROFILES) > 1 else f" ({profiles} profile)"
+            out.append(f"\n#### `{cls.TYPE}`{used}\n\n" + _table(("field", "type", "size", "encoding"), rows))
     return "".join(out)
 
 

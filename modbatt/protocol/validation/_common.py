@@ -146,6 +146,8 @@ class Message:
     SPEC: ClassVar[Mapping[str, Reader]]
     AUTH: ClassVar[str | None] = "sig"
     AUTH_SIZES: ClassVar[tuple[int, ...]] = (64,)
+    #: The protocol profiles that use this message class (docs/profiles.md).
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed", "efficient")
 
     def body(self) -> dict[str, Any]:
         out = {name: _out(getattr(self, name)) for name in self.SPEC}
@@ -198,7 +200,9 @@ class Message:
         return cls(**kwargs)
 
 
-def auth_variant(cls: type[Message], auth: str | None, sizes: tuple[int, ...] = ()) -> type[Message]:
+def auth_variant(
+    cls: type[Message], auth: str | None, sizes: tuple[int, ...] = (), *, profiles: tuple[str, ...] = ("efficient",)
+) -> type[Message]:
     """``cls`` with another authenticator: a field ``auth`` of one of ``sizes`` bytes, or none at all.
 
     Same type, level and fields, so the message means the same thing; the pairing's protocol
@@ -220,7 +224,7 @@ def auth_variant(cls: type[Message], auth: str | None, sizes: tuple[int, ...] = 
     if auth is not None:
         fields.append((auth, "bytes", dataclasses.field(default=b"", repr=False)))
     namespace = {"TYPE": cls.TYPE, "LEVEL": cls.LEVEL, "SPEC": cls.SPEC, "AUTH": auth, "AUTH_SIZES": sizes,
-                 "__module__": cls.__module__}  # fmt: skip
+                 "PROFILES": profiles, "__module__": cls.__module__}  # fmt: skip
     suffix = auth.capitalize() if auth is not None else "Sealed"
     return dataclasses.make_dataclass(  # type: ignore[no-any-return]
         f"{cls.__name__}{suffix}", fields, bases=(Message,), namespace=namespace, frozen=True, slots=True

@@ -75,6 +75,7 @@ _COMMAND_CLASSES = tuple(sorted(c.value for c in CRITICAL_CLASSES if c is not Me
 class Command(Message):
     TYPE: ClassVar[str] = "command"
     LEVEL: ClassVar[int] = 5
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "pairing_id": text_field(64),
         "sender": text_field(64),
@@ -105,6 +106,7 @@ class Command(Message):
 class CommandAck(Message):
     TYPE: ClassVar[str] = "command_ack"
     LEVEL: ClassVar[int] = 5
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "pairing_id": text_field(64),
         "sender": text_field(64),

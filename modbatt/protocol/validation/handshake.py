@@ -76,6 +76,7 @@ MAX_SESSION_TTL_S = 300
 class Hello(Message):
     TYPE: ClassVar[str] = "hello"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
@@ -106,6 +107,7 @@ class Hello(Message):
 class Reply(Message):
     TYPE: ClassVar[str] = "reply"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
@@ -130,6 +132,7 @@ class Reply(Message):
 class Finish(Message):
     TYPE: ClassVar[str] = "finish"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
