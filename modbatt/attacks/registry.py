@@ -165,12 +165,10 @@ def run_all(
 
     Without ``profile`` a profile-aware scenario runs once per profile it declares; with one, under it.
     """
-    out = {}
-    for key, spec, p in cases(profile):
-        if only is not None and key not in only and spec.name not in only:
-            continue
-        out[key] = spec(seed, p)
-    return out
+    every = cases(profile)
+    if only is not None:  # in the order given
+        every = [c for wanted in only for c in every if wanted in (c[0], c[1].name)]
+    return {key: spec(seed, p) for key, spec, p in every}
 
 
 def run_parameter(scenario: str = "all", seed: int | None = None, profile: str | None = None) -> dict[str, Outcome]:

@@ -120,6 +120,25 @@ def experiment_keys(name: str) -> dict[str, Any]:
     return {p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default for p in params}
 
 
+def _check_profiles(experiment: str, values: list[Any]) -> None:
+    """Protocol profiles (docs/profiles.md) are checked before anything runs: the implemented ones,
+    and for the latency model's experiments the modelled ones too."""
+    from ..model.profile import ProtocolProfile
+
+    known = [p.value for p in ProtocolProfile]
+    try:
+        from ..sim.experiments import SWEEP_EXPERIMENTS
+        from ..sim.transactions import PROTOCOLS
+
+        if experiment in SWEEP_EXPERIMENTS and experiment != "pack_simulation":
+            known += [name for name in PROTOCOLS if name not in known]
+    except ImportError:
+        pass
+    for value in values:
+        if value not in known:
+            raise ConfigError(f"experiment {experiment}: unknown protocol profile {value!r}; known: {', '.join(known)}")
+
+
 #: Marks a key without a default in :func:`experiment_keys`.
 REQUIRED = object()
 
@@ -145,6 +164,8 @@ class SweepSpec:
         unknown = sorted(given - set(keys))
         if unknown:
             raise ConfigError(f"experiment {experiment} has no key {', '.join(map(repr, unknown))}; its keys: {listed}")
+        profiles = [*self.grid.get("profile", []), *([self.fixed["profile"]] if "profile" in self.fixed else [])]
+        _check_profiles(experiment, profiles)
         missing = [k for k, default in keys.items() if default is REQUIRED and k not in given]
         if missing:
             raise ConfigError(f"experiment {experiment} needs {', '.join(missing)} (grid or fixed); its keys: {listed}")
