@@ -177,6 +177,17 @@ def test_a_frame_of_one_profile_is_refused_by_a_channel_of_the_other(bus):
     assert (out.outcome, out.reason) == ("blocked", "bad_mac")
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_monitor_with_the_key_store_reads_both_directions_of_the_binding_tier(profile):
+    dep, _, out = _paired(profile)
+    pid = out.certificate.metadata.pairing_id
+    observer = dep.pack.observer(pid)  # what `modbatt monitor --keystore` builds from the pack's store
+    up = dep.modules[1].channel(pid).send(MessageClass.VALIDATION, b"up")
+    down = dep.pack.channel(pid).send(MessageClass.VALIDATION, b"down")
+    assert observer.receive(up.can_id, up.data, reassembled=True).payload == b"up"
+    assert observer.receive(down.can_id, down.data, reassembled=True).payload == b"down"
+
+
 def test_a_restarted_efficient_channel_resynchronises_at_the_binding_tier():
     dep, _, out = _paired("efficient")
     pid = out.certificate.metadata.pairing_id

@@ -2,8 +2,9 @@
 
 One :class:`SelectiveLink` is one entity's end of the link between a pack controller (pairing
 role ``a``, sending controller→node) and a module (role ``b``). It holds a secured sender and a
-receiver per tier — clear, exchange key, pairing key, binding keys — and picks the tier per
-message from the pairing certificate's :class:`~modbatt.model.policy.EncryptionPolicy`:
+receiver per tier — clear, exchange key, pairing key, and at the binding tier the binding keys
+(``seed``) or the binding MAC secret's keys (``efficient``, docs/profiles.md) — and picks the tier
+per message from the pairing certificate's :class:`~modbatt.model.policy.EncryptionPolicy`:
 
 * sending below a class's minimum is refused (``tier_too_low``), escalation may only raise it
   (``floor``);
