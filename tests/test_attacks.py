@@ -15,11 +15,13 @@ from modbatt.errors import Reason, VerificationError
 SEED = 11
 
 
-@pytest.mark.parametrize("name", attacks.names())
-def test_scenario_outcome_and_reason(name):
-    spec = attacks.get(name)
-    outcome = attacks.run(name, SEED)
-    assert (outcome.outcome, outcome.reason) == (spec.expected_outcome, spec.expected_reason), outcome.detail
+@pytest.mark.parametrize("case", [key for key, _, _ in attacks.cases()])
+def test_scenario_outcome_and_reason(case):
+    """Every case: each scenario under each protocol profile it declares (docs/profiles.md)."""
+    spec = attacks.get(case)
+    outcome = attacks.run(case, SEED)
+    profile = case.partition("@")[2] or spec.profiles[0]
+    assert (outcome.outcome, outcome.reason) == spec.expected(profile), outcome.detail
     if outcome.outcome in ("blocked", "detected") and outcome.reason in {r.value for r in Reason}:
         # The headline reason is the component's own count, not the scenario's opinion.
         assert any(k.endswith("." + outcome.reason) and v > 0 for k, v in outcome.counters.items()), outcome.counters
@@ -82,13 +84,20 @@ def test_cli_matrix_is_exactly_the_documented_shape(capsys):
     # Exit 0: every scenario is blocked, detected or a documented limit.
     assert main(["attack", "--all", "--json", "--seed", str(SEED)]) == 0
     matrix = json.loads(capsys.readouterr().out)
-    assert list(matrix) == attacks.names()
-    for name, row in matrix.items():
+    assert list(matrix) == [key for key, _, _ in attacks.cases()]
+    for key, row in matrix.items():
         assert set(row) == {"outcome", "reason", "counters"}
-        spec = attacks.get(name)
-        assert (row["outcome"], row["reason"]) == (spec.expected_outcome, spec.expected_reason)
+        spec = attacks.get(key)
+        assert (row["outcome"], row["reason"]) == spec.expected(key.partition("@")[2] or spec.profiles[0])
     assert [n for n, row in matrix.items() if row["outcome"] == "succeeded"] == []
-    assert {n for n, row in matrix.items() if row["outcome"] == "limit"} == {"compromised_controller_standard"}
+    assert {n for n, row in matrix.items() if row["outcome"] == "limit"} == {
+        "compromised_controller_standard", "compromised_controller_standard@efficient"
+    }
+    # The rows where the profile matters run under both profiles.
+    assert {k.partition("@")[0] for k in matrix if k.endswith("@efficient")} >= {
+        "semi_public_key_recovery", "binding_frame_forgery", "replay_can_binding", "replay_validation",
+        "compromised_controller_standard", "compromised_controller_blind", "replay_can_binding_next_pairing",
+    }
     fig = attack_matrix_figure(matrix)
     assert len(fig.axes[0].patches) == len(matrix)
 
@@ -106,11 +115,14 @@ def test_cli_one_scenario_list_and_errors(capsys):
 def test_cli_exit_1_when_an_attack_succeeds(monkeypatch, capsys):
     from modbatt.attacks.outcome import Outcome
     from modbatt.attacks.registry import SCENARIOS, Scenario
+    from modbatt.model.profile import ProtocolProfile
 
     monkeypatch.setitem(
         SCENARIOS,
         "zz_broken",
-        Scenario("zz_broken", "insider", "x", "blocked", "x", lambda s: Outcome("succeeded", "accepted")),
+        Scenario(
+            "zz_broken", "insider", "x", {ProtocolProfile.SEED: ("blocked", "x")}, lambda s: Outcome("succeeded", "x")
+        ),
     )
     assert main(["attack", "zz_broken"]) == 1
     assert "succeeded" in capsys.readouterr().out

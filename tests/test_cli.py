@@ -38,7 +38,7 @@ def test_demo_over_http_prints_the_seed_record_ledger_and_pairing(tmp_path):
     (tmp_path / "ctl.der").write_bytes(key_der)
     assert main(["cert", "inspect", str(tmp_path / "cert"), "--controller-key", str(tmp_path / "ctl.der")]) == 0
     tiers = {f["message_class"]: f["tier"] for f in result["frames"]}
-    assert tiers == {"charge_command": "pairing", "voltage_telemetry": "exchange"}
+    assert tiers == {"charge_command": "pairing", "voltage_telemetry": "exchange", "validation": "binding"}
     assert sorted(result["validation"]) == [str(level) for level in range(1, 8)]
     assert all(v["outcome"] == "ok" for v in result["validation"].values())
     events = [e.get("event") for e in result["escalation"]]

@@ -416,7 +416,7 @@ def test_hkdf_rfc5869_a1_and_label_separation() -> None:
 def test_labels_are_unique_and_versioned() -> None:
     values = [v for k, v in vars(labels).items() if k.isupper() and isinstance(v, bytes)]
     assert len(values) == len(set(values))
-    assert all(v.startswith(b"modbatt/v1/") and len(v) < 256 for v in values)
+    assert all(v.startswith(b"modbatt/v2/") and len(v) < 256 for v in values)
 
 
 # --------------------------------------------------------------------------- randomness

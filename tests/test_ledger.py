@@ -377,8 +377,9 @@ def test_sth_sign_verify_and_encoding(key: PrivateKey) -> None:
     assert SignedTreeHead.from_bytes(sth.to_bytes()) == sth
     assert SignedTreeHead.from_dict(sth.to_dict()) == sth
     # The signed bytes are the documented CBOR array under the documented label.
-    assert sth.signed_message() == cbor2.dumps([1, 7, sth.timestamp, sth.root_hash], canonical=True)
-    assert labels.SIG_TREE_HEAD == b"modbatt/v1/sig/tree-head"
+    v = labels.PROTOCOL_VERSION
+    assert sth.signed_message() == cbor2.dumps([v, 7, sth.timestamp, sth.root_hash], canonical=True)
+    assert labels.SIG_TREE_HEAD == b"modbatt/v2/sig/tree-head"
 
 
 def test_sth_signature_checked_independently(key: PrivateKey) -> None:
@@ -387,8 +388,8 @@ def test_sth_signature_checked_independently(key: PrivateKey) -> None:
     d = sth.to_dict()
     pub = serialization.load_der_public_key(base64.b64decode(d["public_key"]))
     assert isinstance(pub, ec.EllipticCurvePublicKey)
-    message = cbor2.dumps([1, d["tree_size"], d["timestamp"], base64.b64decode(d["root_hash"])])
-    label = b"modbatt/v1/sig/tree-head"
+    message = cbor2.dumps([labels.PROTOCOL_VERSION, d["tree_size"], d["timestamp"], base64.b64decode(d["root_hash"])])
+    label = b"modbatt/v2/sig/tree-head"
     sig = base64.b64decode(d["signature"])
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     pub.verify(der, bytes([len(label)]) + label + message, ec.ECDSA(hashes.SHA256()))

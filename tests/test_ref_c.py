@@ -86,7 +86,22 @@ def test_key_schedule_vectors(ref_c):
         _verdict(c, answer, f"ok okm={c['okm']}")
     for (_, c), answer in zip(traffic, answers[len(hkdf) :], strict=True):
         _verdict(c, answer, f"ok classic={c['classicKey']} fd={c['fdKey']}")
-    assert len(hkdf) >= 20 and len(traffic) == 4
+    # exchange, pairing and (efficient profile) binding, two directions each
+    assert len(hkdf) >= 20 and len(traffic) == 6
+    assert {g["tier"] for g, _ in traffic} == {"exchange", "pairing", "binding"}
+
+
+def test_binding_mac_secret_vectors(ref_c):
+    """The efficient profile's binding MAC secret: static ECDH of the two binding keys, then HKDF (spec §4.3)."""
+    cases = _cases(_load("key_schedule.json"), "BindingMacSecretTest")
+    lines = []
+    for g, c in cases:
+        own, peer = (g["publicKeyA"], g["publicKeyB"]) if c["role"] == "a" else (g["publicKeyB"], g["publicKeyA"])
+        lines.append(_line("bindmac", priv=c["privateKey"], own=own, peer=peer, role=c["role"],
+                           pid=g["pairingId"].encode("ascii").hex(), sid=g["sessionId"]))  # fmt: skip
+    for (_, c), answer in zip(cases, _run(ref_c, lines), strict=True):
+        _verdict(c, answer, f"ok z={c['sharedSecret']} secret={c['bindingMacSecret']}")
+    assert {c["role"] for _, c in cases} == {"a", "b"} and len({c["bindingMacSecret"] for _, c in cases}) == 1
 
 
 def _tier_code(tier: str | None) -> int:
@@ -136,7 +151,7 @@ def _channel(g: dict[str, Any]) -> dict[str, Any]:
                           "dir": g["direction"], "behind": g["receiver"]["behind"]}  # fmt: skip
     if "tierSecret" in g:
         kv["secret"] = g["tierSecret"]
-    if g["tier"] == "binding":
+    if g["tier"] == "binding" and g["protocolProfile"] == "seed":
         kv.update(pub=g["signerPublicKey"], ctx=g["context"])
     return kv
 
@@ -148,7 +163,7 @@ def test_frame_vectors(ref_c):
         ch = _channel(g)
         if "payload" in c:  # a valid case: the sender's bytes, then the receiver's plaintext
             sender = {**ch, **c["id"], "fv": c["freshness"] or 0, "payload": c["payload"]}
-            if g["tier"] == "binding":
+            if g["tier"] == "binding" and g["protocolProfile"] == "seed":
                 sender["sig"] = c["frame"][-128:]
             lines.append(_line("protect", **sender))
             expected.append((c, f"ok id={c['canId']} frame={c['frame']} single={int(c['singleFrame'])}"))
@@ -162,5 +177,7 @@ def test_frame_vectors(ref_c):
         expected.append((c, f"ok payload={c.get('opened', '')} fv={fv}"))
     for (c, want), answer in zip(expected, _run(ref_c, lines), strict=True):
         _verdict(c, answer, want)
-    seen = {(g["tier"], g["profile"]) for g, _ in cases}
-    assert len(seen) == 8 and sum(c["result"] == "invalid" for _, c in cases) >= 60
+    seen = {(g["tier"], g["profile"], g.get("protocolProfile")) for g, _ in cases}
+    assert len(seen) == 10 and sum(c["result"] == "invalid" for _, c in cases) >= 60
+    binding = {(p, b) for t, b, p in seen if t == "binding"}
+    assert binding == {(p, b) for p in ("seed", "efficient") for b in ("classic", "fd")}

@@ -239,17 +239,18 @@ def test_a_user_profile_runs_in_the_design_space(tmp_path):
 def test_design_space_sweep_file_covers_the_grid():
     spec = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "design-space.yaml")
     assert spec.experiment == "design_space"
-    assert spec.grid["modules"] == list(range(1, 32)) and set(spec.grid["protocol"]) == set(PROTOCOLS)
+    assert spec.grid["modules"] == list(range(1, 32)) and set(spec.grid["profile"]) == set(PROTOCOLS)
     assert set(spec.grid["bus"]) == set(BUSES) and "HOST" in spec.grid["platform"]
 
 
 def test_design_space_sweep_runs_in_a_process_pool():
-    spec = SweepSpec("design_space", {"protocol": ["seed", "efficient"], "modules": [1, 31],
+    spec = SweepSpec("design_space", {"profile": ["seed", "efficient"], "modules": [1, 31],
                                       "platform": ["STM32WB55-sw / ATmega64M1"]}, {"bus": "classic 500k"})  # fmt: skip
     frame = run_sweep(spec, workers=2)
     assert len(frame) == spec.size * 4
     direct = design_space(["efficient"], ["STM32WB55-sw / ATmega64M1"], ["classic 500k"], [31])
-    row = frame[(frame.protocol == "efficient") & (frame.modules == 31)].set_index("level")
+    assert "protocol" not in frame.columns  # one column names the profile: the sweep key
+    row = frame[(frame.profile == "efficient") & (frame.modules == 31)].set_index("level")
     assert row.loc[list(direct.level), "latency_ms"].tolist() == pytest.approx(direct.latency_ms.tolist())
 
 
@@ -258,7 +259,7 @@ def test_a_bad_cpu_file_in_a_sweep_is_one_line_and_exit_2(tmp_path, capsys):
     bad.write_text("name: x\nclock_hz: -1\nops: {}\n")
     params = tmp_path / "sweep.yaml"
     params.write_text(yaml.safe_dump({"experiment": "design_space", "grid": {"modules": [1]},
-                                      "fixed": {"protocol": "seed", "bus": "classic 500k", "platform": "x",
+                                      "fixed": {"profile": "seed", "bus": "classic 500k", "platform": "x",
                                                 "cpu_file": str(bad)}}))  # fmt: skip
     assert main(["sweep", str(params), "--output", str(tmp_path / "out.csv"), "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -57,7 +57,7 @@ def test_spec_build_makes_one_html_page_and_its_pdf_without_warnings(built):
     for name in labels.__dict__:
         if name.isupper() and not name.startswith("_") and isinstance(getattr(labels, name), bytes):
             assert name in html, name
-    for _, msg_type in message_classes():
+    for _, msg_type, _ in message_classes():
         assert msg_type in html
     for layout in LAYOUTS:
         assert layout in html

@@ -107,14 +107,18 @@ def test_key_schedule_covers_every_label_and_every_hkdf_label():
             named.update(re.findall(r"labels\.([A-Z_]+)", call.group(1).split("\n\n")[0]))
     assert named and named <= hkdf_groups, named - hkdf_groups
     traffic = [c for g in groups if g["type"] == "TrafficKeyTest" for c in g["tests"]]
-    assert len(traffic) == 4  # two symmetric tiers x two directions
+    assert len(traffic) == 6  # exchange, pairing and (efficient profile) binding, two directions each
+    bindmac = [c for g in groups if g["type"] == "BindingMacSecretTest" for c in g["tests"]]
+    assert {c["role"] for c in bindmac} == {"a", "b"}  # both ends of a pairing derive the same secret
 
 
 def test_validation_messages_cover_levels_1_to_7():
     data = _load("validation_messages.json")
     levels = {g["level"] for g in data["testGroups"] if any(c["result"] == "valid" for c in g["tests"])}
     assert levels == set(range(1, 8))
-    recorded = {(g["level"], c["messageType"]) for g in data["testGroups"] for c in g["tests"]}
+    recorded = {
+        (g["level"], c["messageType"], c["authField"] or "none") for g in data["testGroups"] for c in g["tests"]
+    }
     known = set(vectors.validation.message_classes())
     missing = known - recorded
     assert not missing, f"validation messages without vectors: {sorted(missing)}"

@@ -24,6 +24,7 @@ from ..crypto.freshness import FreshnessCounter, MemoryCounterStore
 from ..crypto.suite import PrivateKey
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
@@ -41,6 +42,8 @@ class Pack:
     """A deployment whose pack is bound and paired with modules ``1..n``."""
 
     dep: InMemoryDeployment
+    #: The protocol profile its pairings are issued under (docs/profiles.md).
+    profile: ProtocolProfile = DEFAULT_PROFILE
     records: dict[int, BindingRecord] = field(default_factory=dict)
     pairings: dict[int, PairingOutcome] = field(default_factory=dict)
 
@@ -72,14 +75,19 @@ def forged_sender(
     direction: Direction = Direction.INITIATOR_TO_RESPONDER,
     profile: BusProfile = CLASSIC,
     signer: PrivateKey | None = None,
+    secret: bytes | None = None,
     start: int = 0,
 ) -> SecuredSender:
     """An attacker's own sender at ``tier`` from secrets (or a binding key) it holds.
 
+    At the binding tier it signs with ``signer`` when the pairing's profile signs (``seed``) and
+    seals under keys from ``secret`` (its guess of the binding MAC secret) when it does not.
     The counter is in memory and starts at ``start``: an attacker does not care about nonce
     reuse, and this is never a channel of the victim's.
     """
-    if tier is Tier.BINDING:
+    if tier is Tier.BINDING and secrets.profile.binding_mac:
+        keys = derive_traffic_keys(secret if secret is not None else bytes(32), tier, direction)
+    elif tier is Tier.BINDING:
         keys = TrafficKeys.binding(direction, signer=signer, context=secrets.context)
     else:
         secret = secrets.pairing_secret if tier is Tier.PAIRING else secrets.exchange_secret
@@ -88,16 +96,22 @@ def forged_sender(
 
 
 def paired_pack(
-    seed: int | None, modules: int = 1, *, mode: ControllerMode = ControllerMode.STANDARD, pair: bool = True
+    seed: int | None,
+    modules: int = 1,
+    *,
+    mode: ControllerMode = ControllerMode.STANDARD,
+    pair: bool = True,
+    profile: ProtocolProfile = DEFAULT_PROFILE,
 ) -> Pack:
-    """Bind the pack to ``modules`` modules and (unless ``pair=False``) pair each one."""
-    pack = Pack(InMemoryDeployment(seed=seed, modules=modules))
+    """Bind the pack to ``modules`` modules and (unless ``pair=False``) pair each one under ``profile``."""
+    pack = Pack(InMemoryDeployment(seed=seed, modules=modules), profile=ProtocolProfile(profile))
     for node_id, module in pack.dep.modules.items():
         pack.records[node_id] = pack.dep.bind(pack.dep.pack, module).record
         if pair:
             pack.pairings[node_id] = pair_entities(
-                pack.dep.controller, pack.dep.pack, module, pack.records[node_id].binding_id, mode=mode
-            )
+                pack.dep.controller, pack.dep.pack, module, pack.records[node_id].binding_id, mode=mode,
+                profile=profile,
+            )  # fmt: skip
     return pack
 
 

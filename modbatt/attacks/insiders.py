@@ -16,6 +16,7 @@ from ..crypto.suite import PrivateKey
 from ..errors import Reason
 from ..model.pairing import ControllerMode
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
@@ -59,13 +60,18 @@ def escalation_abuse(seed: int | None = None) -> Outcome:
     return judge(reasons, Reason.RATE_LIMITED, counters, detail=f"burst {gate.burst}, one per {gate.refill_s:.0f} s")
 
 
-def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bool, dict[str, int]]:
-    """The controller kept everything its randomness produced; can it read and forge link traffic?"""
-    pack = paired_pack(seed, pair=False)
+def _controller_attack(
+    seed: int | None, mode: ControllerMode, profile: ProtocolProfile
+) -> tuple[bool, bool, dict[str, int]]:
+    """The controller kept everything its randomness produced; can it read and forge link traffic?
+
+    Returns whether it read and forged traffic of *some* tier; the counters say which tiers.
+    """
+    pack = paired_pack(seed, pair=False, profile=profile)
     dep, module = pack.dep, pack.module(1)
     spy = RecordingRandom(dep.rng)
     dep.controller._rng = spy  # the attacker's view of the compromised controller's memory
-    out = pair_entities(dep.controller, dep.pack, module, pack.records[1].binding_id, mode=mode)
+    out = pair_entities(dep.controller, dep.pack, module, pack.records[1].binding_id, mode=mode, profile=profile)
     pack.pairings[1] = out
     pid = out.certificate.metadata.pairing_id
     pairing_key = next(v for v in spy.seen if len(v) == PAIRING_KEY_BYTES)
@@ -77,14 +83,14 @@ def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bo
     )
     guessed = {Tier.PAIRING: pairing_secret, Tier.EXCHANGE: exchange_secret}
     pack_link, module_link = pack.link(1, "pack"), pack.link(1, "module")
-    reads = forges = True
+    reads = forges = False
     counters: dict[str, int] = {}
     for tier, cls in ((Tier.PAIRING, MessageClass.CHARGE_COMMAND), (Tier.EXCHANGE, MessageClass.VOLTAGE_TELEMETRY)):
         captured = pack_link.send(cls, b"\x01\x00\x64")
         eavesdropper = SecuredReceiver(
             SEED_LAYOUT, pack_link.profile, derive_traffic_keys(guessed[tier], tier, Direction.INITIATOR_TO_RESPONDER)
         )
-        reads &= attempt(lambda c=captured, e=eavesdropper: e.open(c.can_id, c.data)) is None
+        read = attempt(lambda c=captured, e=eavesdropper: e.open(c.can_id, c.data)) is None
         counters.update(counted(f"eavesdropper_{tier.label}.rejects", eavesdropper.rejects))
         forger = SecuredSender(
             SEED_LAYOUT,
@@ -95,12 +101,17 @@ def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bo
         )
         fields = SEED_LAYOUT.decode(captured.can_id)
         forged = forger.protect(fields, b"\x01\x00\xff")
-        forges &= attempt(lambda f=forged: module_link.receive(f.can_id, f.data)) is None
-    # In both modes: the controller cannot forge a binding-tier frame or a completion (no binding key).
+        forged_ok = attempt(lambda f=forged: module_link.receive(f.can_id, f.data)) is None
+        counters[f"reads_{tier.label}"], counters[f"forges_{tier.label}"] = int(read), int(forged_ok)
+        reads, forges = reads or read, forges or forged_ok
+    # In both modes and profiles: the controller cannot forge a binding-tier frame or a completion
+    # (no binding private key: no signature, and no static ECDH for the binding MAC secret).
     fake = PrivateKey.generate(dep.rng)
     session = dep.pack.pairing_secrets(pid)
     assert session is not None
-    bind_sender = forged_sender(session, Tier.BINDING, profile=pack_link.profile, signer=fake, start=10_000)
+    bind_sender = forged_sender(
+        session, Tier.BINDING, profile=pack_link.profile, signer=fake, secret=pairing_secret, start=10_000
+    )
     unit = bind_sender.protect(SEED_LAYOUT.decode(pack_link.send(MessageClass.IDENTITY, b"x").can_id), b"x")
     counters["binding_tier_forged"] = int(
         attempt(lambda: module_link.receive(unit.can_id, unit.data, reassembled=True)) is None
@@ -111,25 +122,36 @@ def _controller_attack(seed: int | None, mode: ControllerMode) -> tuple[bool, bo
     return reads, forges, counters
 
 
-@scenario("compromised_controller_standard", family=FAMILY, expected=("limit", "standard_mode_controller"))
-def compromised_controller_standard(seed: int | None = None) -> Outcome:
+@scenario(
+    "compromised_controller_standard", family=FAMILY, expected=("limit", "standard_mode_controller"),
+    profiles=("seed", "efficient"),
+)  # fmt: skip
+def compromised_controller_standard(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """A standard-mode controller that failed to erase the pairing key reads and forges link traffic."""
-    reads, forges, counters = _controller_attack(seed, ControllerMode.STANDARD)
+    reads, forges, counters = _controller_attack(seed, ControllerMode.STANDARD, profile)
     if counters["binding_tier_forged"]:
         return Outcome("succeeded", "accepted", counters, "the controller forged a binding-tier frame")
+    if profile.binding_mac and (counters["reads_pairing"] or counters["forges_pairing"]):
+        return Outcome("succeeded", "accepted", counters, "the pairing tier is bound to the binding in efficient")
     if reads and forges:
+        tiers = "the exchange tier only (the pairing tier is bound to the binding)" if profile.binding_mac else (
+            "the exchange and pairing tiers"
+        )
         return Outcome(
             "limit", "standard_mode_controller", counters,
-            "documented: in standard mode the seed trusts the controller to erase the pairing key "
-            "(docs/pairing.md); binding-tier frames and completions stay out of reach; use blind mode",
+            f"documented: in standard mode the seed trusts the controller to erase the pairing key "
+            f"(docs/pairing.md); it reads and forges {tiers}; binding-tier frames and completions stay out "
+            "of reach; use blind mode",
         )  # fmt: skip
     return Outcome("blocked", Reason.BAD_MAC.value, counters, "standard mode unexpectedly resisted")
 
 
-@scenario("compromised_controller_blind", family=FAMILY, expected=("blocked", "bad_mac"))
-def compromised_controller_blind(seed: int | None = None) -> Outcome:
+@scenario(
+    "compromised_controller_blind", family=FAMILY, expected=("blocked", "bad_mac"), profiles=("seed", "efficient")
+)
+def compromised_controller_blind(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """The same controller in blind mode: its derived keys fail every tag."""
-    reads, forges, counters = _controller_attack(seed, ControllerMode.BLIND)
+    reads, forges, counters = _controller_attack(seed, ControllerMode.BLIND, profile)
     if reads or forges or counters["binding_tier_forged"]:
         return Outcome("succeeded", "accepted", counters, "a blind-mode controller read or forged traffic")
     return Outcome("blocked", Reason.BAD_MAC.value, counters, "secrets need the entities' ECDH contribution")

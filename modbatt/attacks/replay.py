@@ -15,6 +15,7 @@ from ..encoding import strict_loads
 from ..errors import Reason
 from ..model.pairing import ControllerMode
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
@@ -119,11 +120,13 @@ def replay_pairing_completion(seed: int | None = None) -> Outcome:
     return judge(reasons, Reason.REPLAY, counters, detail="session nonces are recorded per pairing")
 
 
-def _replay_can(seed: int | None, tier: Tier, cls: MessageClass, payload: bytes) -> Outcome:
+def _replay_can(
+    seed: int | None, tier: Tier, cls: MessageClass, payload: bytes, protocol: ProtocolProfile = DEFAULT_PROFILE
+) -> Outcome:
     reasons = []
     counters: dict[str, int] = {}
     for profile in (CLASSIC, FD):
-        pack = paired_pack(seed)  # one bus per deployment: a channel lives on one profile
+        pack = paired_pack(seed, profile=protocol)  # one bus per deployment: a channel lives on one profile
         tx, rx = pack.link(1, "pack", profile=profile), pack.link(1, "module", profile=profile)
         pdu = tx.send(cls, payload, tier=tier)
         whole = not pdu.single_frame
@@ -151,16 +154,16 @@ def replay_can_pairing(seed: int | None = None) -> Outcome:
     return _replay_can(seed, Tier.PAIRING, MessageClass.CHARGE_COMMAND, b"\x01\x00\x64")
 
 
-@scenario("replay_can_binding", family=FAMILY, expected=("blocked", "replay"))
-def replay_can_binding(seed: int | None = None) -> Outcome:
-    """Replay a captured binding-tier (signed) announce unit (classic and FD)."""
-    return _replay_can(seed, Tier.BINDING, MessageClass.IDENTITY, b"announce")
+@scenario("replay_can_binding", family=FAMILY, expected=("blocked", "replay"), profiles=("seed", "efficient"))
+def replay_can_binding(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
+    """Replay a captured binding-tier announce unit (classic and FD; signed, or sealed under the binding MAC)."""
+    return _replay_can(seed, Tier.BINDING, MessageClass.IDENTITY, b"announce", profile)
 
 
-@scenario("replay_validation", family=FAMILY, expected=("blocked", "replay"))
-def replay_validation(seed: int | None = None) -> Outcome:
+@scenario("replay_validation", family=FAMILY, expected=("blocked", "replay"), profiles=("seed", "efficient"))
+def replay_validation(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """Replay validation messages of every level (1-7) and a signed escalation."""
-    pack = paired_pack(seed)
+    pack = paired_pack(seed, profile=profile)
     dep, module = pack.dep, pack.module(1)
     binding_id, pid = pack.records[1].binding_id, pack.pairing_id(1)
     p_state, m_state = dep.pack.binding(binding_id), module.binding(binding_id)
@@ -197,11 +200,11 @@ def replay_validation(seed: int | None = None) -> Outcome:
     reasons.append(attempt(lambda: l1.receive(announce, now)))
     ini3 = SignedHandshakeInitiator(
         device_id=p_id, binding_key=p_state.private_key, partner_id=m_id, partner_key=p_state.partner_key,
-        binding_id=binding_id, rng=dep.rng,
+        binding_id=binding_id, rng=dep.rng, secrets=p_sec,
     )  # fmt: skip
     res3 = SignedHandshakeResponder(
         device_id=m_id, binding_key=m_state.private_key, partner_id=p_id, partner_key=m_state.partner_key,
-        binding_id=binding_id, rng=dep.rng,
+        binding_id=binding_id, rng=dep.rng, secrets=m_sec,
     )  # fmt: skip
     hello = ini3.start(now, ttl_s=60, single_use=True)
     finish = ini3.on_reply(res3.on_hello(hello, now), now)
@@ -296,27 +299,35 @@ def replay_pairing_offer_next_session(seed: int | None = None) -> Outcome:
     return judge(reasons, Reason.REPLAY, counters, detail="entity b remembers the session nonces it answered")
 
 
-@scenario("replay_can_binding_next_pairing", family=FAMILY, expected=("blocked", "bad_signature"))
-def replay_can_binding_next_pairing(seed: int | None = None) -> Outcome:
+@scenario(
+    "replay_can_binding_next_pairing", family=FAMILY, profiles=("seed", "efficient"),
+    expected={"seed": ("blocked", "bad_signature"), "efficient": ("blocked", "bad_mac")},
+)  # fmt: skip
+def replay_can_binding_next_pairing(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """Replay binding-tier frames of pairing 1 into the link of pairing 2 of the same binding.
 
     Binding keys belong to the binding, not to a pairing, and a new pairing's link starts with a
-    fresh replay window: without the pairing id in the signature, frames recorded under the old
-    pairing verified again on the new link (FV 0, 1, … look fresh).
+    fresh replay window: without the pairing id in the signature (``seed``), or in the binding MAC
+    secret's derivation (``efficient``), frames recorded under the old pairing verified again on
+    the new link (FV 0, 1, … look fresh).
     """
-    pack = paired_pack(seed)
+    pack = paired_pack(seed, profile=profile)
     tx, rx = pack.link(1, "module"), pack.link(1, "pack")
     recorded = [tx.send(MessageClass.IDENTITY, b"announce %d" % i) for i in range(3)]
     for unit in recorded:
         rx.receive(unit.can_id, unit.data, reassembled=True)
     # The same binding is paired again (a new context, or after the first pairing expired).
-    pack.pairings[1] = pair_entities(pack.dep.controller, pack.dep.pack, pack.module(1), pack.records[1].binding_id)
+    pack.pairings[1] = pair_entities(
+        pack.dep.controller, pack.dep.pack, pack.module(1), pack.records[1].binding_id, profile=profile
+    )
     fresh = pack.link(1, "pack")
     reasons = [attempt(lambda u=u: fresh.receive(u.can_id, u.data, reassembled=True)) for u in recorded]
     genuine = pack.link(1, "module").send(MessageClass.IDENTITY, b"announce new")
     fresh.receive(genuine.can_id, genuine.data, reassembled=True)  # the new pairing's own frames verify
     counters = counted("new_pack_link.rejects", fresh.rejects)
     pack.close()
+    if profile.binding_mac:
+        return judge(reasons, Reason.BAD_MAC, counters, detail="the binding MAC secret is per pairing and session")
     return judge(reasons, Reason.BAD_SIGNATURE, counters, detail="the pairing id is signed into binding-tier frames")
 
 

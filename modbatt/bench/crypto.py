@@ -29,7 +29,7 @@ DESCRIPTION = "µs per P-256 sign/verify/ECDH, ECIES seal/open, AES-256-GCM, HKD
 
 _MESSAGE = bytes(range(64))  # a typical signed record body
 _SEALED_PLAINTEXT = bytes(32)  # one pairing-key half
-_CONTEXT = b"modbatt/v1/bench/sealed-box"  # associated data of the benchmark's boxes
+_CONTEXT = b"modbatt/v2/bench/sealed-box"  # associated data of the benchmark's boxes
 
 
 def run(quick: bool) -> list[dict[str, object]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import MessageClass
+from ..model.profile import ProtocolProfile
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
 from ..protocol.pairing import issue_certificate
@@ -19,7 +20,12 @@ _CLASS_FOR_TIER = {
 }
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, profiles: tuple[ProtocolProfile, ...] = tuple(ProtocolProfile)) -> list[dict]:
+    """Per protocol profile: certificate and full pairing per controller mode, seal+open per tier."""
+    return [{"profile": profile.value, **row} for profile in profiles for row in _rows(profile, quick)]
+
+
+def _rows(profile: ProtocolProfile, quick: bool) -> list[dict]:
     budget = 0.3 if quick else 1.5
     rows: list[dict] = []
     d = InMemoryDeployment()
@@ -27,20 +33,22 @@ def run(quick: bool) -> list[dict]:
     record = d.bind(d.pack, module).record
     for mode in ControllerMode:
         cert, _ = issue_certificate(
-            controller_key=d.controller_key, binding=record, callback="x", now=d.clock(), mode=mode, rng=d.rng
-        )
+            controller_key=d.controller_key, binding=record, callback="x", now=d.clock(), mode=mode, rng=d.rng,
+            profile=profile,
+        )  # fmt: skip
         encoded = cert.encode()
 
         def build(mode=mode) -> None:
             issue_certificate(
-                controller_key=d.controller_key, binding=record, callback="x", now=d.clock(), mode=mode, rng=d.rng
-            )
+                controller_key=d.controller_key, binding=record, callback="x", now=d.clock(), mode=mode, rng=d.rng,
+                profile=profile,
+            )  # fmt: skip
 
         def validate(encoded=encoded) -> None:
             PairingCertificate.decode(encoded).verify(d.controller_key.public_key)
 
         def full(mode=mode) -> None:
-            pair_entities(d.controller, d.pack, module, record.binding_id, mode=mode)
+            pair_entities(d.controller, d.pack, module, record.binding_id, mode=mode, profile=profile)
 
         rows.append(
             {
@@ -52,7 +60,7 @@ def run(quick: bool) -> list[dict]:
                 "full_pairing_ms": round(time_per_call(full, min_seconds=budget, repeats=3) * 1e3, 2),
             }
         )
-    outcome = pair_entities(d.controller, d.pack, module, record.binding_id)
+    outcome = pair_entities(d.controller, d.pack, module, record.binding_id, profile=profile)
     pid = outcome.certificate.metadata.pairing_id
     # The entities' own channels (the in-memory deployment's freshness is ephemeral by choice).
     sender, receiver = d.pack.channel(pid), module.channel(pid)

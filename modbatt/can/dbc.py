@@ -55,6 +55,7 @@ from cantools.database.conversion import BaseConversion
 
 from ..errors import ConfigError, VerificationError
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
+from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from . import fragment
 from .catalog import DBC_MODULE_ID, DBC_PACK_ID, LegacySignal, build_legacy_database
@@ -385,9 +386,11 @@ def build_secure_database(
                     for sig in sigs:
                         sig.receivers = [receiver] if receiver else []
                     unit = ""
-                    if tier is Tier.BINDING:
-                        unit = f" Reassembled unit: FV({fmt.header_bytes}) | payload | ECDSA P-256 r|s"
-                        unit += f" ({fmt.tag_bytes} B)."
+                    if tier is Tier.BINDING:  # its reassembled unit depends on the pairing's protocol profile
+                        sealed = frame_format(tier, profile, ProtocolProfile.EFFICIENT)
+                        unit = (f" Reassembled unit, seed profile: FV({fmt.header_bytes}) | payload | ECDSA P-256 "
+                                f"r|s ({fmt.tag_bytes} B); efficient profile: the pairing tier's format "
+                                f"({sealed.tag_bytes}-byte tag, docs/profiles.md).")  # fmt: skip
                     flag = int(tier is not Tier.NONE)
                     way = _DIRECTIONS[int(direction)].replace("_", " ") if direction is not None else "either way"
                     cycle = _cycle(payload, transport)

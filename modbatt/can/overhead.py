@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from .secured import frame_format
 from .wiretime import BusProfile, frame_length, frame_time, isotp_frame_lengths
@@ -20,7 +21,8 @@ class MessageCost:
     """The wire cost of one message (all its frames, ISO-TP flow control included)."""
 
     tier: str
-    profile: str
+    bus: str  # bus profile (classic, fd)
+    profile: str  # protocol profile of the pairing (only the binding tier depends on it)
     payload_bytes: int
     unit_bytes: int  # payload plus the tier's header/trailer
     frames: int
@@ -32,16 +34,20 @@ class MessageCost:
         return dataclasses.asdict(self)
 
 
-def message_cost(tier: Tier, profile: BusProfile, payload_bytes: int) -> MessageCost:
-    """Frames and bus time of one ``payload_bytes`` message at ``tier`` on ``profile``."""
-    fmt = frame_format(Tier(tier), profile)
+def message_cost(
+    tier: Tier, profile: BusProfile, payload_bytes: int, protocol: ProtocolProfile = DEFAULT_PROFILE
+) -> MessageCost:
+    """Frames and bus time of one ``payload_bytes`` message at ``tier`` on bus ``profile``, under ``protocol``."""
+    protocol = ProtocolProfile(protocol)
+    fmt = frame_format(Tier(tier), profile, protocol)
     unit = payload_bytes + fmt.overhead
     lengths = [frame_length(unit, fd=profile.fd)] if unit <= profile.data_field else isotp_frame_lengths(unit, profile)
     worst = sum(frame_time(profile, n, worst=True) for n in lengths)
     best = sum(frame_time(profile, n, worst=False) for n in lengths)
     return MessageCost(
         tier=Tier(tier).label,
-        profile=profile.name,
+        bus=profile.name,
+        profile=protocol.value,
         payload_bytes=payload_bytes,
         unit_bytes=unit,
         frames=len(lengths),

@@ -242,7 +242,9 @@ def payload_of(function: int | Function, direction: Direction | int) -> Payload 
 def transport_for(function: int | Function, tier: Tier, profile: BusProfile) -> Transport:
     """The transport every frame of (function, tier, profile) uses, in both directions.
 
-    BINDING units never fit one frame (a 64-byte signature). Otherwise a connection (the two
+    BINDING units always travel over a multi-frame transport, in every protocol profile (under
+    ``seed`` a 64-byte signature never fits one frame; under ``efficient`` the rule is kept so the
+    framing follows from the identifier alone, docs/profiles.md). Otherwise a connection (the two
     identifiers of one function at one tier for one node) runs ISO-TP as soon as either
     direction's payload is variable or too big for one frame: ISO-TP flow control travels on
     the reverse identifier, so both directions use the same framing.

@@ -10,18 +10,26 @@ of every 191 values on classic CAN).
 Formats (``FV`` = freshness value, full = 56 bits; ``n`` = payload bytes):
 
 ======================  ===========================================  ==============  ========
-tier / profile          data field                                   room / frame    forgery
+tier / bus profile      data field                                   room / frame    forgery
 ======================  ===========================================  ==============  ========
 NONE, classic           payload                                      8 B             —
 NONE, FD                payload ‖ 00-padding to a valid FD length    64 B            —
 EXCHANGE/PAIRING clas.  ct(n) ‖ FV low 8 bits ‖ tag 4 B              3 B             2^-32
 EXCHANGE/PAIRING FD     FV 7 B ‖ pad count 1 B ‖ ct(n) ‖ tag 16 B    40 B            2^-128
                         ‖ 00 × pad
-BINDING (both)          FV 7 B ‖ payload(n) ‖ ECDSA P-256 r‖s 64 B   0 (multi-frame) 2^-128
+BINDING, ``seed``       FV 7 B ‖ payload(n) ‖ ECDSA P-256 r‖s 64 B   0 (multi-frame) 2^-128
+BINDING, ``efficient``  as EXCHANGE/PAIRING (classic or FD)          3 B / 40 B      2^-32 /
+                                                                                     2^-128
 ======================  ===========================================  ==============  ========
 
-A protected unit whose bytes exceed one frame (any BINDING message, a classic symmetric payload
-over 3 bytes, an FD payload over 40) is the same byte string handed to the multi-frame transport
+The binding tier's format depends on the pairing's protocol profile (docs/profiles.md): under
+``seed`` the sender signs with its binding key; under ``efficient`` the binding tier is a
+symmetric tier like the others, its keys derived from the session's binding MAC secret (the
+partners' static ECDH), so its frames cost one AEAD operation instead of a signature and a
+verification. Which one a channel uses is decided by its :class:`TrafficKeys`.
+
+A protected unit whose bytes exceed one frame (any signed BINDING message, a classic symmetric
+payload over 3 bytes, an FD payload over 40) is the same byte string handed to the multi-frame transport
 (``modbatt.can.fragment`` for broadcast, ISO-TP point to point): :attr:`SecuredPdu.single_frame`
 says which, and :meth:`SecuredReceiver.open` takes the reassembled bytes with ``reassembled=True``.
 
@@ -71,6 +79,7 @@ from ..crypto.freshness import (
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import AEAD_KEY_BYTES, AEAD_TAG_BYTES, SIGNATURE_BYTES, PrivateKey, PublicKey, hkdf_sha256
 from ..errors import Reason, VerificationError
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from .ids import CanIdFields, IdLayout
 from .wiretime import CLASSIC, FD, FD_PADDED_LENGTH, PROFILES, BusProfile, frame_length
@@ -122,10 +131,11 @@ class FrameFormat:
     tier: Tier
     fd: bool
     fv_bits: int
-    tag_bytes: int  # AEAD tag, or signature bytes at BINDING
+    tag_bytes: int  # AEAD tag, or signature bytes of a signed BINDING frame
     header_bytes: int  # bytes before the payload (FV, pad count)
     trailer_bytes: int  # bytes after the payload (truncated FV, tag/signature)
     data_field: int
+    signed: bool = False  # a signature authenticates the frame (BINDING under ``seed``)
 
     @property
     def overhead(self) -> int:
@@ -133,28 +143,31 @@ class FrameFormat:
 
     @property
     def room(self) -> int:
-        """Payload bytes that still fit one frame (0 when the tier is always multi-frame)."""
+        """Payload bytes that still fit one frame (0 for the binding tier: always multi-frame)."""
+        if self.tier is Tier.BINDING:
+            return 0
         return max(self.data_field - self.overhead, 0)
 
     @property
     def forgery_odds_log2(self) -> int | None:
         """log2 of one forgery try's success probability (None for clear frames).
 
-        For BINDING this is the ECDSA P-256 security level (~2^-128), not a tag size.
+        For a signed BINDING frame this is the ECDSA P-256 security level (~2^-128), not a tag size.
         """
         if self.tier is Tier.NONE:
             return None
-        return -128 if self.tier is Tier.BINDING else -8 * self.tag_bytes
+        return -128 if self.signed else -8 * self.tag_bytes
 
 
 _FV_FULL_BITS: Final = 8 * COUNTER_BYTES
 
 
-def _formats() -> dict[tuple[Tier, bool], FrameFormat]:
+def _formats() -> dict[tuple[Tier, bool, bool], FrameFormat]:
+    """Formats by (tier, FD, signed); ``signed`` only ever true for BINDING."""
     out = {}
     for fd, field in ((False, CLASSIC.data_field), (True, FD.data_field)):
-        out[(Tier.NONE, fd)] = FrameFormat(Tier.NONE, fd, 0, 0, 0, 0, field)
-        for tier in (Tier.EXCHANGE, Tier.PAIRING):
+        out[(Tier.NONE, fd, False)] = FrameFormat(Tier.NONE, fd, 0, 0, 0, 0, field)
+        for tier in (Tier.EXCHANGE, Tier.PAIRING, Tier.BINDING):
             if fd:
                 fmt = FrameFormat(
                     tier, fd, _FV_FULL_BITS, AEAD_TAG_BYTES, COUNTER_BYTES + _FD_PAD_BYTES, AEAD_TAG_BYTES, field
@@ -163,9 +176,9 @@ def _formats() -> dict[tuple[Tier, bool], FrameFormat]:
                 fmt = FrameFormat(
                     tier, fd, CLASSIC_FV_BITS, CLASSIC_TAG_BYTES, 0, CLASSIC_FV_BITS // 8 + CLASSIC_TAG_BYTES, field
                 )
-            out[(tier, fd)] = fmt
-        out[(Tier.BINDING, fd)] = FrameFormat(
-            Tier.BINDING, fd, _FV_FULL_BITS, SIGNATURE_BYTES, COUNTER_BYTES, SIGNATURE_BYTES, field
+            out[(tier, fd, False)] = fmt
+        out[(Tier.BINDING, fd, True)] = FrameFormat(
+            Tier.BINDING, fd, _FV_FULL_BITS, SIGNATURE_BYTES, COUNTER_BYTES, SIGNATURE_BYTES, field, signed=True
         )
     return out
 
@@ -173,17 +186,24 @@ def _formats() -> dict[tuple[Tier, bool], FrameFormat]:
 _FORMATS: Final = _formats()
 
 
-def frame_format(tier: Tier, profile: BusProfile) -> FrameFormat:
-    """The format of ``tier`` on ``profile`` (classic formats assume an 8-byte field)."""
-    return _FORMATS[(Tier(tier), profile.fd)]
+def frame_format(tier: Tier, profile: BusProfile, protocol: ProtocolProfile = DEFAULT_PROFILE) -> FrameFormat:
+    """The format of ``tier`` on bus ``profile`` under the pairing's ``protocol`` profile.
+
+    Classic formats assume an 8-byte field. Only the binding tier depends on ``protocol``: signed
+    under ``seed``, the symmetric format of the other tiers under ``efficient``.
+    """
+    tier = Tier(tier)
+    signed = tier is Tier.BINDING and not ProtocolProfile(protocol).binding_mac
+    return _FORMATS[(tier, profile.fd, signed)]
 
 
 class TrafficKeys:
     """Keys of one tier in one direction. Secrets never appear in ``repr``.
 
     Symmetric tiers hold prepared AEAD objects (reused per frame: creating one costs about as
-    much as the encryption). BINDING holds the sender's private key and/or the receiver's copy of
-    the peer's public key.
+    much as the encryption). A signed BINDING tier (``seed``) holds the sender's private key and/or
+    the receiver's copy of the peer's public key; a symmetric BINDING tier (``efficient``) holds
+    AEAD keys like the others (:func:`derive_traffic_keys` from the binding MAC secret).
     """
 
     __slots__ = ("_ccm", "_gcm", "context", "direction", "signer", "tier", "verifier")
@@ -210,10 +230,16 @@ class TrafficKeys:
         self._gcm = AESGCM(fd_key) if fd_key is not None else None
         self.signer = signer
         self.verifier = verifier
-        if self.tier in (Tier.EXCHANGE, Tier.PAIRING) and (self._ccm is None or self._gcm is None):
+        symmetric = self._ccm is not None and self._gcm is not None
+        if self.tier in (Tier.EXCHANGE, Tier.PAIRING) and not symmetric:
             raise ValueError("symmetric tiers need classic_key and fd_key (use derive_traffic_keys)")
-        if self.tier is Tier.BINDING and signer is None and verifier is None:
-            raise ValueError("BINDING needs a signer (sending) or a verifier (receiving)")
+        if self.tier is Tier.BINDING and symmetric == (signer is not None or verifier is not None):
+            raise ValueError("BINDING needs a signer and/or verifier (seed) or AEAD keys (efficient), not both")
+
+    @property
+    def signed(self) -> bool:
+        """True for a signed BINDING tier (``seed``): frames carry a signature instead of a tag."""
+        return self.tier is Tier.BINDING and self._ccm is None
 
     @classmethod
     def clear(cls, direction: Direction = Direction.INITIATOR_TO_RESPONDER) -> TrafficKeys:
@@ -241,14 +267,16 @@ class TrafficKeys:
 
 
 def derive_traffic_keys(tier_secret: bytes, tier: Tier, direction: Direction) -> TrafficKeys:
-    """Per-direction CAN keys of a symmetric tier from that tier's secret (exchange or pairing key).
+    """Per-direction CAN keys of a symmetric tier from that tier's secret.
 
-    HKDF-SHA256, info = CAN_TRAFFIC_KEY ‖ tier ‖ direction ‖ mode; one key for classic (CCM) and
-    one for FD (GCM) so the two modes never share a key. The raw secret is never used as a key.
+    The tier secret is the session's exchange secret, pairing secret or (``efficient`` profile)
+    binding MAC secret. HKDF-SHA256, info = CAN_TRAFFIC_KEY ‖ tier ‖ direction ‖ mode; one key
+    for classic (CCM) and one for FD (GCM) so the two modes never share a key, and the tier byte
+    keeps the three tiers' keys apart. The raw secret is never used as a key.
     """
     tier = Tier(tier)
-    if tier not in (Tier.EXCHANGE, Tier.PAIRING):
-        raise ValueError("only EXCHANGE and PAIRING derive symmetric traffic keys")
+    if tier is Tier.NONE:
+        raise ValueError("the clear tier has no traffic keys")
     if len(tier_secret) < AEAD_KEY_BYTES:
         raise ValueError("tier secret must be at least 32 bytes")
     info = labels.CAN_TRAFFIC_KEY + bytes([int(tier), int(direction)])
@@ -288,6 +316,8 @@ class _Channel:
         "_gcm",
         "_nonce_base",
         "_overhead",
+        "_signed",
+        "_single",
         "_tier",
         "direction",
         "keys",
@@ -300,10 +330,14 @@ class _Channel:
         self.profile = profile
         self.keys = keys
         self.direction = keys.direction
-        self._fmt = frame_format(keys.tier, profile)
+        self._signed = keys.signed
+        self._fmt = _FORMATS[(keys.tier, profile.fd, self._signed)]
         self._tier = keys.tier
         self._fd = profile.fd
         self._field = profile.data_field
+        # Binding-tier units always travel over the multi-frame transport, whatever their size and
+        # profile, so the framing follows from the identifier alone (docs/can-frames.md §2).
+        self._single = 0 if keys.tier is Tier.BINDING else profile.data_field
         self._overhead = self._fmt.overhead
         self._ccm = keys._ccm
         self._gcm = keys._gcm
@@ -330,8 +364,8 @@ class SecuredSender(_Channel):
         super().__init__(layout, profile, keys)
         if keys.tier is not Tier.NONE and counter is None:
             raise ValueError("a protected tier needs a FreshnessCounter")
-        if keys.tier is Tier.BINDING and keys.signer is None:
-            raise ValueError("sending at BINDING needs the sender's private key")
+        if keys.signed and keys.signer is None:
+            raise ValueError("sending signed BINDING frames needs the sender's private key")
         self.counter = counter
         self._sec_mask = layout.security_mask
         self._tier_bits = layout.tier_bits(keys.tier)
@@ -346,7 +380,7 @@ class SecuredSender(_Channel):
         """Identifier + protected bytes for ``payload`` (the channel's tier stamped into the ID)."""
         can_id = self._id(fields)
         n = len(payload)
-        field = self._field
+        field = self._single
         if n + self._overhead > MAX_PDU:
             raise VerificationError(Reason.OVERSIZED, f"{n}-byte payload exceeds the {MAX_PDU}-byte unit limit")
         tier = self._tier
@@ -357,7 +391,7 @@ class SecuredSender(_Channel):
         assert self.counter is not None
         fv = self.counter.next()
         nonce = (self._nonce_base | (can_id << 56) | fv).to_bytes(12, "big")
-        if tier is Tier.BINDING:
+        if self._signed:
             assert self.keys.signer is not None
             sig = self.keys.signer.sign(labels.SIG_CAN_FRAME, self.keys.context + nonce + payload)
             data = fv.to_bytes(COUNTER_BYTES, "big") + payload + sig
@@ -384,7 +418,7 @@ class SecuredSender(_Channel):
         fv = self.counter.next()
         nonce = self._nonce(can_id, fv)
         head = fv.to_bytes(COUNTER_BYTES, "big")
-        if self.keys.tier is Tier.BINDING:
+        if self._signed:
             assert self.keys.signer is not None
             auth = self.keys.signer.sign(labels.SIG_CAN_RESYNC, self.keys.context + nonce + challenge)
         else:
@@ -418,8 +452,8 @@ class SecuredReceiver(_Channel):
         behind: int = 64,
     ) -> None:
         super().__init__(layout, profile, keys)
-        if keys.tier is Tier.BINDING and keys.verifier is None:
-            raise ValueError("receiving at BINDING needs the sender's public key")
+        if keys.signed and keys.verifier is None:
+            raise ValueError("receiving signed BINDING frames needs the sender's public key")
         self.window = window if window is not None else ReplayWindow(32)
         self.behind = behind
         self.rejects = RejectCounters()
@@ -449,9 +483,10 @@ class SecuredReceiver(_Channel):
         if type(data) is not bytes:
             data = bytes(data)
         n = len(data)
-        limit = MAX_PDU if reassembled else self._field
+        limit = MAX_PDU if reassembled else self._single
         if n > limit:
-            raise VerificationError(Reason.OVERSIZED, f"{n} bytes, limit {limit}")
+            why = " (binding-tier units are multi-frame only)" if limit == 0 else ""
+            raise VerificationError(Reason.OVERSIZED, f"{n} bytes, limit {limit}{why}")
         if self._fd and not reassembled and n > 8 and n != frame_length(n, fd=True):
             raise VerificationError(Reason.MALFORMED, f"{n} is not a valid CAN FD length")
         if mine is Tier.NONE:
@@ -459,7 +494,7 @@ class SecuredReceiver(_Channel):
         if n < self._overhead:
             raise VerificationError(Reason.MALFORMED, f"{n} bytes is shorter than the {self._overhead}-byte overhead")
         window = self.window
-        if not self._fd and mine is not Tier.BINDING:
+        if not self._fd and not self._signed:
             split = n - 5
             # SecOC reconstruction, inlined (see freshness.reconstruct): nearest value with these low bits.
             low = window.highest + 1 - self.behind
@@ -478,7 +513,7 @@ class SecuredReceiver(_Channel):
             window.commit(fv)
             return Opened(fields, payload, fv)
         fv = int.from_bytes(data[:COUNTER_BYTES], "big")
-        if mine is Tier.BINDING:
+        if self._signed:
             window.check(fv)
             body, sig = data[COUNTER_BYTES:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
             assert self.keys.verifier is not None
@@ -509,7 +544,7 @@ class SecuredReceiver(_Channel):
         already refused a frame uses it to say *why* (an authentic frame of an earlier session, or
         one far behind the window, is stale rather than forged). Classic symmetric frames carry only
         8 FV bits, so the full values tried are those in ``within`` whose low byte matches (one try
-        per 256 values); FD and binding-tier frames carry the full FV.
+        per 256 values); FD and signed binding-tier frames carry the full FV.
         """
         try:
             fields = self.layout.decode(can_id)
@@ -518,9 +553,9 @@ class SecuredReceiver(_Channel):
                 return None
             data = bytes(data)
             n = len(data)
-            if n < self._overhead or n > (MAX_PDU if reassembled else self._field):
+            if n < self._overhead or n > (MAX_PDU if reassembled else self._single):
                 return None
-            if tier is Tier.BINDING:
+            if self._signed:
                 fv = int.from_bytes(data[:COUNTER_BYTES], "big")
                 assert self.keys.verifier is not None
                 body, sig = data[COUNTER_BYTES:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
@@ -586,7 +621,7 @@ class SecuredReceiver(_Channel):
         tier = self.keys.tier
         if tier is Tier.NONE:
             raise VerificationError(Reason.WRONG_LEVEL, "clear channels have no freshness")
-        auth_len = SIGNATURE_BYTES if tier is Tier.BINDING else self._fmt.tag_bytes
+        auth_len = SIGNATURE_BYTES if self._signed else self._fmt.tag_bytes
         size = COUNTER_BYTES + auth_len
         if self._fd and size <= self._field and len(data) == frame_length(size, fd=True) and not any(data[size:]):
             data = data[:size]  # the zero padding up to a valid FD length
@@ -596,7 +631,7 @@ class SecuredReceiver(_Channel):
         if fv > MAX_COUNTER:
             raise VerificationError(Reason.MALFORMED, "freshness value out of range")
         nonce = self._nonce(can_id, fv)
-        if tier is Tier.BINDING:
+        if self._signed:
             assert self.keys.verifier is not None
             self.keys.verifier.verify(
                 labels.SIG_CAN_RESYNC, self.keys.context + nonce + challenge, data[COUNTER_BYTES:]

@@ -1,8 +1,10 @@
 """``modbatt attack``: run the attack scenarios and print their classified outcomes.
 
 ``modbatt attack NAME [--json]`` runs one scenario, ``--list`` names them all, ``--all --json``
-prints the outcome matrix ``{name: {"outcome", "reason", "counters"}}``. Exit 0 when every
-scenario run was blocked, detected or a documented limit; 1 if any attack succeeded.
+prints the outcome matrix ``{case: {"outcome", "reason", "counters"}}``. A scenario where the
+protocol profile matters runs once per profile (cases ``name`` and ``name@efficient``);
+``--profile`` runs it under one. Exit 0 when every scenario run was blocked, detected or a
+documented limit; 1 if any attack succeeded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--all", action="store_true", help="run every scenario")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument(
+        "--profile", metavar="NAME", default=None,
+        help="protocol profile for the scenarios where it matters (default: each of theirs; docs/profiles.md)",
+    )  # fmt: skip
+    parser.add_argument(
         "--seed", type=int, default=None,
         help="reproducible keys from this seed (needs MODBATT_REPRODUCIBLE=1; docs and tests only)",
     )  # fmt: skip
@@ -44,10 +50,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.list:
         rows = {}
-        for name in attacks.names():  # family by family, as the matrix is printed
-            spec = attacks.get(name)
-            rows[name] = {"family": spec.family, "expected": [spec.expected_outcome, spec.expected_reason],
-                          "summary": spec.summary}  # fmt: skip
+        for key, spec, profile in attacks.cases(args.profile):  # family by family, as the matrix is printed
+            rows[key] = {"family": spec.family, "profile": profile.value, "expected": list(spec.expected(profile)),
+                         "summary": spec.summary}  # fmt: skip
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -59,7 +64,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("give a scenario NAME or --all (see `modbatt attack --list`)")
     if args.seed is not None and os.environ.get("MODBATT_REPRODUCIBLE") != "1":
         raise ConfigError("--seed needs MODBATT_REPRODUCIBLE=1 (reproducible keys are for docs and tests only)")
-    results = attacks.run_all(args.seed) if args.all else {args.name: attacks.run(args.name, args.seed)}
+    if args.all:
+        results = attacks.run_all(args.seed, profile=args.profile)
+    else:
+        spec = attacks.get(args.name)
+        profile = args.profile or (args.name.partition("@")[2] or None)
+        if args.profile and not spec.profile_aware:
+            profile = None  # it does not depend on the profile: one case, as in --all --profile
+        key = spec.case(profile) if profile is not None else args.name
+        results = {key: attacks.run(args.name, args.seed, profile=profile)}
     if args.json:
         print(json.dumps(attacks.matrix(results), indent=2))
     else:

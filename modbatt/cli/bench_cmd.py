@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
 from ..bench import AREAS, load_area
 from ..errors import ConfigError
+from ..model.profile import ProtocolProfile, profile_named
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("areas", nargs="*", metavar="AREA", help=f"areas to run (default all): {', '.join(AREAS)}")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="only this protocol profile in the areas that compare them (codec, pairing, validation); "
+        f"default: all of {', '.join(p.value for p in ProtocolProfile)}",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -27,13 +35,16 @@ def _run(args: argparse.Namespace) -> int:
     missing = [n for n, m in modules.items() if m is None]
     if missing and args.areas:
         raise ConfigError(f"benchmark area(s) not built yet: {', '.join(missing)}")
+    profiles = (profile_named(args.profile),) if args.profile else tuple(ProtocolProfile)
     results = {}
     for name, module in modules.items():
         if module is None:
             continue
         if not args.json:
             print(f"== {name}: {module.DESCRIPTION}", flush=True)
-        rows = module.run(args.quick)
+        # Areas that compare protocol profiles take them (docs/profiles.md); the others do not depend on one.
+        takes_profiles = "profiles" in inspect.signature(module.run).parameters
+        rows = module.run(args.quick, profiles=profiles) if takes_profiles else module.run(args.quick)
         results[name] = rows
         if not args.json:
             for row in rows:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..model.pairing import ControllerMode
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..transport.canbus import BusConfig
 from ..workbench.demo import run_demo
 
@@ -28,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode", choices=[m.value for m in ControllerMode], default="standard", help="controller mode for pairing"
     )
+    p.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE.value,
+        metavar="NAME",
+        help=f"protocol profile of the pairing: {', '.join(p.value for p in ProtocolProfile)} (docs/profiles.md)",
+    )
     p.add_argument("--interface", default=None, help="python-can interface for the CAN part (default virtual)")
     p.add_argument("--channel", default=None, help="python-can channel")
     p.add_argument("--bitrate", type=int, default=None, help="bit rate for real adapters")
@@ -44,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_mixed(args: argparse.Namespace) -> int:
     from ..workbench.mixed import parse_broker, run_mixed_demo
 
-    result = run_mixed_demo(args.transports.split(","), parse_broker(args.mqtt_broker))
+    profile = profile_named(args.profile)
+    result = run_mixed_demo(args.transports.split(","), parse_broker(args.mqtt_broker), profile=profile)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
@@ -60,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_mixed(args)
     if args.mqtt_broker:
         raise ConfigError("--mqtt-broker goes with --transports")
+    profile = profile_named(args.profile)
     bus = None
     if args.interface or args.channel or args.bitrate:
         bus = BusConfig.resolve(args.interface, args.channel, args.bitrate)
@@ -72,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress,
         mode=ControllerMode(args.mode),
         bus=bus,
+        profile=profile,
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)

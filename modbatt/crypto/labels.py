@@ -17,7 +17,7 @@ from typing import Final
 
 #: The Modbatt protocol version: the ``v`` every versioned wire structure carries (pairing
 #: certificates, ledger entries, tree heads, validation messages) and the ``vN`` of every label.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: Version of the specification document (docs/spec): ``PROTOCOL_VERSION.revision``. A revision
 #: changes wording only; any change of a byte on the wire takes a new protocol version.
 SPEC_VERSION: Final = f"{PROTOCOL_VERSION}.0"
@@ -69,6 +69,10 @@ PAIRING_SESSION_TRAFFIC_SECRET = _label("pairing/session-traffic-secret")
 PAIRING_SESSION_EXCHANGE_SECRET = _label("pairing/session-exchange-secret")
 PAIRING_BLIND_SESSION_TRAFFIC_SECRET = _label("pairing/blind-session-traffic-secret")
 PAIRING_BLIND_SESSION_EXCHANGE_SECRET = _label("pairing/blind-session-exchange-secret")
+# The efficient profile (docs/profiles.md): the session's binding MAC secret from static ECDH of
+# the two binding keys, and the pairing secret bound to it.
+PAIRING_BINDING_MAC_SECRET = _label("pairing/binding-mac-secret")
+PAIRING_BOUND_TRAFFIC_SECRET = _label("pairing/binding-bound-traffic-secret")
 # Commitments recorded in the ledger instead of keys.
 COMMIT_SEMI_PUBLIC_KEY = _label("commit/semi-public-key")
 # The key-free binding witness: hash of a party's access data.
@@ -82,6 +86,8 @@ SIG_ANNOUNCE = _key_hiding("sig/validation/announce")
 SIG_WITNESS_REQUEST = _key_hiding("sig/validation/witness-request")
 SIG_WITNESS_ACK = _key_hiding("sig/validation/witness-ack")
 SIG_HANDSHAKE = _key_hiding("sig/validation/signed-handshake")
+# Level 3 under the efficient profile: HKDF info of the MAC key (from the binding MAC secret) and MAC label.
+HANDSHAKE_BINDING_MAC = _label("validation/handshake-binding-mac")
 VALIDATION_SESSION_KEY = _label("validation/session-key")
 PAIRED_HANDSHAKE_AUTH = _label("validation/paired-handshake-auth")
 COMMAND_KEY = _label("validation/command-key")

@@ -4,10 +4,10 @@ An STH is the auth controller's signed statement "my log has ``tree_size`` entri
 root ``root_hash`` at ``timestamp``" (RFC 9162 §4.10, reduced to what modbatt needs).
 The signed bytes are the deterministic CBOR array::
 
-    [1, tree_size, timestamp_ms, root_hash]        ; version 1, uint, uint, bstr(32)
+    [v, tree_size, timestamp_ms, root_hash]        ; v = the protocol version, uint, uint, bstr(32)
 
 signed with ECDSA P-256 / SHA-256 under the label ``labels.SIG_TREE_HEAD``
-(``modbatt/v1/sig/tree-head``, length-framed by :meth:`PrivateKey.sign`). An array,
+(``modbatt/v2/sig/tree-head``, length-framed by :meth:`PrivateKey.sign`). An array,
 rather than a map, keeps the encoding free of any key-ordering question, so an outside
 auditor reproduces it byte for byte with any CBOR library.
 
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Version tag inside the signed CBOR; a new layout means a new number, never a reuse.
-STH_VERSION: Final = 1
+STH_VERSION: Final = labels.PROTOCOL_VERSION
 _MAX_UINT63: Final = (1 << 63) - 1
 
 
@@ -138,7 +138,7 @@ class SignedTreeHead:
         except EncodingError as exc:
             raise VerificationError(exc.reason, f"tree head: {exc}") from None
         if not isinstance(value, list) or len(value) != 6 or value[0] != STH_VERSION:
-            raise _malformed("tree head is not a version-1 six-element array")
+            raise _malformed(f"tree head is not a version-{STH_VERSION} six-element array")
         _, size, ts, root, sig, key = value
         if not isinstance(key, bytes):
             raise _malformed("tree head public key must be bytes")

@@ -33,7 +33,7 @@ __all__ = [
     "parse_timestamp",
 ]
 
-LEDGER_ENTRY_VERSION = 1
+LEDGER_ENTRY_VERSION = labels.PROTOCOL_VERSION
 
 
 def format_timestamp(seconds: float) -> str:

@@ -2,8 +2,8 @@
 
 Encoding (deterministic CBOR; byte layout in docs/pairing.md)::
 
-    certificate = {"v": 1,
-                   "metadata": bstr,            ; canonical CBOR of PairingMetadata
+    certificate = {"v": 2,                      ; the protocol version (labels.PROTOCOL_VERSION)
+                   "metadata": bstr,            ; canonical CBOR of PairingMetadata (with its "profile")
                    "sections": {"entity_a": bstr, "entity_b": bstr, "handshake_validation": bstr},
                    "signature": bstr .size 64}  ; controller, over the map without "signature"
 
@@ -25,6 +25,7 @@ from ..errors import Reason, VerificationError
 from ._fields import expect_map, integer, malformed, raw_bytes, text, uuid_text
 from .access import AccessData
 from .policy import EncryptionPolicy
+from .profile import DEFAULT_PROFILE, ProtocolProfile
 
 __all__ = [
     "CERTIFICATE_VERSION",
@@ -36,7 +37,7 @@ __all__ = [
     "Restrictions",
 ]
 
-CERTIFICATE_VERSION = 1
+CERTIFICATE_VERSION = labels.PROTOCOL_VERSION
 MAX_CERTIFICATE_BYTES = 8192
 SECTION_NAMES = ("entity_a", "entity_b", "handshake_validation")
 CONTEXTS = ("battery_management", "diagnostics", "firmware_update", "emergency", "manufacturing")
@@ -94,6 +95,8 @@ class PairingMetadata:
     controller_mode: ControllerMode
     handshake_timeout_s: int
     controller_key_id: bytes
+    #: How the partners authenticate each other (docs/profiles.md); covered by the controller's signature.
+    profile: ProtocolProfile = DEFAULT_PROFILE
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
@@ -121,6 +124,7 @@ class PairingMetadata:
             "controller_mode": self.controller_mode.value,
             "handshake_timeout_s": self.handshake_timeout_s,
             "controller_key_id": self.controller_key_id,
+            "profile": self.profile.value,
         }
 
     def encode(self) -> bytes:
@@ -143,7 +147,7 @@ class PairingMetadata:
             "metadata",
             required={
                 "v", "pairing_id", "binding_id", "context", "entities", "timing", "encryption_policy",
-                "restrictions", "controller_mode", "handshake_timeout_s", "controller_key_id",
+                "restrictions", "controller_mode", "handshake_timeout_s", "controller_key_id", "profile",
             },
         )  # fmt: skip
         if m["v"] != CERTIFICATE_VERSION:
@@ -154,6 +158,10 @@ class PairingMetadata:
             mode = ControllerMode(m["controller_mode"])
         except ValueError:
             raise malformed("controller_mode must be standard or blind") from None
+        try:
+            profile = ProtocolProfile(text(m["profile"], "profile", max_len=16))
+        except ValueError:
+            raise malformed(f"profile must be one of {', '.join(p.value for p in ProtocolProfile)}") from None
         return cls(
             uuid_text(m["pairing_id"], "pairing_id"),
             uuid_text(m["binding_id"], "binding_id"),
@@ -169,6 +177,7 @@ class PairingMetadata:
             mode,
             integer(m["handshake_timeout_s"], "handshake_timeout_s", lo=1, hi=86_400),
             raw_bytes(m["controller_key_id"], "controller_key_id", size=8),
+            profile,
         )
 
 

@@ -1,6 +1,6 @@
 """Controller-signed ledger statements: pairing issued, completed, revoked (and later events).
 
-A statement is a CBOR map ``{"v": 1, "kind": ..., "timestamp": ..., <fields>, "authority": sig}``;
+A statement is a CBOR map ``{"v": 2, "kind": ..., "timestamp": ..., <fields>, "authority": sig}``;
 the authority signature (label ``sig/ledger-statement``) covers the map without
 ``authority``. Binding and revocation records keep their own type
 (:mod:`modbatt.model.binding`); everything else the audit trail needs is a statement.

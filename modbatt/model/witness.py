@@ -6,10 +6,10 @@ ledger learn that *some* binding of two parties exists. It carries no semi-publi
 commitment, only:
 
 * ``binding_id``;
-* ``entity_a_hash`` / ``entity_b_hash`` = SHA-256(``modbatt/v1/witness/access-data-hash`` ‖
+* ``entity_a_hash`` / ``entity_b_hash`` = SHA-256(``modbatt/v2/witness/access-data-hash`` ‖
   deterministic CBOR of the party's access data), 32 bytes each;
 * ``timestamp``, the binding record's own RFC 3339 time;
-* ``sig``, the controller's signature (label ``modbatt/v1/sig/binding-witness``) over the
+* ``sig``, the controller's signature (label ``modbatt/v2/sig/binding-witness``) over the
   canonical CBOR of the map without ``sig``.
 
 Linkability: the hashes do not hide who is bound. ``binding_id`` is in clear and access data is
@@ -33,7 +33,7 @@ from .binding import BindingRecord, parse_timestamp
 __all__ = ["WITNESS_KIND", "BindingWitness", "access_hash"]
 
 WITNESS_KIND: Final = "binding_witness"
-_VERSION: Final = 1
+_VERSION: Final = labels.PROTOCOL_VERSION
 _MAX_BYTES: Final = 512  # an encoded witness is 276 bytes
 _HASH_BYTES: Final = 32
 _FIELDS: Final = {"v", "kind", "binding_id", "entity_a_hash", "entity_b_hash", "timestamp", "sig"}
@@ -89,7 +89,7 @@ class BindingWitness:
         """Parse untrusted bytes strictly (the signature is checked by :meth:`verify`)."""
         m = expect_map(strict_loads(data, max_bytes=_MAX_BYTES), "binding witness", required=_FIELDS)
         if m["v"] != _VERSION or m["kind"] != WITNESS_KIND:
-            raise malformed("not a version-1 binding witness")
+            raise malformed(f"not a version-{_VERSION} binding witness")
         parse_timestamp(m["timestamp"])
         return cls(
             uuid_text(m["binding_id"], "binding_id"),

@@ -26,22 +26,24 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..can.functions import RESYNC_FUNCTIONS, Function, function_named
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
-from ..can.secured import Direction, SecuredPdu, SecuredReceiver, TrafficKeys, derive_traffic_keys
+from ..can.secured import Direction, SecuredPdu, SecuredReceiver
 from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.freshness import RESYNC_CHALLENGE_BYTES, ReplayWindow
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError, Reason, VerificationError
 from ..model.policy import EncryptionPolicy, MessageClass
+from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
 from .channel_store import ChannelFreshness, Lease
-from .link import Received, SelectiveLink
+from .link import Received, SelectiveLink, session_traffic_keys
 
 __all__ = [
     "CLASSIFY_WRAPS",
@@ -100,14 +102,9 @@ class _Retired:
     ) -> None:
         self.session_id = secrets.session_id
         _, in_dir = _directions(secrets.role)
-        secret = {Tier.EXCHANGE: secrets.exchange_secret, Tier.PAIRING: secrets.pairing_secret}
         self.receivers: dict[Tier, SecuredReceiver] = {}
         for tier in _FRESH_TIERS:
-            rx = (
-                TrafficKeys.binding(in_dir, verifier=keys.partner_key, context=secrets.context)
-                if tier is Tier.BINDING
-                else derive_traffic_keys(secret[tier], tier, in_dir)
-            )
+            rx = session_traffic_keys(secrets, tier, in_dir, verifier=keys.partner_key)
             self.receivers[tier] = SecuredReceiver(layout, profile, rx, ReplayWindow(1))
         #: Highest FV accepted per tier when this session was retired in this process (-1: unknown).
         self.anchors = anchors
@@ -175,6 +172,11 @@ class PairedChannel:
     @property
     def policy(self) -> EncryptionPolicy:
         return self._link.policy
+
+    @property
+    def protocol(self) -> ProtocolProfile:
+        """The pairing's protocol profile (from its certificate): how the binding tier is authenticated."""
+        return self._link.protocol
 
     @property
     def node(self) -> int:
@@ -369,7 +371,7 @@ class PairedChannel:
         """An authentication failure explained: an authentic frame far behind the window, or of an
         earlier session, is ``stale``; anything else keeps its ``bad_mac``/``bad_signature``."""
         rx = self._link.receiver(tier)
-        if tier is not Tier.BINDING and not self.profile.fd and rx.window.synced:
+        if not rx.keys.signed and not self.profile.fd and rx.window.synced:
             top = rx.window.highest + 1 - rx.behind  # below the values the 8 bits reconstruct to
             within = range(max(top - 256 * CLASSIFY_WRAPS, 0), max(top, 0))
             fv = rx.authenticates(can_id, data, within=within, reassembled=reassembled)
@@ -401,10 +403,7 @@ class ChannelObserver:
 
     def __init__(self, keys: ChannelKeys, *, layout: IdLayout = SEED_LAYOUT, profile: BusProfile = CLASSIC) -> None:
         secrets = keys.secrets
-        mirror_secrets = PairingSecrets(
-            secrets.pairing_id, "b" if secrets.role == "a" else "a", secrets.session_id,
-            secrets.pairing_secret, secrets.exchange_secret, secrets.mode,
-        )  # fmt: skip
+        mirror_secrets = dataclasses.replace(secrets, role="b" if secrets.role == "a" else "a")
         own_public = keys.binding_key.public_key
 
         def link(s: PairingSecrets, partner: PublicKey) -> SelectiveLink:

@@ -33,6 +33,7 @@ from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
 from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..model.statements import sign_statement
 from ..model.witness import BindingWitness
 from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_revoke_request
@@ -384,13 +385,18 @@ class AuthController:
         policy: EncryptionPolicy = DEFAULT_POLICY,
         context: str = "battery_management",
         handshake_timeout_s: int = 30,
+        profile: ProtocolProfile | str = DEFAULT_PROFILE,
     ) -> PairingCertificate:
         """Issue a pairing certificate for a live binding and record its issue in the ledger.
+
+        ``profile`` is the pairing's protocol profile (docs/profiles.md), carried in the signed
+        metadata; an unknown name is a :class:`~modbatt.errors.ConfigError`.
 
         The pairing key, its halves and the exchange key exist only inside
         :func:`~modbatt.protocol.pairing.issue_certificate`; what is stored is
         :class:`~modbatt.protocol.pairing.PendingPairing`, which holds none of them.
         """
+        profile = profile_named(profile)
         with self._exclusive():
             record = self.record(binding_id)
             if record is None:
@@ -401,7 +407,7 @@ class AuthController:
             cert, pending = issue_certificate(
                 controller_key=self.controller_key, binding=record, callback=callback, now=now,
                 valid_for_s=valid_for_s, max_uses=max_uses, context=context, policy=policy, mode=mode,
-                handshake_timeout_s=handshake_timeout_s, rng=self._rng,
+                handshake_timeout_s=handshake_timeout_s, rng=self._rng, profile=profile,
             )  # fmt: skip
             name = _PAIRING_PREFIX + pending.pairing_id
             self.records.put_record(name, pending.to_record())
@@ -415,6 +421,7 @@ class AuthController:
                     "metadata_hash": cert.metadata_hash,
                     "context": context,
                     "controller_mode": mode.value,
+                    "profile": profile.value,
                     "max_uses": max_uses,
                     "expires_at": format_timestamp(pending.expires_at),
                 },

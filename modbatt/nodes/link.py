@@ -2,8 +2,9 @@
 
 One :class:`SelectiveLink` is one entity's end of the link between a pack controller (pairing
 role ``a``, sending controller→node) and a module (role ``b``). It holds a secured sender and a
-receiver per tier — clear, exchange key, pairing key, binding keys — and picks the tier per
-message from the pairing certificate's :class:`~modbatt.model.policy.EncryptionPolicy`:
+receiver per tier — clear, exchange key, pairing key, and at the binding tier the binding keys
+(``seed``) or the binding MAC secret's keys (``efficient``, docs/profiles.md) — and picks the tier
+per message from the pairing certificate's :class:`~modbatt.model.policy.EncryptionPolicy`:
 
 * sending below a class's minimum is refused (``tier_too_low``), escalation may only raise it
   (``floor``);
@@ -36,7 +37,7 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
 
-__all__ = ["DEFAULT_NODE", "Classifier", "Received", "SelectiveLink", "node_id_of"]
+__all__ = ["DEFAULT_NODE", "Classifier", "Received", "SelectiveLink", "node_id_of", "session_traffic_keys"]
 
 #: Asked after a frame failed authentication on this link: a more precise refusal (an authentic
 #: frame of an earlier session, say), or None to keep ``bad_mac``/``bad_signature``.
@@ -50,6 +51,35 @@ def node_id_of(module_access: AccessData) -> int:
     """The CAN node id a module's frames carry: its ``can://…/0xNN`` address, else :data:`DEFAULT_NODE`."""
     node = module_access.can_node
     return DEFAULT_NODE if node is None else node
+
+
+def session_traffic_keys(
+    secrets: PairingSecrets,
+    tier: Tier,
+    direction: Direction,
+    *,
+    signer: PrivateKey | None = None,
+    verifier: PublicKey | None = None,
+) -> TrafficKeys:
+    """The CAN keys of one tier and key direction of a pairing session: the one place they are made.
+
+    Exchange and pairing tiers derive from the session's tier secrets. The binding tier follows
+    the pairing's protocol profile (docs/profiles.md): ``seed`` signs with the sender's binding key
+    (``signer`` when sending, the partner's ``verifier`` when receiving), with the pairing and
+    session ids as signature context, so a frame of another pairing or session never verifies;
+    ``efficient`` derives AEAD keys from the session's binding MAC secret, which is itself bound
+    to the pairing and session. Binding keys outlive pairings; the session's keys do not.
+    """
+    tier = Tier(tier)
+    if tier is Tier.NONE:
+        return TrafficKeys.clear(direction)
+    if tier is Tier.EXCHANGE:
+        return derive_traffic_keys(secrets.exchange_secret, tier, direction)
+    if tier is Tier.PAIRING:
+        return derive_traffic_keys(secrets.pairing_secret, tier, direction)
+    if secrets.binding_secret is not None:
+        return derive_traffic_keys(secrets.binding_secret, tier, direction)
+    return TrafficKeys.binding(direction, signer=signer, verifier=verifier, context=secrets.context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +128,12 @@ class SelectiveLink:
         out_dir = Direction.INITIATOR_TO_RESPONDER if secrets.role == "a" else Direction.RESPONDER_TO_INITIATOR
         in_dir = Direction(1 - out_dir)
         self._out_dir = int(out_dir)
-        secret = {Tier.EXCHANGE: secrets.exchange_secret, Tier.PAIRING: secrets.pairing_secret}
+        self.protocol = secrets.profile
         self._senders: dict[Tier, SecuredSender] = {}
         self._receivers: dict[Tier, SecuredReceiver] = {}
         for tier in Tier:
-            if tier is Tier.NONE:
-                tx, rx = TrafficKeys.clear(out_dir), TrafficKeys.clear(in_dir)
-            elif tier is Tier.BINDING:
-                # Binding keys outlive pairings and sessions: the pairing and session ids in each
-                # signature stop a frame of another pairing or session replaying into this link.
-                tx = TrafficKeys.binding(out_dir, signer=binding_key, context=secrets.context)
-                rx = TrafficKeys.binding(in_dir, verifier=partner_key, context=secrets.context)
-            else:
-                tx, rx = (
-                    derive_traffic_keys(secret[tier], tier, out_dir),
-                    derive_traffic_keys(secret[tier], tier, in_dir),
-                )
+            tx = session_traffic_keys(secrets, tier, out_dir, signer=binding_key)
+            rx = session_traffic_keys(secrets, tier, in_dir, verifier=partner_key)
             counter = FreshnessCounter(counter_stores(tier), window=reservation) if tier is not Tier.NONE else None
             self._senders[tier] = SecuredSender(layout, profile, tx, counter)
             if tier is not Tier.NONE and tier not in windows:

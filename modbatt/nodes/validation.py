@@ -33,6 +33,7 @@ from ..errors import ConfigError, ModbattError, Reason, VerificationError
 from ..model.access import AccessData, TransportProtocol
 from ..model.binding import BindingRecord
 from ..model.policy import MessageClass
+from ..model.profile import ProtocolProfile
 from ..model.statements import sign_statement
 from ..model.tier import Tier
 from ..protocol.validation import (
@@ -44,6 +45,7 @@ from ..protocol.validation import (
     BindingValidationVerifier,
     CommandExecutor,
     CommandSender,
+    EphemeralPool,
     EscalationGate,
     EscalationPolicy,
     EscalationReason,
@@ -102,6 +104,8 @@ class ValidationContext:
     record_index: int | None = None
     #: Rejections by reason across every level run through :func:`run_level` (failure counters).
     rejections: collections.Counter[Reason] = field(default_factory=collections.Counter)
+    #: Level-3 ephemeral keys made ahead of time per device (``efficient`` profile, docs/profiles.md).
+    ephemerals: dict[str, EphemeralPool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         record = self.controller.record(self.binding_id)
@@ -155,6 +159,19 @@ class ValidationContext:
             "partner_key": state.partner_key,
             "secrets": secrets,
         }
+
+    @property
+    def profile(self) -> ProtocolProfile:
+        """The pairing's protocol profile (from the certificate, as both entities hold it)."""
+        return self.side(self.pack)["secrets"].profile
+
+    def idle(self) -> None:
+        """What the devices do when idle: under ``efficient``, fill their level-3 ephemeral pools."""
+        if not self.profile.binding_mac:
+            return
+        for node in (self.pack, self.module):
+            pool = self.ephemerals.setdefault(node.access_data.device_id, EphemeralPool())
+            pool.refill(self.rng)
 
     def entities(self) -> tuple[Any, Any]:
         return (self.record.entity_a, self.record.entity_b)
@@ -230,16 +247,21 @@ def level2(ctx: ValidationContext) -> dict[str, Any]:
 
 
 def level3(ctx: ValidationContext) -> dict[str, Any]:
-    """Signed handshake (no pairing), then one message each way in the single-use session."""
+    """Signed handshake, then one message each way in the single-use session.
+
+    ``seed``: binding-key signatures, ephemeral keys made as the handshake runs. ``efficient``: the
+    binding MAC of the pairing session, ephemeral keys taken from the pools :meth:`ValidationContext.idle`
+    filled beforehand, off the critical path (:func:`run_level` lets the devices idle first).
+    """
     p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
     common = {"binding_id": ctx.binding_id, "rng": ctx.rng}
     ini = SignedHandshakeInitiator(
         device_id=p["device_id"], binding_key=p["binding_key"], partner_id=m["device_id"],
-        partner_key=p["partner_key"], **common,
+        partner_key=p["partner_key"], secrets=p["secrets"], ephemerals=ctx.ephemerals.get(p["device_id"]), **common,
     )  # fmt: skip
     res = SignedHandshakeResponder(
         device_id=m["device_id"], binding_key=m["binding_key"], partner_id=p["device_id"],
-        partner_key=m["partner_key"], **common,
+        partner_key=m["partner_key"], secrets=m["secrets"], ephemerals=ctx.ephemerals.get(m["device_id"]), **common,
     )  # fmt: skip
     hello = ini.start(ctx.now(), ttl_s=60, single_use=True)
     reply = res.on_hello(hello, ctx.now())
@@ -250,7 +272,12 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
     session.open(ping, ctx.now())
     pong = session.seal(b"pong", ctx.now())
     ini.session.open(pong, ctx.now())
-    return _summary([hello, reply, finish], session_messages=[len(ping), len(pong)], single_use=True, ttl_s=60)
+    misses = sum(pool.misses for pool in ctx.ephemerals.values()) if ctx.ephemerals else 0
+    return _summary(
+        [hello, reply, finish], session_messages=[len(ping), len(pong)], single_use=True, ttl_s=60,
+        authenticator=ini.authenticator, ephemeral_keys="precomputed" if ctx.ephemerals else "per handshake",
+        pool_misses=misses,
+    )  # fmt: skip
 
 
 def level4(ctx: ValidationContext) -> dict[str, Any]:
@@ -286,7 +313,7 @@ def level5(ctx: ValidationContext) -> dict[str, Any]:
     _, command = sender.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", ctx.now())
     ack = executor.on_command(command, ctx.now())
     outcome = sender.on_ack(ack, ctx.now())
-    return _summary([command, ack], command=outcome.to_dict())
+    return _summary([command, ack], command=outcome.to_dict(), signed=sender.signed)
 
 
 def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[str, Any] | None = None) -> dict:
@@ -321,7 +348,10 @@ def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[s
         notice = ctx.controller.revoke_pairing(ctx.pairing_id, "level-6 revocation")
         for node in (ctx.pack, ctx.module):
             node.apply_pairing_revocation(notice)
-    return _summary([challenge, signed, countersigned, receipt], ledger_index=index, event=event)
+    partner_check = "signature and MAC" if parties[m["device_id"]].checks_partner_signature else "MAC"
+    return _summary(
+        [challenge, signed, countersigned, receipt], ledger_index=index, event=event, partner_check=partner_check
+    )
 
 
 def level7(ctx: ValidationContext, event: str = "verification") -> dict[str, Any]:
@@ -371,7 +401,12 @@ LEVELS: dict[int, Callable[[ValidationContext], dict[str, Any]]] = {
 
 
 def run_level(ctx: ValidationContext, level: int) -> dict[str, Any]:
-    """Run one level; a classified failure is reported as ``{"outcome": "rejected", "reason": …}``."""
+    """Run one level; a classified failure is reported as ``{"outcome": "rejected", "reason": …}``.
+
+    The devices are idle before each level (:meth:`ValidationContext.idle`: under ``efficient`` they
+    fill their level-3 ephemeral pools then, not while a level runs).
+    """
+    ctx.idle()
     try:
         out = LEVELS[level](ctx)
     except VerificationError as exc:

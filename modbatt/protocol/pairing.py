@@ -51,6 +51,7 @@ from ..model._fields import expect_map, integer, raw_bytes, text, uuid_text
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 
 __all__ = [
     "HALF_BYTES",
@@ -61,6 +62,7 @@ __all__ = [
     "PairingSecrets",
     "PairingState",
     "PendingPairing",
+    "derive_binding_mac_secret",
     "derive_session_secrets",
     "issue_certificate",
     "offer_hash",
@@ -76,6 +78,8 @@ VALIDATION_NONCE_BYTES = 16
 SESSION_NONCE_BYTES = 16
 #: Bytes of a session identifier (the head of the session transcript hash).
 SESSION_ID_BYTES = 16
+#: Bytes of a session's binding MAC secret (``efficient`` profile).
+BINDING_SECRET_BYTES = 32
 #: Partial pairings are abandoned after this long by default (spec addendum: 30 s).
 DEFAULT_HANDSHAKE_TIMEOUT_S = 30
 _ROLES = ("a", "b")
@@ -150,8 +154,9 @@ def issue_certificate(
     handshake_timeout_s: int = DEFAULT_HANDSHAKE_TIMEOUT_S,
     rng: RandomSource | None = None,
     pairing_id: str | None = None,
+    profile: ProtocolProfile = DEFAULT_PROFILE,
 ) -> tuple[PairingCertificate, PendingPairing]:
-    """Build and sign a pairing certificate for the two entities of ``binding``."""
+    """Build and sign a pairing certificate for the two entities of ``binding`` (``profile``: docs/profiles.md)."""
     rng = rng or SystemRandom()
     pairing_id = pairing_id or str(uuid.UUID(bytes=rng.token_bytes(16), version=4))
     now_ms = int(now * 1000)
@@ -170,6 +175,7 @@ def issue_certificate(
         controller_mode=mode,
         handshake_timeout_s=handshake_timeout_s,
         controller_key_id=controller_key.public_key.key_id(),
+        profile=ProtocolProfile(profile),
     )
     metadata_bytes = metadata.encode()
     metadata_hash = sha256(metadata_bytes)
@@ -317,10 +323,13 @@ class PairingState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PairingSecrets:
-    """The two symmetric tier secrets of one pairing *session* (inputs to the CAN key derivation).
+    """The symmetric secrets of one pairing *session* (inputs to the CAN key derivation and levels 3-6).
 
     ``session_id`` (16 bytes, the head of the session transcript hash) names the session: the
     channel keeps freshness per (pairing, session) and refuses frames of other sessions.
+    ``profile`` is the certificate's protocol profile; under ``efficient`` ``binding_secret`` is
+    the session's binding MAC secret (:func:`derive_binding_mac_secret`) and ``pairing_secret``
+    is already bound to it (docs/profiles.md); under ``seed`` there is no binding secret.
     """
 
     pairing_id: str
@@ -329,10 +338,17 @@ class PairingSecrets:
     pairing_secret: bytes = field(repr=False)
     exchange_secret: bytes = field(repr=False)
     mode: ControllerMode = ControllerMode.STANDARD
+    profile: ProtocolProfile = DEFAULT_PROFILE
+    binding_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.session_id) != SESSION_ID_BYTES:
             raise ValueError(f"a session id is {SESSION_ID_BYTES} bytes")
+        if self.profile.binding_mac != (self.binding_secret is not None):
+            raise ValueError(f"the {self.profile.value} profile {'needs' if self.profile.binding_mac else 'has no'} "
+                             "binding MAC secret")  # fmt: skip
+        if self.binding_secret is not None and len(self.binding_secret) != BINDING_SECRET_BYTES:
+            raise ValueError(f"a binding MAC secret is {BINDING_SECRET_BYTES} bytes")
 
     @property
     def context(self) -> bytes:
@@ -347,14 +363,34 @@ class PairingSecrets:
             "pairing_secret": self.pairing_secret,
             "exchange_secret": self.exchange_secret,
             "mode": self.mode.value,
+            "profile": self.profile.value,
+            "binding_secret": self.binding_secret,
         }
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
+        # A session stored before profiles existed was a seed session (no binding secret).
         return cls(
             r["pairing_id"], r["role"], r["session_id"], r["pairing_secret"], r["exchange_secret"],
-            ControllerMode(r["mode"]),
+            ControllerMode(r["mode"]), ProtocolProfile(r.get("profile", DEFAULT_PROFILE)), r.get("binding_secret"),
         )  # fmt: skip
+
+
+def derive_binding_mac_secret(
+    binding_key: PrivateKey, partner_key: PublicKey, *, role: str, pairing_id: str, session_id: bytes
+) -> bytes:
+    """The binding MAC secret of one session (``efficient`` profile, docs/spec/key-schedule.md §4.3).
+
+    HKDF-SHA256 over the static ECDH secret of the two binding keys, info = label ‖ pairing id ‖
+    session id ‖ Q_a ‖ Q_b (the two semi-public keys as compressed points, entity a first). Only
+    the two partners can compute it: the controller holds both public keys but neither private one.
+    """
+    if role not in _ROLES or len(session_id) != SESSION_ID_BYTES:
+        raise ValueError("role a or b and a 16-byte session id")
+    own = binding_key.public_key
+    key_a, key_b = (own, partner_key) if role == "a" else (partner_key, own)
+    info = labels.PAIRING_BINDING_MAC_SECRET + pairing_id.encode("ascii") + session_id
+    return hkdf_sha256(binding_key.exchange(partner_key), info=info + key_a.to_bytes() + key_b.to_bytes())
 
 
 def offer_hash(offer: bytes | Mapping[str, Any]) -> bytes:
@@ -405,22 +441,34 @@ def derive_session_secrets(
     pairing_id: str,
     transcript: bytes,
     dh: bytes | None = None,
+    binding_secret: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     """``(pairing_secret, exchange_secret)`` of one session (HKDF-SHA256, RFC 5869).
 
     ikm = pairing key (or exchange key), ‖ the blind-mode ECDH secret when there is one;
-    salt = the session transcript hash; info = label ‖ pairing id.
+    salt = the session transcript hash; info = label ‖ pairing id. With a ``binding_secret``
+    (``efficient`` profile) the pairing secret is then bound to it: HKDF(ikm = pairing secret ‖
+    binding secret, salt = transcript, info = label ‖ pairing id), so only holders of a binding
+    private key of the pairing derive it (docs/profiles.md). The exchange secret is not bound.
     """
     pid = pairing_id.encode("ascii")
     if dh is None:
-        return (
-            hkdf_sha256(bytes(pairing_key), salt=transcript, info=labels.PAIRING_SESSION_TRAFFIC_SECRET + pid),
-            hkdf_sha256(exchange_key, salt=transcript, info=labels.PAIRING_SESSION_EXCHANGE_SECRET + pid),
+        pairing_secret = hkdf_sha256(
+            bytes(pairing_key), salt=transcript, info=labels.PAIRING_SESSION_TRAFFIC_SECRET + pid
         )
-    return (
-        hkdf_sha256(bytes(pairing_key) + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_TRAFFIC_SECRET + pid),
-        hkdf_sha256(exchange_key + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_EXCHANGE_SECRET + pid),
-    )
+        exchange_secret = hkdf_sha256(exchange_key, salt=transcript, info=labels.PAIRING_SESSION_EXCHANGE_SECRET + pid)
+    else:
+        pairing_secret = hkdf_sha256(
+            bytes(pairing_key) + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_TRAFFIC_SECRET + pid
+        )
+        exchange_secret = hkdf_sha256(
+            exchange_key + dh, salt=transcript, info=labels.PAIRING_BLIND_SESSION_EXCHANGE_SECRET + pid
+        )
+    if binding_secret is not None:
+        pairing_secret = hkdf_sha256(
+            pairing_secret + binding_secret, salt=transcript, info=labels.PAIRING_BOUND_TRAFFIC_SECRET + pid
+        )
+    return pairing_secret, exchange_secret
 
 
 _OFFER_FIELDS = {"pairing_id", "role", "session_nonce", "sealed_half", "ephemeral", "completion", "signature"}
@@ -653,10 +701,20 @@ class PairingParticipant:
     def _derive(self, pairing_key: bytearray, dh: bytes | None, hash_a: bytes, hash_b: bytes) -> PairingSecrets:
         assert self.session_nonce is not None
         transcript = session_transcript(self.pairing_id, self.session_nonce, hash_a, hash_b)
-        pairing_secret, exchange_secret = derive_session_secrets(
-            pairing_key, self._exchange_key, pairing_id=self.pairing_id, transcript=transcript, dh=dh
+        session_id = transcript[:SESSION_ID_BYTES]
+        profile = self.metadata.profile
+        binding_secret = (
+            derive_binding_mac_secret(
+                self._binding_key, self._partner_key, role=self.role, pairing_id=self.pairing_id, session_id=session_id
+            )
+            if profile.binding_mac
+            else None
         )
+        pairing_secret, exchange_secret = derive_session_secrets(
+            pairing_key, self._exchange_key, pairing_id=self.pairing_id, transcript=transcript, dh=dh,
+            binding_secret=binding_secret,
+        )  # fmt: skip
         return PairingSecrets(
-            self.pairing_id, self.role, transcript[:SESSION_ID_BYTES], pairing_secret, exchange_secret,
-            self.metadata.controller_mode,
+            self.pairing_id, self.role, session_id, pairing_secret, exchange_secret, self.metadata.controller_mode,
+            profile, binding_secret,
         )  # fmt: skip

@@ -50,7 +50,7 @@ from .pack import (
     run_multiprocess,
 )
 from .schedule import COMMAND_CLASSES, TELEMETRY, TelemetrySpec, TrafficPlan, frames_for_unit, uses_isotp
-from .transactions import BUDGET_LEVELS, BUDGETS, LEVELS, PROTOCOLS, ProtocolProfile, level_steps
+from .transactions import BUDGET_LEVELS, BUDGETS, LEVELS, PROTOCOLS, ProfileModel, level_steps
 
 __all__ = [
     "ATMEGA64M1",
@@ -75,7 +75,7 @@ __all__ = [
     "PackSimulation",
     "PackTraffic",
     "Platform",
-    "ProtocolProfile",
+    "ProfileModel",
     "RealClock",
     "Scheduler",
     "SimClock",

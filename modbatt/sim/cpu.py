@@ -300,7 +300,7 @@ def measure_host(*, refresh: bool = False) -> CpuProfile:
     key = PrivateKey.generate()
     peer = PrivateKey.generate().public_key
     msg = os.urandom(100)
-    sig = key.sign(b"modbatt/v1/sim/bench", msg)
+    sig = key.sign(b"modbatt/v2/sim/bench", msg)
     pub = key.public_key
     ed = ed25519.Ed25519PrivateKey.generate()
     ed_sig, ed_pub = ed.sign(msg), ed.public_key()
@@ -331,15 +331,15 @@ def measure_host(*, refresh: bool = False) -> CpuProfile:
         chip=f"this machine ({os.cpu_count()} CPUs), Python + cryptography",
         clock_hz=None,
         ops={
-            ECDSA_SIGN: measured(lambda: key.sign(b"modbatt/v1/sim/bench", msg)),
-            ECDSA_VERIFY: measured(lambda: pub.verify(b"modbatt/v1/sim/bench", msg, sig)),
+            ECDSA_SIGN: measured(lambda: key.sign(b"modbatt/v2/sim/bench", msg)),
+            ECDSA_VERIFY: measured(lambda: pub.verify(b"modbatt/v2/sim/bench", msg, sig)),
             ECDH: measured(lambda: key.exchange(peer)),
             KEYGEN: measured(PrivateKey.generate),
             ED25519_SIGN: measured(lambda: ed.sign(msg)),
             ED25519_VERIFY: measured(lambda: ed_pub.verify(ed_sig, msg)),
             X25519: measured(lambda: xk.exchange(xpeer)),
             X25519_KEYGEN: measured(x25519.X25519PrivateKey.generate),
-            HKDF: measured(lambda: hkdf_sha256(msg[:32], info=b"modbatt/v1/sim/bench")),
+            HKDF: measured(lambda: hkdf_sha256(msg[:32], info=b"modbatt/v2/sim/bench")),
             SHA256: OpCost(sha_small, max(sha_big - sha_small, 0.0) / 16, 64, source=src, published=True),
             CCM: OpCost(ccm_fixed, ccm_block, 16, source=src, published=True),
             GCM: OpCost(gcm_fixed, gcm_block, 16, source=src, published=True),

@@ -27,7 +27,7 @@ from .transactions import (
     PROTOCOLS,
     Compute,
     Process,
-    ProtocolProfile,
+    ProfileModel,
     Transfer,
     can_id,
     level_steps,
@@ -91,7 +91,7 @@ def _shape(t: Transfer) -> Transfer:
     return dataclasses.replace(t, label="")
 
 
-def _shapes(protocol: ProtocolProfile, bus_name: str) -> list[Transfer]:
+def _shapes(protocol: ProfileModel, bus_name: str) -> list[Transfer]:
     seen: dict[Transfer, None] = {}
     for level in BUDGET_LEVELS:
         for step in level_steps(level, protocol, BUSES[bus_name]):
@@ -159,7 +159,7 @@ def transfer_delays(
 
 
 def design_point(
-    protocol: ProtocolProfile | str,
+    protocol: ProfileModel | str,
     platform: Platform,
     bus: str,
     modules: int,
@@ -168,7 +168,7 @@ def design_point(
     levels: Sequence[str] = BUDGET_LEVELS,
 ) -> list[dict[str, Any]]:
     """One row per budget level for one protocol, platform, bus and pack size (see :func:`design_space`)."""
-    proto = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+    proto = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
     prof = BUSES[bus]
     if not (platform.pack.supports(proto.ops) and platform.module.supports(proto.ops)):
         return []

@@ -16,7 +16,7 @@ from .transactions import (
     LEVELS,
     Compute,
     Process,
-    ProtocolProfile,
+    ProfileModel,
     Transfer,
     level_steps,
     protocol_named,
@@ -33,13 +33,13 @@ def run_level(
     platform: Platform,
     profile: BusProfile,
     *,
-    protocol: ProtocolProfile | str = "seed",
+    protocol: ProfileModel | str = "seed",
     stuffing: str = "worst",
     node: int = 0x01,
     layout: IdLayout = SEED_LAYOUT,
 ) -> dict[str, Any]:
     """Simulate one transaction of ``level`` alone on an idle bus; return one tidy row."""
-    proto = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+    proto = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
     loop = EventLoop()
     bus = CanBusModel(loop, profile, stuffing=stuffing)
     steps = level_steps(level, proto, profile)
@@ -121,7 +121,7 @@ def step_rows(
     platform: Platform,
     profile: BusProfile,
     *,
-    protocol: ProtocolProfile | str = "seed",
+    protocol: ProfileModel | str = "seed",
     stuffing: str = "worst",
     queue_ms: dict[int, float] | None = None,
 ) -> list[dict[str, Any]]:
@@ -130,7 +130,7 @@ def step_rows(
     ``queue_ms`` optionally adds a queueing delay per transfer step (by step index), as measured
     under a pack's load by :func:`modbatt.sim.design.design_point`.
     """
-    proto = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+    proto = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
     rows = []
     for i, step in enumerate(level_steps(level, proto, profile)):
         if isinstance(step, Compute):

@@ -27,7 +27,7 @@ from .schedule import ACK_BYTES, COMMAND_CLASSES, HEARTBEAT_BYTES, TELEMETRY, Tr
 from .transactions import (
     PROTOCOLS,
     Process,
-    ProtocolProfile,
+    ProfileModel,
     Request,
     Transfer,
     can_id,
@@ -39,12 +39,12 @@ from .transactions import (
 __all__ = ["PackLoadResult", "PackTraffic", "cpu_load", "simulate_pack_load"]
 
 
-def _extra(protocol: ProtocolProfile, cls: MessageClass) -> int:
+def _extra(protocol: ProfileModel, cls: MessageClass) -> int:
     """Bytes the protocol adds to a routine unit: a signature on every command and ack where it signs them."""
     return protocol.command_signature_bytes if cls in COMMAND_CLASSES else 0
 
 
-def _isotp(plan: TrafficPlan, protocol: ProtocolProfile, cls: MessageClass, bus: BusProfile) -> bool:
+def _isotp(plan: TrafficPlan, protocol: ProfileModel, cls: MessageClass, bus: BusProfile) -> bool:
     """ISO-TP both ways as soon as one unit either way exceeds a frame (as :func:`~modbatt.sim.schedule.uses_isotp`)."""
     tier = plan.tier(cls)
     biggest = max(plan.payload_sizes(cls)) + _extra(protocol, cls)
@@ -68,7 +68,7 @@ class PackTraffic:
         modules: int,
         *,
         plan: TrafficPlan | None = None,
-        protocol: ProtocolProfile | str = "seed",
+        protocol: ProfileModel | str = "seed",
         platform: Platform | None = None,
         layout: IdLayout = SEED_LAYOUT,
     ) -> None:
@@ -76,7 +76,7 @@ class PackTraffic:
             raise ValueError("modules must be 1-31")
         self.loop, self.bus, self.modules = loop, bus, modules
         self.plan = plan or TrafficPlan()
-        self.protocol = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+        self.protocol = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
         self.platform, self.layout = platform, layout
         self.latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.mix: dict[int, int] = defaultdict(int)
@@ -218,7 +218,7 @@ def simulate_pack_load(
     *,
     duration: float = 10.0,
     plan: TrafficPlan | None = None,
-    protocol: ProtocolProfile | str = "seed",
+    protocol: ProfileModel | str = "seed",
     stuffing: str = "worst",
     platform: Platform | None = None,
     layout: IdLayout = SEED_LAYOUT,
@@ -264,7 +264,7 @@ def simulate_pack_load(
 
 
 def cpu_load(
-    protocol: ProtocolProfile | str, platform: Platform, profile: BusProfile, modules: int,
+    protocol: ProfileModel | str, platform: Platform, profile: BusProfile, modules: int,
     plan: TrafficPlan | None = None,
 ) -> tuple[float, float]:  # fmt: skip
     """Share of the pack's and of one module's CPU the routine traffic needs (1.0 = busy all the time).
@@ -273,7 +273,7 @@ def cpu_load(
     verification per command and per ack on top. The pack serves every module; a module its own
     traffic and its share of the firmware blocks. Above 1.0 the CPU cannot keep up.
     """
-    p = protocol if isinstance(protocol, ProtocolProfile) else PROTOCOLS[protocol]
+    p = protocol if isinstance(protocol, ProfileModel) else PROTOCOLS[protocol]
     plan = plan or TrafficPlan()
     a = GCM if profile.fd else CCM
     pack = module = 0.0

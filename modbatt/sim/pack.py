@@ -71,6 +71,7 @@ from ..crypto.freshness import COUNTER_BYTES, RESYNC_CHALLENGE_BYTES
 from ..crypto.keystore import KeyStore
 from ..errors import ConfigError, ModbattError, VerificationError
 from ..model.policy import EncryptionPolicy, MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
@@ -488,9 +489,11 @@ class _Node:
         c = self._conns.get(key)
         if c is None:
             profile = self.endpoint.profile
+            link = self.links[peer]
             if function in RESYNC_FUNCTIONS:
                 # Control frames: a challenge fits one frame; an answer is FV ‖ tag (or signature).
-                answer = COUNTER_BYTES + frame_format(tier, profile).tag_bytes if tier is not Tier.NONE else 0
+                fmt = frame_format(tier, profile, link.protocol)
+                answer = COUNTER_BYTES + fmt.tag_bytes if tier is not Tier.NONE else 0
                 isotp_mode = max(answer, RESYNC_CHALLENGE_BYTES) > profile.data_field
             else:
                 isotp_mode = uses_isotp(self.plan, message_class_of(function), profile, tier)
@@ -737,14 +740,16 @@ class _Pack(_Node):
 # ---------------------------------------------------------------------------------------------
 
 
-def _paired(modules: int, seed: int | None) -> tuple[InMemoryDeployment, dict[int, str], EncryptionPolicy]:
-    """Bind and pair a pack with ``modules`` modules; the deployment and each module's pairing id."""
+def _paired(
+    modules: int, seed: int | None, protocol: ProtocolProfile = DEFAULT_PROFILE
+) -> tuple[InMemoryDeployment, dict[int, str], EncryptionPolicy]:
+    """Bind and pair a pack with ``modules`` modules under ``protocol``; the deployment and each pairing id."""
     dep = InMemoryDeployment(seed=seed, modules=modules)
     pairings: dict[int, str] = {}
     policy: EncryptionPolicy | None = None
     for node_id, module in dep.modules.items():
         record = dep.bind(dep.pack, module).record
-        outcome = pair_entities(dep.controller, dep.pack, module, record.binding_id)
+        outcome = pair_entities(dep.controller, dep.pack, module, record.binding_id, profile=protocol)
         pairings[node_id] = outcome.certificate.metadata.pairing_id
         policy = outcome.certificate.metadata.encryption_policy
     assert policy is not None
@@ -781,7 +786,10 @@ class PackSimulation:
     ``bus`` is any :class:`~modbatt.transport.canbus.BusConfig` (default: a fresh ``virtual``
     channel). The pack opens one bus handle and the modules share a second one (frames are
     dispatched by the node field of the identifier), so every frame really crosses the bus.
-    ``profile`` decides classic or FD framing (must match the bus). ``clock`` defaults to a
+    ``profile`` decides classic or FD framing (must match the bus); ``protocol`` is the protocol
+    profile of every pairing (docs/profiles.md): it decides the pairing tier's keys (bound to the
+    binding under ``efficient``) and the binding tier's format (its resync answers here); the
+    routine units of docs/simulation.md §1 are the same in both. ``clock`` defaults to a
     :class:`VirtualClock`; pass :class:`RealClock` on a live bus.
     """
 
@@ -795,15 +803,17 @@ class PackSimulation:
         seed: int | None = None,
         clock: SimClock | None = None,
         layout: IdLayout = SEED_LAYOUT,
+        protocol: ProtocolProfile | str = DEFAULT_PROFILE,
     ) -> None:
         _check_modules(modules)
         self.modules = modules
         self.profile = profile
+        self.protocol = profile_named(protocol)
         self.plan = plan or TrafficPlan()
         self.clock: SimClock = clock or VirtualClock()
         self.layout = layout
         self.config = bus or BusConfig(interface="virtual", channel=f"modbatt-sim-{uuid.uuid4().hex}", fd=profile.fd)
-        self._dep, pairings, self.policy = _paired(modules, seed)
+        self._dep, pairings, self.policy = _paired(modules, seed, self.protocol)
         if self.policy.to_dict() != self.plan.policy.to_dict():
             self.plan = dataclasses.replace(self.plan, policy=self.policy)  # the certificate's policy rules
         self.stats = SimStats()

@@ -48,7 +48,7 @@ __all__ = [
     "LEVELS",
     "PROTOCOLS",
     "Compute",
-    "ProtocolProfile",
+    "ProfileModel",
     "Step",
     "Transfer",
     "level_steps",
@@ -62,8 +62,11 @@ SIGNATURE_BYTES: Final = 64  # raw r‖s (P-256) or R‖S (Ed25519)
 
 
 @dataclass(frozen=True, slots=True)
-class ProtocolProfile:
+class ProfileModel:
     """What a protocol profile costs: its signature scheme and where it signs, MACs or precomputes.
+
+    The cost model of one :class:`~modbatt.model.profile.ProtocolProfile` (the implemented ones,
+    of the same name) or of a modelled-only profile (``ed25519``).
 
     ``binding_frames``: ``"signature"`` (a binding-tier unit carries a 64-byte frame signature,
     always multi-frame, docs/can-frames.md §2) or ``"aead"`` (the symmetric frame format of the
@@ -93,25 +96,26 @@ class ProtocolProfile:
         return SIGNATURE_BYTES if self.signed_commands else 0
 
 
-#: The modelled protocol profiles (the names the protocol implementation uses). docs/simulation.md §3.
+#: The modelled protocol profiles: the implemented ones by their names (docs/profiles.md) and ``ed25519``,
+#: modelled only. docs/simulation.md §3.
 PROTOCOLS: Final = MappingProxyType(
     {
         p.name: p
         for p in (
-            ProtocolProfile("seed", "the seed as written: signatures per handshake, command, ack and binding-tier "
+            ProfileModel("seed", "the seed as written: signatures per handshake, command, ack and binding-tier "
                             "frame; fresh ephemeral keys in L3", ECDSA_SIGN, ECDSA_VERIFY, ECDH, KEYGEN, 33,
                             "signature", True, False),
-            ProtocolProfile("efficient", "binding authenticity by a MAC key derived once per pairing from static "
+            ProfileModel("efficient", "binding authenticity by a MAC key derived once per pairing from static "
                             "ECDH of the binding keys; L3 ephemerals precomputed; signatures only where a third "
                             "party verifies", ECDSA_SIGN, ECDSA_VERIFY, ECDH, KEYGEN, 33, "aead", False, True),
-            ProtocolProfile("ed25519", "the seed's structure with Ed25519 signatures and X25519 key agreement",
+            ProfileModel("ed25519", "the seed's structure with Ed25519 signatures and X25519 key agreement",
                             ED25519_SIGN, ED25519_VERIFY, X25519, X25519_KEYGEN, 32, "signature", True, False),
         )
     }
 )  # fmt: skip
 
 
-def protocol_named(name: str) -> ProtocolProfile:
+def protocol_named(name: str) -> ProfileModel:
     try:
         return PROTOCOLS[name]
     except KeyError:
@@ -193,7 +197,7 @@ def _aead(bus: BusProfile) -> str:
     return GCM if bus.fd else CCM
 
 
-def _authenticated(p: ProtocolProfile, bus: BusProfile, sender: str, receiver: str, payload: int, label: str,
+def _authenticated(p: ProfileModel, bus: BusProfile, sender: str, receiver: str, payload: int, label: str,
                    message_class: MessageClass = _V) -> list[Step]:  # fmt: skip
     """A binding-tier unit: signed and verified (signature frames) or sealed and opened under the binding MAC key."""
     if p.binding_frames == "signature":
@@ -206,7 +210,7 @@ def _authenticated(p: ProtocolProfile, bus: BusProfile, sender: str, receiver: s
             Compute(receiver, a, payload, f"open {label} (binding MAC key)")]  # fmt: skip
 
 
-def _l3(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
+def _l3(p: ProfileModel, bus: BusProfile) -> list[Step]:
     hello = 16 + p.point_bytes  # nonce + ephemeral public key
     a = _aead(bus)
     steps: list[Step] = []
@@ -227,7 +231,7 @@ def _l3(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
     ]
 
 
-def _l5_telemetry(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
+def _l5_telemetry(p: ProfileModel, bus: BusProfile) -> list[Step]:
     a, n = _aead(bus), LEGACY_TELEMETRY_BYTES
     return [
         Compute("module", a, n, "seal telemetry"),
@@ -236,7 +240,7 @@ def _l5_telemetry(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
     ]
 
 
-def _l5_command(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
+def _l5_command(p: ProfileModel, bus: BusProfile) -> list[Step]:
     a, c = _aead(bus), MessageClass.CHARGE_COMMAND
     cmd = SEQ_BYTES + STATE_CHANGE_BYTES + p.command_signature_bytes
     ack = ACK_BYTES + p.command_signature_bytes
@@ -263,7 +267,7 @@ def _l5_command(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
     ]
 
 
-def _l6(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
+def _l6(p: ProfileModel, bus: BusProfile) -> list[Step]:
     body = 100  # CBOR {pairing_id, validation_nonce, type, timestamp, certificate hash}
     sealed = body + 12 + 16  # pairing-key AES-GCM: nonce + tag
     if p.binding_frames == "signature":  # the frame signature is the message's signature
@@ -298,15 +302,22 @@ def _l6(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
     ]
 
 
-def _pairing(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
+def _signed(p: ProfileModel, sender: str, receiver: str, payload: int, label: str,
+            message_class: MessageClass = _V) -> list[Step]:  # fmt: skip
+    """A unit signed with the sender's binding key in every profile (a signed binding-tier unit)."""
+    return [Compute(sender, p.sign, label=f"sign {label}"),
+            Transfer(sender, message_class, Tier.BINDING, payload, signed=True, label=label),
+            Compute(receiver, p.verify, label=f"verify {label}")]  # fmt: skip
+
+
+def _pairing(p: ProfileModel, bus: BusProfile) -> list[Step]:
+    # The certificate and both offers are signed in every profile: the binding MAC key is per
+    # session and derives from the session id, which the offers themselves establish, so it
+    # cannot authenticate them (docs/profiles.md). It is derived at the end, once per session.
     cert, metadata, section, handshake = 1700, 1100, 142, 214  # docs/pairing.md sizes
-    offer_a, offer_b = 261 - 64, 326 - 64  # without the offer signature (the frame's, or none)
+    offer_a, offer_b = 261 - 64, 326 - 64  # without the offer signature (the frame's)
     steps: list[Step] = []
-    if p.binding_frames == "aead":  # the binding MAC key, once per pairing
-        for actor in ("pack", "module"):
-            steps += [Compute(actor, p.dh, label="static key agreement (binding keys)"),
-                      Compute(actor, HKDF, label="binding MAC key")]  # fmt: skip
-    steps += _authenticated(p, bus, "pack", "module", cert, "certificate", MessageClass.CERTIFICATE)
+    steps += _signed(p, "pack", "module", cert, "certificate", MessageClass.CERTIFICATE)
     steps += [
         Compute("module", p.verify, label="controller signature on the certificate"),
         Compute("module", SHA256, metadata, "metadata hash"),
@@ -316,7 +327,7 @@ def _pairing(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
         Compute("pack", HKDF, label="exchange key"),
         Compute("pack", GCM, 32, "seal its half"),
     ]
-    steps += _authenticated(p, bus, "pack", "module", offer_a, "offer A")
+    steps += _signed(p, "pack", "module", offer_a, "offer A")
     steps += [
         Compute("module", HKDF, label="exchange key"),
         Compute("module", GCM, 32, "open half A"),
@@ -328,9 +339,8 @@ def _pairing(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
         Compute("module", HKDF, label="exchange key"),
         Compute("module", GCM, 32, "seal half B"),
     ]
-    steps += _authenticated(p, bus, "module", "pack", offer_b, "offer B")
-    return [
-        *steps,
+    steps += _signed(p, "module", "pack", offer_b, "offer B")
+    steps += [
         Compute("pack", HKDF, label="exchange key"),
         Compute("pack", GCM, 32, "open half B"),
         Compute("pack", HKDF, label="pairing key"),
@@ -340,10 +350,16 @@ def _pairing(p: ProtocolProfile, bus: BusProfile) -> list[Step]:
         Compute("pack", p.verify, label="module's completion signature"),
         Compute("pack", p.sign, label="own completion signature (to the controller, off the bus)"),
     ]
+    if p.binding_frames == "aead":  # the session's binding MAC key, and the pairing secret bound to it
+        for actor in ("module", "pack"):
+            steps += [Compute(actor, p.dh, label="static key agreement (binding keys)"),
+                      Compute(actor, HKDF, label="binding MAC key"),
+                      Compute(actor, HKDF, label="pairing secret bound to the binding")]  # fmt: skip
+    return steps
 
 
 #: Transaction models per level: a function of the protocol and bus profiles returning the steps.
-LEVELS: Final[MappingProxyType[str, Callable[[ProtocolProfile, BusProfile], list[Step]]]] = MappingProxyType(
+LEVELS: Final[MappingProxyType[str, Callable[[ProfileModel, BusProfile], list[Step]]]] = MappingProxyType(
     {
         "L3 signed handshake": _l3,
         "L5 telemetry frame": _l5_telemetry,
@@ -354,22 +370,22 @@ LEVELS: Final[MappingProxyType[str, Callable[[ProtocolProfile, BusProfile], list
 )
 
 
-def level_steps(level: str, protocol: ProtocolProfile | str, bus: BusProfile) -> list[Step]:
+def level_steps(level: str, protocol: ProfileModel | str, bus: BusProfile) -> list[Step]:
     """The steps of one transaction of ``level`` under ``protocol`` on ``bus``."""
-    p = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+    p = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
     return LEVELS[level](p, bus)
 
 
-def offline_steps(protocol: ProtocolProfile | str) -> list[Compute]:
+def offline_steps(protocol: ProfileModel | str) -> list[Compute]:
     """Work a profile moves off the critical path (idle time or once per pairing); not in any budget."""
-    p = protocol if isinstance(protocol, ProtocolProfile) else protocol_named(protocol)
+    p = protocol if isinstance(protocol, ProfileModel) else protocol_named(protocol)
     steps = []
     if p.precomputed_ephemeral:
         steps += [Compute(a, p.keygen, label="L3 ephemeral key, at idle time") for a in ("pack", "module")]
     if p.binding_frames == "aead":
         for a in ("pack", "module"):
-            steps += [Compute(a, p.dh, label="binding MAC key: static ECDH, once per pairing"),
-                      Compute(a, HKDF, label="binding MAC key: HKDF, once per pairing")]  # fmt: skip
+            steps += [Compute(a, p.dh, label="binding MAC key: static ECDH, once per pairing session"),
+                      Compute(a, HKDF, label="binding MAC key: HKDF, once per pairing session")]  # fmt: skip
     return steps
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +25,17 @@ from typing import Any
 
 import can
 
+from ..can.ids import SEED_LAYOUT
+from ..can.payloads import Transport, transport_for
+from ..can.secured import SecuredPdu
+from ..can.wiretime import CLASSIC, isotp_frame_lengths
 from ..errors import ConfigError, Reason, TransportError, VerificationError
 from ..ledger import verify_inclusion
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.pairing import ControllerMode
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
+from ..model.tier import Tier
 from ..nodes.audit import EVENT_LOG_NAME, EventLog
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
@@ -38,6 +45,7 @@ from ..nodes.pairing_flow import pair_entities
 from ..nodes.validation import run_all_levels, run_escalation_scenario
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
+from ..transport.isotp_link import IsoTpLink
 from .deployment import Deployment
 
 __all__ = ["DemoResult", "demo_network", "run_demo"]
@@ -115,11 +123,13 @@ def run_demo(
     progress: Callable[[str], None] | None = None,
     mode: ControllerMode = ControllerMode.STANDARD,
     bus: BusConfig | None = None,
+    profile: ProtocolProfile = DEFAULT_PROFILE,
 ) -> DemoResult:
     """Bind, pair, and exchange one command and one telemetry frame over a python-can bus.
 
     ``transport`` (``"http"`` or ``"in-process"``) carries the binding API; ``bus`` the CAN
-    frames (default: python-can's ``virtual`` interface on a private channel).
+    frames (default: python-can's ``virtual`` interface on a private channel); ``profile`` is the
+    pairing's protocol profile (docs/profiles.md).
     """
     state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="modbatt-demo-"))
     steps: list[str] = []
@@ -154,12 +164,13 @@ def run_demo(
             f"ledger entry #{outcome.ledger_index} proven under the signed tree head "
             f"(size {sth.tree_size}, {len(proof)} proof hashes) with only the controller's public key"
         )
-        outcome_pairing = pair_entities(controller, pack, module, record.binding_id, mode=mode)
+        outcome_pairing = pair_entities(controller, pack, module, record.binding_id, mode=mode, profile=profile)
         meta = outcome_pairing.certificate.metadata
         cert_bytes = outcome_pairing.certificate.encode()
         say(
-            f"controller issued pairing {meta.pairing_id} ({mode.value} mode, {len(cert_bytes)}-byte certificate) "
-            "and erased the pairing key; the entities swapped halves under the exchange key"
+            f"controller issued pairing {meta.pairing_id} ({mode.value} mode, {meta.profile.value} profile, "
+            f"{len(cert_bytes)}-byte certificate) and erased the pairing key; the entities swapped halves under "
+            "the exchange key"
         )
         say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
         frames = _talk_over_can(pack, module, meta.pairing_id, bus, say)
@@ -182,6 +193,7 @@ def run_demo(
             pairing={
                 "pairing_id": meta.pairing_id,
                 "controller_mode": mode.value,
+                "profile": meta.profile.value,
                 "certificate_bytes": len(cert_bytes),
                 "sections": outcome_pairing.certificate.describe()["sections"],
                 "ledger_index": outcome_pairing.ledger_index,
@@ -212,29 +224,58 @@ def _talk_over_can(
     bus: BusConfig | None,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """One charge command (pairing tier) and one voltage reading (exchange tier) on a real python-can bus."""
+    """A charge command (pairing tier), a voltage reading (exchange tier) and a validation message
+    (binding tier, over ISO-TP) on a real python-can bus."""
     # Each entity's own channel: keys of the current session, freshness persisted beside its key
     # store under the state directory (a rerun resumes past the reserved counters).
     links = {name: node.channel(pairing_id) for name, node in (("pack", pack), ("module", module))}
     config = bus or BusConfig(interface="virtual", channel=f"modbatt-demo-{uuid.uuid4().hex}")
     frames = []
     with open_bus(config) as pack_bus, open_bus(config) as module_bus:
-        for sender, receiver, tx_bus, rx_bus, cls, payload, label in (
-            ("pack", "module", pack_bus, module_bus, MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", "charge command"),
-            ("module", "pack", module_bus, pack_bus, MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80", "voltage reading"),
+        buses = {"pack": pack_bus, "module": module_bus}
+        for sender, receiver, cls, payload, label in (
+            ("pack", "module", MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", "charge command"),
+            ("module", "pack", MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80", "voltage reading"),
+            ("module", "pack", MessageClass.VALIDATION, b"module-01 status: ok", "validation message"),
         ):
             pdu = links[sender].send(cls, payload)
-            tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
-            msg = rx_bus.recv(timeout=2.0)
-            if msg is None:
-                raise TransportError(f"the {label} did not arrive on {config.describe()}")
-            got = links[receiver].receive(msg.arbitration_id, bytes(msg.data))
+            can_id, data, frame_count = _carry(pdu, buses[sender], buses[receiver], config)
+            got = links[receiver].receive(can_id, data, reassembled=not pdu.single_frame)
             if got is None:  # pragma: no cover - a fresh channel sends no control frames
                 raise TransportError(f"the {label} arrived as a control frame")
-            frames.append(_frame_view(f"{sender}->{receiver}", msg.arbitration_id, bytes(msg.data), got))
+            frames.append(_frame_view(f"{sender}->{receiver}", can_id, data, got))
+            how = "one frame" if pdu.single_frame else f"{frame_count} frames over ISO-TP"
+            auth = "verified and decrypted"
+            if got.tier is Tier.BINDING:
+                signed = not links[sender].protocol.binding_mac
+                auth = "signature verified" if signed else "verified and decrypted under the binding MAC secret's keys"
             say(
-                f"{label} {sender} -> {receiver} on {config.interface}: id 0x{msg.arbitration_id:08X} "
-                f"data {bytes(msg.data).hex(' ')} ({got.tier.label} tier), "
-                f"verified and decrypted to {got.payload.hex(' ')}"
+                f"{label} {sender} -> {receiver} on {config.interface}: id 0x{can_id:08X}, {len(data)} bytes in "
+                f"{how} ({got.tier.label} tier, {links[sender].protocol.value} profile), {auth}; payload "
+                f"{got.payload.hex(' ')}"
             )
     return frames
+
+
+def _carry(pdu: SecuredPdu, tx_bus: can.BusABC, rx_bus: can.BusABC, config: BusConfig) -> tuple[int, bytes, int]:
+    """Put one secured unit on the bus and take it off the other handle: ``(id, bytes, frames)``.
+
+    The transport follows from the identifier (:func:`~modbatt.can.payloads.transport_for`): a
+    single frame goes as it is, anything else through ISO-TP, flow control on the identifier of
+    the reverse direction (docs/can-fragmentation-and-dbc.md); ``frames`` counts flow control.
+    """
+    fields = SEED_LAYOUT.decode(pdu.can_id)
+    assert fields.tier is not None
+    if transport_for(fields.function, fields.tier, CLASSIC) is Transport.SINGLE_FRAME:
+        tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
+        msg = rx_bus.recv(timeout=2.0)
+        if msg is None:
+            raise TransportError(f"a frame did not arrive on {config.describe()}")
+        return msg.arbitration_id, bytes(msg.data), 1
+    reverse = SEED_LAYOUT.encode(dataclasses.replace(fields, direction=1 - fields.direction))
+    with IsoTpLink(tx_bus, pdu.can_id, reverse) as tx, IsoTpLink(rx_bus, reverse, pdu.can_id) as rx:
+        tx.send(pdu.data)
+        data = rx.recv(timeout=5.0)
+    if data is None:
+        raise TransportError(f"an ISO-TP unit did not arrive on {config.describe()}")
+    return pdu.can_id, data, len(isotp_frame_lengths(len(data), CLASSIC))

@@ -36,11 +36,14 @@ class WatchedRun:
 
 
 def watch_pack(modules: int = 3, duration: float = 2.0, *, bus: BusConfig | None = None, seed: int | None = None,
-               bitrate: int = 250_000) -> WatchedRun:  # fmt: skip
-    """Simulate ``modules`` modules for ``duration`` seconds on ``bus`` and monitor every frame."""
+               bitrate: int = 250_000, profile: str = "seed") -> WatchedRun:  # fmt: skip
+    """Simulate ``modules`` modules for ``duration`` seconds on ``bus`` and monitor every frame.
+
+    ``profile`` is the protocol profile of the pairings (docs/profiles.md).
+    """
     from ..sim.pack import PackSimulation
 
-    sim = PackSimulation(modules, bus=bus, seed=seed)
+    sim = PackSimulation(modules, bus=bus, seed=seed, protocol=profile)
     tap = open_bus(sim.config)  # opened before traffic starts, so it sees every frame
     monitor = Monitor(builtin_databases=True, bitrate=bitrate)
     frames = 0

@@ -37,6 +37,7 @@ from ..crypto.suite import PrivateKey
 from ..errors import ConfigError, ModbattError
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..nodes.authority import authorize_binding
 from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.discovery import Directory
@@ -148,8 +149,10 @@ class MixedBench:
         clock: Callable[[], float] = time.time,
         timeout: float = 5.0,
         retries: int = 1,
+        profile: ProtocolProfile = DEFAULT_PROFILE,
     ) -> None:
         self.transports = _transports(transports)
+        self.profile = ProtocolProfile(profile)
         self.clock = clock
         self.rng: RandomSource = SeededRandom(seed) if seed is not None else SystemRandom()
         self._stack = ExitStack()
@@ -313,7 +316,7 @@ class MixedBench:
             raise ConfigError(f"{entity.name} is not bound")
         # Over the transports: the certificate, both offers and the confirmation travel through
         # the same routing client as the binding API (the module's CAN link, the sensor's MQTT topic).
-        outcome = pair_over(self.controller, self.router, entity.binding_id)
+        outcome = pair_over(self.controller, self.router, entity.binding_id, profile=self.profile)
         entity.paired = True
         return outcome
 
@@ -406,14 +409,17 @@ def run_mixed_demo(
     *,
     seed: int | None = None,
     timeout: float = 5.0,
+    profile: ProtocolProfile = DEFAULT_PROFILE,
 ) -> dict[str, Any]:
     """Bind and pair one entity per named transport with a pack controller, then discover them.
+
+    ``profile`` is the protocol profile of every pairing (docs/profiles.md).
 
     Returns ``{"entities": [{"name", "transport", "bound", "paired", "discovered", …}], "discovered",
     "pack", "mqtt_broker", "ledger_size", "calls", "transport_counters", "elapsed_s", …}``.
     """
     started = time.monotonic()
-    with MixedBench(transports, mqtt_broker=mqtt_broker, seed=seed, timeout=timeout) as bench:
+    with MixedBench(transports, mqtt_broker=mqtt_broker, seed=seed, timeout=timeout, profile=profile) as bench:
         bench.run()
         result = bench.summary()
     result["elapsed_s"] = round(time.monotonic() - started, 3)

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..model.profile import ProtocolProfile
 
-__all__ = ["ParamSpec", "check_parameters", "notebook_parameters", "parse_value"]
+__all__ = ["CHOICES", "ParamSpec", "check_parameters", "notebook_parameters", "parse_value"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
+#: Parameters whose value must be one of a fixed set, whichever notebook declares them: a wrong
+#: value is refused before anything runs, like a wrong type (papermill reads no ``Literal``).
+CHOICES: dict[str, tuple[str, ...]] = {"profile": tuple(p.value for p in ProtocolProfile)}
+
 _OPTIONAL = re.compile(r"^(?:Optional\[(?P<inner>.+)\]|(?P<union>.+?)\s*\|\s*None)$")
 _CHECKS: dict[str, tuple[type, ...]] = {
     "int": (int,),
@@ -82,6 +87,9 @@ def _coerce(spec: ParamSpec, raw: str, where: str) -> Any:
     if type_name in ("None", "Any", ""):
         return parse_value(raw)  # unannotated: papermill's own rule
     if type_name == "str":
+        choices = CHOICES.get(spec.name)
+        if choices is not None and raw not in choices:
+            raise ConfigError(f"{where}={raw!r}: {spec.name} is one of {', '.join(choices)} ({spec.help})")
         return raw  # a string that looks like a number stays a string
     value = parse_value(raw)
     accepted = _CHECKS.get(type_name.split("[")[0])

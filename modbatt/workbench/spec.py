@@ -101,7 +101,8 @@ def _index(docs: list[str], notebooks: list[str], figures: bool) -> str:
         "Part I is normative: conventions, messages, state machines, the key schedule, frame formats, "
         "error reasons and identifier layouts, with tables generated from the reference implementation. "
         "Part II is the informative design and measurement record, Part III the executed workbench "
-        "notebooks and the spec figures of the last run. Known-answer vectors: [vectors.md](vectors.md).\n\n"
+        "notebooks and the spec figures of the last run. Known-answer vectors: [vectors.md](vectors.md). "
+        "Protocol profiles (`seed`, `efficient`) and their properties: [profiles.md](profiles.md).\n\n"
         + toc("Part I: normative", normative)
         + toc("Part II: informative", docs)
         + toc("Part III: notebooks and figures", notebooks + (["figures"] if figures else []))

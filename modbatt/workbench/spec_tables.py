@@ -21,6 +21,7 @@ from ..can.ids import LAYOUTS, IdLayout
 from ..can.secured import CLASSIC, FD, frame_format
 from ..crypto import labels
 from ..errors import Reason
+from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.errors_http import http_status
 from ..protocol import messages as envelopes
@@ -137,7 +138,7 @@ def _messages() -> str:
         "protocol version, `type` and `level` as below; the authenticator covers the map without it.\n"
     ]
     by_level: dict[int, list[type[Message]]] = {}
-    for (level, _), cls in message_classes().items():
+    for (level, _, _), cls in message_classes().items():
         by_level.setdefault(level, []).append(cls)
     for level, classes in by_level.items():
         out.append(f"\n### Level {level}\n")
@@ -151,7 +152,9 @@ def _messages() -> str:
             if cls.AUTH is not None:
                 sizes = " or ".join(str(s) for s in cls.AUTH_SIZES)
                 rows.append((cls.AUTH, "bytes", sizes, "CBOR byte string: signature r‖s or MAC (authenticator)"))
-            out.append(f"\n#### `{cls.TYPE}`\n\n" + _table(("field", "type", "size", "encoding"), rows))
+            profiles = " and ".join(f"`{p}`" for p in cls.PROFILES)
+            used = "" if len(cls.PROFILES) > 1 else f" ({profiles} profile)"
+            out.append(f"\n#### `{cls.TYPE}`{used}\n\n" + _table(("field", "type", "size", "encoding"), rows))
     return "".join(out)
 
 
@@ -268,12 +271,14 @@ def _frames() -> str:
     rows = []
     for profile in (CLASSIC, FD):
         for tier in Tier:
-            f = frame_format(tier, profile)
-            odds = "—" if f.forgery_odds_log2 is None else f"2^{f.forgery_odds_log2}"
-            rows.append((tier.label, int(tier), profile.name, profile.data_field, f.fv_bits, f.header_bytes,
-                         f.trailer_bytes, f.tag_bytes, f.room, odds))  # fmt: skip
-    head = ("tier", "level", "profile", "data field", "FV bits on wire", "header B", "trailer B",
-            "tag/signature B", "payload room per frame", "forgery per try")  # fmt: skip
+            for protocol in ProtocolProfile if tier is Tier.BINDING else (None,):
+                f = frame_format(tier, profile, protocol or ProtocolProfile.SEED)
+                odds = "—" if f.forgery_odds_log2 is None else f"2^{f.forgery_odds_log2}"
+                rows.append((tier.label, int(tier), protocol.value if protocol else "any", profile.name,
+                             profile.data_field, f.fv_bits, f.header_bytes, f.trailer_bytes, f.tag_bytes, f.room,
+                             odds))  # fmt: skip
+    head = ("tier", "level", "protocol profile", "bus profile", "data field", "FV bits on wire", "header B",
+            "trailer B", "tag/signature B", "payload room per frame", "forgery per try")  # fmt: skip
     return _table(head, rows)
 
 

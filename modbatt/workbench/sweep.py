@@ -5,7 +5,8 @@ A sweep file names an experiment, a grid (every combination is one point) and fi
     experiment: frame_overhead
     grid:
       tier: [none, exchange, pairing, binding]
-      profile: [classic, fd]
+      bus: [classic, fd]
+      profile: [seed, efficient]
       payload_bytes: [1, 8, 64, 512]
     fixed:
       nominal_bitrate: 500000
@@ -41,28 +42,36 @@ __all__ = ["EXPERIMENTS", "SweepSpec", "experiment_keys", "experiments", "load_s
 MAX_POINTS = 100_000
 
 
-def _frame_overhead(tier: str, profile: str, payload_bytes: int, nominal_bitrate: int = 1_000_000,
-                    data_bitrate: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Wire cost of one message: frames, bus time, goodput (see :func:`modbatt.can.overhead.message_cost`)."""
+def _frame_overhead(tier: str, bus: str, payload_bytes: int, nominal_bitrate: int = 1_000_000,
+                    data_bitrate: int | None = None, profile: str = "seed") -> dict[str, Any]:  # fmt: skip
+    """Wire cost of one message: frames, bus time, goodput (see :func:`modbatt.can.overhead.message_cost`).
+
+    ``bus`` is a bus profile (classic, fd), ``profile`` the protocol profile (docs/profiles.md).
+    """
     import dataclasses
 
     from ..can.overhead import message_cost
     from ..can.wiretime import PROFILES
+    from ..model.profile import profile_named
     from ..model.tier import Tier
 
     try:
-        base = PROFILES[profile]
+        base = PROFILES[bus]
         tier_value = Tier[tier.upper()]
     except KeyError:
-        raise ConfigError(f"unknown tier {tier!r} or profile {profile!r}") from None
+        raise ConfigError(f"unknown tier {tier!r} or bus {bus!r}") from None
+    protocol = profile_named(profile)
     changes: dict[str, Any] = {"nominal_bitrate": int(nominal_bitrate)}
     if base.fd:
         changes["data_bitrate"] = int(data_bitrate) if data_bitrate else base.data_bitrate
-    return message_cost(tier_value, dataclasses.replace(base, **changes), int(payload_bytes)).as_row()
+    row = message_cost(tier_value, dataclasses.replace(base, **changes), int(payload_bytes), protocol).as_row()
+    del row["bus"], row["profile"]  # the point's own keys
+    return row
 
 
-def _pairing_cost(mode: str = "standard", max_uses: int = 1, seed: int | None = None) -> dict[str, Any]:
-    """Certificate size and the time of one full in-process pairing."""
+def _pairing_cost(mode: str = "standard", max_uses: int = 1, seed: int | None = None,
+                  profile: str = "seed") -> dict[str, Any]:  # fmt: skip
+    """Certificate size and the time of one full in-process pairing under a protocol profile."""
     import time
 
     from ..model.pairing import ControllerMode
@@ -73,7 +82,7 @@ def _pairing_cost(mode: str = "standard", max_uses: int = 1, seed: int | None = 
     record = d.bind(d.pack, d.modules[1]).record
     t0 = time.perf_counter()
     out = pair_entities(d.controller, d.pack, d.modules[1], record.binding_id, mode=ControllerMode(mode),
-                        max_uses=int(max_uses))  # fmt: skip
+                        max_uses=int(max_uses), profile=profile)  # fmt: skip
     elapsed = time.perf_counter() - t0
     d.ledger.close()
     return {"certificate_bytes": len(out.certificate.encode()), "pairing_ms": round(elapsed * 1e3, 3)}
@@ -111,6 +120,25 @@ def experiment_keys(name: str) -> dict[str, Any]:
     return {p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default for p in params}
 
 
+def _check_profiles(experiment: str, values: list[Any]) -> None:
+    """Protocol profiles (docs/profiles.md) are checked before anything runs: the implemented ones,
+    and for the latency model's experiments the modelled ones too."""
+    from ..model.profile import ProtocolProfile
+
+    known = [p.value for p in ProtocolProfile]
+    try:
+        from ..sim.experiments import SWEEP_EXPERIMENTS
+        from ..sim.transactions import PROTOCOLS
+
+        if experiment in SWEEP_EXPERIMENTS and experiment != "pack_simulation":
+            known += [name for name in PROTOCOLS if name not in known]
+    except ImportError:
+        pass
+    for value in values:
+        if value not in known:
+            raise ConfigError(f"experiment {experiment}: unknown protocol profile {value!r}; known: {', '.join(known)}")
+
+
 #: Marks a key without a default in :func:`experiment_keys`.
 REQUIRED = object()
 
@@ -136,6 +164,8 @@ class SweepSpec:
         unknown = sorted(given - set(keys))
         if unknown:
             raise ConfigError(f"experiment {experiment} has no key {', '.join(map(repr, unknown))}; its keys: {listed}")
+        profiles = [*self.grid.get("profile", []), *([self.fixed["profile"]] if "profile" in self.fixed else [])]
+        _check_profiles(experiment, profiles)
         missing = [k for k, default in keys.items() if default is REQUIRED and k not in given]
         if missing:
             raise ConfigError(f"experiment {experiment} needs {', '.join(missing)} (grid or fixed); its keys: {listed}")

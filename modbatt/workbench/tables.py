@@ -15,6 +15,7 @@ from ..can.ids import LAYOUTS, IdLayout, find_collisions
 from ..can.overhead import message_cost
 from ..can.secured import frame_format
 from ..can.wiretime import CLASSIC, FD, BusProfile
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 
 __all__ = [
@@ -73,14 +74,21 @@ def collision_summary(layouts: Sequence[IdLayout] | None = None, *, module_ids: 
     return out
 
 
+def _tier_profiles() -> list[tuple[Tier, ProtocolProfile]]:
+    """Every tier once, the binding tier once per protocol profile (the only tier that differs)."""
+    return [(t, p) for t in Tier for p in (ProtocolProfile if t is Tier.BINDING else (DEFAULT_PROFILE,))]
+
+
 def frame_format_rows(profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[dict[str, Any]]:
-    """Header, trailer, payload room and forgery odds per tier and profile."""
+    """Header, trailer, payload room and forgery odds per bus profile and tier (binding: per protocol profile)."""
     rows = []
     for profile in profiles:
-        for tier in Tier:
-            fmt = frame_format(tier, profile)
+        for tier, protocol in _tier_profiles():
+            fmt = frame_format(tier, profile, protocol)
             odds = fmt.forgery_odds_log2
-            rows.append({"profile": profile.name, "tier": tier.label, "header_bytes": fmt.header_bytes,
+            rows.append({"bus": profile.name, "tier": tier.label,
+                         "profile": protocol.value if tier is Tier.BINDING else "any",
+                         "header_bytes": fmt.header_bytes,
                          "trailer_bytes": fmt.trailer_bytes, "room_per_frame": fmt.room,
                          "freshness_bits_on_wire": fmt.fv_bits,
                          "forgery_odds_per_try": "-" if odds is None else f"2^{odds}"})  # fmt: skip
@@ -88,8 +96,8 @@ def frame_format_rows(profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[di
 
 
 def cost_rows(payload_bytes: int = 8, profiles: Sequence[BusProfile] = (CLASSIC, FD)) -> list[dict[str, Any]]:
-    """Wire cost of one ``payload_bytes`` message per tier and profile."""
-    return [message_cost(t, p, payload_bytes).as_row() for p in profiles for t in Tier]
+    """Wire cost of one ``payload_bytes`` message per bus profile and tier (binding: per protocol profile)."""
+    return [message_cost(t, p, payload_bytes, protocol).as_row() for p in profiles for t, protocol in _tier_profiles()]
 
 
 def cpu_cost_rows(*, include_host: bool = True) -> list[dict[str, Any]]:

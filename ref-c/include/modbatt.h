@@ -41,9 +41,19 @@ enum { MB_TIER_NONE = 0, MB_TIER_EXCHANGE = 1, MB_TIER_PAIRING = 2, MB_TIER_BIND
 int mb_hkdf_sha256(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t salt_len,
                    const uint8_t *info, size_t info_len, uint8_t *okm, size_t okm_len);
 
-/* The classic (CCM) and FD (GCM) traffic keys of a symmetric tier in one direction (spec §4.4). */
+/* The classic (CCM) and FD (GCM) traffic keys of a symmetric tier in one direction (spec §4.4):
+ * exchange, pairing, or binding under the efficient profile (its tier secret the binding MAC secret). */
 int mb_traffic_keys(const uint8_t *tier_secret, size_t secret_len, int tier, int direction,
                     uint8_t classic_key[MB_KEY_BYTES], uint8_t fd_key[MB_KEY_BYTES]);
+
+/* The efficient profile's binding MAC secret of one session (spec §4.3): HKDF-SHA256 over the ECDH
+ * secret z of one's own binding key (private scalar priv, public own_point) and the partner's
+ * (peer_point), info = label || pairing id || session id || Q_a || Q_b, with role 'a' or 'b' saying
+ * which of the two points is one's own. Writes z too. Returns 0 on success, -1 on a bad input. */
+int mb_binding_mac_secret(const uint8_t priv[32], const uint8_t own_point[MB_POINT_BYTES],
+                          const uint8_t peer_point[MB_POINT_BYTES], char role, const uint8_t *pairing_id,
+                          size_t pairing_id_len, const uint8_t session_id[16], uint8_t z[32],
+                          uint8_t secret[MB_KEY_BYTES]);
 
 /* ---- identifier layouts (spec §7) ------------------------------------------------------------ */
 
@@ -82,6 +92,8 @@ typedef struct {
     int tier;
     int fd;          /* 0 classic (8-byte field), 1 FD (64-byte field) */
     int direction;   /* key direction d of the nonce */
+    int binding_mac; /* binding tier under the efficient profile: the symmetric formats, keys from the
+                      * binding MAC secret, multi-frame only (spec §5.1); 0: signed (seed) */
     uint8_t classic_key[MB_KEY_BYTES];
     uint8_t fd_key[MB_KEY_BYTES];
     uint8_t peer_point[MB_POINT_BYTES]; /* binding: the signer's compressed public key (the peer's when
@@ -91,8 +103,8 @@ typedef struct {
     unsigned behind; /* classic reconstruction reach, 64 */
 } mb_channel;
 
-/* Sender side of the symmetric tiers and of tier none: writes the unit into out (at most
- * MB_MAX_PDU bytes) and the identifier with the tier stamped in. */
+/* Sender side of the symmetric tiers (the binding tier too under the efficient profile) and of tier
+ * none: writes the unit into out (at most MB_MAX_PDU bytes) and the identifier with the tier stamped in. */
 mb_status mb_protect(const mb_channel *ch, const mb_id_fields *fields, uint64_t fv, const uint8_t *payload,
                      size_t n, uint32_t *id, uint8_t *out, size_t *out_len, int *single_frame);
 

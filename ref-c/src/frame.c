@@ -15,7 +15,7 @@
 #define FD_OVERHEAD (MB_FV_BYTES + 1 + FD_TAG)     /* FV + pad count + tag = 24 */
 #define BINDING_OVERHEAD (MB_FV_BYTES + MB_SIG_BYTES) /* 71 */
 
-static const char SIG_LABEL[] = "modbatt/v1/sig/can-frame";
+static const char SIG_LABEL[] = "modbatt/v2/sig/can-frame";
 
 const char *mb_status_name(mb_status s)
 {
@@ -25,6 +25,13 @@ const char *mb_status_name(mb_status s)
 }
 
 static size_t field_size(const mb_channel *ch) { return ch->fd ? 64 : 8; }
+
+/* The largest unit that travels as one frame: none for the binding tier, multi-frame only in every
+ * profile (spec §5.1), so its framing follows from the identifier. */
+static size_t single_field(const mb_channel *ch) { return ch->tier == MB_TIER_BINDING ? 0 : field_size(ch); }
+
+/* A binding channel that signs (seed) rather than seals (efficient). */
+static int signs(const mb_channel *ch) { return ch->tier == MB_TIER_BINDING && !ch->binding_mac; }
 
 /* The smallest valid CAN FD data length >= x (x <= 64). */
 static size_t fdlen(size_t x)
@@ -127,15 +134,15 @@ mb_status mb_protect(const mb_channel *ch, const mb_id_fields *fields, uint64_t 
     nonce(ch, *id, fv, iv);
     if (ch->tier == MB_TIER_NONE) {
         size_t len = n;
-        if (ch->fd && n <= 64)
+        if (ch->fd && n <= single_field(ch))
             len = fdlen(n);
         if (len > MB_MAX_PDU)
             return MB_OVERSIZED;
         memcpy(out, payload, n);
         memset(out + n, 0, len - n);
         *out_len = len;
-    } else if (ch->tier == MB_TIER_BINDING) {
-        return MB_INTERNAL; /* binding units are built with mb_binding_unit around a signature */
+    } else if (signs(ch)) {
+        return MB_INTERNAL; /* signed binding units are built with mb_binding_unit around a signature */
     } else if (!ch->fd) {
         /* C[n] || FV low byte || T[4] */
         if (n + CLASSIC_OVERHEAD > MB_MAX_PDU)
@@ -150,7 +157,7 @@ mb_status mb_protect(const mb_channel *ch, const mb_id_fields *fields, uint64_t 
         size_t u = n + FD_OVERHEAD;
         if (u > MB_MAX_PDU)
             return MB_OVERSIZED;
-        uint8_t p = (uint8_t)(u <= 64 ? fdlen(u) - u : 0);
+        uint8_t p = (uint8_t)(u <= single_field(ch) ? fdlen(u) - u : 0);
         put_fv(out, fv);
         out[MB_FV_BYTES] = p;
         st = aead(1, 1, ch->fd_key, iv, &p, 1, payload, n, out + MB_FV_BYTES + 1, out + MB_FV_BYTES + 1 + n);
@@ -159,7 +166,7 @@ mb_status mb_protect(const mb_channel *ch, const mb_id_fields *fields, uint64_t 
         memset(out + u, 0, p);
         *out_len = u + p;
     }
-    *single_frame = *out_len <= field_size(ch);
+    *single_frame = *out_len <= single_field(ch);
     return MB_OK;
 }
 
@@ -269,7 +276,7 @@ mb_status mb_open(const mb_channel *ch, mb_window *w, uint64_t id64, const uint8
     uint32_t id = (uint32_t)id64;
     if (f.tier >= 0 && f.tier != ch->tier) /* step 2 */
         return f.tier < ch->tier ? MB_TIER_TOO_LOW : MB_WRONG_LEVEL;
-    size_t limit = reassembled ? MB_MAX_PDU : field_size(ch); /* step 3 */
+    size_t limit = reassembled ? MB_MAX_PDU : single_field(ch); /* step 3 */
     if (len > limit)
         return MB_OVERSIZED;
     if (ch->fd && !reassembled && len > 8 && fdlen(len) != len)
@@ -280,10 +287,10 @@ mb_status mb_open(const mb_channel *ch, mb_window *w, uint64_t id64, const uint8
         *fv_out = 0;
         return MB_OK;
     }
-    size_t overhead = ch->tier == MB_TIER_BINDING ? BINDING_OVERHEAD : ch->fd ? FD_OVERHEAD : CLASSIC_OVERHEAD;
+    size_t overhead = signs(ch) ? BINDING_OVERHEAD : ch->fd ? FD_OVERHEAD : CLASSIC_OVERHEAD;
     if (len < overhead) /* step 5 */
         return MB_MALFORMED;
-    if (ch->tier == MB_TIER_BINDING) { /* step 7 */
+    if (signs(ch)) { /* step 7 */
         uint8_t tbs[1 + sizeof SIG_LABEL + MB_POINT_BYTES + 256 + 12 + MB_MAX_PDU];
         size_t tbs_len, n = len - BINDING_OVERHEAD;
         fv = get_fv(data);

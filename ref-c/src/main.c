@@ -80,12 +80,13 @@ static void channel_of(const args *a, mb_channel *ch)
     ch->fd = (int)num(a, "fd");
     ch->direction = (int)num(a, "dir");
     ch->behind = get(a, "behind") ? (unsigned)num(a, "behind") : 64;
-    if (ch->tier == MB_TIER_EXCHANGE || ch->tier == MB_TIER_PAIRING) {
+    /* A binding channel with a tier secret is the efficient profile's (symmetric); with pub/ctx, seed's. */
+    ch->binding_mac = ch->tier == MB_TIER_BINDING && get(a, "secret") != NULL;
+    if (ch->tier == MB_TIER_EXCHANGE || ch->tier == MB_TIER_PAIRING || ch->binding_mac) {
         size_t n = unhex(need(a, "secret"), secret, sizeof secret);
         if (mb_traffic_keys(secret, n, ch->tier, ch->direction, ch->classic_key, ch->fd_key))
             exit(3);
-    }
-    if (ch->tier == MB_TIER_BINDING) {
+    } else if (ch->tier == MB_TIER_BINDING) {
         unhex(need(a, "pub"), ch->peer_point, MB_POINT_BYTES);
         ch->context_len = unhex(need(a, "ctx"), ch->context, sizeof ch->context);
     }
@@ -132,7 +133,7 @@ static void op_protect(const args *a)
     size_t n = unhex(need(a, "payload"), payload, sizeof payload);
     uint64_t fv = strtoull(need(a, "fv"), NULL, 10);
     mb_status st;
-    if (ch.tier == MB_TIER_BINDING) {
+    if (ch.tier == MB_TIER_BINDING && !ch.binding_mac) {
         /* The signature comes from the vector (RFC 6979 signing is not part of this subset); the
          * reference builds what it covers and the unit around it, and checks it verifies. */
         uint8_t sig[MB_SIG_BYTES], tbs[MB_MAX_PDU + 512];
@@ -205,6 +206,20 @@ static void run(const char *op, const args *a)
         printf("ok");
         hex("classic", classic, 32);
         hex("fd", fd, 32);
+    } else if (strcmp(op, "bindmac") == 0) {
+        uint8_t priv[32], own[MB_POINT_BYTES], peer[MB_POINT_BYTES], pid[64], sid[16], z[32], secret[32];
+        unhex(need(a, "priv"), priv, sizeof priv);
+        unhex(need(a, "own"), own, sizeof own);
+        unhex(need(a, "peer"), peer, sizeof peer);
+        unhex(need(a, "sid"), sid, sizeof sid);
+        size_t pid_len = unhex(need(a, "pid"), pid, sizeof pid);
+        if (mb_binding_mac_secret(priv, own, peer, need(a, "role")[0], pid, pid_len, sid, z, secret)) {
+            printf("err internal");
+            return;
+        }
+        printf("ok");
+        hex("z", z, 32);
+        hex("secret", secret, 32);
     } else if (strcmp(op, "iddec") == 0) {
         mb_id_fields f;
         mb_status st = mb_id_decode(mb_layout_by_name(need(a, "layout")), strtoull(need(a, "id"), NULL, 10), &f);

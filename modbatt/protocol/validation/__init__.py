@@ -37,7 +37,7 @@ from .escalation import (
     SignedEscalation,
     Urgency,
 )
-from .handshake import SignedHandshakeInitiator, SignedHandshakeResponder
+from .handshake import EphemeralPool, SignedHandshakeInitiator, SignedHandshakeResponder
 from .paired import PairedHandshakeInitiator, PairedHandshakeResponder
 from .pairing_validation import PairingValidationAuthority, PairingValidationParty
 from .witness import WitnessedEvent, WitnessRequester, WitnessService
@@ -54,6 +54,7 @@ __all__ = [
     "CommandExecutor",
     "CommandOutcome",
     "CommandSender",
+    "EphemeralPool",
     "EscalationGate",
     "EscalationPolicy",
     "EscalationReason",

@@ -1,6 +1,6 @@
 """Shared pieces of the validation machines: typed messages, strict decoding, freshness, sessions.
 
-Every validation message is a canonical-CBOR map ``{"v": 1, "type": T, "level": L, <fields>,
+Every validation message is a canonical-CBOR map ``{"v": 2, "type": T, "level": L, <fields>,
 <auth>}`` where ``<auth>`` is a signature or MAC over the canonical CBOR of the map without it.
 Decoding checks the version, then the level (a message of another level is ``wrong_level``,
 before anything else is looked at), then the type and the exact field set, then each field.
@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hmac as _hmac
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar, Self
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ...crypto import labels
 from ...crypto.freshness import ReplayWindow
@@ -25,14 +29,17 @@ from ...model.access import AccessData
 __all__ = [
     "CLOCK_SKEW_S",
     "ID_BYTES",
+    "MAC_BYTES",
     "MAX_MESSAGE_BYTES",
     "Counted",
     "Message",
     "SequenceGuard",
     "Session",
+    "auth_variant",
     "check_timestamp",
     "counted",
     "digest",
+    "mac",
 ]
 
 #: Accepted clock difference between two parties (spec addendum: ±5 min).
@@ -41,6 +48,8 @@ CLOCK_SKEW_S = 300
 ID_BYTES = 16
 #: A validation message never needs more (the L7 bundle with a 20-hash proof is ~2 KiB).
 MAX_MESSAGE_BYTES = 8192
+#: HMAC-SHA256 authenticators (levels 3 and 4 under a MAC key, the level-6 pairing MAC).
+MAC_BYTES = 32
 _U63 = (1 << 63) - 1
 
 Reader = Callable[[Any, str], Any]
@@ -137,10 +146,12 @@ class Message:
     SPEC: ClassVar[Mapping[str, Reader]]
     AUTH: ClassVar[str | None] = "sig"
     AUTH_SIZES: ClassVar[tuple[int, ...]] = (64,)
+    #: The protocol profiles that use this message class (docs/profiles.md).
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed", "efficient")
 
     def body(self) -> dict[str, Any]:
         out = {name: _out(getattr(self, name)) for name in self.SPEC}
-        return {**out, "v": 1, "type": self.TYPE, "level": self.LEVEL}
+        return {**out, "v": labels.PROTOCOL_VERSION, "type": self.TYPE, "level": self.LEVEL}
 
     def signed_bytes(self) -> bytes:
         """What the signature or MAC covers: every field but the authenticator, canonically."""
@@ -170,7 +181,7 @@ class Message:
         value = loads(data)
         if not isinstance(value, dict):
             raise malformed("a validation message is a CBOR map")
-        if value.get("v") != 1:
+        if value.get("v") != labels.PROTOCOL_VERSION:
             raise malformed("unsupported validation message version")
         if value.get("level") != cls.LEVEL:
             raise VerificationError(
@@ -187,6 +198,49 @@ class Message:
                 raise malformed(f"{cls.TYPE}.{cls.AUTH} has the wrong length")
             kwargs[cls.AUTH] = sig
         return cls(**kwargs)
+
+
+def auth_variant(
+    cls: type[Message], auth: str | None, sizes: tuple[int, ...] = (), *, profiles: tuple[str, ...] = ("efficient",)
+) -> type[Message]:
+    """``cls`` with another authenticator: a field ``auth`` of one of ``sizes`` bytes, or none at all.
+
+    Same type, level and fields, so the message means the same thing; the pairing's protocol
+    profile decides which variant a machine speaks and accepts (docs/profiles.md): under
+    ``efficient`` a handshake message carries a MAC instead of a signature, a level-5 command no
+    authenticator of its own (its AEAD tag covers every field). A variant never decodes the other's
+    bytes: the authenticator's key is missing (``malformed``) or unexpected (``unknown_field``).
+    """
+
+    def copy(f: dataclasses.Field[Any]) -> dataclasses.Field[Any]:
+        kw: dict[str, Any] = {"repr": f.repr}
+        if f.default is not dataclasses.MISSING:
+            kw["default"] = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            kw["default_factory"] = f.default_factory
+        return dataclasses.field(**kw)  # type: ignore[no-any-return]
+
+    fields: list[Any] = [(f.name, f.type, copy(f)) for f in dataclasses.fields(cls) if f.name != cls.AUTH]
+    if auth is not None:
+        fields.append((auth, "bytes", dataclasses.field(default=b"", repr=False)))
+    namespace = {"TYPE": cls.TYPE, "LEVEL": cls.LEVEL, "SPEC": cls.SPEC, "AUTH": auth, "AUTH_SIZES": sizes,
+                 "PROFILES": profiles, "__module__": cls.__module__}  # fmt: skip
+    suffix = auth.capitalize() if auth is not None else "Sealed"
+    return dataclasses.make_dataclass(  # type: ignore[no-any-return]
+        f"{cls.__name__}{suffix}", fields, bases=(Message,), namespace=namespace, frozen=True, slots=True
+    )
+
+
+def mac(key: bytes, label: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (``cryptography``) over a labelled message."""
+    h = crypto_hmac.HMAC(key, hashes.SHA256())
+    h.update(len(label).to_bytes(1, "big") + label + data)
+    return h.finalize()
+
+
+def _check_mac(key: bytes, label: bytes, data: bytes, tag: bytes) -> None:
+    if not _hmac.compare_digest(mac(key, label, data), tag):
+        raise VerificationError(Reason.BAD_MAC, "MAC does not verify")
 
 
 # --------------------------------------------------------------------------- freshness

@@ -1,4 +1,4 @@
-"""Level 5, Paired command/control: pairing-key encryption, binding-key signature, signed ack.
+"""Level 5, Paired command/control: pairing-key encryption, binding-key authentication, authenticated ack.
 
 A ``command`` carries a critical operation (``MessageClass`` of the pairing tier: charge,
 discharge, safety limits, firmware, configuration). Its payload is AES-256-GCM under
@@ -15,6 +15,12 @@ with a **new sequence number** and the same ``command_id`` (an exact re-send wou
 after ``max_retries`` it is reported failed (``timeout``). The executor executes a command id at
 most once and re-sends the cached ack for a retransmission, so a lost ack never repeats a charge
 command.
+
+Protocol profiles (docs/profiles.md). The above is ``seed``. Under ``efficient`` neither a command
+nor an ack carries a signature (no ``sig`` field): the pairing secret ``K_cmd`` derives from is
+bound to the session's binding MAC secret, so the AEAD tag, which covers every field as associated
+data, already proves that one of the two binding-key holders of this pairing sent it. Only the
+partner can check that (a MAC convinces no third party); the ledger records the outcome as before.
 """
 
 from __future__ import annotations
@@ -32,7 +38,19 @@ from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
 from ...model.policy import CRITICAL_CLASSES, MessageClass
 from ..pairing import PairingSecrets
-from ._common import CLOCK_SKEW_S, Counted, Message, Reader, SequenceGuard, b, check_timestamp, counted, one_of, opt
+from ._common import (
+    CLOCK_SKEW_S,
+    Counted,
+    Message,
+    Reader,
+    SequenceGuard,
+    auth_variant,
+    b,
+    check_timestamp,
+    counted,
+    one_of,
+    opt,
+)
 from ._common import t as text_field
 from ._common import u as uint
 from .escalation import SignedEscalation, read_escalation
@@ -57,6 +75,7 @@ _COMMAND_CLASSES = tuple(sorted(c.value for c in CRITICAL_CLASSES if c is not Me
 class Command(Message):
     TYPE: ClassVar[str] = "command"
     LEVEL: ClassVar[int] = 5
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "pairing_id": text_field(64),
         "sender": text_field(64),
@@ -87,6 +106,7 @@ class Command(Message):
 class CommandAck(Message):
     TYPE: ClassVar[str] = "command_ack"
     LEVEL: ClassVar[int] = 5
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "pairing_id": text_field(64),
         "sender": text_field(64),
@@ -130,6 +150,10 @@ class CommandOutcome:
         }
 
 
+#: The ``efficient`` profile's variants: no signature, the AEAD tag authenticates every field.
+_SEALED: dict[type[Message], type[Message]] = {cls: auth_variant(cls, None) for cls in (Command, CommandAck)}
+
+
 def _aad(body: Mapping[str, Any]) -> bytes:
     # Everything but the ciphertext (and the signature, which is not in the body).
     return canonical_dumps({k: v for k, v in body.items() if k != "ct"})
@@ -157,6 +181,10 @@ class _Endpoint(Counted):
         self._partner_key = partner_key
         self.expires_at = expires_at
         self.skew_s = skew_s
+        #: Sign commands and acks (``seed``), or let the AEAD under the binding-bound key do it (``efficient``).
+        self.signed = not secrets.profile.binding_mac
+        self._command_cls = Command if self.signed else _SEALED[Command]
+        self._ack_cls = CommandAck if self.signed else _SEALED[CommandAck]
         pid = secrets.pairing_id.encode()
         out_dir, in_dir = (b"a>b", b"b>a") if secrets.role == "a" else (b"b>a", b"a>b")
         self._secret = secrets.pairing_secret
@@ -174,21 +202,23 @@ class _Endpoint(Counted):
         if self.expires_at is not None and now > self.expires_at:
             raise VerificationError(Reason.EXPIRED, "the pairing behind these commands has expired")
 
-    def _seal(self, msg: Command | CommandAck, plaintext: bytes, label: bytes) -> bytes:
-        """Encrypt into ``msg.ct`` (header as associated data), then sign everything."""
+    def _seal(self, msg: Any, plaintext: bytes, label: bytes) -> bytes:
+        """Encrypt into ``msg.ct`` (header as associated data), then (``seed``) sign everything."""
         ct = aead_encrypt(self._tx, msg.seq.to_bytes(AEAD_NONCE_BYTES, "big"), plaintext, _aad(msg.body()))
         msg = dataclasses.replace(msg, ct=ct)
+        if not self.signed:
+            return msg.encode()
         return msg.authenticated(self._key.sign(label, msg.signed_bytes())).encode()
 
-    def _check_in(self, msg: Command | CommandAck) -> None:
+    def _check_in(self, msg: Any) -> None:
         if msg.pairing_id != self.pairing_id:
             raise VerificationError(Reason.WRONG_SESSION, "message for another pairing")
         if msg.sender != self.partner_id:
             raise VerificationError(Reason.WRONG_PEER, f"message from {msg.sender}, paired with {self.partner_id}")
 
-    def _decrypt(self, msg: Command | CommandAck) -> bytes:
-        label = labels.SIG_COMMAND if isinstance(msg, Command) else labels.SIG_COMMAND_ACK
-        self._partner_key.verify(label, msg.signed_bytes(), msg.sig)
+    def _decrypt(self, msg: Any, label: bytes) -> bytes:
+        if self.signed:
+            self._partner_key.verify(label, msg.signed_bytes(), msg.sig)
         return aead_decrypt(self._rx_key(msg.epoch), msg.seq.to_bytes(AEAD_NONCE_BYTES, "big"), msg.ct,
                             _aad(msg.body()))  # fmt: skip
 
@@ -235,7 +265,7 @@ class CommandSender(_Endpoint):
             "escalation": out.escalation,
         }  # fmt: skip
         self.next_seq += 1
-        return self._seal(Command(**header, ct=b""), out.payload, labels.SIG_COMMAND)
+        return self._seal(self._command_cls(**header, ct=b""), out.payload, labels.SIG_COMMAND)
 
     @counted
     def send(
@@ -271,7 +301,7 @@ class CommandSender(_Endpoint):
 
     @counted
     def on_ack(self, data: bytes, now: float) -> CommandOutcome:
-        ack = CommandAck.decode(data)
+        ack: Any = self._ack_cls.decode(data)
         self._check_in(ack)
         if ack.command_id in self.outcomes:
             raise VerificationError(Reason.REPLAY, "command already settled")
@@ -279,7 +309,7 @@ class CommandSender(_Endpoint):
         if out is None:
             raise VerificationError(Reason.WRONG_SESSION, "ack for a command this entity did not send")
         self._seen.check(f"{ack.sender}/{ack.epoch.hex()}", ack.seq)
-        result = self._decrypt(ack)
+        result = self._decrypt(ack, labels.SIG_COMMAND_ACK)
         self._seen.commit(f"{ack.sender}/{ack.epoch.hex()}", ack.seq)
         del self._outstanding[ack.command_id]
         outcome = CommandOutcome(ack.command_id, out.message_class, ack.status, out.attempts + 1, result)
@@ -313,12 +343,12 @@ class CommandExecutor(_Endpoint):
 
     @counted
     def on_command(self, data: bytes, now: float) -> bytes:
-        cmd = Command.decode(data)
+        cmd: Any = self._command_cls.decode(data)
         self._check_in(cmd)
         self._live(now)
         check_timestamp(cmd.ts_ms, now, skew_s=self.skew_s, max_age_s=self.max_age_s)
         self._seen.check(f"{cmd.sender}/{cmd.epoch.hex()}", cmd.seq)
-        payload = self._decrypt(cmd)
+        payload = self._decrypt(cmd, labels.SIG_COMMAND)
         self._seen.commit(f"{cmd.sender}/{cmd.epoch.hex()}", cmd.seq)
         self.last_command = cmd
         cached = self._acks.get(cmd.command_id)
@@ -333,7 +363,7 @@ class CommandExecutor(_Endpoint):
             "command_id": cmd.command_id, "status": "ok" if accepted else "refused", "ts_ms": int(now * 1000),
         }  # fmt: skip
         self.next_seq += 1
-        data_out = self._seal(CommandAck(**header, ct=b""), result, labels.SIG_COMMAND_ACK)
+        data_out = self._seal(self._ack_cls(**header, ct=b""), result, labels.SIG_COMMAND_ACK)
         self._acks[cmd.command_id] = data_out
         while len(self._acks) > ACK_CACHE:
             self._acks.popitem(last=False)

@@ -1,4 +1,4 @@
-"""Level 3, Signed handshake: binding-key signatures, no pairing, an ephemeral session key.
+"""Level 3, Signed handshake: binding-key authentication, an ephemeral session key.
 
 SIGMA-style, three messages, every one signed with the sender's binding key (label
 ``sig/validation/signed-handshake``, the message type inside the signed bytes separates them)::
@@ -13,30 +13,44 @@ The session lives ``ttl_s`` seconds (at most 300) or, with ``single_use``, carri
 each way. The responder accepts a hello's nonce once (``replay``), answers only within ±skew
 (``stale``), and drops a handshake whose finish does not come within the handshake timeout
 (``timeout``).
+
+Protocol profiles (docs/profiles.md). Under ``seed`` (no pairing needed) the messages are signed
+and each side draws its ephemeral key when the handshake runs. Under ``efficient`` the parties
+pass their pairing session's secrets: each message carries an HMAC-SHA256 (``mac``) under
+``K = HKDF(binding MAC secret, info = validation/handshake-binding-mac ‖ binding_id)``, which only
+the two holders of the binding keys can compute, and the ephemeral keys come from an
+:class:`EphemeralPool` the driver fills when the device is idle. The ephemeral ECDH and so
+forward secrecy are the same in both profiles; what changes is non-repudiation (a MAC convinces
+only the partner) and where the key generation happens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
 from ...crypto.suite import PrivateKey, PublicKey, hkdf_sha256
 from ...errors import Reason, VerificationError
+from ..pairing import PairingSecrets
 from ._common import (
     CLOCK_SKEW_S,
     ID_BYTES,
+    MAC_BYTES,
     Counted,
     Message,
     Reader,
     Session,
+    _check_mac,
+    auth_variant,
     b,
     check_timestamp,
     counted,
     digest,
     flag,
+    mac,
     opt,
 )
 from ._common import t as text_field
@@ -46,6 +60,7 @@ from .escalation import SignedEscalation, read_escalation
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
     "MAX_SESSION_TTL_S",
+    "EphemeralPool",
     "Finish",
     "Hello",
     "Reply",
@@ -61,6 +76,7 @@ MAX_SESSION_TTL_S = 300
 class Hello(Message):
     TYPE: ClassVar[str] = "hello"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
@@ -91,6 +107,7 @@ class Hello(Message):
 class Reply(Message):
     TYPE: ClassVar[str] = "reply"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
@@ -115,6 +132,7 @@ class Reply(Message):
 class Finish(Message):
     TYPE: ClassVar[str] = "finish"
     LEVEL: ClassVar[int] = 3
+    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
     SPEC: ClassVar[Mapping[str, Reader]] = {
         "binding_id": text_field(64),
         "sender": text_field(64),
@@ -127,6 +145,47 @@ class Finish(Message):
     session_id: bytes
     transcript_hash: bytes
     sig: bytes = field(default=b"", repr=False)
+
+
+#: The ``efficient`` profile's variants: the same messages authenticated by a MAC instead of a signature.
+_MAC_VARIANTS: dict[type[Message], type[Message]] = {
+    cls: auth_variant(cls, "mac", (MAC_BYTES,)) for cls in (Hello, Reply, Finish)
+}
+
+
+class EphemeralPool:
+    """Ephemeral key pairs made ahead of time, off the critical path (``efficient``, docs/profiles.md).
+
+    Sans-I/O: the driver calls :meth:`refill` when the device is idle, a handshake takes one key
+    with :meth:`take`. Keys live in memory only (a stored ephemeral key would be a long-term key)
+    and each is handed out once, so forward secrecy is unchanged; what a memory compromise adds is
+    the keys still waiting in the pool. An empty pool makes a key on the spot and counts a
+    :attr:`miss <misses>` (that handshake pays the key generation after all).
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        if not 1 <= size <= 64:
+            raise ValueError("an ephemeral pool holds 1-64 keys")
+        self.size = size
+        self._keys: list[PrivateKey] = []
+        #: Handshakes that found the pool empty.
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def refill(self, rng: RandomSource | None = None) -> int:
+        """Fill the pool up to :attr:`size` (idle time); returns the number of keys made."""
+        made = self.size - len(self._keys)
+        self._keys.extend(PrivateKey.generate(rng) for _ in range(made))
+        return made
+
+    def take(self, rng: RandomSource | None = None) -> PrivateKey:
+        """One key, never handed out again (made now, and counted as a miss, if the pool is empty)."""
+        if self._keys:
+            return self._keys.pop(0)
+        self.misses += 1
+        return PrivateKey.generate(rng)
 
 
 def _session_secret(own: PrivateKey, peer_ephemeral: bytes, transcript: bytes) -> bytes:
@@ -145,6 +204,8 @@ class _Party(Counted):
         partner_key: PublicKey,
         rng: RandomSource | None = None,
         skew_s: float = CLOCK_SKEW_S,
+        secrets: PairingSecrets | None = None,
+        ephemerals: EphemeralPool | None = None,
     ) -> None:
         super().__init__()
         self.binding_id = binding_id
@@ -154,16 +215,42 @@ class _Party(Counted):
         self._partner_key = partner_key
         self._rng = rng or SystemRandom()
         self.skew_s = skew_s
+        self._pool = ephemerals
+        # efficient: a MAC key only the two binding-key holders derive (from the session's secret).
+        self._mac_key = (
+            hkdf_sha256(secrets.binding_secret, info=labels.HANDSHAKE_BINDING_MAC + binding_id.encode())
+            if secrets is not None and secrets.binding_secret is not None
+            else None
+        )
+
+    @property
+    def authenticator(self) -> str:
+        """``"sig"`` (binding-key signatures, ``seed``) or ``"mac"`` (the binding MAC, ``efficient``)."""
+        return "sig" if self._mac_key is None else "mac"
+
+    def _decode(self, cls: type[Message], data: bytes) -> Any:
+        return (cls if self._mac_key is None else _MAC_VARIANTS[cls]).decode(data)
+
+    def _message(self, cls: type[Message], *args: Any) -> Message:
+        return (cls if self._mac_key is None else _MAC_VARIANTS[cls])(*args)
+
+    def _ephemeral(self) -> PrivateKey:
+        return self._pool.take(self._rng) if self._pool is not None else PrivateKey.generate(self._rng)
 
     def _sign(self, msg: Message) -> bytes:
+        if self._mac_key is not None:
+            return msg.authenticated(mac(self._mac_key, labels.HANDSHAKE_BINDING_MAC, msg.signed_bytes())).encode()
         return msg.authenticated(self._key.sign(labels.SIG_HANDSHAKE, msg.signed_bytes())).encode()
 
-    def _check_peer(self, msg: Hello | Reply | Finish) -> None:
+    def _check_peer(self, msg: Any) -> None:
         if msg.binding_id != self.binding_id:
             raise VerificationError(Reason.WRONG_SESSION, "handshake for another binding")
         if msg.sender != self.partner_id:
             raise VerificationError(Reason.WRONG_PEER, f"handshake from {msg.sender}, bound to {self.partner_id}")
-        self._partner_key.verify(labels.SIG_HANDSHAKE, msg.signed_bytes(), msg.sig)
+        if self._mac_key is not None:
+            _check_mac(self._mac_key, labels.HANDSHAKE_BINDING_MAC, msg.signed_bytes(), msg.mac)
+        else:
+            self._partner_key.verify(labels.SIG_HANDSHAKE, msg.signed_bytes(), msg.sig)
 
 
 class SignedHandshakeInitiator(_Party):
@@ -174,8 +261,9 @@ class SignedHandshakeInitiator(_Party):
     def start(
         self, now: float, *, ttl_s: int = 60, single_use: bool = False, escalation: SignedEscalation | None = None
     ) -> bytes:
-        self._eph = PrivateKey.generate(self._rng)
-        hello = Hello(
+        self._eph = self._ephemeral()
+        hello = self._message(
+            Hello,
             self.binding_id, self.device_id, self.partner_id, self._rng.token_bytes(ID_BYTES),
             self._rng.token_bytes(ID_BYTES), self._eph.public_key.to_bytes(), int(now * 1000), ttl_s, single_use,
             escalation,
@@ -191,7 +279,7 @@ class SignedHandshakeInitiator(_Party):
         if not hasattr(self, "_hello"):
             # Untrusted input, not a local mistake: nothing was started, so it answers no session of ours.
             raise VerificationError(Reason.WRONG_SESSION, "no handshake in progress")
-        reply = Reply.decode(data)
+        reply = self._decode(Reply, data)
         if reply.session_id != self._hello_msg.session_id:
             raise VerificationError(Reason.WRONG_SESSION, "reply to another session")
         if self.session is not None:
@@ -208,7 +296,7 @@ class SignedHandshakeInitiator(_Party):
             level=3, session_id=reply.session_id, secret=secret, initiator=True, created=now,
             ttl_s=self._hello_msg.ttl_s, single_use=self._hello_msg.single_use, peer=self.partner_id,
         )  # fmt: skip
-        return self._sign(Finish(self.binding_id, self.device_id, reply.session_id, digest(transcript)))
+        return self._sign(self._message(Finish, self.binding_id, self.device_id, reply.session_id, digest(transcript)))
 
 
 class SignedHandshakeResponder(_Party):
@@ -224,7 +312,7 @@ class SignedHandshakeResponder(_Party):
 
     @counted
     def on_hello(self, data: bytes, now: float) -> bytes:
-        hello = Hello.decode(data)
+        hello = self._decode(Hello, data)
         if hello.recipient != self.device_id:
             raise VerificationError(Reason.WRONG_PEER, f"hello addressed to {hello.recipient}")
         self._check_peer(hello)
@@ -238,9 +326,10 @@ class SignedHandshakeResponder(_Party):
             raise VerificationError(Reason.REPLAY, "hello already answered")
         # Remembered for as long as its timestamp is acceptable: older copies fail as stale.
         self._nonces[hello.nonce] = now + 2 * self.skew_s
-        eph = PrivateKey.generate(self._rng)
+        eph = self._ephemeral()
         reply = self._sign(
-            Reply(
+            self._message(
+                Reply,
                 self.binding_id,
                 self.device_id,
                 hello.session_id,
@@ -258,7 +347,7 @@ class SignedHandshakeResponder(_Party):
 
     @counted
     def on_finish(self, data: bytes, now: float) -> Session:
-        fin = Finish.decode(data)
+        fin = self._decode(Finish, data)
         if fin.session_id in self.sessions:
             raise VerificationError(Reason.REPLAY, "session already established")
         pending = self._pending.get(fin.session_id)

@@ -16,13 +16,9 @@ each re-establishment yields fresh keys although the pairing secret stays the sa
 
 from __future__ import annotations
 
-import hmac as _hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -32,15 +28,18 @@ from ..pairing import PairingSecrets
 from ._common import (
     CLOCK_SKEW_S,
     ID_BYTES,
+    MAC_BYTES,
     Counted,
     Message,
     Reader,
     SequenceGuard,
     Session,
+    _check_mac,
     b,
     check_timestamp,
     counted,
     digest,
+    mac,
     opt,
 )
 from ._common import t as text_field
@@ -49,21 +48,6 @@ from .escalation import SignedEscalation, read_escalation
 from .handshake import HANDSHAKE_TIMEOUT_S, MAX_SESSION_TTL_S
 
 __all__ = ["Challenge", "Confirm", "PairedHandshakeInitiator", "PairedHandshakeResponder", "Response", "mac"]
-
-MAC_BYTES = 32
-
-
-def mac(key: bytes, label: bytes, data: bytes) -> bytes:
-    """HMAC-SHA256 (``cryptography``) over a labelled message."""
-    h = crypto_hmac.HMAC(key, hashes.SHA256())
-    h.update(len(label).to_bytes(1, "big") + label + data)
-    return h.finalize()
-
-
-def _check_mac(key: bytes, label: bytes, data: bytes, tag: bytes) -> None:
-    if not _hmac.compare_digest(mac(key, label, data), tag):
-        raise VerificationError(Reason.BAD_MAC, "MAC does not verify under the pairing key")
-
 
 @dataclass(frozen=True, slots=True)
 class Challenge(Message):

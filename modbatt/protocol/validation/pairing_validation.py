@@ -14,6 +14,12 @@ without the controller ever learning the secret. The controller checks both bind
 signatures with the semi-public keys it recorded at binding, appends the statement to the
 ledger (the node does the append) and hands it to both entities as the receipt. A challenge is
 good once (``replay``) and until its deadline (``timeout``).
+
+Protocol profiles (docs/profiles.md). Under ``seed`` the partner also checks the initiator's
+signature before countersigning. Under ``efficient`` the pairing secret is bound to the session's
+binding MAC secret, so ``pairing_mac`` alone shows the partner that the other binding-key holder
+of this pairing made the message: the partners check each other by MAC only, and both still sign
+for the controller, which checks both signatures as before.
 """
 
 from __future__ import annotations
@@ -30,11 +36,24 @@ from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
 from ...model.statements import read_statement
 from ..pairing import PairingSecrets
-from ._common import ID_BYTES, Counted, Message, Reader, b, counted, loads, one_of, opt, small_map
+from ._common import (
+    ID_BYTES,
+    MAC_BYTES,
+    Counted,
+    Message,
+    Reader,
+    _check_mac,
+    b,
+    counted,
+    loads,
+    mac,
+    one_of,
+    opt,
+    small_map,
+)
 from ._common import t as text_field
 from ._common import u as uint
 from .escalation import SignedEscalation, read_escalation
-from .paired import MAC_BYTES, _check_mac, mac
 
 __all__ = [
     "EVENTS",
@@ -205,6 +224,8 @@ class PairingValidationParty(Counted):
         self._mac_key = hkdf_sha256(
             secrets.pairing_secret, info=labels.PAIRING_VALIDATION_MAC + secrets.pairing_id.encode()
         )
+        #: Whether the partner's signature is checked here too (``seed``) or only its MAC (``efficient``).
+        self.checks_partner_signature = not secrets.profile.binding_mac
         self._signed: set[bytes] = set()
 
     def _challenge(self, data: bytes, now: float) -> ValidationChallenge:
@@ -222,11 +243,21 @@ class PairingValidationParty(Counted):
     @counted
     def sign(self, challenge: bytes, now: float, *, escalation: SignedEscalation | None = None) -> bytes:
         ch = self._challenge(challenge, now)
-        tag = mac(self._mac_key, labels.PAIRING_VALIDATION_MAC, challenge)
-        pv = PairingValidation(challenge, self.device_id, tag, b"", escalation)
+        pv = PairingValidation(challenge, self.device_id, b"", b"", escalation)
+        pv = dataclasses.replace(pv, pairing_mac=mac(self._mac_key, labels.PAIRING_VALIDATION_MAC, self._maced(pv)))
         pv = dataclasses.replace(pv, initiator_sig=self._key.sign(labels.SIG_PAIRING_VALIDATION, pv.initiator_bytes()))
         self._signed.add(ch.nonce)
         return pv.encode()
+
+    def _maced(self, pv: PairingValidation) -> bytes:
+        """What ``pairing_mac`` covers: the challenge (``seed``: the initiator's signature covers the
+        rest); ``efficient``: every field but the MAC and the signatures, since the MAC is then the
+        partner's only check."""
+        if self.checks_partner_signature:
+            return pv.challenge
+        body = pv.body()
+        del body["pairing_mac"], body["initiator_sig"]
+        return canonical_dumps(body)
 
     @counted
     def countersign(self, data: bytes, now: float) -> bytes:
@@ -236,8 +267,9 @@ class PairingValidationParty(Counted):
         ch = self._challenge(pv.challenge, now)
         if pv.initiator != self.partner_id:
             raise VerificationError(Reason.WRONG_PEER, f"initiated by {pv.initiator}, not the partner")
-        self._partner_key.verify(labels.SIG_PAIRING_VALIDATION, pv.initiator_bytes(), pv.initiator_sig)
-        _check_mac(self._mac_key, labels.PAIRING_VALIDATION_MAC, pv.challenge, pv.pairing_mac)
+        if self.checks_partner_signature:
+            self._partner_key.verify(labels.SIG_PAIRING_VALIDATION, pv.initiator_bytes(), pv.initiator_sig)
+        _check_mac(self._mac_key, labels.PAIRING_VALIDATION_MAC, self._maced(pv), pv.pairing_mac)
         self._signed.add(ch.nonce)
         return pv.authenticated(self._key.sign(labels.SIG_PAIRING_VALIDATION, pv.signed_bytes())).encode()
 

@@ -112,7 +112,8 @@ def generate(rec: Record) -> VectorFile:
     bad("a sealed section changed after signing", _with(as_map, sections=sections), "invalid", Reason.BAD_SIGNATURE,
         "ModifiedContent")  # fmt: skip
     bad("an extra top-level field", _with(as_map, extra=1), "invalid", Reason.UNKNOWN_FIELD, "UnknownField")
-    bad("v = 2", _with(as_map, v=2), "invalid", Reason.MALFORMED, "WrongVersion")
+    other = labels.PROTOCOL_VERSION - 1
+    bad(f"v = {other}", _with(as_map, v=other), "invalid", Reason.MALFORMED, "WrongVersion")
     bad("map keys in insertion order, not canonical", cbor2.dumps(dict(reversed(list(as_map.items())))), "invalid",
         Reason.MALFORMED, "NonCanonical")  # fmt: skip
     return vf

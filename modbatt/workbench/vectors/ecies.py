@@ -34,7 +34,7 @@ def generate() -> VectorFile:
         "modbatt-ecies-p256-hkdf-aes256gcm",
         [
             "Sealing to a semi-public key (docs/crypto.md §4): E = e*G (compressed), Z = x(e*R),",
-            "K = HKDF-SHA256(Z, salt absent, info = 'modbatt/v1/ecies/key' || E || compressed(R), 32),",
+            "K = HKDF-SHA256(Z, salt absent, info = 'modbatt/v2/ecies/key' || E || compressed(R), 32),",
             "box = E || AES-256-GCM(K, nonce = 12 zero bytes, plaintext, aad = context).",
             "The ephemeral scalar is fixed here; a real sealer draws it fresh for every box.",
         ],

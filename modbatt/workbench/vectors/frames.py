@@ -2,10 +2,12 @@
 (docs/can-frames.md §2, docs/spec/frames). Seed identifier layout throughout.
 
 A group fixes the tier, the bus profile, the key direction and the keys (a tier secret for the
-symmetric tiers, a signing key and context for BINDING). A valid case gives the sender's inputs
-(identifier fields, freshness value, payload) and the exact bytes it must produce, and what the
-receiver opens; an invalid case gives bytes and the receiver state that must reject them, with
-the reason. ``accepted`` lists the freshness values the receiver accepted before, in order.
+symmetric tiers, a signing key and context for BINDING under the ``seed`` protocol profile, the
+session's binding MAC secret for BINDING under ``efficient``: ``protocolProfile`` in the group).
+A valid case gives the sender's inputs (identifier fields, freshness value, payload) and the
+exact bytes it must produce, and what the receiver opens; an invalid case gives bytes and the
+receiver state that must reject them, with the reason. ``accepted`` lists the freshness values
+the receiver accepted before, in order.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ...can.secured import (
 from ...crypto.freshness import FreshnessCounter, MemoryCounterStore, ReplayWindow
 from ...crypto.suite import P256_ORDER, PrivateKey, PublicKey, sha256
 from ...errors import Reason, VerificationError
+from ...model.profile import ProtocolProfile
 from ...model.tier import Tier
 from ._format import Group, VectorFile, fixed_key, h
 
@@ -42,6 +45,7 @@ BINDING_CONTEXT = b"00000000-0000-4000-8000-000000000018" + sha256(b"modbatt-vec
 _SECRETS = {
     Tier.EXCHANGE: sha256(b"modbatt-vectors/exchange-secret"),
     Tier.PAIRING: sha256(b"modbatt-vectors/pairing-secret"),
+    Tier.BINDING: sha256(b"modbatt-vectors/binding-mac-secret"),  # the efficient profile's
 }
 _FIELDS = CanIdFields(function=0x42, node=0x03, priority=6, direction=1)
 _RESERVED_BIT = 1 << 21
@@ -52,7 +56,7 @@ def _keys(group: dict[str, Any], *, sending: bool) -> TrafficKeys:
     tier, direction = Tier(group["tierCode"]), Direction(group["direction"])
     if tier is Tier.NONE:
         return TrafficKeys.clear(direction)
-    if tier is Tier.BINDING:
+    if tier is Tier.BINDING and group.get("protocolProfile") == "seed":
         context = bytes.fromhex(group["context"])
         if sending:
             signer = PrivateKey.from_scalar_bytes(bytes.fromhex(group["signerPrivateKey"]), reproducible=True)
@@ -239,6 +243,44 @@ def _fd_symmetric(b: _Builder) -> None:
     _common_id_cases(b, can_id, data, False)
 
 
+def _binding_sealed(b: _Builder, fd: bool) -> None:
+    """The binding tier under ``efficient``: the symmetric formats, always a multi-frame unit."""
+    can_id, data, _ = b.valid("empty payload: a multi-frame unit even though it would fit a frame", b"", 0,
+                              flags=("MultiFrame",))  # fmt: skip
+    b.valid("3 bytes", b"\x11\x22\x33", 1, accepted=(0,), flags=("MultiFrame",))
+    unit_id, unit, _ = b.valid("20 bytes", bytes(range(20)), 2, accepted=(0, 1), flags=("MultiFrame",))
+    if not fd:
+        b.valid("freshness 300 rebuilt from its low byte", b"\xa5\x5a", 300, accepted=(299,),
+                flags=("MultiFrame", "Truncated"))  # fmt: skip
+    tag_at = -1 if not fd else len(unit) - 1
+    b.invalid("last tag byte flipped", unit_id, _flip(unit, tag_at), Reason.BAD_MAC, accepted=(0, 1),
+              reassembled=True, flags=("MultiFrame", "ModifiedTag"))  # fmt: skip
+    b.invalid("identifier changed (node 0x04)", unit_id + 1, unit, Reason.BAD_MAC, accepted=(0, 1), reassembled=True,
+              flags=("MultiFrame", "ModifiedId"))  # fmt: skip
+    b.invalid("replayed: freshness 2 already accepted", unit_id, unit, Reason.REPLAY, accepted=(0, 1, 2),
+              reassembled=True, flags=("MultiFrame", "Replay"))  # fmt: skip
+    b.invalid("receiver restarted and not yet resynchronised", unit_id, unit, Reason.STALE, synced=False,
+              reassembled=True, flags=("MultiFrame", "Stale"))  # fmt: skip
+    short = 4 if not fd else 20
+    b.invalid(f"{short} bytes: shorter than the overhead", can_id, data[:short], Reason.MALFORMED, reassembled=True,
+              flags=("WrongLength",))  # fmt: skip
+    b.invalid("a unit offered as one frame: binding-tier units are multi-frame only", can_id, data,
+              Reason.OVERSIZED, flags=("WrongLength",))  # fmt: skip
+    signed = _binding_signed_unit(unit_id, bytes(range(20)), 2)
+    b.invalid("a signed (seed profile) unit of the same payload", unit_id, signed, Reason.BAD_MAC, accepted=(0, 1),
+              reassembled=True, flags=("MultiFrame", "OtherProfile"))  # fmt: skip
+    _common_id_cases(b, can_id, data, True)
+
+
+def _binding_signed_unit(can_id: int, payload: bytes, fv: int) -> bytes:
+    """A well-formed seed-profile binding unit: FV ‖ payload ‖ a signature (of the frames signer)."""
+    signer = fixed_key("binding/frames")
+    fields = SEED_LAYOUT.decode(can_id)
+    keys = TrafficKeys.binding(Direction.INITIATOR_TO_RESPONDER, signer=signer, context=BINDING_CONTEXT)
+    pdu = SecuredSender(SEED_LAYOUT, CLASSIC, keys, FreshnessCounter(MemoryCounterStore(fv))).protect(fields, payload)
+    return pdu.data
+
+
 def _binding(b: _Builder) -> None:
     can_id, data, _ = b.valid("empty payload: FV + signature, 71 bytes", b"", 0, flags=("MultiFrame",))
     b.valid("8-byte payload", bytes(range(8)), 1, accepted=(0,), flags=("MultiFrame",))
@@ -275,6 +317,10 @@ _CASES: dict[tuple[Tier, bool], Callable[[_Builder], None]] = {
     (Tier.BINDING, False): _binding,
     (Tier.BINDING, True): _binding,
 }
+_SEALED_BINDING: dict[bool, Callable[[_Builder], None]] = {
+    False: lambda b: _binding_sealed(b, False),
+    True: lambda b: _binding_sealed(b, True),
+}
 NOTES = {
     "MultiFrame": "a unit longer than one frame, carried by the multi-frame transport and opened reassembled",
     "Truncated": "classic frames carry the low 8 bits of the freshness value; the receiver rebuilds it",
@@ -292,6 +338,7 @@ NOTES = {
     "ReservedBits": "identifier bits the layout reserves are set",
     "FlagLevelMismatch": "the encryption flag disagrees with the level (seed layout)",
     "WrongTier": "the identifier signals another tier than the channel's",
+    "OtherProfile": "a unit in the other protocol profile's binding-tier format (docs/profiles.md)",
 }
 
 
@@ -304,6 +351,8 @@ def generate() -> VectorFile:
             "Invalid: canId + frame + receiver state -> reason. accepted = freshness values accepted before, in order;",
             "synced false = a receiver after a restart.",
             "reassembled = the bytes came through the multi-frame transport.",
+            "Binding groups name their protocolProfile: seed (signed) or efficient (the symmetric formats under",
+            "traffic keys from the binding MAC secret, tierSecret; multi-frame only).",
         ],
         NOTES,
     )
@@ -330,10 +379,22 @@ def generate() -> VectorFile:
             if tier in (Tier.EXCHANGE, Tier.PAIRING):
                 inputs["tierSecret"] = h(_SECRETS[tier])
             if tier is Tier.BINDING:
+                inputs["protocolProfile"] = "seed"
                 inputs["signerPrivateKey"] = h(signer.scalar_bytes())
                 inputs["signerPublicKey"] = h(signer.public_key.to_bytes())
                 inputs["context"] = h(BINDING_CONTEXT)
             _CASES[(tier, fd)](_Builder(vf.group("CanFrameTest", **inputs)))
+        # The binding tier under the efficient profile: the symmetric format, keys from the binding MAC secret.
+        fmt = frame_format(Tier.BINDING, profile, ProtocolProfile.EFFICIENT)
+        inputs = {
+            "tier": Tier.BINDING.label, "tierCode": int(Tier.BINDING), "profile": profile.name,
+            "protocolProfile": "efficient", "dataField": profile.data_field, "layout": SEED_LAYOUT.name,
+            "direction": int(Direction.INITIATOR_TO_RESPONDER),
+            "format": {"freshnessBits": fmt.fv_bits, "tagBytes": fmt.tag_bytes, "headerBytes": fmt.header_bytes,
+                       "trailerBytes": fmt.trailer_bytes, "room": fmt.room},
+            "receiver": RECEIVER, "tierSecret": h(_SECRETS[Tier.BINDING]),
+        }  # fmt: skip
+        _SEALED_BINDING[fd](_Builder(vf.group("CanFrameTest", **inputs)))
     # The key direction is in the nonce and the key: one group the other way round.
     inputs = {**vf.groups[1].inputs, "direction": int(Direction.RESPONDER_TO_INITIATOR)}
     b = _Builder(vf.group("CanFrameTest", **inputs))

@@ -1,5 +1,6 @@
 """Record what the package really derives, signs and decodes while a reproducible deployment
-binds, pairs and runs validation levels 1-7 (docs/vectors.md §Key schedule).
+binds, pairs (standard, blind, and under the efficient profile) and runs validation levels 1-7
+under both profiles (docs/vectors.md §Key schedule).
 
 The key-schedule and validation-message vectors are taken from this record rather than from a
 second description of the protocol, so a new derivation or message shows up in the vectors (and
@@ -24,6 +25,7 @@ from typing import Any
 from ...crypto import keystore, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
+from ...model.profile import ProtocolProfile
 from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.pairing_flow import pair_entities
 from ...nodes.validation import run_all_levels
@@ -111,6 +113,8 @@ def _bind_and_pair(dep: InMemoryDeployment, rec: Record) -> None:
     binding_id = outcome.record.binding_id
     std = pair_entities(dep.controller, dep.pack, module, binding_id)
     blind = pair_entities(dep.controller, dep.pack, module, binding_id, mode=ControllerMode.BLIND)
+    efficient = pair_entities(dep.controller, dep.pack, module, binding_id, profile=ProtocolProfile.EFFICIENT)
+    eff_pid = efficient.certificate.metadata.pairing_id
     rec.facts.update(
         binding_id=binding_id,
         pairing_id=std.certificate.metadata.pairing_id,
@@ -118,14 +122,27 @@ def _bind_and_pair(dep: InMemoryDeployment, rec: Record) -> None:
         blind_certificate=blind.certificate,
         controller_key=dep.controller_key,
         secrets=module.pairing_secrets(std.certificate.metadata.pairing_id),
+        efficient_pairing_id=eff_pid,
+        efficient_certificate=efficient.certificate,
+        efficient_secrets=module.pairing_secrets(eff_pid),
+        # Seeded (reproducible) binding keys: the BindingMacSecretTest inputs.
+        binding_keys={"a": _binding_key(dep.pack, binding_id), "b": _binding_key(module, binding_id)},
     )
 
 
+def _binding_key(node: Any, binding_id: str) -> PrivateKey:
+    state = node.binding(binding_id)
+    assert state is not None
+    return state.private_key
+
+
 def _validation_levels(dep: InMemoryDeployment, rec: Record) -> None:
-    out = run_all_levels(dep.controller, dep.pack, dep.modules[1], rec.facts["binding_id"], rec.facts["pairing_id"])
-    failed = {level: r for level, r in out.items() if r.get("outcome") != "ok"}
-    if failed:
-        raise RuntimeError(f"validation levels failed while recording vectors: {failed}")
+    # Under both protocol profiles: the efficient pairing's levels 3, 5 and 6 use their MAC variants.
+    for pid in (rec.facts["pairing_id"], rec.facts["efficient_pairing_id"]):
+        out = run_all_levels(dep.controller, dep.pack, dep.modules[1], rec.facts["binding_id"], pid)
+        failed = {level: r for level, r in out.items() if r.get("outcome") != "ok"}
+        if failed:
+            raise RuntimeError(f"validation levels failed while recording vectors: {failed}")
 
 
 def _can_traffic_keys(dep: InMemoryDeployment, rec: Record) -> None:
@@ -133,6 +150,7 @@ def _can_traffic_keys(dep: InMemoryDeployment, rec: Record) -> None:
     # the link), which derives both directions of each symmetric tier from the current session.
     for node in (dep.pack, dep.modules[1]):
         node.channel(rec.facts["pairing_id"])
+        node.channel(rec.facts["efficient_pairing_id"])  # and the binding tier's keys under efficient
 
 
 def _key_store_keys(dep: InMemoryDeployment, rec: Record) -> None:

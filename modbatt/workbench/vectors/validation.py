@@ -8,6 +8,7 @@ from typing import Any
 
 import cbor2
 
+from ...crypto import labels
 from ...crypto.suite import PublicKey
 from ...errors import Reason, VerificationError
 from ...protocol.validation._common import Message
@@ -18,15 +19,19 @@ from .trace import Record
 __all__ = ["check_case", "generate", "message_classes"]
 
 
-def message_classes() -> dict[tuple[int, str], type[Message]]:
-    """Every concrete validation message class by (level, type)."""
-    out: dict[tuple[int, str], type[Message]] = {}
+def message_classes() -> dict[tuple[int, str, str], type[Message]]:
+    """Every concrete validation message class by (level, type, authenticator field or "none").
+
+    A message type may come in two variants that differ only in their authenticator, one per
+    protocol profile (docs/profiles.md: a signature under seed, a MAC or none under efficient).
+    """
+    out: dict[tuple[int, str, str], type[Message]] = {}
     todo = list(Message.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
         if cls.LEVEL:
-            out[(cls.LEVEL, cls.TYPE)] = cls
+            out[(cls.LEVEL, cls.TYPE, cls.AUTH or "none")] = cls
     return dict(sorted(out.items()))
 
 
@@ -62,12 +67,13 @@ def generate(rec: Record) -> VectorFile:
         },
     )
     signers = {(s.label, s.message): s for s in rec.signatures}
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str]] = set()
     groups: dict[int, Any] = {}
     for cls, data in rec.messages:
-        if (cls.LEVEL, cls.TYPE) in seen:
+        key = (cls.LEVEL, cls.TYPE, cls.AUTH or "none")
+        if key in seen:
             continue
-        seen.add((cls.LEVEL, cls.TYPE))
+        seen.add(key)
         msg = cls.decode(data)
         signed = msg.signed_bytes()
         g = groups.get(cls.LEVEL) or groups.setdefault(cls.LEVEL, vf.group("ValidationMessageTest", level=cls.LEVEL))
@@ -78,11 +84,12 @@ def generate(rec: Record) -> VectorFile:
         if signer is not None:
             case.update(signerPublicKey=h(signer.public_key.to_bytes()), label=h(signer.label))
         g.add(f"{cls.TYPE} ({label_of(signer.label) if signer else 'MAC' if auth else 'no authenticator'})", **case)
-        base = {"messageType": cls.TYPE}
+        base = {"messageType": cls.TYPE, "authField": cls.AUTH}
         g.add(f"{cls.TYPE} with level {cls.LEVEL % 7 + 1}", "invalid", reason=Reason.WRONG_LEVEL, flags=("WrongLevel",),
               message=h(_reencode(data, level=cls.LEVEL % 7 + 1)), **base)  # fmt: skip
-        g.add(f"{cls.TYPE} with v 2", "invalid", reason=Reason.MALFORMED, flags=("WrongVersion",),
-              message=h(_reencode(data, v=2)), **base)  # fmt: skip
+        other = labels.PROTOCOL_VERSION - 1
+        g.add(f"{cls.TYPE} with v {other}", "invalid", reason=Reason.MALFORMED, flags=("WrongVersion",),
+              message=h(_reencode(data, v=other)), **base)  # fmt: skip
         g.add(f"{cls.TYPE} with an extra field", "invalid", reason=Reason.UNKNOWN_FIELD, flags=("UnknownField",),
               message=h(_reencode(data, zz_extra=0)), **base)  # fmt: skip
         first = next(iter(cls.SPEC))
@@ -100,7 +107,7 @@ def generate(rec: Record) -> VectorFile:
 
 
 def check_case(group: dict[str, Any], case: dict[str, Any]) -> None:
-    cls = message_classes()[(group["level"], case["messageType"])]
+    cls = message_classes()[(group["level"], case["messageType"], case["authField"] or "none")]
     data = bytes.fromhex(case["message"])
     try:
         msg = cls.decode(data)
