@@ -31,13 +31,14 @@ from ..errors import ModbattError, Reason, VerificationError, counts_rejections
 from ..ledger.pin import KeyStoreHeadPin
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
-from ..model.pairing import ControllerMode, PairingCertificate
+from ..model.pairing import ControllerMode, PairingCertificate, Restrictions
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
 from ..model.statements import sign_statement
 from ..model.witness import BindingWitness
 from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_revoke_request
 from ..protocol.messages import EntityResponse
 from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
+from ..protocol.restrictions import check_restrictions
 from ..transport.http import EntityClient
 
 __all__ = ["CLAIM_LEASE_S", "AuthController", "BindingOutcome"]
@@ -384,13 +385,20 @@ class AuthController:
         policy: EncryptionPolicy = DEFAULT_POLICY,
         context: str = "battery_management",
         handshake_timeout_s: int = 30,
+        restrictions: Restrictions | None = None,
     ) -> PairingCertificate:
         """Issue a pairing certificate for a live binding and record its issue in the ledger.
+
+        ``restrictions`` (allowed operations, data types, a message rate) are enforced by both
+        entities on everything they receive (docs/lifecycle.md §6); a name that is not a message
+        class of its kind is a ``ConfigError``.
 
         The pairing key, its halves and the exchange key exist only inside
         :func:`~modbatt.protocol.pairing.issue_certificate`; what is stored is
         :class:`~modbatt.protocol.pairing.PendingPairing`, which holds none of them.
         """
+        if restrictions is not None:
+            check_restrictions(restrictions)
         with self._exclusive():
             record = self.record(binding_id)
             if record is None:
@@ -401,7 +409,7 @@ class AuthController:
             cert, pending = issue_certificate(
                 controller_key=self.controller_key, binding=record, callback=callback, now=now,
                 valid_for_s=valid_for_s, max_uses=max_uses, context=context, policy=policy, mode=mode,
-                handshake_timeout_s=handshake_timeout_s, rng=self._rng,
+                handshake_timeout_s=handshake_timeout_s, rng=self._rng, restrictions=restrictions,
             )  # fmt: skip
             name = _PAIRING_PREFIX + pending.pairing_id
             self.records.put_record(name, pending.to_record())
@@ -427,6 +435,32 @@ class AuthController:
                 raise
             self.ledger.signed_tree_head()
         return cert
+
+    @counts_rejections
+    def renew_pairing(self, pairing_id: str, **issue: Any) -> PairingCertificate:
+        """Issue the renewal of a live pairing: a new certificate for the same binding.
+
+        ``issue`` takes :meth:`issue_pairing`'s terms (``renewal_terms`` of the old certificate
+        keeps them). The ledger gets the new ``pairing_issued`` and a ``pairing_renewed``
+        statement linking the two; the old pairing is revoked (:meth:`revoke_pairing`, reason
+        ``renewed``) once both entities moved over (docs/lifecycle.md §6).
+        """
+        pending = self.pending_pairing(pairing_id)
+        with self._exclusive():
+            if _PAIRING_REVOKED_PREFIX + pairing_id in self.records:
+                raise VerificationError(Reason.REVOKED, "a revoked pairing is not renewed; issue a new one")
+        certificate = self.issue_pairing(pending.binding_id, **issue)
+        new_id = certificate.metadata.pairing_id
+        with self._exclusive():
+            statement = sign_statement(
+                self.controller_key,
+                "pairing_renewed",
+                {"pairing_id": new_id, "renews": pairing_id, "binding_id": pending.binding_id},
+                self._clock(),
+            )
+            self.ledger.append(statement)
+            self.ledger.signed_tree_head()
+        return certificate
 
     def pending_pairing(self, pairing_id: str) -> PendingPairing:
         name = _PAIRING_PREFIX + pairing_id
