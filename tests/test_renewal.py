@@ -29,6 +29,7 @@ from modbatt.nodes.renewal import HandoverPhase
 from modbatt.protocol.pack_state import PackEvent, PackSecurity, PackState
 
 CHARGE = MessageClass.CHARGE_COMMAND
+_DONE = HandoverPhase.DONE
 VOLTS = MessageClass.VOLTAGE_TELEMETRY
 IDENTITY = MessageClass.IDENTITY  # binding tier: a multi-frame unit on classic CAN
 
@@ -304,7 +305,7 @@ class RenewalMachine(RuleBasedStateMachine):
         waiting = self.in_order["module" if frame.sender == "pack" else "pack"]
         self.reordered |= frame.accepted == 1 and frame in waiting
 
-    @precondition(lambda self: all(getattr(e, "phase", HandoverPhase.DONE) is HandoverPhase.DONE for e in self.ends.values()))
+    @precondition(lambda self: all(getattr(e, "phase", _DONE) is _DONE for e in self.ends.values()))
     @rule()
     def renew(self) -> None:
         old = self.pairing_of_end["pack"]
