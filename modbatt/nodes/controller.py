@@ -49,6 +49,8 @@ _RECORD_PREFIX = "binding-record/"
 _REVOKED_PREFIX = "revoked/"
 _PAIRING_PREFIX = "pairing/"
 _PAIRING_REVOKED_PREFIX = "pairing-revoked/"
+#: The identity keys the grant of each binding named (what authenticates a key-loss announce).
+_IDENTITY_PREFIX = "binding-identities/"
 #: Grants by nonce digest: claimed by a binding in flight, then used for good. A grant binds once
 #: (replay would let a revoked module be re-bound with the grant that first bound it).
 _AUTHORIZATION_USED_PREFIX = "authorization-used/"
@@ -231,6 +233,10 @@ class AuthController:
                 self._still_held(claim)
                 with self.records.transaction():
                     self.records.put_record(_RECORD_PREFIX + record.binding_id, record.to_json())
+                    self.records.put_record(
+                        _IDENTITY_PREFIX + record.binding_id,
+                        {d: authorization.identity_of(d).to_bytes() for d in (entity_a.device_id, entity_b.device_id)},
+                    )
                     self.records.put_record(claim.grant, {"binding_id": record.binding_id})
                     self.records.put_record(claim.relationship, {"binding_id": record.binding_id})
                     self.records.put_record(pending, {"entry": record.ledger_entry()})
@@ -297,7 +303,8 @@ class AuthController:
                         self.records.put_record(name, {"binding_id": claim.previous})
                     elif value:
                         self.records.delete(name)
-            for name in (_RECORD_PREFIX + binding_id, _LEDGER_PENDING_PREFIX + binding_id):
+            for prefix in (_RECORD_PREFIX, _LEDGER_PENDING_PREFIX, _IDENTITY_PREFIX):
+                name = prefix + binding_id
                 if name in self.records:
                     self.records.delete(name)
 
@@ -313,6 +320,27 @@ class AuthController:
         name = _RECORD_PREFIX + binding_id
         with self._exclusive():
             return BindingRecord.from_json(self.records.record(name)) if name in self.records else None
+
+    def identity_key(self, binding_id: str, device_id: str) -> PublicKey:
+        """The identity key the grant of ``binding_id`` named for ``device_id`` (``unknown_binding``
+        if this controller did not record one: a binding made before it kept them)."""
+        name = _IDENTITY_PREFIX + binding_id
+        with self._exclusive():
+            keys = self.records.record(name) if name in self.records else {}
+        if device_id not in keys:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"no identity key of {device_id} for {binding_id}")
+        return PublicKey.from_bytes(keys[device_id])
+
+    def bindings_of(self, device_id: str) -> list[str]:
+        """Every binding recorded with ``device_id`` as a party, live or revoked."""
+        out = []
+        with self._exclusive():
+            for name in self.records.record_names():
+                if name.startswith(_RECORD_PREFIX):
+                    record = BindingRecord.from_json(self.records.record(name))
+                    if device_id in (record.entity_a.access_data.device_id, record.entity_b.access_data.device_id):
+                        out.append(record.binding_id)
+        return sorted(out)
 
     def binding_of(self, device_a: str, device_b: str) -> str | None:
         """The live binding between two entities, if any (a revoked one does not count)."""

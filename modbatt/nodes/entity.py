@@ -21,7 +21,16 @@ from ..crypto.keybackend import FileKeyBackend, KeyBackend
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..encoding import strict_loads
-from ..errors import ConfigError, EncodingError, ModbattError, Reason, VerificationError, counts_rejections
+from ..errors import (
+    ConfigError,
+    EncodingError,
+    KeyStoreError,
+    ModbattError,
+    ProtocolError,
+    Reason,
+    VerificationError,
+    counts_rejections,
+)
 from ..model.access import AccessData
 from ..model.pairing import PairingCertificate, Restrictions
 from ..model.policy import EncryptionPolicy
@@ -30,6 +39,7 @@ from ..protocol.binding import BindingEntity, EntityBindingState, EntityDecision
 from ..protocol.messages import OPERATIONS, ControllerRequest
 from ..protocol.pairing import PairingParticipant, PairingSecrets, PairingState
 from ..protocol.restrictions import RestrictionGate
+from ..protocol.validation.key_loss import KeyLossAnnouncer
 from .channel import RETIRED_SESSIONS, ChannelKeys, ChannelObserver, PairedChannel
 from .channel_store import ChannelFreshness, FileFreshness
 from .errors_http import http_status
@@ -49,6 +59,8 @@ _PAIRING_USES = "pairing-uses/"
 _PAIRING_REVOKED = "pairing-revoked/"
 #: A renewal's handover begun by this entity (new pairing id -> the old one): a restart finds it.
 _HANDOVER = "handover/"
+#: The key-loss announcer's next sequence number (it must survive restarts: the verifier keeps a window).
+_KEY_LOSS_SEQ = "key-loss-seq"
 #: Participant states in which accepting the certificate again hands back the participant as is.
 _LIVE_STATES = (PairingState.AWAITING_PARTNER, PairingState.COMPLETING, PairingState.PAIRED)
 
@@ -91,10 +103,17 @@ class EntityNode:
         if config is None:
             raise ModbattError("this key store holds no provisioned entity (run provisioning first)")
         bindings = {}
+        #: Bindings whose private key is missing or unreadable (docs/lifecycle.md §7): the entity
+        #: announces the loss with its identity key (:meth:`announce_key_loss`) and is re-bound.
+        self.lost_bindings: list[str] = []
         for name in keystore.names():
             if name.startswith(_BINDING_PREFIX) and not name.endswith("/key"):
                 record = keystore.record(name)
-                key = self._keys.load(_key_name(record["binding_id"]))
+                try:
+                    key = self._keys.load(_key_name(record["binding_id"]))
+                except KeyStoreError:
+                    self.lost_bindings.append(record["binding_id"])
+                    continue
                 bindings[record["binding_id"]] = EntityBindingState.from_record(record, key)
         seen = keystore.record(_SEEN) if _SEEN in keystore else {}
         self.machine = BindingEntity(
@@ -565,6 +584,34 @@ class EntityNode:
             if self._freshness is not None or getattr(self._store, "path", None) is not None:
                 self.freshness.forget(pid)
             self.pairings.pop(pid, None)
+
+    def announce_key_loss(self) -> list[bytes]:
+        """Act on the key loss found at start-up: the level-1 ``key_loss_announce`` of each lost binding.
+
+        First erases what relied on the lost keys (the binding records and every pairing of those
+        bindings, with their freshness state: the ``erase_pairing_secrets`` effect), then signs one
+        announce per lost binding with the identity key. ``ProtocolError`` when nothing was lost.
+        """
+        lost = list(self.lost_bindings)
+        if not lost:
+            raise ProtocolError("no binding key of this entity is lost")
+        with self._lock:
+            seq = int(self._store.record(_KEY_LOSS_SEQ)["seq"]) if _KEY_LOSS_SEQ in self._store else 0
+            voided = []
+            with self._store.transaction():
+                for binding_id in lost:
+                    for name in (_record_name(binding_id), _key_name(binding_id)):
+                        if name in self._store:
+                            self._store.delete(name)
+                for name in self._store.record_names():
+                    if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") in lost:
+                        self._store.delete(name)
+                        voided.append(name[len(_PAIRING) :])
+                self._store.put_record(_KEY_LOSS_SEQ, {"seq": seq + len(lost)})  # before any announce leaves
+        self._drop_pairing_state(voided)
+        self.lost_bindings = []
+        announcer = KeyLossAnnouncer(identity_key=self.machine.identity, access_data=self.access_data, seq=seq)
+        return [announcer.announce(self._clock(), binding_id) for binding_id in lost]
 
     @counts_rejections
     def apply_pairing_revocation(self, notice: bytes) -> str:

@@ -26,8 +26,10 @@ from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
 from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.pairing_flow import pair_entities
+from ...nodes.recovery import KeyLossIntake
 from ...nodes.validation import run_all_levels
 from ...protocol.validation._common import Message
+from ...protocol.validation.key_loss import KeyLossAnnouncer, KeyLossVerifier
 
 __all__ = ["STEPS", "HkdfCall", "Record", "SignCall", "record_scenario"]
 
@@ -147,6 +149,18 @@ def _ledger(dep: InMemoryDeployment, rec: Record) -> None:
     rec.facts["ledger_entries"] = list(dep.ledger.entries())
 
 
+def _key_loss(dep: InMemoryDeployment, rec: Record) -> None:
+    # The recovery messages (docs/lifecycle.md §7): the identity-signed announce, the level-7 bundle.
+    module = dep.modules[1]
+    announcer = KeyLossAnnouncer(identity_key=module.machine.identity, access_data=module.access_data)
+    intake = KeyLossIntake(dep.controller)
+    if intake.offer(announcer.announce(dep.clock(), rec.facts["binding_id"])) is not None:
+        raise RuntimeError(f"the key-loss announce was refused while recording vectors: {dict(intake.rejections)}")
+    claim = intake.take()
+    assert claim is not None
+    KeyLossVerifier(controller_key=dep.controller_key.public_key).verify(intake.validate(claim), dep.clock())
+
+
 #: The recorded run, in order. Each step takes the deployment and the record (for facts).
 STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _bind_and_pair,
@@ -154,6 +168,7 @@ STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _can_traffic_keys,
     _key_store_keys,
     _ledger,
+    _key_loss,
 )
 
 
