@@ -139,7 +139,7 @@ def test_the_level_7_bundle_is_checked_offline_and_acted_on_once():
         stranger.verify(bundle, dep.clock())  # not our controller's signature
     assert exc.value.reason is Reason.BAD_SIGNATURE
     value = strict_loads(bundle)
-    value["audit_path"] = [bytes(32)] + value["audit_path"][1:]
+    value["audit_path"] = [bytes(32), *value["audit_path"][1:]]
     with pytest.raises(VerificationError) as exc:
         verifier.verify(canonical_dumps(value), dep.clock())
     assert exc.value.reason is Reason.BAD_SIGNATURE  # the controller signed the whole bundle
