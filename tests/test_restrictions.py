@@ -37,7 +37,7 @@ def _refused(end, pdu) -> Reason:
 
 
 def test_every_class_is_an_operation_a_data_type_or_the_protocols_own():
-    assert OPERATION_CLASSES | DATA_CLASSES | MANAGEMENT_CLASSES == set(MessageClass)
+    assert set(MessageClass) == OPERATION_CLASSES | DATA_CLASSES | MANAGEMENT_CLASSES
     assert not OPERATION_CLASSES & DATA_CLASSES and not (OPERATION_CLASSES | DATA_CLASSES) & MANAGEMENT_CLASSES
 
 
@@ -51,7 +51,7 @@ def test_the_controller_refuses_restrictions_naming_no_class_of_their_kind():
 
 
 def test_operations_and_data_types_the_certificate_does_not_allow_are_refused_and_counted():
-    w, pack, module = _paired(LIMITS)
+    _w, pack, module = _paired(LIMITS)
     assert _deliver(module, pack.send(C.CHARGE_COMMAND, b"\x01\x00\x03")).payload == b"\x01\x00\x03"
     assert _refused(module, pack.send(C.DISCHARGE_COMMAND, b"\x01\x00\x03")) is Reason.UNAUTHORIZED
     assert _refused(module, pack.send(C.FIRMWARE_UPDATE, b"\x00" * 12)) is Reason.UNAUTHORIZED
@@ -90,7 +90,7 @@ def _try(end, pdu) -> Reason | None:
 
 
 def test_forged_frames_do_not_spend_the_senders_rate():
-    w, pack, module = _paired(Restrictions((), (), 2))
+    _w, pack, module = _paired(Restrictions((), (), 2))
     good = [pack.send(C.CHARGE_COMMAND, bytes([1, 0, i])) for i in range(2)]
     for pdu in good:
         forged = bytes([pdu.data[0] ^ 1]) + pdu.data[1:]
@@ -107,7 +107,7 @@ def test_a_gate_without_restrictions_admits_everything():
 
 
 def test_the_escalation_floor_raises_everything_but_emergency_shutdown():
-    w, pack, module = _paired()
+    w, pack, _module = _paired()
     pack.escalate(Tier.BINDING)
     assert pack.tier_for(C.CHARGE_COMMAND) is Tier.BINDING
     assert pack.tier_for(C.EMERGENCY_SHUTDOWN) is Tier.PAIRING
