@@ -25,6 +25,7 @@ from ...crypto import keystore, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
 from ...nodes.inmemory import InMemoryDeployment
+from ...nodes.events import EventIntake, EventOutbox
 from ...nodes.pairing_flow import pair_entities
 from ...nodes.recovery import KeyLossIntake
 from ...nodes.validation import run_all_levels
@@ -161,6 +162,13 @@ def _key_loss(dep: InMemoryDeployment, rec: Record) -> None:
     KeyLossVerifier(controller_key=dep.controller_key.public_key).verify(intake.validate(claim), dep.clock())
 
 
+def _entity_event(dep: InMemoryDeployment, rec: Record) -> None:
+    # An event the pack queued while partitioned (docs/lifecycle.md §8), signed with its identity key.
+    outbox = EventOutbox(dep.pack, controller_key=dep.controller_key.public_key)
+    outbox.record("anomaly", {"pairing_id": rec.facts["pairing_id"]})
+    outbox.flush(EventIntake(dep.controller).submit)
+
+
 #: The recorded run, in order. Each step takes the deployment and the record (for facts).
 STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _bind_and_pair,
@@ -169,6 +177,7 @@ STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _key_store_keys,
     _ledger,
     _key_loss,
+    _entity_event,
 )
 
 
