@@ -24,8 +24,8 @@ from typing import Any
 from ...crypto import keystore, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
-from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.events import EventIntake, EventOutbox
+from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.pairing_flow import pair_entities
 from ...nodes.recovery import KeyLossIntake
 from ...nodes.validation import run_all_levels
