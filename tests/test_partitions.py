@@ -85,7 +85,7 @@ def test_a_partition_heals_in_memory_with_a_bounded_persisted_queue():
     appended = _events(dep.ledger, size)
     assert [e["event"] for e in appended] == ["renewal_deferred"] + ["anomaly"] * 7 + ["overflow"]
     assert appended[-1]["details"] == {"lost": 2, "first_seq": 9}
-    assert [e["seq"] for e in appended] == list(range(1, 9)) + [11]  # 9 and 10 were lost, and the ledger says so
+    assert [e["seq"] for e in appended] == [*range(1, 9), 11]  # 9 and 10 were lost, and the ledger says so
     assert not outbox.pending and outbox.head.tree_size == dep.ledger.size
 
 
