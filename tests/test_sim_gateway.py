@@ -6,6 +6,7 @@ import pytest
 
 from modbatt.encoding import strict_loads
 from modbatt.model.pairing import Restrictions
+from modbatt.nodes.events import EntityEvent
 from modbatt.protocol.gateway import AppFrame
 from modbatt.protocol.pack_state import PackState
 from modbatt.sim.gateway import GatewaySimulation
@@ -117,3 +118,26 @@ def test_a_pairing_that_expires_is_replaced_by_a_new_one():
         sim.command(contactor=2)
         sim.run(0.6)
         assert sim.module_states() == {1: 2}  # commands flow on the new pairing
+
+
+def test_a_partition_defers_the_renewal_keeps_the_traffic_and_the_ledger_catches_up():
+    with GatewaySimulation(1, seed=5, valid_for_s=30, renew_lead_s=10, overlap_s=1.0) as sim:
+        sim.command(contactor=ON)
+        sim.run(15.0)
+        flushed = sum(sim.gstats.flushes)
+        assert flushed >= 3 and not sim.outbox.pending  # bound, paired, confirmed: in the ledger already
+        sim.partition()
+        sim.run(12.0)  # past the lead time: the renewal cannot be had
+        assert sim.gstats.renewals == 0 and sim.gstats.deferred == {1: sim.certificates[1].metadata.pairing_id}
+        assert [EntityEvent.decode(e).kind for e in sim.outbox.pending] == ["renewal_deferred"]
+        stats = sim.stats
+        assert not stats.rejects and sim.vcu.reported == {1: ON}  # the pairing carried on all along
+        sim.heal()
+        sim.run(3.0)  # still before the old certificate expires (t = 30)
+        assert sim.gstats.renewals == 1 and sim.gstats.expiries == 0
+        assert sim.security[1].state is PackState.ACTIVE and not sim.outbox.pending
+        kinds = [strict_loads(e) for e in sim.dep.ledger.entries()]
+        events = [e["event"] for e in kinds if e["kind"] == "entity_event"]
+        assert "renewal_deferred" in events and events.count("pack_state") >= 4
+        assert sim.outbox.head.tree_size <= sim.dep.ledger.size
+        assert not sim.stats.rejects

@@ -21,6 +21,11 @@ ledger once the overlap ended); a pairing that expires anyway takes the ``reques
 effect: a new pairing. ``isolate`` sends the module an emergency shutdown, ``raise_floor`` /
 ``reset_floor`` move its link's escalation floor.
 
+Partitions (docs/lifecycle.md §8): every state step of the pack is queued in its
+:class:`~modbatt.nodes.events.EventOutbox` and flushed to the controller's ledger at the next
+life-cycle check; :meth:`GatewaySimulation.partition` makes the controller unreachable, so
+traffic carries on, renewals are deferred (and recorded) until :meth:`~GatewaySimulation.heal`.
+
 Time is one clock for everything: the deployment's clock is the simulator's (a
 :class:`~modbatt.sim.pack.VirtualClock` from a fixed epoch by default), so certificate expiry,
 rate limits and the overlap run in simulated time.
@@ -39,11 +44,12 @@ import can
 
 from ..can.ids import SEED_LAYOUT, IdLayout
 from ..can.wiretime import CLASSIC, BusProfile
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, TransportError, VerificationError
 from ..model.pairing import PairingCertificate, Restrictions
 from ..model.policy import MessageClass
 from ..model.tier import Tier
 from ..nodes.entity import EntityNode
+from ..nodes.events import EventIntake, EventOutbox, Receipt
 from ..nodes.inmemory import EPOCH, InMemoryDeployment
 from ..nodes.link import Received
 from ..nodes.pairing_flow import pair_entities, renew_entities
@@ -83,12 +89,15 @@ class GatewayStats:
     expiries: int = 0
     isolations: int = 0
     lifecycle: list[dict[str, Any]] = field(default_factory=list)  # PackSecurity steps, in order
+    deferred: dict[int, str | None] = field(default_factory=dict)  # renewals put off by a partition, by module
+    flushes: list[int] = field(default_factory=list)  # events each flush appended to the ledger
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "app_frames_rx": self.app_frames_rx, "app_frames_tx": self.app_frames_tx,
             "commands_forwarded": dict(self.commands_forwarded), "acks": self.acks, "nacks": self.nacks,
             "renewals": self.renewals, "expiries": self.expiries, "isolations": self.isolations,
+            "deferred_renewals": len(self.deferred), "events_flushed": sum(self.flushes),
         }  # fmt: skip
 
 
@@ -337,6 +346,15 @@ class GatewaySimulation:
         self.pack.app = _AppPort(self._open(self.app_config), self.pack.on_app)
         self.vcu = _Vcu(_AppPort(self._open(self.app_config)), db)
         self._attacker = _AppPort(self._open(self.app_config))
+        #: The pack's queue of events for the controller's ledger (docs/lifecycle.md §8).
+        self.outbox = EventOutbox(self.dep.pack, controller_key=self.dep.controller.public_key)
+        self._intake = EventIntake(self.dep.controller)
+        #: False while the controller (and its ledger) cannot be reached: see :meth:`partition`.
+        self.controller_reachable = True
+        self._retire_later: list[str] = []
+        for i, entry in enumerate(self.gstats.lifecycle):  # the set-up steps, queued in order
+            self.outbox.record("pack_state", {k: entry[k] for k in ("node", "event", "from", "to")},
+                               now=EPOCH + entry["t"] + i * 1e-6)  # fmt: skip
         self.scheduler = Scheduler(self.clock, [self._pack_ep, self._module_ep, self.pack.app, self.vcu.port])
         self._started = False
 
@@ -371,10 +389,13 @@ class GatewaySimulation:
     def _step(self, node_id: int, step: Step | None) -> None:
         if step is None:
             return
+        entry = {"node": node_id, "event": step.event.value, "from": step.source.value, "to": step.target.value}
         self.gstats.lifecycle.append(
-            {"t": round(step.at - EPOCH, 3), "node": node_id, "event": step.event.value,
-             "from": step.source.value, "to": step.target.value, "actions": [a.value for a in step.actions]}
+            {"t": round(step.at - EPOCH, 3), **entry, "actions": [a.value for a in step.actions]}
         )  # fmt: skip
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            outbox.record("pack_state", entry, now=step.at)
         for effect in step.effects:
             self._effect(node_id, effect)
 
@@ -419,6 +440,19 @@ class GatewaySimulation:
         self.pack.command(node_id, MessageClass.EMERGENCY_SHUTDOWN, bytes([1]))
         self.scheduler.pump()
 
+    def partition(self) -> None:
+        """Cut the pack off from the controller and its ledger: pairings carry on, events queue."""
+        self.controller_reachable = False
+
+    def heal(self) -> None:
+        """Reconnect: the next life-cycle check flushes the queue and catches up on what waited."""
+        self.controller_reachable = True
+
+    def _submit(self, events: list[bytes], since: int | None) -> Receipt:
+        if not self.controller_reachable:
+            raise TransportError("the controller is unreachable (partition)")
+        return self._intake.submit(events, since)
+
     def renew(self, node_id: int) -> str:
         """Renew one module's pairing now (what the lead time triggers); returns the new pairing id."""
         old = self.certificates[node_id]
@@ -443,23 +477,33 @@ class GatewaySimulation:
 
     def _lifecycle(self) -> float:
         now = self.clock.now()
+        reachable = self.controller_reachable
         for node_id, machine in self.security.items():
             handover = self.handovers.get(node_id)
             if handover is not None:
                 hp, hm = handover
                 hm.tick(now)
                 if hp.tick(now):
-                    self.dep.controller.revoke_pairing(hp.old_pairing_id, "renewed")
+                    self._retire_later.append(hp.old_pairing_id)  # the ledger learns it when reachable
                 if hp.phase is HandoverPhase.DONE and hm.phase is HandoverPhase.DONE:
                     del self.handovers[node_id]
             elif self.renew_lead_s is not None and machine.renewal_due(now, self.renew_lead_s):
-                self.renew(node_id)
+                if reachable:
+                    self.renew(node_id)
+                elif self.gstats.deferred.get(node_id) != machine.pairing_id:
+                    self.gstats.deferred[node_id] = machine.pairing_id  # retried at every check until it works
+                    self.outbox.record("renewal_deferred", {"node": node_id}, now=now)
             step = machine.tick(now)
             if step is not None:
                 self.gstats.expiries += 1
                 self._step(node_id, step)
-                if Action.REQUEST_PAIRING in step.actions:
+                if Action.REQUEST_PAIRING in step.actions and reachable:
                     self._repair(node_id)
+        if reachable:
+            while self._retire_later:
+                self.dep.controller.revoke_pairing(self._retire_later.pop(0), "renewed")
+            if self.outbox.pending or self.outbox.dropped:
+                self.gstats.flushes.append(self.outbox.flush(self._submit, now=now).appended)
         return _LIFECYCLE_PERIOD_S
 
     def _repair(self, node_id: int) -> None:
