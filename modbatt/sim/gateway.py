@@ -420,6 +420,12 @@ class GatewaySimulation:
         if balancing is not None:
             self.vcu.balancing = balancing
 
+    def tap(self, bus: str = "module") -> can.BusABC:
+        """Another handle on the ``"module"`` or ``"app"`` bus (an attacker, a monitor), closed with the simulation."""
+        if bus not in ("module", "app"):
+            raise ConfigError("tap the 'module' or the 'app' bus")
+        return self._open(self.module_config if bus == "module" else self.app_config)
+
     def inject(self, frames: Iterable[AppFrame]) -> int:
         """Send frames on the app bus from a third handle (an attacker, or a misbehaving tool)."""
         n = 0
