@@ -13,7 +13,7 @@ import can
 import cantools
 import pytest
 
-from modbatt.can import dbc, fragment
+from modbatt.can import dbc, fragment, payloads
 from modbatt.can.catalog import DBC_MODULE_ID
 from modbatt.can.functions import function_named
 from modbatt.can.ids import J1939_LAYOUT, LEGACY_MODULE_LAYOUT, SEED_LAYOUT, CanIdFields
@@ -24,7 +24,10 @@ from modbatt.crypto.freshness import FreshnessCounter, MemoryCounterStore
 from modbatt.crypto.suite import PrivateKey
 from modbatt.errors import ConfigError
 from modbatt.model.tier import Tier
+from modbatt.sim.pack import PackSimulation
+from modbatt.transport.canbus import BusConfig, open_bus
 from modbatt.transport.isotp_link import IsoTpLink
+from modbatt.transport.recording import open_writer
 
 N2C = Direction.RESPONDER_TO_INITIATOR
 C2N = Direction.INITIATOR_TO_RESPONDER
@@ -65,8 +68,9 @@ def _sender(tier: Tier, direction: Direction, profile=CLASSIC) -> SecuredSender:
 # -- the command and the files ----------------------------------------------------------------------
 
 
-def test_export_command_writes_both_files(exported: Path) -> None:
-    assert sorted(p.name for p in exported.iterdir()) == [dbc.LEGACY_DBC_NAME, dbc.SECURE_DBC_NAME]
+def test_export_command_writes_the_three_files(exported: Path) -> None:
+    names = sorted(p.name for p in exported.iterdir())
+    assert names == sorted([dbc.LEGACY_DBC_NAME, dbc.PLAIN_DBC_NAME, dbc.SECURE_DBC_NAME])
 
 
 def test_export_into_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,19 +81,31 @@ def test_export_into_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.C
     assert len(err.splitlines()) == 1 and "not a directory" in err
 
 
+def test_export_directory_check_uses_write_access(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same check as above, independent of the user's privileges: access() says no.
+    from modbatt.cli import files
+
+    monkeypatch.setattr(files.os, "access", lambda *_a, **_k: False)
+    with pytest.raises(ConfigError, match=r"export directory .* is not writable"):
+        files.writable_directory(tmp_path / "out", "export directory")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_options_choose_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dbc", "export", str(tmp_path), "--pack-id", "1", "--module-id", "0x07", "--profile", "fd"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all(line.startswith("wrote ") for line in lines)
-    assert str(tmp_path / dbc.SECURE_DBC_NAME) in lines[0]
-    assert str(tmp_path / dbc.LEGACY_DBC_NAME) in lines[1] and "module 0x07" in lines[1]
-    assert "fd frames" in lines[0]
+    assert len(lines) == 3 and all(line.startswith("wrote ") for line in lines)
+    assert str(tmp_path / dbc.SECURE_DBC_NAME) in lines[0] and "fd frames" in lines[0]
+    assert str(tmp_path / dbc.PLAIN_DBC_NAME) in lines[1]
+    assert str(tmp_path / dbc.LEGACY_DBC_NAME) in lines[2] and "module 0x07" in lines[2]
     legacy = cantools.database.load_file(tmp_path / dbc.LEGACY_DBC_NAME)
     assert legacy.get_message_by_name("MODULE_POWER").frame_id == 0x512
     assert legacy.get_message_by_name("MODULE_STATUS_1").frame_id == (0x502 << 18) | 0x07
     secure = cantools.database.load_file(tmp_path / dbc.SECURE_DBC_NAME)
     assert all(SEED_LAYOUT.decode(m.frame_id).node == 0x07 for m in secure.messages)
-    assert all(m.is_fd and m.length == 64 for m in secure.messages)
+    assert all(m.is_fd and (m.length <= 8 or m.length in (12, 16, 20, 24, 32, 48, 64)) for m in secure.messages)
+    plain = cantools.database.load_file(tmp_path / dbc.PLAIN_DBC_NAME)
+    assert {SEED_LAYOUT.decode(m.frame_id).node for m in plain.messages} == {0x07}
 
 
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +123,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["x.dbc"]  # no temporary left behind
     monkeypatch.undo()
     dbc.write_dbc(db, target)
-    assert target.read_bytes().startswith(b'VERSION "modbatt-secure-1')
+    assert target.read_bytes().startswith(b'VERSION "modbatt-secure-2')
     assert b"\r\n" in target.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["x.dbc"]
 
@@ -179,37 +195,56 @@ def test_secure_attributes_match_the_identifier(secure_db: cantools.database.can
         assert attrs["MB_Level"].value == int(fields.tier)
         assert attrs["MB_Function"].value == fields.function
         assert attrs["MB_Direction"].value == fields.direction
-        assert attrs["MB_Node"].value == fields.node == DBC_MODULE_ID
-        assert msg.is_extended_frame and len(msg.name) <= 32
-        assert msg.name.endswith(fields.tier.name)
+        assert attrs["MB_Node"].value == fields.node
+        assert msg.is_extended_frame
+        assert msg.name.endswith(f"{fields.tier.name}_{fields.node:02X}")
         names.add(msg.name)
+    assert {SEED_LAYOUT.decode(m.frame_id).node for m in secure_db.messages} == set(range(0x01, 0x20))
     for expected in (
-        "ANNOUNCE_N2C_BINDING",
-        "VOLTAGE_N2C_EXCHANGE",
-        "VOLTAGE_N2C_NONE",
-        "CHARGE_COMMAND_C2N_PAIRING",
-        "CERTIFICATE_C2N_BINDING",
+        "ANNOUNCE_N2C_BINDING_01",
+        "VOLTAGE_N2C_EXCHANGE_1F",
+        "VOLTAGE_N2C_NONE_05",
+        "CHARGE_COMMAND_C2N_PAIRING_02",
+        "CERTIFICATE_C2N_BINDING_01",
     ):
         assert expected in names
     # Critical commands never appear in clear or at the exchange tier: the policy forbids it.
-    assert "CHARGE_COMMAND_C2N_NONE" not in names and "CHARGE_COMMAND_C2N_EXCHANGE" not in names
+    assert "CHARGE_COMMAND_C2N_NONE_01" not in names and "CHARGE_COMMAND_C2N_EXCHANGE_01" not in names
+    # Telemetry goes one way: its clear (single-frame) identifier has no message the other way.
+    assert "VOLTAGE_C2N_NONE_01" not in names and "VOLTAGE_C2N_EXCHANGE_01" in names  # ISO-TP flow control
+
+
+def test_cycle_times_and_units_come_from_the_catalog(secure_db: cantools.database.can.Database) -> None:
+    current = secure_db.get_message_by_name("CURRENT_N2C_EXCHANGE_03")
+    assert current.cycle_time == 100 and current.dbc.attributes["GenMsgSendType"].value == 0  # Cyclic
+    assert secure_db.get_message_by_name("HEARTBEAT_C2N_EXCHANGE_03").cycle_time == 1000
+    assert secure_db.get_message_by_name("CHARGE_COMMAND_C2N_PAIRING_03").cycle_time is None  # on event
+    clear = secure_db.get_message_by_name("CURRENT_N2C_NONE_03")
+    units = {s.name: (s.unit, s.scale) for s in clear.signals}
+    assert units["moduleMmc"] == ("A", 0.02) and units["moduleMmv"] == ("V", 0.015)
 
 
 @pytest.mark.parametrize(
     ("name", "values"),
     [
-        ("VOLTAGE_N2C_EXCHANGE", {"Ciphertext": 0x123456, "FreshnessLow": 7, "MAC": 0xDEADBEEF}),
-        ("VOLTAGE_N2C_NONE", {"Payload": 0x0102030405060708}),
-        ("ANNOUNCE_N2C_BINDING", {"FRAG_TransferId": 9, "FRAG_Index": 0, "FRAG_TotalLength": 300, "FRAG_FirstData": 1}),
-        ("ANNOUNCE_N2C_BINDING", {"FRAG_TransferId": 9, "FRAG_Index": 683, "FRAG_Data": 0xCAFE}),
-        ("CERTIFICATE_N2C_BINDING", {"TP_PciType": 3, "TP_FC_FlowStatus": 0, "TP_FC_BlockSize": 0, "TP_FC_STmin": 0}),
-        ("CERTIFICATE_C2N_BINDING", {"TP_PciType": 1, "TP_FF_DL": 4095, "TP_FF_Data": 0xAABBCCDDEEFF}),
+        ("HEARTBEAT_N2C_EXCHANGE_01", {"Ciphertext": 0x12, "FreshnessLow": 7, "MAC": 0xDEADBEEF}),
+        ("VOLTAGE_N2C_NONE_01", {"cellLoVolt": 3.6, "cellHiVolt": 3.7, "cellAvgVolt": 3.65}),
+        (
+            "ANNOUNCE_N2C_BINDING_01",
+            {"FRAG_TransferId": 9, "FRAG_Index": 0, "FRAG_TotalLength": 300, "FRAG_FirstData": 1},
+        ),
+        ("ANNOUNCE_N2C_BINDING_01", {"FRAG_TransferId": 9, "FRAG_Index": 683, "FRAG_Data": 0xCAFE}),
+        (
+            "CERTIFICATE_N2C_BINDING_01",
+            {"TP_PciType": 3, "TP_FC_FlowStatus": 0, "TP_FC_BlockSize": 0, "TP_FC_STmin": 0},
+        ),
+        ("CERTIFICATE_C2N_BINDING_01", {"TP_PciType": 1, "TP_FF_DL": 4095, "TP_FF_Data": 0xAABBCCDDEEFF}),
     ],
 )
-def test_secure_round_trip(secure_db: cantools.database.can.Database, name: str, values: dict[str, int]) -> None:
+def test_secure_round_trip(secure_db: cantools.database.can.Database, name: str, values: dict[str, float]) -> None:
     msg = secure_db.get_message_by_name(name)
     decoded = msg.decode(msg.encode(values), decode_choices=False)
-    assert decoded == values
+    assert decoded == pytest.approx(values)
 
 
 def test_secure_database_on_the_j1939_layout() -> None:
@@ -220,39 +255,41 @@ def test_secure_database_on_the_j1939_layout() -> None:
         dbc.build_secure_database(layout=LEGACY_MODULE_LAYOUT)
 
 
-def test_secured_classic_frame_decodes(secure_db: cantools.database.can.Database) -> None:
-    tx = _sender(Tier.EXCHANGE, N2C)
-    pdu = tx.protect(_fields("VOLTAGE", N2C), b"\x0c\x80\x01")
-    assert pdu.single_frame and len(pdu.data) == 8
-    msg = secure_db.get_message_by_frame_id(pdu.can_id)
-    assert msg.name == "VOLTAGE_N2C_EXCHANGE"
-    decoded = msg.decode(pdu.data)
-    assert decoded["FreshnessLow"] == pdu.freshness & 0xFF
-    assert decoded["MAC"] == int.from_bytes(pdu.data[4:8], "big")
-    assert decoded["Ciphertext"] == int.from_bytes(pdu.data[:3], "big")
-    cmd = _sender(Tier.PAIRING, C2N).protect(_fields("CHARGE_COMMAND", C2N), b"\x01\x02\x03")
-    assert secure_db.get_message_by_frame_id(cmd.can_id).name == "CHARGE_COMMAND_C2N_PAIRING"
-    clear = _sender(Tier.NONE, N2C).protect(_fields("VOLTAGE", N2C), bytes(range(8)))
-    assert secure_db.decode_message(clear.can_id, clear.data)["Payload"] == 0x0001020304050607
-
-
-def test_secured_fd_frame_decodes() -> None:
-    db = dbc.build_secure_database(profile=FD)
-    tx = _sender(Tier.PAIRING, C2N, FD)
-    pdu = tx.protect(_fields("SAFETY_LIMITS", C2N), bytes(40))
-    assert pdu.single_frame and len(pdu.data) == 64
-    decoded = db.decode_message(pdu.can_id, pdu.data)
-    assert decoded["Freshness"] == pdu.freshness
-    assert decoded["PadCount"] == 0
-    assert decoded["MAC_0"] == int.from_bytes(pdu.data[48:56], "big")
-    assert decoded["MAC_1"] == int.from_bytes(pdu.data[56:64], "big")
+@pytest.mark.parametrize("profile", [CLASSIC, FD], ids=["classic", "fd"])
+def test_every_single_frame_message_has_the_length_the_codec_sends(profile) -> None:  # type: ignore[no-untyped-def]
+    """Each single-frame identifier: a unit of the catalog's length protects to exactly the DBC length,
+    with freshness and tag where the DBC puts them."""
+    db = dbc.build_secure_database(profile=profile)
+    checked = 0
+    for msg in db.messages:
+        if msg.dbc.attributes["MB_Transport"].value != 0:  # not single_frame
+            continue
+        fields = SEED_LAYOUT.decode(msg.frame_id)
+        direction = Direction(fields.direction)
+        payload = payloads.payload_of(fields.function, direction)
+        assert payload is not None and payload.length is not None
+        tx = _sender(fields.tier, direction, profile)
+        pdu = tx.protect(fields, bytes(range(1, payload.length + 1)))
+        assert pdu.single_frame and pdu.can_id == msg.frame_id
+        assert len(pdu.data) == msg.length, msg.name
+        decoded = msg.decode(pdu.data, decode_choices=False, scaling=False)
+        if fields.tier is Tier.NONE:
+            assert decoded == msg.decode(bytes(range(1, payload.length + 1)).ljust(msg.length, b"\0"), scaling=False)
+        elif profile.fd:
+            assert decoded["Freshness"] == pdu.freshness
+            assert decoded["MAC_1"] == int.from_bytes(pdu.data[8 + payload.length + 8 : 8 + payload.length + 16], "big")
+        else:
+            assert decoded["FreshnessLow"] == pdu.freshness & 0xFF
+            assert decoded["MAC"] == int.from_bytes(pdu.data[-4:], "big")
+        checked += 1
+    assert checked >= 4
 
 
 def test_binding_announce_fragments_decode(secure_db: cantools.database.can.Database) -> None:
     pdu = _sender(Tier.BINDING, N2C).protect(_fields("ANNOUNCE", N2C), b"access data + bound LCT" * 4)
     assert not pdu.single_frame
     msg = secure_db.get_message_by_frame_id(pdu.can_id)
-    assert msg.name == "ANNOUNCE_N2C_BINDING"
+    assert msg.name == "ANNOUNCE_N2C_BINDING_01"
     frames = fragment.Fragmenter(first_transfer_id=3).fragment(pdu.data)
     for index, frame in enumerate(frames):
         decoded = msg.decode(frame)
@@ -281,7 +318,26 @@ def test_certificate_isotp_frames_decode(secure_db: cantools.database.can.Databa
             b.shutdown()
     kinds = [str(secure_db.decode_message(f.arbitration_id, bytes(f.data))["TP_PciType"]) for f in seen]
     assert kinds[0] == "FirstFrame" and kinds[1] == "FlowControl" and set(kinds[2:]) == {"ConsecutiveFrame"}
-    assert secure_db.get_message_by_frame_id(seen[1].arbitration_id).name == "CERTIFICATE_N2C_BINDING"
+    assert secure_db.get_message_by_frame_id(seen[1].arbitration_id).name == "CERTIFICATE_N2C_BINDING_01"
+
+
+# -- the cleartext view ---------------------------------------------------------------------------------
+
+
+def test_plain_view_decodes_a_decrypted_unit(exported: Path) -> None:
+    plain = cantools.database.load_file(exported / dbc.PLAIN_DBC_NAME)
+    legacy = cantools.database.load_file(exported / dbc.LEGACY_DBC_NAME)
+    body = legacy.encode_message("MODULE_STATUS_2", {"cellLoVolt": 3.61, "cellHiVolt": 3.72, "cellAvgVolt": 3.69})
+    can_id = SEED_LAYOUT.encode(function_named("VOLTAGE").id_fields(0x05, int(N2C), Tier.NONE))
+    msg = plain.get_message_by_frame_id(can_id)
+    assert msg.name == "VOLTAGE_N2C_05" and not msg.is_fd and msg.cycle_time == 500
+    assert plain.decode_message(can_id, body) == pytest.approx(
+        {"cellLoVolt": 3.61, "cellHiVolt": 3.72, "cellAvgVolt": 3.69}
+    )
+    ack_id = SEED_LAYOUT.encode(function_named("SAFETY_LIMITS").id_fields(0x05, int(N2C), Tier.NONE))
+    assert plain.decode_message(ack_id, (0x8003).to_bytes(2, "big")) == {"Refused": "refused", "AckSeq": 3}
+    limits = plain.get_message_by_frame_id(ack_id & ~(1 << 20))  # the C2N command: 10 bytes, an FD frame
+    assert limits.is_fd and limits.length == 12 and limits.signals[0].name == "Seq"
 
 
 # -- `cantools decode` on candump output ---------------------------------------------------------------
@@ -313,10 +369,50 @@ def test_cantools_decode_cli(exported: Path) -> None:
     assert "MODULE_POWER(" in out[0] and "module_voltage: 150.0 V" in out[0] and "module_current: 15.36" in out[0]
     assert "MODULE_STATUS_1(" in out[1] and "moduleSoc: 80.5 %" in out[1] and "moduleMmc: 0.0 A" in out[1]
 
-    pdu = _sender(Tier.EXCHANGE, N2C).protect(_fields("VOLTAGE", N2C), b"\x0c\x80\x01")
+    pdu = _sender(Tier.EXCHANGE, N2C).protect(_fields("HEARTBEAT", N2C), b"\x2a")
     frames = fragment.Fragmenter().fragment(b"x" * 20)
     announce_id = SEED_LAYOUT.encode(function_named("ANNOUNCE").id_fields(DBC_MODULE_ID, int(N2C), Tier.BINDING))
     secure_lines = [_candump(pdu.can_id, pdu.data, True), _candump(announce_id, frames[0], True)]
     out = _cantools_decode(exported / dbc.SECURE_DBC_NAME, secure_lines).splitlines()
-    assert "VOLTAGE_N2C_EXCHANGE(" in out[0] and f"FreshnessLow: {pdu.freshness & 0xFF}," in out[0]
-    assert "ANNOUNCE_N2C_BINDING(" in out[1] and "FRAG_TotalLength: 20 B" in out[1]
+    assert "HEARTBEAT_N2C_EXCHANGE_01(" in out[0] and f"FreshnessLow: {pdu.freshness & 0xFF}," in out[0]
+    assert "ANNOUNCE_N2C_BINDING_01(" in out[1] and "FRAG_TotalLength: 20 B" in out[1]
+
+
+_DECODED = re.compile(r":: [A-Z0-9_]+\(")
+
+
+def test_a_31_module_simulation_decodes_with_zero_errors(exported: Path, tmp_path: Path) -> None:
+    """Every frame of a recorded 31-module pack simulation decodes with `cantools decode` in strict mode."""
+    config = BusConfig(interface="virtual", channel=f"modbatt-dbc-sim-{uuid.uuid4().hex}")
+    log = tmp_path / "pack.log"
+    with PackSimulation(31, bus=config) as sim:
+        tap = open_bus(config)  # python-can's virtual bus queues every frame for the tap, unbounded
+        try:
+            stats = sim.run(1.0)
+            with open_writer(log) as recorder:
+                while (msg := tap.recv(timeout=0.05)) is not None:
+                    recorder.on_message_received(msg)
+        finally:
+            tap.shutdown()
+    assert stats.ok, stats.to_dict()
+    lines = log.read_text().splitlines()
+    ids = {line.split()[2].split("#")[0] for line in lines}
+    assert len(lines) > 1000 and len({SEED_LAYOUT.decode(int(i, 16)).node for i in ids}) == 31
+    result = subprocess.run(
+        [sys.executable, "-m", "cantools", "decode", "--single-line", str(exported / dbc.SECURE_DBC_NAME)],
+        stdin=log.open(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    decoded = result.stdout.splitlines()
+    errors = [line for line in decoded if not _DECODED.search(line)]
+    assert len(decoded) == len(lines) and errors == [], errors[:5]
+    kinds = {
+        k
+        for line in decoded
+        for k in ("FirstFrame", "ConsecutiveFrame", "FlowControl", "SingleFrame", "MAC:")
+        if k in line
+    }
+    assert kinds == {"FirstFrame", "ConsecutiveFrame", "FlowControl", "SingleFrame", "MAC:"}

@@ -77,10 +77,11 @@ def test_verify_failures(ledger_file: Path, tmp_path: Path, capsys: pytest.Captu
     err = _one_line(capsys.readouterr().err)
     assert err.startswith("modbatt ledger: error:") and "entry 3" in err
 
+    # A file of another kind is a user mistake (exit 2), not a ledger that failed its check.
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"definitely not sqlite" * 50)
-    assert main(["ledger", "verify", str(junk)]) == 1
-    assert "not a modbatt ledger" in _one_line(capsys.readouterr().err)
+    assert main(["ledger", "verify", str(junk)]) == 2
+    assert "is not a SQLite database" in _one_line(capsys.readouterr().err)
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,7 @@ from modbatt.transport.canbus import BusConfig, EchoFilteringUdpMulticastBus, To
 from modbatt.transport.isotp_link import IsoTpLink
 from modbatt.transport.monitor import Monitor, run_monitor
 from modbatt.transport.slcan_emulator import SlcanEmulator
+from modbatt.workbench.monitor_view import TraceView
 
 WAIT = 5.0  # bound for every single wait, seconds
 
@@ -91,7 +92,7 @@ def test_monitor_counts_garbage_and_keeps_decoding(udp: tuple[str, int, list[can
     lines: list[str] = []
     sender = threading.Timer(0.3, lambda: tx.send(can.Message(arbitration_id=0x18FF50E5, data=b"\x07")))
     sender.start()
-    summary = run_monitor(Monitor(), rx, lines.append, count=1, duration=WAIT)
+    summary = run_monitor(Monitor(), rx, TraceView(lines.append), count=1, duration=WAIT)
     sender.join()
     assert summary.frames == 1 and summary.input_dropped == 2
     assert "undecodable input dropped: 2" in lines[-1]

@@ -9,7 +9,7 @@ import can
 import pytest
 
 from modbatt.errors import ConfigError
-from modbatt.transport.recording import LOG_FORMATS, open_writer, read_log, write_log
+from modbatt.transport.recording import LOG_FORMATS, OPTIONAL_FORMATS, open_writer, read_log, write_log
 
 T0 = 1_700_000_000.123456
 
@@ -27,30 +27,62 @@ def _frames() -> list[can.Message]:
     ]
 
 
+# What each format keeps besides ID, width, data and DLC (see modbatt.transport.recording).
+_KEEPS = {
+    ".log": {"fd", "rx", "remote"},
+    ".asc": {"fd", "rx", "remote"},
+    ".blf": {"fd", "rx", "remote"},
+    ".mf4": {"fd", "rx", "remote"},
+    ".trc": {"rx"},  # no FD and no remote frames: not written
+    ".csv": {"remote"},
+    ".db": {"remote"},
+}
+
+
 @pytest.mark.parametrize("suffix", sorted(LOG_FORMATS))
 def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    if suffix in OPTIONAL_FORMATS:
+        pytest.importorskip(OPTIONAL_FORMATS[suffix][0], reason=f"python-can's {suffix} support needs it")
+    keeps = _KEEPS[suffix]
     path = tmp_path / f"capture{suffix}"
     sent = _frames()
-    assert write_log(path, sent) == len(sent)
+    if "fd" not in keeps and "remote" not in keeps:
+        expected = [m for m in sent if not m.is_fd and not m.is_remote_frame]
+    else:
+        expected = sent
+    assert write_log(path, sent) == len(expected)
     back = list(read_log(path))
-    assert len(back) == len(sent)
-    for a, b in zip(sent, back, strict=True):
+    assert len(back) == len(expected)
+    for a, b in zip(expected, back, strict=True):
         assert (b.arbitration_id, b.is_extended_id, bytes(b.data)) == (
             a.arbitration_id,
             a.is_extended_id,
             bytes(a.data),
         )
-        assert (b.is_fd, b.bitrate_switch, b.is_remote_frame, b.is_rx) == (
-            a.is_fd,
-            a.bitrate_switch,
-            a.is_remote_frame,
-            a.is_rx,
-        )
+        if "fd" in keeps:
+            assert (b.is_fd, b.bitrate_switch) == (a.is_fd, a.bitrate_switch)
+        if "rx" in keeps:
+            assert b.is_rx == a.is_rx
+        assert b.is_remote_frame == a.is_remote_frame
         if suffix != ".log" or not a.is_remote_frame:  # candump text has no remote DLC
             assert b.dlc == a.dlc
         # .asc reads back relative to the first frame (python-can's reader default)
-        expected = a.timestamp - (T0 if suffix == ".asc" else 0.0)
-        assert b.timestamp == pytest.approx(expected, abs=2e-6)
+        expected_ts = a.timestamp - (T0 if suffix == ".asc" else 0.0)
+        assert b.timestamp == pytest.approx(expected_ts, abs=2e-6)
+
+
+def test_every_python_can_format_is_supported() -> None:
+    from can.io.logger import MESSAGE_WRITERS
+    from can.io.player import MESSAGE_READERS
+
+    assert set(LOG_FORMATS) == set(MESSAGE_READERS) & set(MESSAGE_WRITERS)  # .txt is write-only
+
+
+def test_a_candump_recording_names_its_channel(tmp_path: Path) -> None:
+    path = tmp_path / "udp.log"
+    write_log(path, [can.Message(timestamp=T0, arbitration_id=1, channel=None)], channel="239.74.163.2")
+    assert "239.74.163.2 00000001#" in path.read_text()
+    assert [m.channel for m in read_log(path)] == ["239.74.163.2"]
 
 
 def test_writer_as_notifier_listener(tmp_path: Path) -> None:
@@ -71,6 +103,8 @@ def test_writer_as_notifier_listener(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", sorted(LOG_FORMATS))
 def test_channel_names_the_formats_cannot_hold(tmp_path: Path, suffix: str) -> None:
+    if suffix in OPTIONAL_FORMATS:
+        pytest.importorskip(OPTIONAL_FORMATS[suffix][0], reason=f"python-can's {suffix} support needs it")
     path = tmp_path / f"channels{suffix}"
     msgs = [
         can.Message(timestamp=T0, arbitration_id=1, channel="bench 7"),
@@ -83,25 +117,25 @@ def test_channel_names_the_formats_cannot_hold(tmp_path: Path, suffix: str) -> N
     assert [m.arbitration_id for m in back] == [1, 2, 3, 4]
     if suffix == ".log":
         assert [m.channel for m in back] == ["bench_7", "239.74.163.2", "can1", "rig-20260101"]
-    else:  # python-can keeps the trailing number of a name ("239.74.163.2" -> 2)
+    elif suffix in (".asc", ".blf"):  # python-can keeps the trailing number of a name ("239.74.163.2" -> 2)
         assert [m.channel for m in back] == [7, 2, 1, 0]  # default channel 1, read as 0
     assert msgs[1].channel == "239.74.163.2"  # the caller's message is untouched
 
 
 def test_unknown_suffix_missing_and_damaged_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown log suffix '\.csv'.*\.blf"):
-        open_writer(tmp_path / "x.csv")
+    with pytest.raises(ConfigError, match=r"unknown log suffix '\.xyz'.*\.blf"):
+        open_writer(tmp_path / "x.xyz")
     with pytest.raises(ConfigError, match="cannot read"):
         list(read_log(tmp_path / "x"))
     with pytest.raises(ConfigError, match="no such log file"):
         list(read_log(tmp_path / "absent.asc"))
     bad = tmp_path / "bad.blf"
     bad.write_bytes(b"garbage" * 20)
-    with pytest.raises(ConfigError, match="cannot read log file"):
+    with pytest.raises(ConfigError, match="as a Vector BLF log"):
         list(read_log(bad))
     bad_log = tmp_path / "bad.log"
     bad_log.write_text("this is not candump\n")
-    with pytest.raises(ConfigError, match="cannot read log file"):
+    with pytest.raises(ConfigError, match="as a candump -L log"):
         list(read_log(bad_log))
     with pytest.raises(ConfigError, match="cannot record to"):
         open_writer(tmp_path / "no-such-dir" / "x.log")

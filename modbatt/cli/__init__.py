@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ModbattError
+from ..workbench.terminal import escape
 
 # Sub-command modules, in the order `modbatt --help` lists them.
 _COMMAND_MODULES = (
@@ -28,6 +29,7 @@ _COMMAND_MODULES = (
     "vectors",
     "spec",
     "monitor",
+    "decode",
     "attack",
     "bench",
 )
@@ -65,20 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(exc)
         if reason is not None and not text.startswith(str(reason)):
             text = f"{reason}: {text}"  # the classified reason always leads
-        print(f"modbatt {args.command}: error: {text}", file=sys.stderr)
+        print(f"modbatt {args.command}: error: {escape(text)}", file=sys.stderr)
         return EXIT_FAILED if reason is not None else EXIT_USAGE
-    except OSError as exc:
-        # A file or device the user named cannot be used: one line, not a traceback.
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"modbatt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("modbatt: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # Output piped into `head` and the like: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # A file or device the user named cannot be used: one line, not a traceback.
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"modbatt {args.command}: error: {escape(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("modbatt: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

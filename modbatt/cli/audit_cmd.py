@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..nodes.audit import EVENT_LOG_NAME, describe_entry, read_events
+from ..workbench.terminal import escape
 from . import EXIT_FAILED, EXIT_OK
 from .ledger_cmd import _load_public_key, open_read_only
 
@@ -84,16 +85,20 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
+        # Entries and events hold strings from the ledger file and from peers: escaped for the terminal.
         print(
-            f"ledger {report['ledger']}: {len(report['entries'])} entries, controller key {report['controller_key_id']}"
+            escape(
+                f"ledger {report['ledger']}: {len(report['entries'])} entries, "
+                f"controller key {report['controller_key_id']}"
+            )
         )
         for entry in report["entries"]:
-            print("  " + _line(entry))
+            print(escape("  " + _line(entry)))
         if events_path is not None:
-            print(f"event log {events_path}: {len(report['events'])} events")
+            print(escape(f"event log {events_path}: {len(report['events'])} events"))
             for ev in report["events"]:
                 rest = {k: v for k, v in ev.items() if k not in ("seq", "t", "kind", "level", "outcome")}
                 level = f"L{ev['level']}" if ev.get("level") is not None else "  "
-                print(f"  {ev.get('seq', '?'):>4} {ev.get('t', '-')} {ev.get('kind', '?')} {level} {ev.get('outcome')} "
-                      + json.dumps(rest, sort_keys=True)[:160])  # fmt: skip
+                print(escape(f"  {ev.get('seq', '?'):>4} {ev.get('t', '-')} {ev.get('kind', '?')} {level} "
+                             f"{ev.get('outcome')} " + json.dumps(rest, sort_keys=True)[:160]))  # fmt: skip
     return EXIT_OK if report["all_signatures_valid"] else EXIT_FAILED

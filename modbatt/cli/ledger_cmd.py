@@ -36,6 +36,7 @@ from ..encoding import strict_json_loads
 from ..errors import ConfigError, EncodingError, LedgerError, VerificationError
 from ..ledger import Ledger, SignedTreeHead, merkle, tree_head
 from . import EXIT_FAILED, EXIT_OK
+from .files import expect_file_kind
 
 __all__ = ["load_tree_head", "open_read_only", "register"]
 
@@ -159,6 +160,7 @@ def _verify(args: argparse.Namespace) -> int:
     kept = load_tree_head(args.sth) if args.sth is not None else None
     if not Path(args.path).exists():
         raise ConfigError(f"no such ledger file: {args.path}")
+    expect_file_kind(args.path, "SQLite database")  # another kind of file is a user mistake (2), not a failed check
     try:
         with _open(args.path, pinned) as ledger:
             report = ledger.verify()

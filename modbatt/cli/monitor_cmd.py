@@ -8,7 +8,8 @@ Forms::
     modbatt monitor --log capture.blf --dbc extra.dbc --count 100
     modbatt monitor --interface pcan --channel PCAN_USBBUS1 --record run.asc
 
-All logic lives in :mod:`modbatt.transport.monitor`; this module only maps arguments.
+Decoding and statistics live in :mod:`modbatt.transport.monitor`, the text in
+:mod:`modbatt.workbench.monitor_view`; this module maps arguments.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import EXIT_OK
 
-__all__ = ["register"]
+__all__ = ["decryptor_from_keystore", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +42,9 @@ def register(subparsers: Any) -> None:
     bus.add_argument("--fd", action="store_true", help="open the bus for CAN FD")
     bus.add_argument("--data-bitrate", type=int, help="CAN FD data-phase bit rate in bit/s")
     bus.add_argument("--config-context", metavar="SECTION", help="python-can config file section to use")
-    bus.add_argument("--log", metavar="FILE", help="read a recorded .log/.asc/.blf instead of a bus")
+    bus.add_argument(
+        "--log", metavar="FILE", help="read a recorded log instead of a bus (.log .asc .blf .trc .csv .db .mf4)"
+    )
 
     bus.add_argument(
         "-f",
@@ -64,17 +67,29 @@ def register(subparsers: Any) -> None:
         "or the passphrase in $MODBATT_PASSPHRASE)",
     )
     dec.add_argument(
+        "--no-reassembly",
+        action="store_true",
+        help="take every frame as a unit by itself (traffic that does not follow the payload catalog's "
+        "ISO-TP framing, such as the demo's short single frames)",
+    )
+    dec.add_argument(
         "--no-builtin-dbc",
         action="store_true",
         help="do not decode with modbatt's own databases (secured protocol, legacy catalog)",
     )
 
     out = parser.add_argument_group("output")
-    out.add_argument("--per-id", action="store_true", help="one line per ID: count, Δt, rate, last data")
+    out.add_argument(
+        "--per-id",
+        action="store_true",
+        help="one line per ID: count, Δt, rate, last data (redrawn in place on a terminal)",
+    )
     out.add_argument("--refresh", type=float, default=1.0, metavar="S", help="--per-id table period (live)")
     out.add_argument("-n", "--count", type=int, metavar="N", help="stop after N frames")
     out.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
-    out.add_argument("--record", metavar="FILE", help="also record every frame seen (.log, .asc or .blf)")
+    out.add_argument(
+        "--record", metavar="FILE", help="also record every frame seen (.log .asc .blf .trc .csv .db .mf4)"
+    )
     parser.set_defaults(handler=_monitor)
 
 
@@ -82,6 +97,8 @@ def _monitor(args: argparse.Namespace) -> int:
     from ..transport import recording
     from ..transport.canbus import BusConfig, open_bus
     from ..transport.monitor import Monitor, load_databases, parse_filters, run_monitor
+    from ..workbench.monitor_view import LiveTableView, TraceView
+    from ..workbench.terminal import escape
 
     if args.refresh <= 0:
         raise ConfigError("--refresh must be a positive number of seconds")
@@ -89,6 +106,8 @@ def _monitor(args: argparse.Namespace) -> int:
         raise ConfigError("--log reads a file: leave out --interface, --channel and --fd")
     if args.record is not None:
         recording.log_format(args.record)  # fail on a bad suffix before opening anything
+    if args.log is not None:
+        recording.log_format(args.log, "read")
     filters = parse_filters(args.filter)
 
     config = None
@@ -103,29 +122,32 @@ def _monitor(args: argparse.Namespace) -> int:
         )
 
     def problem(text: str) -> None:
-        print(f"# {text}", file=sys.stderr, flush=True)
+        print(f"# {escape(text)}", file=sys.stderr, flush=True)
 
     monitor = Monitor(
         args.layout,
         load_databases(args.dbc),
-        decryptor=_decryptor(args.keystore, args.layout) if args.keystore else None,
+        decryptor=decryptor_from_keystore(args.keystore, args.layout) if args.keystore else None,
         builtin_databases=not args.no_builtin_dbc,
         on_problem=problem,
         bitrate=args.bitrate or (config.bitrate if config else None),
         data_bitrate=args.data_bitrate or (config.data_bitrate if config else None),
+        reassemble=not args.no_reassembly,
     )
+    if args.per_id:
+        view: TraceView = LiveTableView(sys.stdout)
+    else:
+        view = TraceView(lambda line: print(line, flush=True))
 
-    def write(line: str) -> None:
-        print(line, flush=True)
-
-    recorder = recording.open_writer(args.record) if args.record is not None else None
+    channel = None if config is None else str(config.channel if config.channel is not None else config.interface)
+    recorder = recording.open_writer(args.record, channel=channel) if args.record is not None else None
     try:
         if config is None:
-            print(f"# log {args.log}", file=sys.stderr)
+            problem(f"log {args.log}")
             run_monitor(
                 monitor,
                 recording.read_log(args.log),
-                write,
+                view,
                 per_id=args.per_id,
                 count=args.count,
                 duration=args.duration,
@@ -136,11 +158,11 @@ def _monitor(args: argparse.Namespace) -> int:
             if monitor.builtin is not None:
                 monitor.builtin.prepare(fd=config.fd)  # before the bus: no frames queue meanwhile
             with open_bus(config) as bus:
-                print(f"# {bus.channel_info or config.describe()}", file=sys.stderr)
+                problem(bus.channel_info or config.describe())
                 run_monitor(
                     monitor,
                     bus,
-                    write,
+                    view,
                     per_id=args.per_id,
                     count=args.count,
                     duration=args.duration,
@@ -151,17 +173,19 @@ def _monitor(args: argparse.Namespace) -> int:
     finally:
         if recorder is not None:
             recorder.stop()
+            if recorder.skipped:
+                problem(f"{recorder.skipped} CAN FD or remote frames not recorded: {args.record} cannot hold them")
     return EXIT_OK
 
 
-def _decryptor(path: str, layout_name: str | None) -> Any:
+def decryptor_from_keystore(path: str, layout_name: str | None = None) -> Any:
     """A decryptor from an entity key store, unlocked by FILE.kek or $MODBATT_PASSPHRASE."""
     import os
     from pathlib import Path
 
     from ..crypto.keystore import KeyStore
     from ..nodes.monitor_keys import KeyStoreDecryptor
-    from ..transport.monitor import resolve_layout
+    from ..transport.decoding import resolve_layout
 
     store_path = Path(path)
     passphrase = os.environ.get("MODBATT_PASSPHRASE")

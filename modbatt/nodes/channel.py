@@ -454,11 +454,32 @@ class ChannelObserver:
         self._mirror = link(mirror_secrets, own_public)
         self._own_dir = self._own.sending_direction
 
-    def receive(self, can_id: int, data: bytes, *, reassembled: bool = False) -> Received:
-        """Verify a frame of either direction (the entity's own through the mirror end)."""
+    def _link_for(self, direction: int) -> SelectiveLink:
+        return self._mirror if direction == self._own_dir else self._own
+
+    def receive(self, can_id: int, data: bytes, *, reassembled: bool = False) -> Received | None:
+        """Verify a frame of either direction (the entity's own through the mirror end).
+
+        Resync frames return None: the observer follows the exchange as a receiver would. A
+        challenge travels in clear, so it arms the receivers of the opposite direction with it;
+        the answer to it (full freshness value under the tier key) then moves that window to
+        where the sender really is, so a capture that spans a restart stays readable.
+        """
         fields = self._own.layout.decode(can_id)
-        link = self._mirror if fields.direction == self._own_dir else self._own
-        return link.receive(can_id, data, reassembled=reassembled)
+        if fields.function in RESYNC_FUNCTIONS:
+            if fields.function == _ANSWER.code:
+                tier = fields.tier if fields.tier is not None else Tier.NONE
+                if tier not in _FRESH_TIERS:
+                    raise VerificationError(Reason.WRONG_LEVEL, "a resync answer travels at a keyed tier")
+                self._link_for(fields.direction).receiver(tier).accept_resync(can_id, data)
+            else:
+                if len(data) != RESYNC_CHALLENGE_BYTES:
+                    raise VerificationError(Reason.MALFORMED, f"a resync challenge is {RESYNC_CHALLENGE_BYTES} bytes")
+                answering = self._link_for(1 - fields.direction)
+                for tier in _FRESH_TIERS:
+                    answering.receiver(tier).resync_challenge(challenge=bytes(data))
+            return None
+        return self._link_for(fields.direction).receive(can_id, data, reassembled=reassembled)
 
 
 def pump(a: PairedChannel, b: PairedChannel, *, rounds: int = 8) -> int:

@@ -8,14 +8,14 @@ It verifies before it shows: a frame that fails (bad MAC, replay, tier below the
 reported with its reason. Freshness windows advance only after a frame verifies, so forged
 frames cannot disturb them; a monitor that joins mid-stream on classic CAN sees frames whose
 truncated freshness is far from zero fail until it has followed the stream (docs/can-frames.md).
-Resync frames carry no application payload and are shown without plaintext.
+Resync frames carry no application payload and are shown without plaintext; the observer
+follows them, so decryption continues across a restart of either end.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..can.functions import RESYNC_FUNCTIONS
 from ..can.ids import SEED_LAYOUT, IdLayout
 from ..can.wiretime import CLASSIC, BusProfile
 from ..errors import VerificationError
@@ -58,8 +58,8 @@ class KeyStoreDecryptor:
 
     def decrypt(self, msg: Any, id_fields: Any) -> bytes | None:
         observer = self._observers.get(getattr(id_fields, "node", None))
-        if observer is None or getattr(id_fields, "function", None) in RESYNC_FUNCTIONS:
+        if observer is None:
             return None
-        return observer.receive(
-            msg.arbitration_id, bytes(msg.data), reassembled=len(msg.data) > 8 and not msg.is_fd
-        ).payload
+        # Resync frames carry no payload; the observer follows them to keep its windows in step.
+        got = observer.receive(msg.arbitration_id, bytes(msg.data), reassembled=len(msg.data) > 8 and not msg.is_fd)
+        return None if got is None else got.payload

@@ -32,7 +32,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ..can.secured import frame_format
+from ..can.functions import function_for
+from ..can.payloads import (
+    ACK_BYTES,
+    FIRMWARE_CHECK,
+    FIRMWARE_HEADER,
+    HEARTBEAT_BYTES,
+    LEGACY_TELEMETRY_BYTES,
+    LIMITS_BYTES,
+    NACK_FLAG,
+    SEQ_BYTES,
+    SEQ_MASK,
+    STATE_CHANGE_BYTES,
+    TELEMETRY,
+    TelemetrySpec,
+    Transport,
+    transport_for,
+)
 from ..can.wiretime import BusProfile, frame_length, isotp_frame_lengths
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from ..model.tier import Tier
@@ -41,42 +57,15 @@ __all__ = [
     "ACK_BYTES",
     "COMMAND_CLASSES",
     "HEARTBEAT_BYTES",
+    "NACK_FLAG",
     "SEQ_BYTES",
+    "SEQ_MASK",
     "TELEMETRY",
     "TelemetrySpec",
     "TrafficPlan",
     "frames_for_unit",
     "uses_isotp",
 ]
-
-SEQ_BYTES: Final = 2
-ACK_BYTES: Final = 2  # sequence number, bit 15 = refused: a 7-byte unit, one ISO-TP single frame on classic
-NACK_FLAG: Final = 0x8000
-SEQ_MASK: Final = 0x7FFF
-HEARTBEAT_BYTES: Final = 1
-STATE_CHANGE_BYTES: Final = 4  # legacy MODULE_STATE_CHANGE DLC
-LIMITS_BYTES: Final = 8  # legacy MODULE_LIMITS DLC
-FIRMWARE_HEADER: Final = 4  # block offset (u32)
-FIRMWARE_CHECK: Final = 4  # CRC-32 of the block
-LEGACY_TELEMETRY_BYTES: Final = 8
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetrySpec:
-    """One periodic module message: legacy catalog name, class for the tier policy, period (s)."""
-
-    legacy: str
-    message_class: MessageClass
-    period: float
-    source: str
-
-
-#: Module telemetry at the documented rates (reference facts §f).
-TELEMETRY: Final = (
-    TelemetrySpec("MODULE_STATUS_1", MessageClass.CURRENT_TELEMETRY, 0.100, "WF: module V/I 100 ms"),
-    TelemetrySpec("MODULE_STATUS_2", MessageClass.VOLTAGE_TELEMETRY, 0.500, "PR: cell data 500 ms"),
-    TelemetrySpec("MODULE_STATUS_3", MessageClass.TEMPERATURE_TELEMETRY, 0.500, "WF: temperature 500 ms"),
-)
 
 #: Critical operations the pack sends, each acknowledged by the module.
 COMMAND_CLASSES: Final = (
@@ -132,11 +121,11 @@ def uses_isotp(plan: TrafficPlan, message_class: MessageClass, profile: BusProfi
     one tier for one module. ISO-TP flow control travels on the reverse identifier, so both
     directions must use the same framing: ISO-TP as soon as any unit in either direction is
     larger than one frame. The receiver derives the same answer from the identifier alone.
+    The rule is the payload catalog's (:func:`modbatt.can.payloads.transport_for`), so the DBC
+    describes exactly these frames.
     """
     tier = plan.tier(message_class) if tier is None else tier
-    overhead = frame_format(tier, profile).overhead
-    biggest = max(plan.payload_sizes(message_class))
-    return tier is Tier.BINDING or biggest + overhead > profile.data_field
+    return transport_for(function_for(message_class), tier, profile) is not Transport.SINGLE_FRAME
 
 
 def frames_for_unit(unit_bytes: int, profile: BusProfile, isotp: bool) -> list[int]:

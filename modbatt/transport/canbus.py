@@ -87,6 +87,21 @@ def _configured_interface(path: str | os.PathLike[str] | None, context: str | No
     return None
 
 
+def _check_multicast_group(channel: Any) -> None:
+    """A udp_multicast channel is a multicast group address; anything else fails before any work."""
+    import ipaddress
+
+    try:
+        group = ipaddress.ip_address(str(channel).strip("[]"))
+    except ValueError:
+        group = None
+    if group is None or not group.is_multicast:
+        raise ConfigError(
+            f"udp_multicast channel {str(channel)!r} is not a multicast group address "
+            f"(IPv4 224.0.0.0/4, e.g. {DEFAULT_UDP_GROUP}, or IPv6 ff00::/8)"
+        )
+
+
 @dataclass(frozen=True)
 class BusConfig:
     """Everything needed to open one CAN bus through python-can.
@@ -119,6 +134,8 @@ class BusConfig:
                 raise ConfigError(f"{name} must be a positive integer in bit/s, got {value!r}")
         if self.data_bitrate is not None and not self.fd:
             raise ConfigError("data_bitrate needs fd=True (it is the CAN FD data-phase rate)")
+        if self.interface == "udp_multicast" and self.channel is not None:
+            _check_multicast_group(self.channel)
         clash = set(self.kwargs) & set(_OWN_KEYS)
         if clash:
             raise ConfigError(f"pass {', '.join(sorted(clash))} as BusConfig fields, not in kwargs")

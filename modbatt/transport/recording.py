@@ -1,60 +1,90 @@
 """Record frames to python-can log files and read them back.
 
-Thin wrappers on :class:`can.Logger` and :class:`can.LogReader` that accept only the formats
-modbatt promises to round-trip, chosen by file suffix:
+Thin wrappers on :class:`can.Logger` and :class:`can.LogReader` for every log format python-can
+reads and writes, chosen by file suffix:
 
-========  ==================  ======================================================
-suffix    format              opens in
-========  ==================  ======================================================
-``.log``  candump ``-L``      can-utils ``canplayer``/``log2asc``, SavvyCAN, cantools
-``.asc``  Vector ASCII        CANalyzer / CANoe, PEAK tools, SavvyCAN
-``.blf``  Vector binary       CANalyzer / CANoe (python-can writes BLF v2 objects)
-========  ==================  ======================================================
+========  ========================  ==========================================  =====================
+suffix    format                    opens in                                    needs
+========  ========================  ==========================================  =====================
+``.log``  candump ``-L``            can-utils ``canplayer``/``log2asc``,         -
+                                    SavvyCAN, ``cantools decode``
+``.asc``  Vector ASCII              CANalyzer / CANoe, PEAK tools, SavvyCAN     -
+``.blf``  Vector binary             CANalyzer / CANoe (BLF v2 objects)          -
+``.trc``  PEAK PCAN-View trace      PCAN-View, PCAN-Explorer, SavvyCAN          -
+``.csv``  python-can CSV            pandas, spreadsheets                        -
+``.db``   python-can SQLite         sqlite3, pandas                             -
+``.mf4``  ASAM MDF 4 (bus logging)  asammdf, CANape, Vector tools               ``asammdf``
+========  ========================  ==========================================  =====================
 
-What survives a round trip (checked by ``tests/test_recording.py``): ID and its width, data, FD
-and BRS flags, direction (Rx/Tx) in all three; and in detail:
+What survives a round trip (checked by ``tests/test_recording.py``): ID and its width, data and
+DLC in all of them; and in detail:
 
-* ``.log``: absolute timestamps to the microsecond and the channel name; a remote frame comes
-  back with DLC 0 and an error frame with ID 0 (candump's text has no field for either).
+* ``.log``: absolute timestamps to the microsecond, FD/BRS, direction and the channel name; a
+  remote frame comes back with DLC 0 and an error frame with ID 0.
 * ``.asc``: timestamps come back *relative to the first frame* (python-can's reader default; the
   absolute start is in the header, to the millisecond only); channels become integers.
-* ``.blf``: absolute timestamps, remote DLC and error frames survive; channels become integers.
+* ``.blf`` and ``.mf4``: absolute timestamps, FD/BRS, direction, remote DLC; channels become
+  integers.
+* ``.trc``: absolute timestamps; python-can's writer has no CAN FD and no remote-frame records,
+  so those frames are not written (counted in :attr:`RecordingWriter.skipped`); channels become
+  integers.
+* ``.csv`` and ``.db``: absolute timestamps, remote and error flags; no FD/BRS flags, no
+  direction, no channel (python-can's column sets).
+
+A file that is not what its suffix says, or whose frames carry timestamps that are not a finite
+time (``(inf)``, ``(nan)``, negative, past the year 2286), is refused with one line naming the
+problem (:class:`~modbatt.errors.ConfigError`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import can
 import can.util
-from can.io.blf import BLFParseError
 from can.io.generic import MessageWriter
 
 from ..errors import ConfigError
+from .busstats import TIMESTAMP_RANGE, usable_timestamp
 
 __all__ = ["LOG_FORMATS", "RecordingWriter", "log_format", "open_writer", "read_log", "write_log"]
 
 #: Supported suffixes and what they are.
 LOG_FORMATS: dict[str, str] = {
-    ".log": "candump -L (can-utils)",
-    ".asc": "Vector ASC",
-    ".blf": "Vector BLF",
+    ".log": "candump -L log (can-utils)",
+    ".asc": "Vector ASC log",
+    ".blf": "Vector BLF log",
+    ".trc": "PEAK TRC trace",
+    ".csv": "python-can CSV log",
+    ".db": "python-can SQLite log",
+    ".mf4": "ASAM MDF4 bus log",
 }
+#: Formats whose python-can reader and writer need an optional package: suffix -> (module, pip name).
+OPTIONAL_FORMATS: dict[str, tuple[str, str]] = {".mf4": ("asammdf", "asammdf")}
+_NUMBERED_CHANNELS = frozenset({".asc", ".blf", ".trc", ".mf4"})
+_NO_FD_OR_REMOTE = frozenset({".trc"})
 
 
 def log_format(path: str | os.PathLike[str], action: str = "record to") -> str:
-    """The suffix of ``path`` if modbatt can handle it, else :class:`~modbatt.errors.ConfigError`."""
+    """The suffix of ``path`` if modbatt can handle it here, else :class:`~modbatt.errors.ConfigError`."""
     suffix = Path(path).suffix.lower()
     if suffix not in LOG_FORMATS:
         known = ", ".join(f"{s} ({d})" for s, d in LOG_FORMATS.items())
         raise ConfigError(
             f"cannot {action} {os.fspath(path)!r}: unknown log suffix {suffix or '(none)'!r}; use one of {known}"
         )
+    needs = OPTIONAL_FORMATS.get(suffix)
+    if needs is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(needs[0]) is None:
+            raise ConfigError(
+                f"cannot {action} {os.fspath(path)!r}: {suffix} files need {needs[1]} (pip install {needs[1]})"
+            )
     return suffix
 
 
@@ -75,7 +105,11 @@ class RecordingWriter(can.Listener):
 
     def __init__(self, writer: MessageWriter, suffix: str) -> None:
         self.writer = writer
-        self._numbered = suffix in (".asc", ".blf")
+        self.suffix = suffix
+        self._numbered = suffix in _NUMBERED_CHANNELS
+        self._all_kinds = suffix not in _NO_FD_OR_REMOTE
+        #: Frames the format cannot hold and that were therefore not written (CAN FD and remote in .trc).
+        self.skipped = 0
 
     def _fix(self, msg: can.Message) -> can.Message:
         channel = msg.channel
@@ -95,6 +129,9 @@ class RecordingWriter(can.Listener):
         return msg
 
     def on_message_received(self, msg: can.Message) -> None:
+        if not self._all_kinds and (msg.is_fd or msg.is_remote_frame):
+            self.skipped += 1
+            return
         self.writer.on_message_received(self._fix(msg))
 
     def on_error(self, exc: Exception) -> None:
@@ -113,44 +150,76 @@ class RecordingWriter(can.Listener):
         self.stop()
 
 
-def open_writer(path: str | os.PathLike[str], **kwargs: Any) -> RecordingWriter:
+def open_writer(path: str | os.PathLike[str], *, channel: str | None = None, **kwargs: Any) -> RecordingWriter:
     """A recorder for ``path``: a :class:`can.Listener` and context manager.
 
     Hand it to a :class:`can.Notifier`, or call ``on_message_received`` with each message;
-    ``stop()`` (or leaving the ``with`` block) flushes and closes the file. ``kwargs`` go to the
-    python-can writer.
+    ``stop()`` (or leaving the ``with`` block) flushes and closes the file. ``channel`` names the
+    bus in a candump log for frames that carry no channel of their own (a ``udp_multicast`` bus
+    delivers none; python-can's writer would say ``vcan0``). ``kwargs`` go to the python-can writer.
     """
     suffix = log_format(path)
+    if channel is not None and suffix == ".log":
+        kwargs.setdefault("channel", "_".join(str(channel).split()) or "can")
     try:
         writer = can.Logger(os.fspath(path), **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot record to {os.fspath(path)!r}: {exc.strerror or exc}") from exc
-    # can.Logger returns the concrete writer; BLF, ASC and candump writers are MessageWriters.
+    # can.Logger returns the concrete writer; every format's writer is a MessageWriter.
     return RecordingWriter(writer, suffix)  # type: ignore[arg-type]
 
 
-def write_log(path: str | os.PathLike[str], messages: Iterable[can.Message]) -> int:
+def write_log(path: str | os.PathLike[str], messages: Iterable[can.Message], *, channel: str | None = None) -> int:
     """Write ``messages`` to ``path`` (format by suffix); returns how many were written."""
     count = 0
-    with open_writer(path) as writer:
+    with open_writer(path, channel=channel) as writer:
         for msg in messages:
             writer.on_message_received(msg)
             count += 1
-    return count
+    return count - writer.skipped
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def read_log(path: str | os.PathLike[str], **kwargs: Any) -> Iterator[can.Message]:
     """Yield the messages recorded in ``path`` (format by suffix), in file order.
 
-    Raises :class:`~modbatt.errors.ConfigError` for a missing file, an unknown suffix or a
-    file the python-can reader cannot parse.
+    Raises :class:`~modbatt.errors.ConfigError` for a missing file, an unknown suffix, a file the
+    python-can reader cannot parse as its format, a non-empty file with no frame in it, and a
+    frame whose timestamp is not a finite time in :data:`~modbatt.transport.busstats.TIMESTAMP_RANGE`.
     """
-    log_format(path, "read")
+    suffix = log_format(path, "read")
+    name = os.fspath(path)
     if not Path(path).is_file():
-        raise ConfigError(f"no such log file: {os.fspath(path)!r}")
+        raise ConfigError(f"no such log file: {name!r}")
+    what = LOG_FORMATS[suffix]
+    count = 0
     try:
-        with can.LogReader(os.fspath(path), **kwargs) as reader:
-            yield from reader
-    except (BLFParseError, ValueError, IndexError, KeyError, EOFError, struct.error) as exc:
-        # python-can readers raise assorted errors on damaged files; one clear message instead.
-        raise ConfigError(f"cannot read log file {os.fspath(path)!r}: {exc}") from exc
+        with can.LogReader(name, **kwargs) as reader:
+            for msg in reader:
+                count += 1
+                if not usable_timestamp(msg.timestamp):
+                    lo, hi = TIMESTAMP_RANGE
+                    raise ConfigError(
+                        f"{name!r} is not a usable {what}: frame {count} has timestamp {msg.timestamp!r}, "
+                        f"not a finite time in {lo:g}-{hi:g} s"
+                    )
+                yield msg
+    except ConfigError:
+        raise
+    except Exception as exc:  # python-can's readers raise assorted errors on damaged or foreign files
+        raise ConfigError(f"cannot read {name!r} as a {what}: {_problem(exc)}") from exc
+    if count == 0 and suffix == ".asc" and not _asc_header(Path(path)):
+        # python-can's ASC reader skips every line it does not know: a foreign file reads as empty.
+        raise ConfigError(f"cannot read {name!r} as a {what}: no 'date' header and no frame")
+
+
+def _asc_header(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(256).lstrip()
+    return not head or head.lower().startswith(b"date ")

@@ -24,10 +24,12 @@ from ..model.tier import Tier
 __all__ = [
     "certificate_anatomy_figure",
     "escalation_timeline_figure",
+    "module_label",
     "tier_overhead_figure",
     "trust_graph",
     "trust_graph_figure",
     "validation_levels_figure",
+    "whole_pack_trust_graph",
 ]
 
 _TIER_COLOURS = {"none": "#9e9e9e", "exchange": "#4c9be8", "pairing": "#f28e2b", "binding": "#59a14f"}
@@ -36,9 +38,10 @@ _TIER_COLOURS = {"none": "#9e9e9e", "exchange": "#4c9be8", "pairing": "#f28e2b",
 def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
     """Entities and their relationships from ledger entries (bytes as stored, or decoded maps).
 
-    Edges: ``binding`` (one per binding, ``revoked`` when a revocation follows), ``pairing``
-    (``completed`` after a completion statement, ``revoked`` after a pairing revocation),
-    ``witness`` and ``validation`` (with the ``level`` reached) where validation statements exist.
+    Edges: ``binding`` (one per binding; ``revoked`` when a revocation follows, ``rebound`` when it
+    supersedes a revoked binding), ``pairing`` (``completed`` after a completion statement,
+    ``revoked`` after a pairing revocation or with its binding), ``witness`` (level-2 statements)
+    and ``validation`` (with the ``level`` reached) where validation statements exist.
     """
     g = nx.MultiGraph()
     bindings: dict[str, tuple[str, str]] = {}
@@ -52,7 +55,8 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
             for side, dev in (("entity_a", a), ("entity_b", b)):
                 g.add_node(dev, protocol=e[side]["access_data"]["protocol"])
             bindings[e["binding_id"]] = (a, b)
-            g.add_edge(a, b, key=e["binding_id"], relation="binding", revoked=False)
+            g.add_edge(a, b, key=e["binding_id"], relation="binding", revoked=False,
+                       rebound=bool(e.get("supersedes")))  # fmt: skip
         elif kind == "revocation" and e.get("binding_id") in bindings:
             a, b = bindings[e["binding_id"]]
             g.edges[a, b, e["binding_id"]]["revoked"] = True
@@ -74,81 +78,217 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
     return g
 
 
-def trust_graph_figure(g: nx.MultiGraph, *, title: str = "Trust graph") -> Figure:
-    """Draw a trust graph: bindings solid, pairings dashed, revoked red, validations labelled by level."""
-    fig, ax = plt.subplots(figsize=(8, 6))
-    pos = nx.circular_layout(sorted(g.nodes)) if len(g) > 2 else nx.spring_layout(g, seed=1)
-    if len(g) > 2:
-        hubs = [n for n in g.nodes if n.startswith("pack")]
-        if hubs:  # pack in the middle, modules around it
-            pos = nx.shell_layout(g, nlist=[hubs, sorted(n for n in g.nodes if n not in hubs)])
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_color="#dfe9f5", edgecolors="#34495e", node_size=900)
-    nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
-    styles = {
-        "binding": ("solid", 2.5),
-        "pairing": ("dashed", 1.5),
-        "validation": ("dotted", 1.0),
-        "witness": ("dashdot", 1.0),
-    }
-    for rel, (style, width) in styles.items():
-        for revoked in (False, True):
-            edges = [
-                (u, v) for u, v, d in g.edges(data=True) if d["relation"] == rel and bool(d.get("revoked")) == revoked
-            ]
-            if edges:
-                colour = "#d62728" if revoked else {"binding": "#2c3e50", "pairing": "#f28e2b"}.get(rel, "#59a14f")
-                nx.draw_networkx_edges(g, pos, edgelist=edges, ax=ax, style=style, width=width, edge_color=colour,
-                                       connectionstyle="arc3,rad=0.08" if rel != "binding" else "arc3")  # fmt: skip
-    levels: dict[tuple[str, str], int] = {}
-    for u, v, d in g.edges(data=True):
-        if d.get("level"):
-            levels[(u, v)] = max(levels.get((u, v), 0), int(d["level"]))
-    if levels:
-        nx.draw_networkx_edge_labels(g, pos, {k: f"L{v}" for k, v in levels.items()}, ax=ax, font_size=7)
-    from matplotlib.lines import Line2D
+# Edge kinds in drawing order: (legend label, colour, line style, width).
+_EDGE_STYLES = {
+    "binding": ("binding", "#2c3e50", "solid", 2.4),
+    "rebound": ("re-bound (supersedes a revoked binding)", "#1f9e89", "solid", 2.4),
+    "binding-revoked": ("revoked binding", "#d62728", "solid", 2.0),
+    "pairing": ("pairing", "#f28e2b", (0, (5, 3)), 1.6),
+    "pairing-revoked": ("void pairing (binding revoked)", "#d62728", (0, (5, 3)), 1.2),
+    "witness": ("witness (level 2)", "#7b4fa0", (0, (6, 2, 1, 2)), 1.4),
+    "validation": ("validation (highest level labelled)", "#59a14f", (0, (1, 2)), 1.6),
+}
 
-    ax.legend(
-        handles=[
-            Line2D([], [], color="#2c3e50", lw=2.5, label="binding"),
-            Line2D([], [], color="#f28e2b", lw=1.5, ls="--", label="pairing"),
-            Line2D([], [], color="#59a14f", lw=1, ls=":", label="validation / witness"),
-            Line2D([], [], color="#d62728", lw=2, label="revoked"),
-        ],
-        loc="lower right",
-        fontsize=8,
-    )
+
+def _edge_kind(d: Mapping[str, Any]) -> str:
+    relation = d["relation"]
+    if relation == "binding":
+        return "binding-revoked" if d.get("revoked") else "rebound" if d.get("rebound") else "binding"
+    if relation == "pairing":
+        return "pairing-revoked" if d.get("revoked") else "pairing"
+    return str(relation)
+
+
+def _layout(g: nx.MultiGraph) -> dict[Any, tuple[float, float]]:
+    """Hubs (pack controllers) in the middle, everything else on a circle around them."""
+    import math
+
+    hubs = sorted(n for n in g.nodes if str(n).startswith("pack"))
+    rest = sorted(n for n in g.nodes if n not in hubs)
+    pos: dict[Any, tuple[float, float]] = {}
+    if len(rest) <= 4:  # a few entities: hubs on the left, the others in a column on the right
+        for column, nodes in ((-0.8, hubs), (0.8, rest)):
+            for i, node in enumerate(nodes):
+                pos[node] = (column, 0.0 if len(nodes) == 1 else 0.8 - 1.6 * i / (len(nodes) - 1))
+        return pos
+    for i, hub in enumerate(hubs):
+        pos[hub] = (0.35 * (i - (len(hubs) - 1) / 2), 0.0)
+    for i, node in enumerate(rest):
+        angle = math.pi / 2 - 2 * math.pi * i / max(len(rest), 1)
+        pos[node] = (math.cos(angle), math.sin(angle))
+    return pos
+
+
+def trust_graph_figure(
+    g: nx.MultiGraph,
+    *,
+    title: str = "Trust graph",
+    label: Any = None,
+    size: tuple[float, float] | None = None,
+) -> Figure:
+    """Draw a trust graph: one line per relationship, parallel ones bent apart, labels inside the nodes.
+
+    ``label(node) -> str`` shortens node names (default: the device id). The legend lists only
+    the edge kinds that are drawn.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch
+
+    n = len(g)
+    fig, ax = plt.subplots(figsize=size or ((8, 4.6) if n <= 3 else (8, 6) if n <= 8 else (11, 10.5)))
+    pos = _layout(g)
+    font = 9 if n <= 8 else 7
+    step = 0.15 if n <= 8 else 0.07  # bend of parallel lines, relative to their length
+    drawn: set[str] = set()
+    by_pair: dict[frozenset[Any], list[tuple[Any, Any, dict[str, Any]]]] = {}
+    for u, v, d in g.edges(data=True):
+        by_pair.setdefault(frozenset((u, v)), []).append((u, v, d))
+    order = list(_EDGE_STYLES)
+    for edges in by_pair.values():
+        # Validation statements of one pair become one line, labelled with the highest level.
+        levels = [int(d.get("level") or 0) for _, _, d in edges if _edge_kind(d) == "validation"]
+        kept = [e for e in edges if _edge_kind(e[2]) != "validation"]
+        if levels:
+            u, v, _ = edges[0]
+            kept.append((u, v, {"relation": "validation", "level": max(levels)}))
+        kept.sort(key=lambda e: order.index(_edge_kind(e[2])))
+        for i, (u, v, d) in enumerate(kept):
+            kind = _edge_kind(d)
+            a, b = sorted((u, v), key=str)
+            rad = 0.0 if i == 0 else (step * ((i + 1) // 2)) * (1 if i % 2 else -1)
+            _, colour, style, width = _EDGE_STYLES[kind]
+            ax.add_patch(FancyArrowPatch(pos[a], pos[b], arrowstyle="-", connectionstyle=f"arc3,rad={rad}",
+                                         color=colour, linestyle=style, linewidth=width, zorder=1,
+                                         shrinkA=0, shrinkB=0))  # fmt: skip
+            drawn.add(kind)
+            if kind == "validation":
+                # Midpoint of matplotlib's arc3 quadratic Bezier: chord midpoint + rad/2 x the rotated chord.
+                (x1, y1), (x2, y2) = pos[a], pos[b]
+                mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
+                ax.text(mx, my, f"L{d['level']}", fontsize=font, ha="center", va="center", color=colour, zorder=2,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": colour, "lw": 0.6})  # fmt: skip
+    for node, (x, y) in pos.items():
+        hub = str(node).startswith("pack")
+        text = label(node) if label is not None else str(node)
+        ax.text(x, y, text, ha="center", va="center", fontsize=font + (1 if hub else 0), zorder=3,
+                fontweight="bold" if hub else "normal",
+                bbox={"boxstyle": "round,pad=0.35", "fc": "#fde9c9" if hub else "#dfe9f5", "ec": "#34495e",
+                      "lw": 1.0})  # fmt: skip
+    handles = [
+        Line2D([], [], color=_EDGE_STYLES[k][1], ls=_EDGE_STYLES[k][2], lw=_EDGE_STYLES[k][3], label=_EDGE_STYLES[k][0])
+        for k in order
+        if k in drawn
+    ]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(3, len(handles)),
+                  fontsize=8, frameon=False)  # fmt: skip
     ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.25, 1.25)
+    ax.set_ylim(-1.2, 1.2)
     ax.axis("off")
+    fig.tight_layout()
     return fig
+
+
+def whole_pack_trust_graph(
+    modules: int = 31,
+    *,
+    seed: int | None = None,
+    revoked: Sequence[int] = (7, 19),
+    rebound: Sequence[int] = (7,),
+    witnessed: Sequence[int] | None = None,
+) -> nx.MultiGraph:
+    """The trust graph of a whole pack, from a real in-memory deployment's ledger.
+
+    The pack controller is bound to and paired with every module; level-2 witness validation
+    runs for the ``witnessed`` modules (default: every third); the ``revoked`` modules' bindings are
+    revoked (their pairings become void) and the ``rebound`` ones bound again with a fresh grant.
+    """
+    from ..nodes.inmemory import InMemoryDeployment
+    from ..nodes.pairing_flow import pair_entities
+    from ..nodes.validation import ValidationContext, run_level
+
+    d = InMemoryDeployment(seed=seed, modules=modules)
+    try:
+        records = {}
+        for node_id, module in d.modules.items():
+            records[node_id] = d.bind(d.pack, module).record
+            pairing = pair_entities(d.controller, d.pack, module, records[node_id].binding_id)
+            if node_id in (witnessed if witnessed is not None else range(1, modules + 1, 3)):
+                ctx = ValidationContext.from_nodes(d.controller, d.pack, module, records[node_id].binding_id,
+                                                   pairing.certificate.metadata.pairing_id)  # fmt: skip
+                run_level(ctx, 2)
+        for node_id in revoked:
+            d.controller.revoke(records[node_id].binding_id, "module replaced")
+        d.clock.advance(60)
+        for node_id in rebound:
+            d.controller.rebind(records[node_id].binding_id, d.authorize(d.pack, d.modules[node_id]))
+        return trust_graph(d.ledger.entries())
+    finally:
+        d.ledger.close()
+
+
+def module_label(node: Any) -> str:
+    """``module-07`` -> ``M07`` (short labels for a whole pack)."""
+    text = str(node)
+    return "M" + text.removeprefix("module-") if text.startswith("module-") else text
+
+
+_TIER_MARKERS = {"none": "o", "exchange": "s", "pairing": "D", "binding": "^"}
 
 
 def tier_overhead_figure(
     payloads: Sequence[int] = (1, 2, 3, 4, 8, 16, 32, 48, 64, 128, 256),
     profiles: Sequence[BusProfile] = (CLASSIC, FD),
 ) -> Figure:
-    """Bus time per message and goodput per tier and profile (worst-case stuffing, 1 Mbit/s nominal)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    """Bus time per message and goodput per tier and profile (worst-case stuffing, 1 Mbit/s nominal).
+
+    Exchange and pairing use the same frame format, so their curves coincide: pairing is drawn
+    as a wide band and exchange as a thin line with hollow markers inside it, and the legend says so.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for profile, ls in zip(profiles, ("-", "--"), strict=False):
         for tier in Tier:
             costs = [message_cost(tier, profile, n) for n in payloads]
             colour = _TIER_COLOURS[tier.label]
-            axes[0].plot(payloads, [c.wire_time_us_worst for c in costs], ls, marker="o", ms=3, color=colour,
-                         label=f"{tier.label} ({profile.name})")  # fmt: skip
-            axes[1].plot(payloads, [c.goodput_bytes_per_s / 1000 for c in costs], ls, marker="o", ms=3, color=colour)
+            hollow = tier is Tier.EXCHANGE
+            style = {
+                "ls": ls, "marker": _TIER_MARKERS[tier.label], "ms": 7 if hollow else 4.5, "color": colour,
+                "markerfacecolor": "white" if hollow else colour,
+                "lw": 1.2 if hollow else 4.0 if tier is Tier.PAIRING else 2.0,
+                "zorder": 3 if hollow else 2,
+            }  # fmt: skip
+            axes[0].plot(payloads, [c.wire_time_us_worst for c in costs], **style)
+            axes[1].plot(payloads, [c.goodput_bytes_per_s / 1000 for c in costs], **style)
     axes[0].set(xscale="log", yscale="log", xlabel="payload bytes", ylabel="bus time per message (µs)",
                 title="Wire time per message")  # fmt: skip
     axes[1].set(xscale="log", xlabel="payload bytes", ylabel="goodput (kB/s of bus time)", title="Goodput per tier")
-    axes[0].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Security overhead per tier: classic CAN (solid) and CAN FD 1M/5M (dashed)")
-    fig.tight_layout()
+    tiers = [
+        Line2D([], [], color=_TIER_COLOURS[t.label], marker=_TIER_MARKERS[t.label],
+               lw=4.0 if t is Tier.PAIRING else 1.5,
+               markerfacecolor="white" if t is Tier.EXCHANGE else _TIER_COLOURS[t.label],
+               label=t.label + (" (= pairing format)" if t is Tier.EXCHANGE else ""))
+        for t in Tier
+    ]  # fmt: skip
+    profiles_legend = [
+        Line2D([], [], color="#555555", ls=ls, lw=1.5, label=f"{p.name} ({'FD 1M/5M' if p.fd else 'classic 1M'})")
+        for p, ls in zip(profiles, ("-", "--"), strict=False)
+    ]
+    fig.legend(handles=tiers + profiles_legend, loc="lower center", ncol=6, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))  # fmt: skip
+    fig.suptitle("Security overhead per tier: classic CAN (solid) and CAN FD (dashed)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
 def certificate_anatomy_figure(certificates: Mapping[str, Any]) -> Figure:
     """Bytes per part of pairing certificates (``{label: PairingCertificate}``), stacked."""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     parts = ("metadata", "entity_a", "entity_b", "handshake_validation", "signature + framing")
     colours = ("#bab0ac", "#4c9be8", "#76b7b2", "#f28e2b", "#59a14f")
     labels = list(certificates)
@@ -166,10 +306,11 @@ def certificate_anatomy_figure(certificates: Mapping[str, Any]) -> Figure:
         ax.barh(labels, sizes, left=left, color=colour, label=part)
         left = [a + b for a, b in zip(left, sizes, strict=True)]
     for y, total in enumerate(left):
-        ax.text(total + 10, y, f"{int(total)} B", va="center", fontsize=8)
+        ax.text(total + 15, y, f"{int(total)} B", va="center", fontsize=8)
+    ax.set_xlim(0, max(left) * 1.12)
     ax.set_xlabel("bytes")
     ax.set_title("Pairing certificate anatomy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(parts), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -204,9 +345,15 @@ def escalation_timeline_figure(events: Sequence[Mapping[str, Any]]) -> Figure:
     levels.append(levels[-1])
     ax.step(times, levels, where="post", color="#2c3e50", lw=2, label="required level")
     refused = [(e["t"] - t0, e.get("rejection", "")) for e in events if e.get("event") == "rejected"]
-    for i, (t, why) in enumerate(refused):
-        ax.scatter([t], [0.6], marker="x", color="#d62728", zorder=3)
-        ax.annotate(why, (t, 0.6), textcoords="offset points", xytext=(4, 6 + 10 * i), fontsize=7, color="#d62728")
+    if refused:
+        ax.scatter([t for t, _ in refused], [0.6] * len(refused), marker="x", color="#d62728", zorder=3,
+                   label="refused escalation attempt")  # fmt: skip
+        # One box lists the refusals in time order, clear of the step line: several happen at once.
+        lines = [f"t = {t:.3g} s: {why}" for t, why in refused]
+        ax.annotate("refused:\n" + "\n".join(lines), xy=(refused[0][0], 0.6), xytext=(0.22, 0.33),
+                    textcoords="axes fraction", fontsize=7.5, color="#d62728", va="center",
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "#d62728", "lw": 0.8},
+                    arrowprops={"arrowstyle": "-", "color": "#d62728", "lw": 0.8})  # fmt: skip
     ax.set(xscale="symlog", xlabel="seconds since the first escalation", ylabel="validation level",
            ylim=(0, 7.8), yticks=range(1, 8))  # fmt: skip
     ax.set_title("Escalation: raised on request, refused on abuse, decays after its hold")

@@ -20,6 +20,7 @@ from ..nodes.monitor_keys import KeyStoreDecryptor
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.monitor import Monitor
 from .demo import PACK_ID, run_demo
+from .monitor_view import format_frame
 
 __all__ = ["WatchedRun", "decrypted_demo_trace", "watch_pack"]
 
@@ -63,10 +64,11 @@ def decrypted_demo_trace(state_dir: Path | None = None) -> list[str]:
     result = run_demo(state, transport="in-process")
     store_path = result.state_dir / "entities" / f"{PACK_ID}.keystore"
     store = KeyStore.open(store_path, key_file=store_path.with_suffix(".kek"))
-    monitor = Monitor(decryptor=KeyStoreDecryptor(store))
+    # The demo sends short illustrative payloads as single frames, not the catalog's framing.
+    monitor = Monitor(decryptor=KeyStoreDecryptor(store), reassemble=False)
     lines = []
     for i, frame in enumerate(result.frames):
         msg = can.Message(timestamp=float(i), arbitration_id=int(frame["can_id"], 16),
                           data=bytes.fromhex(frame["data"]), is_extended_id=True)  # fmt: skip
-        lines.append(monitor.format_frame(monitor.observe(msg)))
+        lines.append(format_frame(monitor, monitor.observe(msg)))
     return lines

@@ -53,13 +53,25 @@ def save_results(name: str, data: Any, results_dir: str | os.PathLike[str] | Non
     return path
 
 
-def save_figure(fig: Any, name: str, figures_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Save a matplotlib figure as ``NAME.png`` and ``NAME.svg`` without timestamps."""
+def save_figure(
+    fig: Any, name: str, figures_dir: str | os.PathLike[str] | None = None, *, caption: str | None = None
+) -> list[Path]:
+    """Save a matplotlib figure as ``NAME.png`` and ``NAME.svg``, byte-identical between runs.
+
+    No timestamps or software versions go into the files, and SVG element ids come from a fixed
+    salt. ``caption`` (what the figure shows, one or two sentences) is stored in both files
+    (PNG ``Description`` text chunk, SVG ``dc:description``); the report prints it under the figure.
+    """
     import matplotlib
 
     out = []
+    png_meta: dict[str, Any] = {"Software": None}
+    svg_meta: dict[str, Any] = {"Date": None, "Creator": None}
+    if caption:
+        png_meta["Description"] = caption
+        svg_meta["Description"] = caption
     with matplotlib.rc_context({"svg.hashsalt": "modbatt", "svg.fonttype": "none"}):
-        for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+        for ext, meta in (("png", png_meta), ("svg", svg_meta)):
             path = output_dir("figures", figures_dir) / f"{name}.{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, format=ext, metadata=meta, bbox_inches="tight", dpi=110)

@@ -1,15 +1,15 @@
 """``modbatt run``: execute every notebook headlessly with papermill and build the report.
 
-Each notebook gets the same injected parameters: where to write figures and results, whether to
-run in reproducible mode, and the python-can bus to use. Executed copies land in ``build/``
-(``.ipynb`` and an HTML rendering), and ``build/report.html`` links them and shows every figure.
-A notebook that fails is reported with its error and the run carries on; the exit status says
-whether all succeeded.
+Each notebook gets the folders for its figures and results and the reproducible switch, plus
+the ``-p`` values meant for it, checked against the parameters it declares
+(:mod:`modbatt.workbench.parameters`) before any notebook starts. Executed copies land in
+``build/`` (``.ipynb`` and an HTML rendering), and ``build/report.html`` (:mod:`modbatt.workbench.report`)
+stands alone with every figure embedded and the run's provenance. A notebook that fails is
+reported with its error and the run carries on; the exit status says whether all succeeded.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import time
@@ -20,10 +20,12 @@ from typing import Any
 
 from ..crypto.rng import REPRODUCIBLE_ENV
 from ..errors import ConfigError
-from .paths import OutputLayout, find_notebooks_dir
+from .parameters import ParamSpec, check_parameters, notebook_parameters
+from .paths import OutputLayout, find_notebooks_dir, repo_root
+from .report import Provenance, write_report
 from .results import write_atomic
 
-__all__ = ["NotebookRun", "RunReport", "list_notebooks", "run_notebooks"]
+__all__ = ["NotebookRun", "RunReport", "list_notebooks", "list_parameters", "run_notebooks"]
 
 #: Seconds one notebook may take before papermill stops it.
 NOTEBOOK_TIMEOUT_S = 600
@@ -59,6 +61,7 @@ class RunReport:
     layout: OutputLayout
     runs: list[NotebookRun] = field(default_factory=list)
     report: Path | None = None
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each notebook ran with
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,7 @@ class RunReport:
             ],
             "figures": [str(p) for p in self.figures()],
             "results": sorted(str(p) for p in self.layout.results.glob("*.json")),
+            "parameters": self.parameters,
         }
 
 
@@ -91,13 +95,31 @@ def list_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
     return sorted(find_notebooks_dir(notebooks_dir).glob("[0-9][0-9]-*.ipynb"))
 
 
+def _select(notebooks_dir: Path | None, only: Sequence[str]) -> list[Path]:
+    notebooks = [nb for nb in list_notebooks(notebooks_dir) if not only or any(o in nb.stem for o in only)]
+    if not notebooks:
+        raise ConfigError("no notebook matches" + (f" {', '.join(only)}" if only else ""))
+    return notebooks
+
+
+def list_parameters(notebooks_dir: Path | None = None, only: Sequence[str] = ()) -> dict[str, dict[str, ParamSpec]]:
+    """Each selected notebook's declared parameters, in run order."""
+    return {nb.stem: notebook_parameters(nb) for nb in _select(notebooks_dir, only)}
+
+
 def _to_html(executed: Path) -> Path | None:
+    """An HTML rendering beside the executed notebook; None when nbconvert cannot render here.
+
+    The rendering is a convenience: without nbconvert or its templates (a virtual environment
+    that does not see the base installation's ``share/jupyter``), the report points at the .ipynb.
+    """
     try:
         import nbformat
         from nbconvert import HTMLExporter
-    except ImportError:  # the report then links the .ipynb only
+
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    except Exception:
         return None
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
     write_atomic(out, body.encode("utf-8"))
     return out
@@ -112,19 +134,24 @@ def run_notebooks(
     progress: Callable[[str], None] | None = None,
     reproducible: bool = True,
 ) -> RunReport:
-    """Run the notebooks (all, or those whose name contains one of ``only``) and write the report."""
+    """Run the notebooks (all, or those whose name contains one of ``only``) and write the report.
+
+    ``parameters`` maps ``KEY`` (every notebook that declares it) or ``NAME.KEY`` (one notebook)
+    to a value, as text (``-p`` on the command line: parsed and type-checked against the
+    declaration) or as a Python value. An unknown key or a wrong type raises ConfigError before
+    any notebook runs.
+    """
     import papermill
 
+    notebooks = _select(notebooks_dir, only)
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (parameters or {}).items()}
+    per_notebook = check_parameters(notebooks, raw)
     layout = OutputLayout.under(output) if output is not None else OutputLayout.default()
     layout.create()
-    notebooks = [nb for nb in list_notebooks(notebooks_dir) if not only or any(o in nb.stem for o in only)]
-    if not notebooks:
-        raise ConfigError("no notebook matches" + (f" {', '.join(only)}" if only else ""))
     injected = {
         "figures_dir": str(layout.figures),
         "results_dir": str(layout.results),
         "reproducible": reproducible,
-        **dict(parameters or {}),
     }
     report = RunReport(layout)
     kernel_manager = _ipc_kernel_manager()
@@ -139,9 +166,11 @@ def run_notebooks(
                 progress(f"[{i}/{len(notebooks)}] {nb.stem} ...")
             t0 = time.perf_counter()
             error = None
+            values = injected | per_notebook[nb.stem]
+            report.parameters[nb.stem] = _effective(nb, values)
             try:
                 papermill.execute_notebook(
-                    str(nb), str(executed), parameters=injected, kernel_name="python3", progress_bar=False,
+                    str(nb), str(executed), parameters=values, kernel_name="python3", progress_bar=False,
                     cwd=str(nb.parent), execution_timeout=NOTEBOOK_TIMEOUT_S, log_output=False,
                     kernel_manager_class=kernel_manager,
                 )  # fmt: skip
@@ -159,45 +188,52 @@ def run_notebooks(
             os.environ.pop(REPRODUCIBLE_ENV, None)
         else:
             os.environ[REPRODUCIBLE_ENV] = env_before
-    report.report = _write_report(report)
+    report.report = _write_report(report, reproducible)
     return report
 
 
-def _write_report(report: RunReport) -> Path:
+def _effective(nb: Path, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The notebook's declared defaults with what was injected on top (for the report)."""
+    out: dict[str, Any] = {}
+    for name, spec in notebook_parameters(nb).items():
+        if name in ("figures_dir", "results_dir"):
+            continue  # folders of this machine: in the report's file list, not its parameters
+        out[name] = values[name] if name in values else _literal(spec.default)
+    return out
+
+
+def _literal(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _bus_text(parameters: Mapping[str, Mapping[str, Any]]) -> str:
+    buses = set()
+    for values in parameters.values():
+        if "bus_interface" in values:
+            channel = values.get("bus_channel")
+            buses.add(
+                f"{values['bus_interface']} {channel}"
+                if channel
+                else f"{values['bus_interface']} (a private channel per run)"
+            )
+    return "; ".join(sorted(buses)) or "none declared"
+
+
+def _write_report(report: RunReport, reproducible: bool) -> Path:
     layout = report.layout
-    path = layout.build / "report.html"
-    rel = os.path.relpath
-    rows = []
-    for r in report.runs:
-        link = r.html or r.executed
-        status = "ok" if r.ok else f"FAILED — {html.escape(r.error or '')}"
-        rows.append(
-            f"<tr><td><a href='{html.escape(rel(link, path.parent))}'>{html.escape(r.name)}</a></td>"
-            f"<td>{status}</td><td>{r.seconds:.1f} s</td></tr>"
-        )
-    figures = "\n".join(
-        f"<figure><img src='{html.escape(rel(p, path.parent))}' alt='{html.escape(p.stem)}'>"
-        f"<figcaption>{html.escape(p.stem)} (<a href='{html.escape(rel(p.with_suffix('.svg'), path.parent))}'>svg</a>)"
-        "</figcaption></figure>"
-        for p in report.figures()
+    provenance = Provenance(
+        reproducible=reproducible, parameters=report.parameters, bus=_bus_text(report.parameters), root=repo_root()
     )
-    results = "\n".join(
-        f"<li><a href='{html.escape(rel(p, path.parent))}'>{html.escape(p.name)}</a></li>"
-        for p in sorted(layout.results.glob("*.json"))
+    return write_report(
+        layout.build / "report.html",
+        runs=report.runs,
+        figures=report.figures(),
+        results=sorted(layout.results.glob("*.json")),
+        provenance=provenance,
+        summary=report.to_json() | {"report": str(layout.build / "report.html")},
     )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>modbatt workbench report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
-table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:4px 8px}} figure{{margin:2em 0}}</style>
-</head><body>
-<h1>modbatt workbench report</h1>
-<p>{sum(r.ok for r in report.runs)} of {len(report.runs)} notebooks ran. Executed notebooks, figures and results are
-linked below.</p>
-<h2>Notebooks</h2><table>{"".join(rows)}</table>
-<h2>Figures</h2>{figures}
-<h2>Results</h2><ul>{results}</ul>
-<script type="application/json" id="run">{html.escape(json.dumps(report.to_json() | {"report": str(path)}))}</script>
-</body></html>
-"""
-    write_atomic(path, page.encode("utf-8"))
-    return path

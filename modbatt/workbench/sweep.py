@@ -14,12 +14,19 @@ Points run in a local process pool, or on a dask.distributed cluster given a sch
 papermill is not involved (a kernel start per point would dominate). Results land in one tidy
 table: one row per point (or per row an experiment returns), parameters first, as CSV — or
 Parquet when the output ends in ``.parquet`` and pyarrow is installed.
+
+:data:`EXPERIMENTS` maps an experiment's name to a function whose keyword arguments are the
+sweep's keys; :func:`experiment_keys` reads them from the signature, so a sweep file is checked
+(unknown or missing keys) before any point runs, and errors name experiments and keys, never
+the functions behind them.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,7 +36,7 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["EXPERIMENTS", "SweepSpec", "load_sweep", "run_sweep", "write_table"]
+__all__ = ["EXPERIMENTS", "SweepSpec", "experiment_keys", "experiments", "load_sweep", "run_sweep", "write_table"]
 
 MAX_POINTS = 100_000
 
@@ -89,13 +96,30 @@ def _register_optional() -> None:
         pass
 
 
+def experiments() -> dict[str, Callable[..., Any]]:
+    """Every registered experiment (including those of optional modules), by name."""
+    _register_optional()
+    return dict(sorted(EXPERIMENTS.items()))
+
+
+def experiment_keys(name: str) -> dict[str, Any]:
+    """The keys an experiment takes: ``{key: default}``, with :data:`REQUIRED` for keys without one."""
+    found = experiments()
+    if name not in found:
+        raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(found)}")
+    params = inspect.signature(found[name]).parameters.values()
+    return {p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default for p in params}
+
+
+#: Marks a key without a default in :func:`experiment_keys`.
+REQUIRED = object()
+
+
 class SweepSpec:
     """A validated sweep file."""
 
     def __init__(self, experiment: str, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None):
-        _register_optional()
-        if experiment not in EXPERIMENTS:
-            raise ConfigError(f"unknown experiment {experiment!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+        keys = experiment_keys(experiment)
         if not isinstance(grid, Mapping) or not grid:
             raise ConfigError("grid must map parameter names to lists of values")
         for name, values in grid.items():
@@ -107,6 +131,14 @@ class SweepSpec:
         overlap = set(self.grid) & set(self.fixed)
         if overlap:
             raise ConfigError(f"parameters both in grid and fixed: {sorted(overlap)}")
+        given = set(self.grid) | set(self.fixed)
+        listed = ", ".join(keys)
+        unknown = sorted(given - set(keys))
+        if unknown:
+            raise ConfigError(f"experiment {experiment} has no key {', '.join(map(repr, unknown))}; its keys: {listed}")
+        missing = [k for k, default in keys.items() if default is REQUIRED and k not in given]
+        if missing:
+            raise ConfigError(f"experiment {experiment} needs {', '.join(missing)} (grid or fixed); its keys: {listed}")
         if self.size > MAX_POINTS:
             raise ConfigError(f"{self.size} points exceed the limit of {MAX_POINTS}")
 
@@ -140,8 +172,11 @@ def _run_point(experiment: str, point: dict[str, Any]) -> list[dict[str, Any]]:
     _register_optional()
     try:
         out = EXPERIMENTS[experiment](**point)
-    except TypeError as exc:
-        raise ConfigError(f"{experiment} does not take these parameters: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a value the experiment cannot use
+        shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
+        # A TypeError's text names the Python function; a ValueError's says what is wrong with the value.
+        why = "a value of the wrong type" if isinstance(exc, TypeError) else str(exc).splitlines()[0]
+        raise ConfigError(f"experiment {experiment} cannot run {shown}: {why}") from None
     rows = [out] if isinstance(out, Mapping) else list(out)
     return [{**point, **row} for row in rows]
 
@@ -159,26 +194,53 @@ def run_sweep(
     points = spec.points()
     rows: list[dict[str, Any]] = []
     if scheduler:
-        from distributed import Client
+        from distributed import Client, as_completed
 
         with Client(scheduler, timeout="20s") as client:
             futures = client.map(_run_point, [spec.experiment] * len(points), points, pure=False)
-            for i, result in enumerate(client.gather(futures), 1):
-                rows.extend(result)
+            done: dict[int, list[dict[str, Any]]] = {}
+            index = {f.key: i for i, f in enumerate(futures)}
+            for n, future in enumerate(as_completed(futures), 1):
+                done[index[future.key]] = future.result()
                 if progress:
-                    progress(i, len(points))
+                    progress(n, len(points))
+            for i in range(len(points)):
+                rows.extend(done[i])
     else:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for i, result in enumerate(pool.map(_run_point, [spec.experiment] * len(points), points, chunksize=8), 1):
                 rows.extend(result)
-                if progress and (i % 10 == 0 or i == len(points)):
+                if progress:
                     progress(i, len(points))
     return pd.DataFrame(rows)
+
+
+class Progress:
+    """``done/total``, elapsed time and an ETA from the mean time per point so far."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._start = clock()
+
+    def line(self, done: int, total: int) -> str:
+        elapsed = self._clock() - self._start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        eta_text = f"{eta:.1f} s" if done else "-"
+        return f"{done}/{total} points, {elapsed:.1f} s elapsed, ETA {eta_text}"
+
+
+def default_output(params: Path) -> Path:
+    """Where a sweep's table goes without ``--output``: ``build/sweeps/NAME.csv`` of the checkout."""
+    from .paths import OutputLayout
+
+    return OutputLayout.default().build / "sweeps" / f"{Path(params).stem}.csv"
 
 
 def write_table(frame: Any, path: Path) -> Path:
     """CSV, or Parquet for a ``.parquet`` path (needs pyarrow)."""
     path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"a table is written as .csv or .parquet, not {path.suffix or 'no suffix'!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         try:

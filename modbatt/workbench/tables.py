@@ -7,7 +7,7 @@ runner can save them as JSON.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..can.catalog import catalog_id_rows
@@ -24,6 +24,7 @@ __all__ = [
     "cpu_cost_rows",
     "frame_format_rows",
     "layout_rows",
+    "outcome_rows",
 ]
 
 
@@ -105,3 +106,13 @@ def cpu_cost_rows(*, include_host: bool = True) -> list[dict[str, Any]]:
                              "fixed_ms": round(cost.fixed * 1e3, 4), "per_block_us": round(cost.per_block * 1e6, 3),
                              "published": cost.published, "source": cost.source})  # fmt: skip
     return rows
+
+
+def outcome_rows(results: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Each attack scenario's outcome and reason, without its counters.
+
+    What a tracked results file keeps: the counters behind a verdict can depend on the machine
+    and the checkout (the stored-output search counts the files present), while the verdict does
+    not. ``modbatt attack --all --json`` and the executed notebook show the counters.
+    """
+    return {name: {"outcome": str(o.outcome), "reason": str(o.reason)} for name, o in sorted(results.items())}
