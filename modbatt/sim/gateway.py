@@ -265,7 +265,7 @@ class _GatewayPack(_Node):
             self.gstats.app_frames_tx += 1
 
 
-def _confirm_keys(pack: EntityNode, module: EntityNode, pairing_id: str, now: float) -> None:
+def confirm_keys(pack: EntityNode, module: EntityNode, pairing_id: str, now: float) -> None:
     """A Level-4 paired handshake under the pairing's secrets: the ``confirmed`` event's evidence."""
     ps, ms = pack.pairing_secrets(pairing_id), module.pairing_secrets(pairing_id)
     assert ps is not None and ms is not None
@@ -383,7 +383,7 @@ class GatewaySimulation:
         )  # fmt: skip
         self._step(node_id, paired)
         if confirm:
-            _confirm_keys(self.dep.pack, module, meta.pairing_id, now)
+            confirm_keys(self.dep.pack, module, meta.pairing_id, now)
             self._step(node_id, machine.handle(PackEvent.CONFIRMED, now))
 
     def _step(self, node_id: int, step: Step | None) -> None:
@@ -524,7 +524,7 @@ class GatewaySimulation:
         pid = self._pid(node_id)
         self.pack.links[node_id] = self.dep.pack.channel(pid, profile=self.profile, layout=self.layout)
         self.modules[node_id].links[node_id] = module.channel(pid, profile=self.profile, layout=self.layout)
-        _confirm_keys(self.dep.pack, module, pid, self.clock.now())
+        confirm_keys(self.dep.pack, module, pid, self.clock.now())
         self._step(node_id, self.security[node_id].handle(PackEvent.CONFIRMED, self.clock.now()))
 
     def start(self) -> None:
