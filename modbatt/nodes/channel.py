@@ -142,7 +142,7 @@ class PairedChannel:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.pairing_id = keys.secrets.pairing_id
-        #: The certificate's restrictions, checked on every verified message (docs/lifecycle.md §6);
+        #: The certificate's restrictions, checked on every verified message (docs/lifecycle.md §9);
         #: ``clock`` only dates messages for its rate limit.
         self.restrictions = restrictions if restrictions is not None else RestrictionGate()
         if clock is None and self.restrictions.restrictions.max_messages_per_s:

@@ -418,7 +418,7 @@ class AuthController:
         """Issue a pairing certificate for a live binding and record its issue in the ledger.
 
         ``restrictions`` (allowed operations, data types, a message rate) are enforced by both
-        entities on everything they receive (docs/lifecycle.md §6); a name that is not a message
+        entities on everything they receive (docs/lifecycle.md §9); a name that is not a message
         class of its kind is a ``ConfigError``.
 
         The pairing key, its halves and the exchange key exist only inside
