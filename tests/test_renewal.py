@@ -193,6 +193,15 @@ def test_a_handover_needs_a_renewal_of_the_same_binding_role_and_context():
     assert exc.value.reason is Reason.UNKNOWN_BINDING
 
 
+def test_a_revoked_pairing_is_not_renewed():
+    w, cert = _paired()
+    w.controller.revoke_pairing(cert.metadata.pairing_id)
+    size = w.ledger.size
+    with pytest.raises(VerificationError) as exc:
+        renew_entities(w.controller, w.pack, w.module, cert)
+    assert exc.value.reason is Reason.REVOKED and w.ledger.size == size  # nothing issued
+
+
 def test_the_pack_state_machine_asks_for_the_renewal_before_expiry_and_keeps_its_state():
     w, cert = _paired(valid_for_s=3600)
     meta = cert.metadata

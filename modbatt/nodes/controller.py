@@ -473,13 +473,12 @@ class AuthController:
         statement linking the two; the old pairing is revoked (:meth:`revoke_pairing`, reason
         ``renewed``) once both entities moved over (docs/lifecycle.md §6).
         """
-        pending = self.pending_pairing(pairing_id)
-        with self._exclusive():
+        with self._exclusive():  # the check, the issue and the link in one critical section
+            pending = self.pending_pairing(pairing_id)
             if _PAIRING_REVOKED_PREFIX + pairing_id in self.records:
                 raise VerificationError(Reason.REVOKED, "a revoked pairing is not renewed; issue a new one")
-        certificate = self.issue_pairing(pending.binding_id, **issue)
-        new_id = certificate.metadata.pairing_id
-        with self._exclusive():
+            certificate = self.issue_pairing(pending.binding_id, **issue)
+            new_id = certificate.metadata.pairing_id
             statement = sign_statement(
                 self.controller_key,
                 "pairing_renewed",

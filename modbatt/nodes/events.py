@@ -284,7 +284,6 @@ class EventIntake:
 
     def __init__(self, controller: AuthController) -> None:
         self.controller = controller
-        self._lock = threading.Lock()
         #: Refused submissions by reason.
         self.rejections: collections.Counter[Reason] = collections.Counter()
 
@@ -309,7 +308,9 @@ class EventIntake:
             event.verify(keys[event.device_id])
         ledger = self.controller.ledger
         entries, duplicates = [], []
-        with self._lock:
+        # The controller's critical section: one thread and process at a time on a re-read store,
+        # so two flushes of one entity never both append the same sequence number.
+        with self.controller._exclusive():
             for event in decoded:
                 name = _SEEN_PREFIX + event.device_id
                 records = self.controller.records

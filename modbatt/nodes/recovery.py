@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..crypto.suite import sha256
+from ..crypto.suite import PublicKey, sha256
 from ..encoding import strict_loads
 from ..errors import ModbattError, Reason, VerificationError
-from ..model.binding import BindingAuthorization
+from ..model.binding import BindingAuthorization, BindingRecord
 from ..model.statements import sign_statement
 from ..protocol.pack_state import PackEvent, PackSecurity, Step
 from ..protocol.validation._common import MAX_MESSAGE_BYTES
@@ -141,11 +141,15 @@ class KeyLossIntake:
         record = self.controller.record(claim.binding_id)
         if record is None:
             raise VerificationError(Reason.UNKNOWN_BINDING, f"no binding {claim.binding_id}")
+        identity = self.controller.identity_key(claim.binding_id, claim.device_id)
+        with self.controller._exclusive():  # the status read and the statement appended together
+            return self._validate(claim, record, identity)
+
+    def _validate(self, claim: KeyLossClaim, record: BindingRecord, identity: PublicKey) -> bytes:
         revoked = self.controller.is_revoked(claim.binding_id)
         status = "revoked" if revoked else "active"
         ledger = self.controller.ledger
         now = self._clock()
-        identity = self.controller.identity_key(claim.binding_id, claim.device_id)
         statement = sign_statement(
             self.controller.controller_key,
             "validation",
