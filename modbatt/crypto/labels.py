@@ -99,6 +99,11 @@ SIG_BINDING_VALIDATION = _key_hiding("sig/validation/binding-validation")
 SIG_LCT_ATTESTATION = _label("sig/validation/lct-attestation")
 LCT_ID = _label("lct-id")
 SIG_ESCALATION = _key_hiding("sig/validation/escalation")
+# Key-loss recovery (docs/lifecycle.md §7): a device whose binding key is gone signs its level-1
+# key-loss announce with its identity key (the one the binding authority named in the grant).
+SIG_KEY_LOSS_ANNOUNCE = _label("sig/validation/key-loss-announce")
+# Events an entity reports to the controller (docs/lifecycle.md §8), signed with its identity key.
+SIG_ENTITY_EVENT = _label("sig/entity-event")
 # Key identifiers.
 KEY_ID = _label("key-id")
 # Key store.

@@ -21,7 +21,17 @@ from .binding import LEDGER_ENTRY_VERSION, format_timestamp
 
 __all__ = ["KINDS", "read_statement", "sign_statement"]
 
-KINDS = ("pairing_issued", "pairing_completed", "pairing_revoked", "validation", "escalation")
+#: ``pairing_renewed`` links a renewal to the pairing it replaces; ``entity_event`` is an event an
+#: entity reported (queued while the controller was unreachable, docs/lifecycle.md §8).
+KINDS = (
+    "pairing_issued",
+    "pairing_completed",
+    "pairing_revoked",
+    "pairing_renewed",
+    "validation",
+    "escalation",
+    "entity_event",
+)
 
 
 def sign_statement(controller_key: PrivateKey, kind: str, fields: Mapping[str, Any], now: float) -> bytes:

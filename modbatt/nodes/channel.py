@@ -42,6 +42,7 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
+from ..protocol.restrictions import RestrictionGate
 from .channel_store import ChannelFreshness, Lease
 from .link import Received, SelectiveLink, session_traffic_keys
 
@@ -134,8 +135,16 @@ class PairedChannel:
         layout: IdLayout = SEED_LAYOUT,
         rng: RandomSource | None = None,
         on_close: Callable[[PairedChannel], None] | None = None,
+        restrictions: RestrictionGate | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.pairing_id = keys.secrets.pairing_id
+        #: The certificate's restrictions, checked on every verified message (docs/lifecycle.md §9);
+        #: ``clock`` only dates messages for its rate limit.
+        self.restrictions = restrictions if restrictions is not None else RestrictionGate()
+        if clock is None and self.restrictions.restrictions.max_messages_per_s:
+            raise ConfigError("a rate-limited pairing's channel needs a clock")
+        self._clock = clock
         self.role = keys.secrets.role
         self.profile = profile
         self.layout = layout
@@ -215,8 +224,31 @@ class PairedChannel:
     # -- traffic -----------------------------------------------------------------------------
 
     def escalate(self, floor: Tier) -> None:
-        """Raise (or with ``Tier.NONE`` reset) the minimum tier of everything sent."""
+        """Raise (or with ``Tier.NONE`` reset) the minimum tier of everything sent but emergency shutdown."""
         self._link.escalate(floor)
+
+    def tier_for(self, message_class: MessageClass) -> Tier:
+        """The tier :meth:`send` picks for ``message_class`` now (policy minimum, escalation floor)."""
+        return self._link.tier_for(message_class)
+
+    def authenticates(self, can_id: int, data: bytes, *, reassembled: bool = False) -> bool:
+        """Whether a protected unit verifies under this session's keys near the receive window.
+
+        Classification only (a renewal overlap asks which pairing a frame belongs to): never
+        accepts, never moves a window, never counts. Clear and control frames are False.
+        """
+        if self._lease is None:
+            return False
+        try:
+            fields = self.layout.decode(can_id)
+        except VerificationError:
+            return False
+        if fields.tier in (None, Tier.NONE) or fields.function in RESYNC_FUNCTIONS:
+            return False
+        rx = self._link.receiver(fields.tier)
+        low = max(rx.window.highest + 1 - rx.behind, 0)  # the values the receiver reconstructs to
+        within = range(low, low + 256)
+        return rx.authenticates(can_id, data, within=within, reassembled=reassembled) is not None
 
     def send(self, message_class: MessageClass, payload: bytes, *, tier: Tier | None = None) -> SecuredPdu:
         """Protect one message under the current session (tier from the policy, see SelectiveLink)."""
@@ -235,6 +267,8 @@ class PairedChannel:
                 self._on_resync(fields, can_id, data, reassembled)
                 return None
             got = self._link.receive(can_id, data, reassembled=reassembled)
+            if not self.restrictions.unrestricted:
+                self.restrictions.check(got.message_class, self._clock() if self._clock is not None else 0.0)
         except VerificationError as exc:
             self.rejects[exc.reason] += 1
             self._after_reject(exc.reason)

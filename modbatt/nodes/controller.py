@@ -31,7 +31,7 @@ from ..errors import ModbattError, Reason, VerificationError, counts_rejections
 from ..ledger.pin import KeyStoreHeadPin
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
-from ..model.pairing import ControllerMode, PairingCertificate
+from ..model.pairing import ControllerMode, PairingCertificate, Restrictions
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..model.statements import sign_statement
@@ -39,6 +39,7 @@ from ..model.witness import BindingWitness
 from ..protocol.binding import BindingPhase, BindingTransaction, Outgoing, make_revoke_request
 from ..protocol.messages import EntityResponse
 from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
+from ..protocol.restrictions import check_restrictions
 from ..transport.http import EntityClient
 
 __all__ = ["CLAIM_LEASE_S", "AuthController", "BindingOutcome"]
@@ -49,6 +50,8 @@ _RECORD_PREFIX = "binding-record/"
 _REVOKED_PREFIX = "revoked/"
 _PAIRING_PREFIX = "pairing/"
 _PAIRING_REVOKED_PREFIX = "pairing-revoked/"
+#: The identity keys the grant of each binding named (what authenticates a key-loss announce).
+_IDENTITY_PREFIX = "binding-identities/"
 #: Grants by nonce digest: claimed by a binding in flight, then used for good. A grant binds once
 #: (replay would let a revoked module be re-bound with the grant that first bound it).
 _AUTHORIZATION_USED_PREFIX = "authorization-used/"
@@ -231,6 +234,10 @@ class AuthController:
                 self._still_held(claim)
                 with self.records.transaction():
                     self.records.put_record(_RECORD_PREFIX + record.binding_id, record.to_json())
+                    self.records.put_record(
+                        _IDENTITY_PREFIX + record.binding_id,
+                        {d: authorization.identity_of(d).to_bytes() for d in (entity_a.device_id, entity_b.device_id)},
+                    )
                     self.records.put_record(claim.grant, {"binding_id": record.binding_id})
                     self.records.put_record(claim.relationship, {"binding_id": record.binding_id})
                     self.records.put_record(pending, {"entry": record.ledger_entry()})
@@ -297,7 +304,8 @@ class AuthController:
                         self.records.put_record(name, {"binding_id": claim.previous})
                     elif value:
                         self.records.delete(name)
-            for name in (_RECORD_PREFIX + binding_id, _LEDGER_PENDING_PREFIX + binding_id):
+            for prefix in (_RECORD_PREFIX, _LEDGER_PENDING_PREFIX, _IDENTITY_PREFIX):
+                name = prefix + binding_id
                 if name in self.records:
                     self.records.delete(name)
 
@@ -313,6 +321,27 @@ class AuthController:
         name = _RECORD_PREFIX + binding_id
         with self._exclusive():
             return BindingRecord.from_json(self.records.record(name)) if name in self.records else None
+
+    def identity_key(self, binding_id: str, device_id: str) -> PublicKey:
+        """The identity key the grant of ``binding_id`` named for ``device_id`` (``unknown_binding``
+        if this controller did not record one: a binding made before it kept them)."""
+        name = _IDENTITY_PREFIX + binding_id
+        with self._exclusive():
+            keys = self.records.record(name) if name in self.records else {}
+        if device_id not in keys:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"no identity key of {device_id} for {binding_id}")
+        return PublicKey.from_bytes(keys[device_id])
+
+    def bindings_of(self, device_id: str) -> list[str]:
+        """Every binding recorded with ``device_id`` as a party, live or revoked."""
+        out = []
+        with self._exclusive():
+            for name in self.records.record_names():
+                if name.startswith(_RECORD_PREFIX):
+                    record = BindingRecord.from_json(self.records.record(name))
+                    if device_id in (record.entity_a.access_data.device_id, record.entity_b.access_data.device_id):
+                        out.append(record.binding_id)
+        return sorted(out)
 
     def binding_of(self, device_a: str, device_b: str) -> str | None:
         """The live binding between two entities, if any (a revoked one does not count)."""
@@ -385,18 +414,24 @@ class AuthController:
         policy: EncryptionPolicy = DEFAULT_POLICY,
         context: str = "battery_management",
         handshake_timeout_s: int = 30,
+        restrictions: Restrictions | None = None,
         profile: ProtocolProfile | str = DEFAULT_PROFILE,
     ) -> PairingCertificate:
         """Issue a pairing certificate for a live binding and record its issue in the ledger.
 
-        ``profile`` is the pairing's protocol profile (docs/profiles.md), carried in the signed
-        metadata; an unknown name is a :class:`~modbatt.errors.ConfigError`.
+        ``restrictions`` (allowed operations, data types, a message rate) are enforced by both
+        entities on everything they receive (docs/lifecycle.md §9); a name that is not a message
+        class of its kind is a ``ConfigError``. ``profile`` is the pairing's protocol profile
+        (docs/profiles.md), carried in the signed metadata; an unknown name is a
+        :class:`~modbatt.errors.ConfigError`.
 
         The pairing key, its halves and the exchange key exist only inside
         :func:`~modbatt.protocol.pairing.issue_certificate`; what is stored is
         :class:`~modbatt.protocol.pairing.PendingPairing`, which holds none of them.
         """
         profile = profile_named(profile)
+        if restrictions is not None:
+            check_restrictions(restrictions)
         with self._exclusive():
             record = self.record(binding_id)
             if record is None:
@@ -407,7 +442,8 @@ class AuthController:
             cert, pending = issue_certificate(
                 controller_key=self.controller_key, binding=record, callback=callback, now=now,
                 valid_for_s=valid_for_s, max_uses=max_uses, context=context, policy=policy, mode=mode,
-                handshake_timeout_s=handshake_timeout_s, rng=self._rng, profile=profile,
+                handshake_timeout_s=handshake_timeout_s, rng=self._rng, restrictions=restrictions,
+                profile=profile,
             )  # fmt: skip
             name = _PAIRING_PREFIX + pending.pairing_id
             self.records.put_record(name, pending.to_record())
@@ -434,6 +470,31 @@ class AuthController:
                 raise
             self.ledger.signed_tree_head()
         return cert
+
+    @counts_rejections
+    def renew_pairing(self, pairing_id: str, **issue: Any) -> PairingCertificate:
+        """Issue the renewal of a live pairing: a new certificate for the same binding.
+
+        ``issue`` takes :meth:`issue_pairing`'s terms (``renewal_terms`` of the old certificate
+        keeps them). The ledger gets the new ``pairing_issued`` and a ``pairing_renewed``
+        statement linking the two; the old pairing is revoked (:meth:`revoke_pairing`, reason
+        ``renewed``) once both entities moved over (docs/lifecycle.md §6).
+        """
+        with self._exclusive():  # the check, the issue and the link in one critical section
+            pending = self.pending_pairing(pairing_id)
+            if _PAIRING_REVOKED_PREFIX + pairing_id in self.records:
+                raise VerificationError(Reason.REVOKED, "a revoked pairing is not renewed; issue a new one")
+            certificate = self.issue_pairing(pending.binding_id, **issue)
+            new_id = certificate.metadata.pairing_id
+            statement = sign_statement(
+                self.controller_key,
+                "pairing_renewed",
+                {"pairing_id": new_id, "renews": pairing_id, "binding_id": pending.binding_id},
+                self._clock(),
+            )
+            self.ledger.append(statement)
+            self.ledger.signed_tree_head()
+        return certificate
 
     def pending_pairing(self, pairing_id: str) -> PendingPairing:
         name = _PAIRING_PREFIX + pairing_id

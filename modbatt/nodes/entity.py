@@ -21,18 +21,30 @@ from ..crypto.keybackend import FileKeyBackend, KeyBackend
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..encoding import strict_loads
-from ..errors import ConfigError, EncodingError, ModbattError, Reason, VerificationError, counts_rejections
+from ..errors import (
+    ConfigError,
+    EncodingError,
+    KeyStoreError,
+    ModbattError,
+    ProtocolError,
+    Reason,
+    VerificationError,
+    counts_rejections,
+)
 from ..model.access import AccessData
-from ..model.pairing import PairingCertificate
+from ..model.pairing import PairingCertificate, Restrictions
 from ..model.policy import EncryptionPolicy
 from ..model.statements import read_statement
 from ..protocol.binding import BindingEntity, EntityBindingState, EntityDecision
 from ..protocol.messages import OPERATIONS, ControllerRequest
 from ..protocol.pairing import PairingParticipant, PairingSecrets, PairingState
+from ..protocol.restrictions import RestrictionGate
+from ..protocol.validation.key_loss import KeyLossAnnouncer
 from .channel import RETIRED_SESSIONS, ChannelKeys, ChannelObserver, PairedChannel
 from .channel_store import ChannelFreshness, FileFreshness
 from .errors_http import http_status
 from .link import node_id_of
+from .renewal import DEFAULT_OVERLAP_S, Handover
 
 __all__ = ["EntityNode", "rejection"]
 
@@ -45,6 +57,10 @@ _BINDING_PREFIX = "binding/"
 _PAIRING = "pairing/"
 _PAIRING_USES = "pairing-uses/"
 _PAIRING_REVOKED = "pairing-revoked/"
+#: A renewal's handover begun by this entity (new pairing id -> the old one): a restart finds it.
+_HANDOVER = "handover/"
+#: The key-loss announcer's next sequence number (it must survive restarts: the verifier keeps a window).
+_KEY_LOSS_SEQ = "key-loss-seq"
 #: Participant states in which accepting the certificate again hands back the participant as is.
 _LIVE_STATES = (PairingState.AWAITING_PARTNER, PairingState.COMPLETING, PairingState.PAIRED)
 
@@ -79,6 +95,7 @@ class EntityNode:
         self._lock = threading.Lock()
         self._freshness = freshness
         self._channels: dict[str, PairedChannel] = {}
+        self._handovers: dict[str, Handover] = {}
         self.pairings: dict[str, PairingParticipant] = {}
         #: Rejections by reason (binding requests, certificates, offers): failure counters.
         self.rejections: collections.Counter[Reason] = collections.Counter()
@@ -86,10 +103,17 @@ class EntityNode:
         if config is None:
             raise ModbattError("this key store holds no provisioned entity (run provisioning first)")
         bindings = {}
+        #: Bindings whose private key is missing or unreadable (docs/lifecycle.md §7): the entity
+        #: announces the loss with its identity key (:meth:`announce_key_loss`) and is re-bound.
+        self.lost_bindings: list[str] = []
         for name in keystore.names():
             if name.startswith(_BINDING_PREFIX) and not name.endswith("/key"):
                 record = keystore.record(name)
-                key = self._keys.load(_key_name(record["binding_id"]))
+                try:
+                    key = self._keys.load(_key_name(record["binding_id"]))
+                except KeyStoreError:
+                    self.lost_bindings.append(record["binding_id"])
+                    continue
                 bindings[record["binding_id"]] = EntityBindingState.from_record(record, key)
         seen = keystore.record(_SEEN) if _SEEN in keystore else {}
         self.machine = BindingEntity(
@@ -338,6 +362,9 @@ class EntityNode:
             "binding_id": meta.binding_id,
             "role": secrets.role,
             "policy": meta.encryption_policy.to_dict(),
+            "restrictions": meta.restrictions.to_dict(),
+            "context": meta.context,
+            "expires_at": meta.expires_at_ms / 1000,
             "current": secrets.session_id,
             "sessions": kept,
             "opened": [sid for sid in old.get("opened", []) if any(sid == k["session_id"] for k in kept)],
@@ -363,6 +390,19 @@ class EntityNode:
             if name.startswith(_PAIRING):
                 out.append((name[len(_PAIRING) :], str(self._store.record(name).get("binding_id"))))
         return sorted(out)
+
+    def pairing_record(self, pairing_id: str) -> dict[str, Any] | None:
+        """What this entity keeps of a pairing it holds (binding, role, policy, restrictions, context,
+        expiry, sessions); None when it holds none. The secrets in it never leave the key store."""
+        name = _PAIRING + pairing_id
+        return self._store.record(name) if name in self._store else None
+
+    def pairing_restrictions(self, pairing_id: str) -> Restrictions:
+        """The certificate's restrictions of a pairing this entity holds (none for a record written
+        before they were kept)."""
+        record = self.pairing_record(pairing_id)
+        value = record.get("restrictions") if record is not None else None
+        return Restrictions.from_dict(value) if value is not None else Restrictions()
 
     def pairing_secrets(self, pairing_id: str) -> PairingSecrets | None:
         """The secrets of the pairing's *current* session (None when this entity holds none)."""
@@ -434,6 +474,7 @@ class EntityNode:
             channel = PairedChannel(
                 keys, freshness=self.freshness, fresh=fresh, profile=profile, layout=layout,
                 rng=self.machine._rng, on_close=self._channel_closed,
+                restrictions=RestrictionGate(self.pairing_restrictions(pairing_id)), clock=self._clock,
             )  # fmt: skip
             try:
                 self._mark_opened(pairing_id, sid)
@@ -442,6 +483,71 @@ class EntityNode:
                 raise
             self._channels[pairing_id] = channel
             return channel
+
+    def handover(
+        self,
+        old_pairing_id: str,
+        new_pairing_id: str,
+        *,
+        profile: BusProfile = CLASSIC,
+        layout: IdLayout = SEED_LAYOUT,
+        overlap_s: float = DEFAULT_OVERLAP_S,
+    ) -> Handover:
+        """The live handover from ``old_pairing_id`` to its renewal ``new_pairing_id`` (docs/lifecycle.md §6).
+
+        Both pairings must be held, of the same binding, role and context. Entity ``a`` sends on
+        the new pairing at once if the controller confirmed its completion, entity ``b`` once it
+        hears the partner on it. The overlap ends at the old certificate's expiry at the latest.
+        A handover this entity began in an earlier life (a restart) ends at once: the old pairing
+        is erased and the new one used alone. The same object is handed out to every caller.
+        """
+        live = self._handovers.get(new_pairing_id)
+        if live is not None:
+            if live.old_pairing_id != old_pairing_id:
+                raise VerificationError(Reason.WRONG_SESSION, f"{new_pairing_id} renews {live.old_pairing_id}")
+            return live
+        old, new = self.pairing_record(old_pairing_id), self.pairing_record(new_pairing_id)
+        if new is None:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"this entity holds no pairing {new_pairing_id}")
+        if old is None and self._renewed_by(old_pairing_id) != new_pairing_id:
+            raise VerificationError(Reason.UNKNOWN_BINDING, f"this entity holds no pairing {old_pairing_id}")
+        same = ("binding_id", "role", "context")
+        if old is not None and (old_pairing_id == new_pairing_id or any(old.get(k) != new.get(k) for k in same)):
+            raise VerificationError(Reason.WRONG_SESSION, "a renewal is a new pairing of one binding, role and context")
+        began_before = _HANDOVER + new_pairing_id in self._store
+        channel = self.channel(new_pairing_id, profile=profile, layout=layout)
+        if old is None or began_before:
+            if old is not None:  # a restart ends the overlap: no window of the old pairing survived it
+                self.retire_pairing(old_pairing_id, successor=new_pairing_id)
+            handover = Handover(None, channel, old_pairing_id=old_pairing_id, retire=lambda: None)
+        else:
+            participant = self.pairings.get(new_pairing_id)
+            confirmed = new["role"] == "a" and participant is not None and participant.state is PairingState.PAIRED
+            self._store.put_record(_HANDOVER + new_pairing_id, {"old": old_pairing_id})
+            handover = Handover(
+                self.channel(old_pairing_id, profile=profile, layout=layout), channel,
+                retire=lambda: self.retire_pairing(old_pairing_id, successor=new_pairing_id),
+                overlap_s=overlap_s, deadline=old.get("expires_at"), sending_new=confirmed,
+            )  # fmt: skip
+        self._handovers[new_pairing_id] = handover
+        return handover
+
+    def _renewed_by(self, pairing_id: str) -> str | None:
+        name = _PAIRING_REVOKED + pairing_id
+        return self._store.record(name).get("renewed_by") if name in self._store else None
+
+    def retire_pairing(self, pairing_id: str, *, successor: str) -> None:
+        """Erase a renewed pairing: its secrets, its freshness state and its live channel.
+
+        It is then refused like a revoked one (its certificate can never be accepted again).
+        """
+        with self._lock, self._store.transaction():
+            if _PAIRING + pairing_id in self._store:
+                self._store.delete(_PAIRING + pairing_id)
+            if _HANDOVER + successor in self._store:
+                self._store.delete(_HANDOVER + successor)
+            self._store.put_record(_PAIRING_REVOKED + pairing_id, {"renewed_by": successor})
+        self._drop_pairing_state([pairing_id])
 
     def close_channels(self) -> None:
         """Close every live channel (before this node object goes away)."""
@@ -478,6 +584,34 @@ class EntityNode:
             if self._freshness is not None or getattr(self._store, "path", None) is not None:
                 self.freshness.forget(pid)
             self.pairings.pop(pid, None)
+
+    def announce_key_loss(self) -> list[bytes]:
+        """Act on the key loss found at start-up: the level-1 ``key_loss_announce`` of each lost binding.
+
+        First erases what relied on the lost keys (the binding records and every pairing of those
+        bindings, with their freshness state: the ``erase_pairing_secrets`` effect), then signs one
+        announce per lost binding with the identity key. ``ProtocolError`` when nothing was lost.
+        """
+        lost = list(self.lost_bindings)
+        if not lost:
+            raise ProtocolError("no binding key of this entity is lost")
+        with self._lock:
+            seq = int(self._store.record(_KEY_LOSS_SEQ)["seq"]) if _KEY_LOSS_SEQ in self._store else 0
+            voided = []
+            with self._store.transaction():
+                for binding_id in lost:
+                    for name in (_record_name(binding_id), _key_name(binding_id)):
+                        if name in self._store:
+                            self._store.delete(name)
+                for name in self._store.record_names():
+                    if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") in lost:
+                        self._store.delete(name)
+                        voided.append(name[len(_PAIRING) :])
+                self._store.put_record(_KEY_LOSS_SEQ, {"seq": seq + len(lost)})  # before any announce leaves
+        self._drop_pairing_state(voided)
+        self.lost_bindings = []
+        announcer = KeyLossAnnouncer(identity_key=self.machine.identity, access_data=self.access_data, seq=seq)
+        return [announcer.announce(self._clock(), binding_id) for binding_id in lost]
 
     @counts_rejections
     def apply_pairing_revocation(self, notice: bytes) -> str:

@@ -37,7 +37,15 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.tier import Tier
 from ..protocol.pairing import PairingSecrets
 
-__all__ = ["DEFAULT_NODE", "Classifier", "Received", "SelectiveLink", "node_id_of", "session_traffic_keys"]
+__all__ = [
+    "DEFAULT_NODE",
+    "FLOOR_EXEMPT",
+    "Classifier",
+    "Received",
+    "SelectiveLink",
+    "node_id_of",
+    "session_traffic_keys",
+]
 
 #: Asked after a frame failed authentication on this link: a more precise refusal (an authentic
 #: frame of an earlier session, say), or None to keep ``bad_mac``/``bad_signature``.
@@ -45,6 +53,9 @@ Classifier = Callable[[Tier, int, bytes, bool], "VerificationError | None"]
 
 #: CAN node used for a module whose access data names no CAN address (e.g. reached over HTTP).
 DEFAULT_NODE = 0x01
+#: Classes an escalation floor never raises (docs/lifecycle.md §4, ``raise_floor``): a 1-byte
+#: emergency shutdown stays one pairing-tier frame instead of a 72-byte signed multi-frame unit.
+FLOOR_EXEMPT = frozenset({MessageClass.EMERGENCY_SHUTDOWN})
 
 
 def node_id_of(module_access: AccessData) -> int:
@@ -148,16 +159,25 @@ class SelectiveLink:
         return self._out_dir
 
     def escalate(self, floor: Tier) -> None:
-        """Raise (or with ``Tier.NONE`` reset) the minimum tier for everything sent."""
+        """Raise (or with ``Tier.NONE`` reset) the minimum tier for everything sent but :data:`FLOOR_EXEMPT`."""
         self.floor = Tier(floor)
 
+    def floor_for(self, message_class: MessageClass) -> Tier:
+        """The escalation floor that applies to ``message_class`` (none for :data:`FLOOR_EXEMPT`)."""
+        return Tier.NONE if MessageClass(message_class) in FLOOR_EXEMPT else self.floor
+
+    def tier_for(self, message_class: MessageClass) -> Tier:
+        """The tier :meth:`send` picks for ``message_class``: the policy minimum, raised to the floor."""
+        return self.policy.tier_for(message_class, floor=self.floor_for(message_class))
+
     def send(self, message_class: MessageClass, payload: bytes, *, tier: Tier | None = None) -> SecuredPdu:
-        """Protect ``payload`` as ``message_class``; refuses a tier below the policy minimum."""
+        """Protect ``payload`` as ``message_class``; refuses a tier below the policy minimum or the floor."""
         message_class = MessageClass(message_class)
-        chosen = self.policy.tier_for(message_class, floor=self.floor) if tier is None else Tier(tier)
+        chosen = self.tier_for(message_class) if tier is None else Tier(tier)
         self.policy.check(message_class, chosen)
-        if chosen < self.floor:
-            raise VerificationError(Reason.TIER_TOO_LOW, f"escalated: nothing below {self.floor.label}")
+        floor = self.floor_for(message_class)
+        if chosen < floor:
+            raise VerificationError(Reason.TIER_TOO_LOW, f"escalated: nothing below {floor.label}")
         fields = function_for(message_class).id_fields(self.node, self._out_dir)
         return self._senders[chosen].protect(fields, payload)
 

@@ -15,7 +15,9 @@ again); its answer reports the sessions the entity derived, so the controller ca
 were burned (derived by an entity, never recorded as completed: :meth:`AuthController.burned_uses`).
 
 :func:`pair_over` issues a certificate and runs its first session; :func:`run_session` runs one
-more session of a multi-use certificate (new session secrets, new traffic keys).
+more session of a multi-use certificate (new session secrets, new traffic keys); :func:`renew_over`
+issues the renewal of a pairing on the old certificate's terms and runs it (the switch itself is
+each entity's :meth:`~modbatt.nodes.entity.EntityNode.handover`, docs/lifecycle.md §6).
 """
 
 from __future__ import annotations
@@ -30,14 +32,24 @@ from typing import Any
 from ..errors import EncodingError, Reason, VerificationError
 from ..model._fields import b64, b64_bytes, expect_map, uuid_text
 from ..model.access import AccessData
-from ..model.pairing import MAX_CERTIFICATE_BYTES, PairingCertificate
+from ..model.pairing import MAX_CERTIFICATE_BYTES, PairingCertificate, PairingMetadata
 from ..protocol.pairing import SESSION_NONCE_BYTES, CompletionProof, PairingSecrets, transcript_of_offers
 from ..transport.http import EntityClient, InProcessEntityClient
 from .controller import AuthController
 from .entity import EntityNode, rejection
 from .errors_http import http_status
 
-__all__ = ["PAIRING_OPS", "PairingOutcome", "PairingService", "pair_entities", "pair_over", "run_session"]
+__all__ = [
+    "PAIRING_OPS",
+    "PairingOutcome",
+    "PairingService",
+    "pair_entities",
+    "pair_over",
+    "renew_entities",
+    "renew_over",
+    "renewal_terms",
+    "run_session",
+]
 
 PAIRING_OPS = ("pairing-accept", "pairing-start", "pairing-offer", "pairing-confirm")
 _MAX_OFFER_BYTES = 1024
@@ -187,3 +199,34 @@ def pair_entities(
         if s is not None:
             secrets[node.access_data.device_id] = s
     return dataclasses.replace(outcome, secrets=secrets)
+
+
+def renewal_terms(metadata: PairingMetadata) -> dict[str, Any]:
+    """:meth:`AuthController.issue_pairing` terms that reproduce a certificate (for its renewal)."""
+    return {
+        "context": metadata.context,
+        "mode": metadata.controller_mode,
+        "max_uses": metadata.max_uses,
+        "policy": metadata.encryption_policy,
+        "restrictions": metadata.restrictions,
+        "profile": metadata.profile,
+        "handshake_timeout_s": metadata.handshake_timeout_s,
+        "valid_for_s": max((metadata.expires_at_ms - metadata.valid_from_ms) // 1000, 1),
+    }
+
+
+def renew_over(
+    controller: AuthController, client: EntityClient, certificate: PairingCertificate, **overrides: Any
+) -> PairingOutcome:
+    """Renew ``certificate``'s pairing (same binding, its terms unless overridden) and run the new one."""
+    meta = certificate.metadata
+    renewal = controller.renew_pairing(meta.pairing_id, **{**renewal_terms(meta), **overrides})
+    return run_session(controller, client, renewal)
+
+
+def renew_entities(
+    controller: AuthController, a: EntityNode, b: EntityNode, certificate: PairingCertificate, **overrides: Any
+) -> PairingOutcome:
+    """:func:`renew_over` between two entity nodes of this process."""
+    client = InProcessEntityClient({n.access_data.endpoint: PairingService(n) for n in (a, b)})
+    return renew_over(controller, client, certificate, **overrides)

@@ -11,7 +11,8 @@ the current state, so nothing crosses before ``paired`` except what the state ta
 It never raises for bad input: a frame that is not forwarded is counted in :attr:`rejections`
 by reason (``unroutable`` for an identifier with no rule, ``malformed`` for an undecodable frame
 or a value the target signal cannot carry, ``wrong_peer`` for a module it does not serve,
-``wrong_state`` / ``tier_too_low`` from the state gate) and logged in :attr:`dropped`. Payloads
+``wrong_state`` / ``tier_too_low`` from the state gate, ``unauthorized`` / ``rate_limited`` from
+the pairing's restrictions) and logged in :attr:`dropped`. Payloads
 carry no sequence number or tag: protecting and acknowledging them is the link's and the
 simulator's job.
 """
@@ -30,6 +31,7 @@ from ..errors import ConfigError, Reason, VerificationError
 from ..model.policy import MessageClass
 from ..model.tier import Tier
 from .pack_state import PackSecurity
+from .restrictions import RestrictionGate
 from .routes import NODE, AppToModule, ModuleToApp, RouteTable, Source, load_routes
 
 __all__ = ["AppFrame", "Drop", "Gateway", "ModuleMessage", "ModuleSend"]
@@ -122,9 +124,13 @@ class Gateway:
         routes: RouteTable | None = None,
         pack_id: int = DBC_PACK_ID,
         catalog: Sequence[LegacyMessage] | None = None,
+        restrictions: Mapping[int, RestrictionGate] | None = None,
     ) -> None:
         self.routes = routes if routes is not None else load_routes()
         self.security = security
+        #: The pack's copy of each module pairing's restrictions (docs/gateway.md §5): what the
+        #: module would refuse is not forwarded. Checked when :meth:`from_app` is given ``now``.
+        self.restrictions: Mapping[int, RestrictionGate] = restrictions if restrictions is not None else {}
         self.pack_id = pack_id
         catalog = catalog if catalog is not None else load_catalog()
         by_name = {m.name: m for m in catalog}
@@ -146,8 +152,11 @@ class Gateway:
 
     # ------------------------------------------------------------------ app bus -> module bus
 
-    def from_app(self, frame: AppFrame) -> list[ModuleSend]:
-        """The module-bus sends one app-bus frame causes (possibly none)."""
+    def from_app(self, frame: AppFrame, now: float | None = None) -> list[ModuleSend]:
+        """The module-bus sends one app-bus frame causes (possibly none).
+
+        With ``now``, each send also passes the target pairing's restrictions (:attr:`restrictions`).
+        """
         msg = None if frame.is_extended else self._app_by_id.get(frame.arbitration_id)
         if msg is None:
             kind = "extended" if frame.is_extended else "11-bit"
@@ -165,7 +174,7 @@ class Gateway:
         sends: list[ModuleSend] = []
         for rule in self.routes.app_rules(msg.name):
             for node in self._targets(rule, values, frame.arbitration_id):
-                send = self._route(rule, node, values, frame.arbitration_id)
+                send = self._route(rule, node, values, frame.arbitration_id, now)
                 if send is not None:
                     sends.append(send)
         return sends
@@ -179,10 +188,15 @@ class Gateway:
             return []
         return [node]
 
-    def _route(self, rule: AppToModule, node: int, values: Mapping[str, float], ident: int) -> ModuleSend | None:
+    def _route(
+        self, rule: AppToModule, node: int, values: Mapping[str, float], ident: int, now: float | None
+    ) -> ModuleSend | None:
         machine = self.security[node]
+        gate = self.restrictions.get(node)
         try:
             machine.allows(rule.message_class, rule.tier)
+            if gate is not None and not gate.allows_class(rule.message_class):
+                raise VerificationError(Reason.UNAUTHORIZED, f"{rule.message_class.value}: not in the pairing")
             payload = self._body(rule, node, values)
         except VerificationError as exc:
             self._drop("app", ident, rule.name, exc.reason, f"module 0x{node:02x}: {exc.detail}")
@@ -193,7 +207,14 @@ class Gateway:
             if self._last.get(key) == current:
                 self.counts["unchanged"] += 1
                 return None
-            self._last[key] = current
+        if gate is not None and now is not None:
+            try:
+                gate.check(rule.message_class, now)  # the rate: only what would be sent spends it
+            except VerificationError as exc:
+                self._drop("app", ident, rule.name, exc.reason, f"module 0x{node:02x}: {exc.detail}")
+                return None
+        if rule.on_change:
+            self._last[(rule.name, node)] = (payload, machine.pairing_id)
         self.counts["forwarded"] += 1
         return ModuleSend(node, rule.message_class, rule.tier, payload, rule.name)
 

@@ -330,6 +330,16 @@ class PackSecurity:
         self.history.append(step)
         return step
 
+    def renewal_due(self, now: float, lead_s: float) -> bool:
+        """True when the held pairing expires within ``lead_s`` seconds and may still be renewed.
+
+        Renewal before expiry (docs/lifecycle.md §6): a driver asks the controller for the new
+        certificate then, and reports ``renewed`` once it took over; past ``expires_at`` the machine
+        is ``expired`` and the ``request_pairing`` effect asks for a new pairing instead.
+        """
+        renewable = (PackState.PAIRED, PackState.ACTIVE, PackState.VALIDATED, PackState.ESCALATED)
+        return self._state in renewable and self.expires_at is not None and now >= self.expires_at - lead_s
+
     def tick(self, now: float) -> Step | None:
         """Expire the pairing once ``now`` reaches its ``expires_at``; None when nothing happens."""
         if self.expires_at is None or now < self.expires_at:

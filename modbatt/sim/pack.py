@@ -508,7 +508,7 @@ class _Node:
 
     def send(self, peer: int, message_class: MessageClass, payload: bytes) -> None:
         pdu = self.links[peer].send(message_class, payload)
-        tier = self.plan.policy.tier_for(message_class, floor=self.links[peer].floor)
+        tier = self.links[peer].tier_for(message_class)
         c = self.conn(peer, function_for(message_class).code, tier)
         if pdu.can_id != c.tx_id:  # pragma: no cover - would mean the link and the sim disagree on IDs
             raise ModbattError(f"link chose id {pdu.can_id:#x}, connection expects {c.tx_id:#x}")

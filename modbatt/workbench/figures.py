@@ -28,6 +28,7 @@ __all__ = [
     "tier_overhead_figure",
     "trust_graph",
     "trust_graph_figure",
+    "trust_graph_legend",
     "validation_levels_figure",
     "whole_pack_trust_graph",
 ]
@@ -40,12 +41,14 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
 
     Edges: ``binding`` (one per binding; ``revoked`` when a revocation follows, ``rebound`` when it
     supersedes a revoked binding), ``pairing`` (``completed`` after a completion statement,
-    ``revoked`` after a pairing revocation or with its binding), ``witness`` (level-2 statements)
+    ``revoked`` after a pairing revocation or with its binding, and ``renewed`` too when a renewal
+    replaced it: docs/lifecycle.md §6), ``witness`` (level-2 statements)
     and ``validation`` (with the ``level`` reached) where validation statements exist.
     """
     g = nx.MultiGraph()
     bindings: dict[str, tuple[str, str]] = {}
     pairings: dict[str, tuple[str, str, str]] = {}
+    renewed: set[Any] = set()
     for raw in entries:
         e = strict_loads(raw) if isinstance(raw, (bytes, bytearray)) else dict(raw)
         kind = e.get("kind")
@@ -71,6 +74,10 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
         elif kind in ("pairing_completed", "pairing_revoked") and e.get("pairing_id") in pairings:
             a, b, key = pairings[e["pairing_id"]]
             g.edges[a, b, key]["completed" if kind == "pairing_completed" else "revoked"] = True
+            if kind == "pairing_revoked" and key in renewed:
+                g.edges[a, b, key]["renewed"] = True  # retired because its renewal took over
+        elif kind == "pairing_renewed":
+            renewed.add(e.get("renews"))
         elif kind == "validation" and e.get("binding_id") in bindings:
             a, b = bindings[e["binding_id"]]
             relation = "witness" if e.get("level") == 2 else "validation"
@@ -84,6 +91,7 @@ _EDGE_STYLES = {
     "rebound": ("re-bound (supersedes a revoked binding)", "#1f9e89", "solid", 2.4),
     "binding-revoked": ("revoked binding", "#d62728", "solid", 2.0),
     "pairing": ("pairing", "#f28e2b", (0, (5, 3)), 1.6),
+    "pairing-renewed": ("renewed pairing (retired)", "#9e9e9e", (0, (5, 3)), 1.2),
     "pairing-revoked": ("void pairing (binding revoked)", "#d62728", (0, (5, 3)), 1.2),
     "witness": ("witness (level 2)", "#7b4fa0", (0, (6, 2, 1, 2)), 1.4),
     "validation": ("validation (highest level labelled)", "#59a14f", (0, (1, 2)), 1.6),
@@ -95,7 +103,7 @@ def _edge_kind(d: Mapping[str, Any]) -> str:
     if relation == "binding":
         return "binding-revoked" if d.get("revoked") else "rebound" if d.get("rebound") else "binding"
     if relation == "pairing":
-        return "pairing-revoked" if d.get("revoked") else "pairing"
+        return "pairing-renewed" if d.get("renewed") else "pairing-revoked" if d.get("revoked") else "pairing"
     return str(relation)
 
 
@@ -125,17 +133,24 @@ def trust_graph_figure(
     title: str = "Trust graph",
     label: Any = None,
     size: tuple[float, float] | None = None,
+    ax: Any = None,
+    legend: bool = True,
 ) -> Figure:
     """Draw a trust graph: one line per relationship, parallel ones bent apart, labels inside the nodes.
 
     ``label(node) -> str`` shortens node names (default: the device id). The legend lists only
-    the edge kinds that are drawn.
+    the edge kinds that are drawn (``legend=False``: none; :func:`trust_graph_legend` makes one
+    for several panels). With ``ax`` it draws into that axes (one panel of a larger figure) and
+    returns the figure it belongs to.
     """
-    from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch
 
     n = len(g)
-    fig, ax = plt.subplots(figsize=size or ((8, 4.6) if n <= 3 else (8, 6) if n <= 8 else (11, 10.5)))
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=size or ((8, 4.6) if n <= 3 else (8, 6) if n <= 8 else (11, 10.5)))
+    else:
+        fig = ax.figure
     pos = _layout(g)
     font = 9 if n <= 8 else 7
     step = 0.15 if n <= 8 else 0.07  # bend of parallel lines, relative to their length
@@ -174,11 +189,7 @@ def trust_graph_figure(
                 fontweight="bold" if hub else "normal",
                 bbox={"boxstyle": "round,pad=0.35", "fc": "#fde9c9" if hub else "#dfe9f5", "ec": "#34495e",
                       "lw": 1.0})  # fmt: skip
-    handles = [
-        Line2D([], [], color=_EDGE_STYLES[k][1], ls=_EDGE_STYLES[k][2], lw=_EDGE_STYLES[k][3], label=_EDGE_STYLES[k][0])
-        for k in order
-        if k in drawn
-    ]
+    handles = _legend_handles(drawn) if legend else []
     if handles:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(3, len(handles)),
                   fontsize=8, frameon=False)  # fmt: skip
@@ -187,8 +198,24 @@ def trust_graph_figure(
     ax.set_xlim(-1.25, 1.25)
     ax.set_ylim(-1.2, 1.2)
     ax.axis("off")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
+
+
+def _legend_handles(kinds: set[str]) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D([], [], color=_EDGE_STYLES[k][1], ls=_EDGE_STYLES[k][2], lw=_EDGE_STYLES[k][3], label=_EDGE_STYLES[k][0])
+        for k in _EDGE_STYLES
+        if k in kinds
+    ]
+
+
+def trust_graph_legend(graphs: Iterable[nx.MultiGraph]) -> list[Any]:
+    """Legend handles for every edge kind in ``graphs`` (one legend for a figure of several panels)."""
+    return _legend_handles({_edge_kind(d) for g in graphs for _, _, d in g.edges(data=True)})
 
 
 def whole_pack_trust_graph(

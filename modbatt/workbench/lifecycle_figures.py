@@ -7,7 +7,7 @@ upstream chain on one row, the exits around it); no graphviz is needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import matplotlib.pyplot as plt
@@ -17,7 +17,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from ..protocol.pack_state import ENERGISABLE, TRANSITIONS, Action, PackEvent, PackState, Transition
 
-__all__ = ["STATE_POSITIONS", "state_diagram", "state_diagram_figure"]
+__all__ = ["STATE_POSITIONS", "lifecycle_trust_graphs_figure", "state_diagram", "state_diagram_figure"]
 
 #: Where each state is drawn: the upstream chain 0-4 left to right, the exits above and below.
 STATE_POSITIONS: Final[Mapping[PackState, tuple[float, float]]] = {
@@ -120,3 +120,21 @@ def state_diagram_figure(g: nx.MultiDiGraph | None = None, *, title: str = "Pack
 def _label(ax: Any, x: float, y: float, text: str, isolate: bool) -> None:
     ax.text(x, y, text + (" [isolate]" if isolate else ""), fontsize=6.5, ha="center", va="center",
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
+
+
+def lifecycle_trust_graphs_figure(graphs: Sequence[tuple[str, nx.MultiGraph]], *, columns: int = 3) -> Figure:
+    """The trust graph after each step of a life (``(step name, graph)`` pairs), one panel per step."""
+    from .figures import trust_graph_figure, trust_graph_legend
+
+    rows = -(-len(graphs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows + 0.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(graphs):
+            name, g = graphs[i]
+            trust_graph_figure(g, title=f"{i + 1}. {name}", ax=ax, legend=False)
+        else:
+            ax.set_axis_off()
+    handles = trust_graph_legend(g for _, g in graphs)
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

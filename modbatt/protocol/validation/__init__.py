@@ -4,6 +4,7 @@
 level  module                  messages (authenticated by)
 =====  ======================  ====================================================================
 1      ``announce``            announce (binding key)
+1      ``key_loss``            key_loss_announce (identity key: the binding key is the one lost)
 2      ``witness``             witness_request (binding key), witness_ack (witness key)
 3      ``handshake``           hello, reply, finish (binding keys; ephemeral ECDH), session_data
 4      ``paired``              challenge, response, confirm (pairing-secret HMAC), session_data
@@ -11,6 +12,7 @@ level  module                  messages (authenticated by)
 6      ``pairing_validation``  validation_challenge (controller), pairing_validation (both entities)
 7      ``binding_validation``  binding_challenge, entity_proof (binding key), lct_attestation (LCT
                                key), binding_validation (controller + ledger inclusion proof)
+7      ``key_loss``            key_loss_validation (controller + ledger inclusion proof)
 =====  ======================  ====================================================================
 
 Every machine takes ``now`` and an injected random source, never does I/O, and counts its
@@ -38,6 +40,7 @@ from .escalation import (
     Urgency,
 )
 from .handshake import EphemeralPool, SignedHandshakeInitiator, SignedHandshakeResponder
+from .key_loss import KeyLossAnnounce, KeyLossAnnouncer, KeyLossAuthority, KeyLossValidation, KeyLossVerifier
 from .paired import PairedHandshakeInitiator, PairedHandshakeResponder
 from .pairing_validation import PairingValidationAuthority, PairingValidationParty
 from .witness import WitnessedEvent, WitnessRequester, WitnessService
@@ -60,6 +63,11 @@ __all__ = [
     "EscalationReason",
     "EscalationRequest",
     "EscalationRule",
+    "KeyLossAnnounce",
+    "KeyLossAnnouncer",
+    "KeyLossAuthority",
+    "KeyLossValidation",
+    "KeyLossVerifier",
     "LctAttestor",
     "PairedHandshakeInitiator",
     "PairedHandshakeResponder",

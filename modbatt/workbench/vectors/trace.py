@@ -26,10 +26,13 @@ from ...crypto import keystore, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
 from ...model.profile import ProtocolProfile
+from ...nodes.events import EventIntake, EventOutbox
 from ...nodes.inmemory import InMemoryDeployment
 from ...nodes.pairing_flow import pair_entities
+from ...nodes.recovery import KeyLossIntake
 from ...nodes.validation import run_all_levels
 from ...protocol.validation._common import Message
+from ...protocol.validation.key_loss import KeyLossAnnouncer, KeyLossVerifier
 
 __all__ = ["STEPS", "HkdfCall", "Record", "SignCall", "record_scenario"]
 
@@ -165,6 +168,25 @@ def _ledger(dep: InMemoryDeployment, rec: Record) -> None:
     rec.facts["ledger_entries"] = list(dep.ledger.entries())
 
 
+def _key_loss(dep: InMemoryDeployment, rec: Record) -> None:
+    # The recovery messages (docs/lifecycle.md §7): the identity-signed announce, the level-7 bundle.
+    module = dep.modules[1]
+    announcer = KeyLossAnnouncer(identity_key=module.machine.identity, access_data=module.access_data)
+    intake = KeyLossIntake(dep.controller)
+    if intake.offer(announcer.announce(dep.clock(), rec.facts["binding_id"])) is not None:
+        raise RuntimeError(f"the key-loss announce was refused while recording vectors: {dict(intake.rejections)}")
+    claim = intake.take()
+    assert claim is not None
+    KeyLossVerifier(controller_key=dep.controller_key.public_key).verify(intake.validate(claim), dep.clock())
+
+
+def _entity_event(dep: InMemoryDeployment, rec: Record) -> None:
+    # An event the pack queued while partitioned (docs/lifecycle.md §8), signed with its identity key.
+    outbox = EventOutbox(dep.pack, controller_key=dep.controller_key.public_key)
+    outbox.record("anomaly", {"pairing_id": rec.facts["pairing_id"]})
+    outbox.flush(EventIntake(dep.controller).submit)
+
+
 #: The recorded run, in order. Each step takes the deployment and the record (for facts).
 STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _bind_and_pair,
@@ -172,6 +194,8 @@ STEPS: tuple[Callable[[InMemoryDeployment, Record], None], ...] = (
     _can_traffic_keys,
     _key_store_keys,
     _ledger,
+    _key_loss,
+    _entity_event,
 )
 
 
