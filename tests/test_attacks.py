@@ -99,6 +99,7 @@ def test_cli_matrix_is_exactly_the_documented_shape(capsys):
     assert {k.partition("@")[0] for k in matrix if k.endswith("@efficient")} >= {
         "semi_public_key_recovery", "binding_frame_forgery", "replay_can_binding", "replay_validation",
         "compromised_controller_standard", "compromised_controller_blind", "replay_can_binding_next_pairing",
+        "renewal_overlap_replay", "restriction_operation", "restriction_data_type", "restriction_rate",
     }
     fig = attack_matrix_figure(matrix)
     assert len(fig.axes[0].patches) == len(matrix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import can
+import pytest
 
 from modbatt.transport.canbus import BusConfig
 from modbatt.workbench.figures import trust_graph_legend
@@ -17,11 +18,12 @@ def _edges(graph, relation):
                   if d["relation"] == relation)  # fmt: skip
 
 
-def test_the_life_runs_on_the_named_bus_and_the_trust_graph_follows_each_step():
+@pytest.mark.parametrize("profile", ["seed", "efficient"])
+def test_the_life_runs_on_the_named_bus_and_the_trust_graph_follows_each_step(profile):
     channel = f"lifecycle-{uuid.uuid4().hex}"
     watcher = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
     try:
-        story = run_lifecycle(bus=BusConfig(interface="virtual", channel=channel), seed=7)
+        story = run_lifecycle(bus=BusConfig(interface="virtual", channel=channel), seed=7, profile=profile)
         seen = 0
         while watcher.recv(0.0) is not None:
             seen += 1
@@ -33,6 +35,9 @@ def test_the_life_runs_on_the_named_bus_and_the_trust_graph_follows_each_step():
     assert by["manufacture"].graph.number_of_edges() == 0 and by["manufacture"].graph.number_of_nodes() == 3
     assert _edges(by["binding"].graph, "binding") == [False, False]
     assert _edges(by["renewal"].graph, "pairing") == [False, False, True]  # one retired by its renewal
+    # Every pairing of the life, renewal and recovery included, is issued under the profile.
+    final = story.steps[-1].graph
+    assert {d["profile"] for *_, d in final.edges(data=True) if d["relation"] == "pairing"} == {profile}
     assert by["renewal"].notes["accepted_during_overlap"] == {"old": 1, "new": 1}
     assert by["replacement"].states["module-02"] == "revoked" and by["replacement"].states["module-02-r"] == "active"
     assert by["key loss"].ledger_added == ["validation", "revocation", "binding", "pairing_issued",

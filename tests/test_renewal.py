@@ -24,6 +24,7 @@ from modbatt.can.secured import SecuredPdu
 from modbatt.can.wiretime import CLASSIC, FD
 from modbatt.errors import Reason, VerificationError
 from modbatt.model.policy import MessageClass
+from modbatt.model.profile import ProtocolProfile
 from modbatt.nodes.pairing_flow import pair_entities, renew_entities
 from modbatt.nodes.renewal import HandoverPhase
 from modbatt.protocol.pack_state import PackEvent, PackSecurity, PackState
@@ -46,10 +47,10 @@ def nonces():
         secured.AESCCM, secured.AESGCM = real
 
 
-def _paired(valid_for_s: int = 3600):
+def _paired(valid_for_s: int = 3600, protocol: str = "seed"):
     w = World()
     record = w.bind().record
-    cert = w.controller.issue_pairing(record.binding_id, valid_for_s=valid_for_s)
+    cert = w.controller.issue_pairing(record.binding_id, valid_for_s=valid_for_s, profile=protocol)
     pair_entities(w.controller, w.pack, w.module, certificate=cert)
     return w, cert
 
@@ -64,9 +65,10 @@ def _refused(end, pdu: SecuredPdu) -> Reason:
     return exc.value.reason
 
 
+@pytest.mark.parametrize("protocol", ["seed", "efficient"])
 @pytest.mark.parametrize("profile", [CLASSIC, FD], ids=["classic", "fd"])
-def test_the_new_pairing_takes_over_without_a_gap_or_a_replay_window(nonces, profile):
-    w, cert = _paired()
+def test_the_new_pairing_takes_over_without_a_gap_or_a_replay_window(nonces, profile, protocol):
+    w, cert = _paired(protocol=protocol)
     old = cert.metadata.pairing_id
     pack, module = w.pack.channel(old, profile=profile), w.module.channel(old, profile=profile)
     old_session = pack.session_id
@@ -76,6 +78,7 @@ def test_the_new_pairing_takes_over_without_a_gap_or_a_replay_window(nonces, pro
     outcome = renew_entities(w.controller, w.pack, w.module, cert)
     new = outcome.certificate.metadata.pairing_id
     assert new != old and outcome.certificate.metadata.binding_id == cert.metadata.binding_id
+    assert outcome.certificate.metadata.profile.value == protocol  # the renewal keeps the terms
     hp, hm = w.pack.handover(old, new, profile=profile), w.module.handover(old, new, profile=profile)
     assert w.pack.handover(old, new, profile=profile) is hp  # one live object per renewal
     # The pack knows the module holds the new keys (the controller recorded both completions).
@@ -121,6 +124,58 @@ def test_the_new_pairing_takes_over_without_a_gap_or_a_replay_window(nonces, pro
     assert _deliver(hm, hp.send(CHARGE, b"\x03\x00\x00")).payload == b"\x03\x00\x00"
     assert _deliver(hp, hm.send(VOLTS, b"\x0e\x00")).payload == b"\x0e\x00"
     assert nonces.calls > 0  # the recorder saw every encryption; a reused nonce would have failed it
+
+
+def test_an_efficient_renewal_derives_its_own_binding_mac_secret_and_hands_over_through_the_channels():
+    w, cert = _paired(protocol="efficient")
+    old = cert.metadata.pairing_id
+    pack, module = w.pack.channel(old), w.module.channel(old)
+    assert pack.protocol is module.protocol is ProtocolProfile.EFFICIENT
+    assert _deliver(pack, module.send(IDENTITY, b"old pairing")).payload == b"old pairing"
+
+    new = renew_entities(w.controller, w.pack, w.module, cert).certificate.metadata.pairing_id
+    old_secrets, new_secrets = w.pack.pairing_secrets(old), w.pack.pairing_secrets(new)
+    assert old_secrets is not None and new_secrets is not None
+    # The binding MAC secret is per session: the renewal's session derives its own, on both ends.
+    assert new_secrets.profile is ProtocolProfile.EFFICIENT
+    assert new_secrets.binding_secret not in (None, old_secrets.binding_secret)
+    assert w.module.pairing_secrets(new).binding_secret == new_secrets.binding_secret
+    hp, hm = w.pack.handover(old, new), w.module.handover(old, new)
+    assert hp.channel is w.pack.channel(new) and hm.channel is w.module.channel(new)  # the entities' own channels
+    assert hp.protocol is ProtocolProfile.EFFICIENT
+
+    # Binding-tier units (AEAD under each session's binding MAC secret) on both pairings in the overlap.
+    late = hm.send(IDENTITY, b"late, old")  # the module still sends on the old pairing
+    assert _deliver(hm, hp.send(IDENTITY, b"pack, new")).payload == b"pack, new"
+    assert _deliver(hp, late).payload == b"late, old"
+    assert _deliver(hp, hm.send(IDENTITY, b"module, new")).payload == b"module, new"
+    assert _deliver(hp, hm.send(VOLTS, b"\x0c\x01")).payload == b"\x0c\x01"  # and the exchange tier
+    assert hp.accepted == {"old": 1, "new": 2} and hm.accepted == {"new": 1}
+    # An old-session unit does not authenticate under the new pairing's keys; its own window refuses it again.
+    assert not hp.channel.authenticates(late.can_id, late.data, reassembled=not late.single_frame)
+    assert _refused(hp, late) is Reason.REPLAY
+    hp.finish(), hm.finish()
+    assert _refused(hp, late) in {Reason.BAD_MAC, Reason.STALE, Reason.REPLAY}  # the old keys are gone
+    assert w.pack.pairing_secrets(old) is None and w.module.pairing_secrets(old) is None
+    assert _deliver(hm, hp.send(IDENTITY, b"after")).payload == b"after"
+
+
+def test_a_renewal_may_move_a_pairing_from_seed_to_efficient():
+    w, cert = _paired()
+    old = cert.metadata.pairing_id
+    w.pack.channel(old), w.module.channel(old)
+    renewal = renew_entities(w.controller, w.pack, w.module, cert, profile="efficient").certificate
+    new = renewal.metadata.pairing_id
+    assert renewal.metadata.profile is ProtocolProfile.EFFICIENT
+    hp, hm = w.pack.handover(old, new), w.module.handover(old, new)
+    assert (hp.channel.protocol, w.pack.channel(old).protocol) == (ProtocolProfile.EFFICIENT, ProtocolProfile.SEED)
+    signed = hm.send(IDENTITY, b"signed, old")  # seed: signed with the module's binding key
+    assert _deliver(hm, hp.send(IDENTITY, b"sealed, new")).payload == b"sealed, new"
+    assert _deliver(hp, signed).payload == b"signed, old"
+    assert _deliver(hp, hm.send(IDENTITY, b"sealed, up")).payload == b"sealed, up"
+    assert hp.accepted == {"old": 1, "new": 1}
+    hp.finish(), hm.finish()
+    assert _refused(hp, signed) in {Reason.BAD_MAC, Reason.BAD_SIGNATURE, Reason.STALE}
 
 
 def test_the_ledger_links_the_renewal_and_the_trust_graph_shows_the_old_pairing_retired():

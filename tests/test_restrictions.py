@@ -17,10 +17,10 @@ C = MessageClass
 LIMITS = Restrictions(("charge_command",), ("voltage_telemetry",), 5)
 
 
-def _paired(restrictions: Restrictions | None = None):
+def _paired(restrictions: Restrictions | None = None, protocol: str = "seed"):
     w = World()
     record = w.bind().record
-    cert = w.controller.issue_pairing(record.binding_id, restrictions=restrictions)
+    cert = w.controller.issue_pairing(record.binding_id, restrictions=restrictions, profile=protocol)
     pair_entities(w.controller, w.pack, w.module, certificate=cert)
     pid = cert.metadata.pairing_id
     return w, w.pack.channel(pid), w.module.channel(pid)
@@ -50,23 +50,32 @@ def test_the_controller_refuses_restrictions_naming_no_class_of_their_kind():
     assert w.ledger.size == 1  # nothing issued
 
 
-def test_operations_and_data_types_the_certificate_does_not_allow_are_refused_and_counted():
-    _w, pack, module = _paired(LIMITS)
+# Restrictions are checked after verification, whatever authenticated the unit (docs/profiles.md).
+PROTOCOLS = ["seed", "efficient"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_operations_and_data_types_the_certificate_does_not_allow_are_refused_and_counted(protocol):
+    _w, pack, module = _paired(LIMITS, protocol)
+    assert pack.protocol.value == module.protocol.value == protocol
     assert _deliver(module, pack.send(C.CHARGE_COMMAND, b"\x01\x00\x03")).payload == b"\x01\x00\x03"
     assert _refused(module, pack.send(C.DISCHARGE_COMMAND, b"\x01\x00\x03")) is Reason.UNAUTHORIZED
     assert _refused(module, pack.send(C.FIRMWARE_UPDATE, b"\x00" * 12)) is Reason.UNAUTHORIZED
+    # At the binding tier too (signed under seed, sealed under the binding MAC secret under efficient).
+    assert _refused(module, pack.send(C.DISCHARGE_COMMAND, b"\x01\x00\x03", tier=Tier.BINDING)) is Reason.UNAUTHORIZED
     assert _deliver(pack, module.send(C.VOLTAGE_TELEMETRY, b"\x0c\x80")).payload == b"\x0c\x80"
     assert _refused(pack, module.send(C.CURRENT_TELEMETRY, b"\x00\x10")) is Reason.UNAUTHORIZED
     # Never restricted: the protocol's own messages and emergency shutdown (docs/lifecycle.md §4).
     assert _deliver(module, pack.send(C.EMERGENCY_SHUTDOWN, b"\x01")).payload == b"\x01"
     assert _deliver(module, pack.send(C.IDENTITY, b"who")).payload == b"who"
-    assert module.rejects[Reason.UNAUTHORIZED] == 2 and pack.rejects[Reason.UNAUTHORIZED] == 1
-    assert module.restrictions.counters() == {"operation": 2}
+    assert module.rejects[Reason.UNAUTHORIZED] == 3 and pack.rejects[Reason.UNAUTHORIZED] == 1
+    assert module.restrictions.counters() == {"operation": 3}
     assert pack.restrictions.counters() == {"data_type": 1}
 
 
-def test_the_rate_limit_is_a_one_second_bucket_per_receiver_and_spares_shutdown():
-    w, pack, module = _paired(LIMITS)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_rate_limit_is_a_one_second_bucket_per_receiver_and_spares_shutdown(protocol):
+    w, pack, module = _paired(LIMITS, protocol)
     burst = [pack.send(C.CHARGE_COMMAND, bytes([1, 0, i])) for i in range(7)]
     outcomes = [_try(module, pdu) for pdu in burst]
     assert outcomes == [None] * 5 + [Reason.RATE_LIMITED] * 2
@@ -89,8 +98,9 @@ def _try(end, pdu) -> Reason | None:
     return None
 
 
-def test_forged_frames_do_not_spend_the_senders_rate():
-    _w, pack, module = _paired(Restrictions((), (), 2))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_forged_frames_do_not_spend_the_senders_rate(protocol):
+    _w, pack, module = _paired(Restrictions((), (), 2), protocol)
     good = [pack.send(C.CHARGE_COMMAND, bytes([1, 0, i])) for i in range(2)]
     for pdu in good:
         forged = bytes([pdu.data[0] ^ 1]) + pdu.data[1:]

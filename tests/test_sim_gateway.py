@@ -88,13 +88,15 @@ def test_the_pack_does_not_forward_what_the_pairing_restricts():
         assert all(m.balancing == 0 for m in sim.modules.values())
 
 
-def test_renewal_before_expiry_in_the_running_pack_loses_nothing():
-    with GatewaySimulation(2, seed=5, valid_for_s=30, renew_lead_s=10, overlap_s=1.0) as sim:
+@pytest.mark.parametrize("protocol", ["seed", "efficient"])
+def test_renewal_before_expiry_in_the_running_pack_loses_nothing(protocol):
+    with GatewaySimulation(2, seed=5, valid_for_s=30, renew_lead_s=10, overlap_s=1.0, protocol=protocol) as sim:
         sim.command(contactor=ON)
         first = {n: c.metadata.pairing_id for n, c in sim.certificates.items()}
         sim.run(26.0)
         assert sim.gstats.renewals == 2 and sim.gstats.expiries == 0
         assert {n: c.metadata.pairing_id for n, c in sim.certificates.items()} != first
+        assert {c.metadata.profile.value for c in sim.certificates.values()} == {protocol}  # renewals keep it
         assert all(m.state is PackState.ACTIVE for m in sim.security.values())
         stats = sim.stats
         assert not stats.rejects and sum(stats.units_rx.values()) == sum(stats.units_tx.values())

@@ -8,6 +8,9 @@ Each scenario drives the component a deployment uses (docs/threat-model.md, "Lif
   frames put on its python-can buses by a third handle, judged by the pack's gateway core and the
   module's own channel;
 * restrictions through the receiving module's channel of a pairing whose certificate carries them;
+
+The renewal and restriction rows run under both protocol profiles (docs/profiles.md): the frames
+they carry authenticate differently, and the defence must not depend on it.
 * key loss through the controller's :class:`~modbatt.nodes.recovery.KeyLossIntake`.
 """
 
@@ -27,6 +30,7 @@ from ..crypto.suite import PrivateKey
 from ..errors import Reason
 from ..model.pairing import Restrictions
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.pairing_flow import pair_entities, renew_entities
 from ..nodes.recovery import KeyLossIntake
@@ -38,6 +42,8 @@ from .outcome import Outcome, attempt, counted, judge
 from .registry import scenario
 
 _ON = 3
+#: Rows whose path depends on how the partners authenticate each other (docs/profiles.md).
+_BOTH = ("seed", "efficient")
 _SHUTDOWN = MessageClass.EMERGENCY_SHUTDOWN
 
 
@@ -53,15 +59,15 @@ def _refusals(before: Mapping[str, int], after: Mapping[str, int]) -> list[Reaso
 # ------------------------------------------------------------------ replay during a renewal overlap
 
 
-@scenario("renewal_overlap_replay", family="replay", expected=("blocked", "replay"))
-def renewal_overlap_replay(seed: int | None = None) -> Outcome:
+@scenario("renewal_overlap_replay", family="replay", expected=("blocked", "replay"), profiles=_BOTH)
+def renewal_overlap_replay(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """Replay every frame of the old and the new pairing while both are accepted, and after the overlap."""
-    pack = paired_pack(seed)
+    pack = paired_pack(seed, profile=profile)
     dep, module = pack.dep, pack.module(1)
     old = pack.pairing_id(1)
     tx, rx = dep.pack.channel(old), module.channel(old)
     recorded = [tx.send(MessageClass.CHARGE_COMMAND, bytes([1, 0, i])) for i in range(4)]
-    recorded.append(tx.send(MessageClass.IDENTITY, b"signed, old"))
+    recorded.append(tx.send(MessageClass.IDENTITY, b"binding tier, old"))
     for pdu in recorded:
         rx.receive(pdu.can_id, pdu.data, reassembled=not pdu.single_frame)
     new = renew_entities(dep.controller, dep.pack, module, pack.pairings[1].certificate).certificate.metadata.pairing_id
@@ -140,47 +146,51 @@ def app_bus_spoofed_vcu_command(seed: int | None = None) -> Outcome:
 # ------------------------------------------------------------------ restriction bypass by a paired partner
 
 
-def _restricted(seed: int | None, restrictions: Restrictions) -> tuple[Pack, object, object]:
-    pack = paired_pack(seed, pair=False)
-    cert = pack.dep.controller.issue_pairing(pack.records[1].binding_id, restrictions=restrictions)
+def _restricted(seed: int | None, restrictions: Restrictions, profile: ProtocolProfile) -> tuple[Pack, object, object]:
+    pack = paired_pack(seed, pair=False, profile=profile)
+    cert = pack.dep.controller.issue_pairing(pack.records[1].binding_id, restrictions=restrictions, profile=profile)
     pack.pairings[1] = pair_entities(pack.dep.controller, pack.dep.pack, pack.module(1), certificate=cert)
     return pack, pack.link(1, "pack"), pack.link(1, "module")
 
 
-def _restriction_outcome(pack: Pack, module, reasons, expected: Reason, detail: str) -> Outcome:  # type: ignore[no-untyped-def]
-    counters = {**counted("module_channel.rejects", module.rejects),
-                **{f"module_restrictions.{k}": v for k, v in module.restrictions.counters().items()}}  # fmt: skip
+def _restriction_outcome(  # type: ignore[no-untyped-def]
+    pack: Pack, receiver, reasons, expected: Reason, detail: str, *, side: str = "module"
+) -> Outcome:
+    counters = {**counted(f"{side}_channel.rejects", receiver.rejects),
+                **{f"{side}_restrictions.{k}": v for k, v in receiver.restrictions.counters().items()}}  # fmt: skip
     pack.close()
     return judge(reasons, expected, counters, detail=detail)
 
 
-@scenario("restriction_operation", family="insider", expected=("blocked", "unauthorized"))
-def restriction_operation(seed: int | None = None) -> Outcome:
+@scenario("restriction_operation", family="insider", expected=("blocked", "unauthorized"), profiles=_BOTH)
+def restriction_operation(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """The paired pack sends operations its certificate does not allow (only charge commands are)."""
-    pack, tx, rx = _restricted(seed, Restrictions(("charge_command",), (), 0))
+    pack, tx, rx = _restricted(seed, Restrictions(("charge_command",), (), 0), profile)
     assert _unit(rx, tx.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x03")) is None  # what it may do still works
     refused = (MessageClass.DISCHARGE_COMMAND, MessageClass.CONFIGURATION, MessageClass.SAFETY_LIMITS,
                MessageClass.CELL_BALANCING)  # fmt: skip
     tries = [tx.send(cls, b"\x01\x00\x03") for cls in refused]
+    # Above its minimum too: the binding tier (signed under seed, sealed under efficient) does not lift it.
+    tries.append(tx.send(MessageClass.DISCHARGE_COMMAND, b"\x01\x00\x03", tier=Tier.BINDING))
     return _restriction_outcome(pack, rx, [_unit(rx, pdu) for pdu in tries], Reason.UNAUTHORIZED,
                                 "the receiving channel enforces allowed_operations")  # fmt: skip
 
 
-@scenario("restriction_data_type", family="insider", expected=("blocked", "unauthorized"))
-def restriction_data_type(seed: int | None = None) -> Outcome:
+@scenario("restriction_data_type", family="insider", expected=("blocked", "unauthorized"), profiles=_BOTH)
+def restriction_data_type(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """The paired module reports data types its certificate does not allow (only voltage telemetry is)."""
-    pack, tx, rx = _restricted(seed, Restrictions((), ("voltage_telemetry",), 0))
+    pack, tx, rx = _restricted(seed, Restrictions((), ("voltage_telemetry",), 0), profile)
     assert _unit(tx, rx.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")) is None
     tries = [rx.send(cls, b"\x0c\x80") for cls in (MessageClass.CURRENT_TELEMETRY, MessageClass.LOG,
                                                   MessageClass.CRITICAL_TELEMETRY)]  # fmt: skip
     return _restriction_outcome(pack, tx, [_unit(tx, pdu) for pdu in tries], Reason.UNAUTHORIZED,
-                                "the receiving channel enforces data_types")  # fmt: skip
+                                "the receiving channel enforces data_types", side="pack")  # fmt: skip
 
 
-@scenario("restriction_rate", family="insider", expected=("blocked", "rate_limited"))
-def restriction_rate(seed: int | None = None) -> Outcome:
+@scenario("restriction_rate", family="insider", expected=("blocked", "rate_limited"), profiles=_BOTH)
+def restriction_rate(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
     """The paired pack floods charge commands past the certificate's 10 messages/s."""
-    pack, tx, rx = _restricted(seed, Restrictions((), (), 10))
+    pack, tx, rx = _restricted(seed, Restrictions((), (), 10), profile)
     burst = [_unit(rx, tx.send(MessageClass.CHARGE_COMMAND, bytes([1, 0, i & 0xFF]))) for i in range(100)]
     within, over = burst[:10], burst[10:]
     shutdown = _unit(rx, tx.send(_SHUTDOWN, b"\x01"))  # never rate-limited (docs/lifecycle.md §4)

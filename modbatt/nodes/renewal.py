@@ -43,6 +43,7 @@ from ..can.secured import SecuredPdu
 from ..can.wiretime import BusProfile
 from ..errors import Reason, VerificationError
 from ..model.policy import EncryptionPolicy, MessageClass
+from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from ..protocol.restrictions import RestrictionGate
 from .channel import PairedChannel
@@ -141,6 +142,12 @@ class Handover:
     @property
     def layout(self) -> IdLayout:
         return self._new.layout
+
+    @property
+    def protocol(self) -> ProtocolProfile:
+        """The new pairing's protocol profile (control frames travel on it). A renewal may change
+        it (``renew_over(..., profile=...)``): each pairing's frames are judged under its own."""
+        return self._new.protocol
 
     @property
     def policy(self) -> EncryptionPolicy:

@@ -47,6 +47,7 @@ from ..can.wiretime import CLASSIC, BusProfile
 from ..errors import ConfigError, TransportError, VerificationError
 from ..model.pairing import PairingCertificate, Restrictions
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..model.tier import Tier
 from ..nodes.entity import EntityNode
 from ..nodes.events import EventIntake, EventOutbox, Receipt
@@ -279,7 +280,8 @@ class GatewaySimulation:
     """A VCU on the app bus, a gatewaying pack controller, ``modules`` modules on the secured module bus.
 
     ``app_bus`` and ``module_bus`` are :class:`~modbatt.transport.canbus.BusConfig`\\ s (default: a
-    private ``virtual`` channel each). ``restrictions`` go into every module's certificate.
+    private ``virtual`` channel each). ``restrictions`` go into every module's certificate, and
+    ``protocol`` is every pairing's protocol profile (docs/profiles.md; renewals keep it).
     ``confirm=False`` leaves the pairings unconfirmed (state ``paired``: commands are refused).
     """
 
@@ -294,6 +296,7 @@ class GatewaySimulation:
         module_bus: BusConfig | None = None,
         routes: RouteTable | None = None,
         restrictions: Restrictions | None = None,
+        protocol: ProtocolProfile | str = DEFAULT_PROFILE,
         valid_for_s: int = 24 * 3600,
         renew_lead_s: float | None = None,
         overlap_s: float = DEFAULT_OVERLAP_S,
@@ -306,6 +309,7 @@ class GatewaySimulation:
         self.clock: SimClock = clock or VirtualClock(EPOCH)
         self.valid_for_s, self.renew_lead_s, self.overlap_s = valid_for_s, renew_lead_s, overlap_s
         self.restrictions = restrictions
+        self.protocol = profile_named(protocol)
         self.dep = InMemoryDeployment(seed=seed, modules=modules, clock=self.clock.now)
         self.gstats = GatewayStats()
         self.security: dict[int, PackSecurity] = {}
@@ -372,7 +376,7 @@ class GatewaySimulation:
         module, now = self.dep.modules[node_id], self.clock.now()
         outcome = pair_entities(
             self.dep.controller, self.dep.pack, module, binding_id, valid_for_s=self.valid_for_s,
-            restrictions=self.restrictions,
+            restrictions=self.restrictions, profile=self.protocol,
         )  # fmt: skip
         meta = outcome.certificate.metadata
         self.certificates[node_id] = outcome.certificate

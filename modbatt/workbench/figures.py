@@ -42,7 +42,8 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
     Edges: ``binding`` (one per binding; ``revoked`` when a revocation follows, ``rebound`` when it
     supersedes a revoked binding), ``pairing`` (``completed`` after a completion statement,
     ``revoked`` after a pairing revocation or with its binding, and ``renewed`` too when a renewal
-    replaced it: docs/lifecycle.md §6), ``witness`` (level-2 statements)
+    replaced it: docs/lifecycle.md §6; ``mode`` and ``profile`` from the issue statement),
+    ``witness`` (level-2 statements)
     and ``validation`` (with the ``level`` reached) where validation statements exist.
     """
     g = nx.MultiGraph()
@@ -70,7 +71,8 @@ def trust_graph(entries: Iterable[bytes | Mapping[str, Any]]) -> nx.MultiGraph:
             a, b = bindings[e["binding_id"]]
             pairings[e["pairing_id"]] = (a, b, e["pairing_id"])
             g.add_edge(a, b, key=e["pairing_id"], relation="pairing", completed=False, revoked=False,
-                       mode=e.get("controller_mode"), binding_id=e["binding_id"])  # fmt: skip
+                       mode=e.get("controller_mode"), profile=e.get("profile"),
+                       binding_id=e["binding_id"])  # fmt: skip
         elif kind in ("pairing_completed", "pairing_revoked") and e.get("pairing_id") in pairings:
             a, b, key = pairings[e["pairing_id"]]
             g.edges[a, b, key]["completed" if kind == "pairing_completed" else "revoked"] = True

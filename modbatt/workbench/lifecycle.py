@@ -26,6 +26,7 @@ from ..encoding import strict_loads
 from ..errors import TransportError, VerificationError
 from ..model.access import AccessData, TransportProtocol
 from ..model.policy import MessageClass
+from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import PairingService, pair_entities, renew_entities
@@ -108,8 +109,9 @@ class _Bus:
 
 
 class _Story:
-    def __init__(self, bus: _Bus, seed: int | None) -> None:
+    def __init__(self, bus: _Bus, seed: int | None, profile: ProtocolProfile) -> None:
         self.bus = bus
+        self.profile = profile
         self.dep = InMemoryDeployment(seed=seed, modules=2)
         self.security: dict[str, PackSecurity] = {}
         self.links: dict[str, tuple[Any, Any]] = {}  # device -> (pack end, module end)
@@ -138,7 +140,7 @@ class _Story:
 
     def pair(self, device: str) -> None:
         module = self.modules[device]
-        outcome = pair_entities(self.dep.controller, self.dep.pack, module, self.bindings[device])
+        outcome = pair_entities(self.dep.controller, self.dep.pack, module, self.bindings[device], profile=self.profile)
         meta = outcome.certificate.metadata
         self.certificates[device] = outcome.certificate
         self.handle(device, PackEvent.PAIRED, pairing_id=meta.pairing_id, policy=meta.encryption_policy,
@@ -262,7 +264,8 @@ class _Story:
         self.transitions.append({"module": device, "event": step.event.value, "from": step.source.value,
                                  "to": step.target.value, "actions": [a.value for a in step.actions]})  # fmt: skip
         self.links.pop(device, None)
-        done = recover(self.dep.controller, claim, self.dep.authorize(self.dep.pack, module), self.client())
+        grant = self.dep.authorize(self.dep.pack, module)
+        done = recover(self.dep.controller, claim, grant, self.client(), profile=self.profile)
         self.bindings[device] = done.binding.record.binding_id
         self.handle(device, PackEvent.BOUND, binding_id=self.bindings[device])
         meta = done.pairing.certificate.metadata
@@ -296,10 +299,16 @@ def _bus(config: BusConfig | None) -> Iterator[_Bus]:
         bus.close()
 
 
-def run_lifecycle(*, bus: BusConfig | None = None, seed: int | None = None) -> LifecycleStory:
-    """Manufacture, binding, pairing, renewal (module-01), replacement (module-02), key loss (module-01)."""
+def run_lifecycle(
+    *, bus: BusConfig | None = None, seed: int | None = None, profile: ProtocolProfile | str = DEFAULT_PROFILE
+) -> LifecycleStory:
+    """Manufacture, binding, pairing, renewal (module-01), replacement (module-02), key loss (module-01).
+
+    Every pairing (renewals included) is issued under the protocol ``profile`` (docs/profiles.md).
+    """
+    chosen = profile_named(profile)
     with _bus(bus) as carrier:
-        story = _Story(carrier, seed)
+        story = _Story(carrier, seed, chosen)
         try:
             story.manufacture()
             story.binding()
