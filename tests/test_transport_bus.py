@@ -31,7 +31,7 @@ def test_nothing_configured_is_the_embedded_virtual_bus_named_as_such(clean_can_
     assert config.interface == DEFAULT_INTERFACE == "virtual" and config.embedded
     assert str(config.channel).startswith("modbatt-private-") and config.bitrate is None and not config.fd
     assert config.source == EMBEDDED_SOURCE
-    assert config.describe() == f"virtual {config.channel} (embedded: this process only)"
+    assert config.describe() == f"virtual {config.channel} (the embedded default, nothing configured: this process only)"
     assert config.to_json()["source"] == EMBEDDED_SOURCE and config.to_json()["interface"] == "virtual"
     # a private channel per call: two unrelated runs in one process never hear each other
     assert resolve_bus(config_file=clean_can_env).channel != config.channel

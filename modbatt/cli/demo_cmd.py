@@ -53,7 +53,7 @@ def _run_mixed(args: argparse.Namespace) -> int:
         print()
     else:
         if bus is not None:
-            print(f"CAN bus: {bus.describe()} (from {bus.source})")
+            print(f"CAN bus: {bus.describe(source=True)}")
         for e in result["entities"]:
             flags = ", ".join(k for k in ("bound", "paired", "discovered") if e.get(k))
             print(f"{e['name']:12} over {e['transport']:4}: {flags or 'FAILED'}")

@@ -150,7 +150,7 @@ def _monitor(args: argparse.Namespace) -> int:
             if monitor.builtin is not None:
                 monitor.builtin.prepare(fd=config.fd)  # before the bus: no frames queue meanwhile
             with open_bus(config) as bus:
-                problem(f"bus: {config.describe()} (from {config.source})")
+                problem(f"bus: {config.describe(source=True)}")
                 run_monitor(
                     monitor,
                     bus,

@@ -104,8 +104,12 @@ def _run(args: argparse.Namespace) -> int:
         params.update(_bus_parameters(bus, args, params))
     progress = None if args.json else (lambda line: print(line, flush=True))
     if progress is not None:
-        progress(f"bus: {bus.describe() if not bus.embedded else 'the embedded virtual bus, private to each notebook'}"
-                 f" (from {bus.source})")  # fmt: skip
+        where = (
+            "each notebook's own embedded virtual bus (nothing configured)"
+            if bus.embedded
+            else bus.describe(source=True)
+        )
+        progress(f"bus: {where}")
     report = run_notebooks(
         output=args.output, notebooks_dir=args.notebooks, only=args.only, parameters=params, progress=progress
     )

@@ -79,7 +79,7 @@ DEFAULT_INTERFACE = "virtual"
 #: python-can's IPv4 fallback group, suggested in messages (a group is never filled in silently).
 DEFAULT_UDP_GROUP = "239.74.163.2"
 #: :attr:`BusConfig.source` of the embedded default.
-EMBEDDED_SOURCE = "embedded default (nothing configured)"
+EMBEDDED_SOURCE = "nothing configured"
 #: Ports :func:`run_udp_address` derives: below Linux's ephemeral range (32768-60999), so a
 #: run's group port never collides with a client socket the kernel picked.
 RUN_PORTS = (20000, 32767)
@@ -366,8 +366,9 @@ class BusConfig:
             kw["data_bitrate"] = self.data_bitrate
         return kw
 
-    def describe(self) -> str:
-        """One line for people: ``udp_multicast 239.74.163.2 port 43113``, ``slcan /dev/pts/3 500000 bit/s``."""
+    def describe(self, *, source: bool = False) -> str:
+        """One line for people: ``udp_multicast 239.74.163.2 port 43113``, ``slcan /dev/pts/3 500000 bit/s``;
+        ``source=True`` adds where the choice came from."""
         parts = [self.interface]
         if self.channel is not None:
             parts.append(str(self.channel))
@@ -380,7 +381,9 @@ class BusConfig:
         if self.faults is not None:
             parts.append(f"with faults ({self.faults})")
         if self.embedded:
-            parts.append("(embedded: this process only)")
+            parts.append("(the embedded default, nothing configured: this process only)")
+        elif source:
+            parts.append(f"(from {self.source})")
         return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:

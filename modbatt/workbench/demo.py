@@ -232,7 +232,7 @@ def _talk_over_can(
     # store under the state directory (a rerun resumes past the reserved counters).
     links = {name: node.channel(pairing_id) for name, node in (("pack", pack), ("module", module))}
     frames = []
-    say(f"CAN bus: {config.describe()} (from {config.source})")
+    say(f"CAN bus: {config.describe(source=True)}")
     with open_bus(config) as pack_bus, open_bus(config) as module_bus:
         for sender, receiver, tx_bus, rx_bus, cls, payload, label in (
             ("pack", "module", pack_bus, module_bus, MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", "charge command"),
