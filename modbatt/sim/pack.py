@@ -51,7 +51,6 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,7 +76,7 @@ from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.link import Received
-from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus
+from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus, resolve_bus
 from .schedule import (
     COMMAND_CLASSES,
     NACK_FLAG,
@@ -818,8 +817,9 @@ def _persist_entity(node: EntityNode, path: Path) -> Path:
 class PackSimulation:
     """A pack controller and ``modules`` modules on one python-can bus, all in this process.
 
-    ``bus`` is any :class:`~modbatt.transport.canbus.BusConfig` (default: a fresh ``virtual``
-    channel). The pack opens one bus handle and the modules share a second one (frames are
+    ``bus`` is any :class:`~modbatt.transport.canbus.BusConfig` (default: the bus rule,
+    :func:`~modbatt.transport.canbus.resolve_bus`, which is a private ``virtual`` channel when
+    nothing is configured). The pack opens one bus handle and the modules share a second one (frames are
     dispatched by the node field of the identifier), so every frame really crosses the bus.
     ``profile`` decides classic or FD framing (must match the bus). ``clock`` defaults to a
     :class:`VirtualClock`; pass :class:`RealClock` on a live bus. ``setup`` is the bound and
@@ -847,9 +847,11 @@ class PackSimulation:
         self.plan = plan or TrafficPlan()
         self.clock: SimClock = clock or VirtualClock()
         self.layout = layout
-        self.config = bus or BusConfig(interface="virtual", channel=f"modbatt-sim-{uuid.uuid4().hex}", fd=profile.fd)
+        # The bus rule when none is given: python-can's configuration, else the embedded virtual bus.
+        config = bus if bus is not None else resolve_bus()
+        self.config = dataclasses.replace(config, fd=True) if config.embedded and profile.fd else config
         self.setup = setup if setup is not None else ephemeral_pack(modules, seed)
-        pairings, self.policy = setup.pairings, setup.policy
+        pairings, self.policy = self.setup.pairings, self.setup.policy
         if self.policy.to_dict() != self.plan.policy.to_dict():
             self.plan = dataclasses.replace(self.plan, policy=self.policy)  # the certificate's policy rules
         self.stats = SimStats()
@@ -867,10 +869,10 @@ class PackSimulation:
         self.module_nodes: dict[int, _Module] = {}
         for node_id in range(1, modules + 1):
             pid = pairings[node_id]
-            self.pack.links[node_id] = setup.pack.channel(pid, profile=profile, layout=layout)
+            self.pack.links[node_id] = self.setup.pack.channel(pid, profile=profile, layout=layout)
             pack_nodes[node_id] = self.pack
             m = _Module(node_id, self._module_ep, self.plan, self.clock, db)
-            m.links[node_id] = setup.modules[node_id].channel(pid, profile=profile, layout=layout)
+            m.links[node_id] = self.setup.modules[node_id].channel(pid, profile=profile, layout=layout)
             module_nodes[node_id] = m
             self.module_nodes[node_id] = m
         self.scheduler = Scheduler(self.clock, [self._pack_ep, self._module_ep])
