@@ -42,8 +42,8 @@ from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.discovery import Directory
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
-from ..nodes.pairing_flow import PAIRING_OPS, PairingOutcome, PairingService, pair_over
-from ..nodes.validation import ValidationService
+from ..nodes.pairing_flow import PairingOutcome, pair_over
+from ..nodes.services import entity_services
 from ..protocol.validation.announce import Announcer
 from ..transport.announce import (
     CanAnnounceListener,
@@ -244,10 +244,7 @@ class MixedBench:
 
     def _services(self, node: EntityNode) -> OpRouter:
         """The node's binding API, its pairing steps and its validation service, on one endpoint."""
-        pairing = PairingService(node)
-        return OpRouter(
-            node, {"validate": ValidationService(node, clock=self.clock), **dict.fromkeys(PAIRING_OPS, pairing)}
-        )
+        return entity_services(node, clock=self.clock)
 
     def _serve_http(self, device_id: str, lct: LctRef | None = None, store: Any = None) -> MixedEntity:
         server = ServerThread()
