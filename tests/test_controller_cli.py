@@ -149,6 +149,20 @@ def test_http_entities_in_other_processes(
     entities.serve("pack-01", "--port", "0")
     entities.serve("module-01", "--port", "0")
     _lifecycle(capsys, state, entities.root, [])
+    # re-bind the revoked pair with a fresh grant: new keys, a new binding, the old one superseded
+    root, ctl = entities.root, ["--state", str(state)]
+    old = _json(capsys, ["controller", "status", *ctl])["bindings"][0]["binding_id"]
+    grant = root / "grant2.json"
+    assert main(["controller", "grant", *ctl, str(root / "pack-01.json"), str(root / "module-01.json"),
+                 "-o", str(grant)]) == 0  # fmt: skip
+    capsys.readouterr()
+    rebound = _json(capsys, ["controller", "rebind", *ctl, old, "--grant", str(grant)])
+    assert rebound["supersedes"] == old and rebound["binding_id"] != old
+    live = [b for b in _json(capsys, ["controller", "status", *ctl])["bindings"] if not b["revoked"]]
+    assert [b["binding_id"] for b in live] == [rebound["binding_id"]]
+    assert main(["controller", "escalate", *ctl, rebound["binding_id"], "--level", "9", "--reason",
+                 "audit_required"]) == 2  # fmt: skip
+    assert "a validation level 1-7" in capsys.readouterr().err
 
 
 def test_mqtt_entities_through_a_real_broker(

@@ -11,7 +11,14 @@ import pytest
 
 from modbatt.errors import ConfigError, TransportError
 from modbatt.transport import canbus
-from modbatt.transport.canbus import DEFAULT_INTERFACE, EMBEDDED_SOURCE, BusConfig, open_bus, resolve_bus, run_udp_address
+from modbatt.transport.canbus import (
+    DEFAULT_INTERFACE,
+    EMBEDDED_SOURCE,
+    BusConfig,
+    open_bus,
+    resolve_bus,
+    run_udp_address,
+)
 
 
 @pytest.fixture
@@ -31,7 +38,8 @@ def test_nothing_configured_is_the_embedded_virtual_bus_named_as_such(clean_can_
     assert config.interface == DEFAULT_INTERFACE == "virtual" and config.embedded
     assert str(config.channel).startswith("modbatt-private-") and config.bitrate is None and not config.fd
     assert config.source == EMBEDDED_SOURCE
-    assert config.describe() == f"virtual {config.channel} (the embedded default, nothing configured: this process only)"
+    note = "(the embedded default, nothing configured: this process only)"
+    assert config.describe() == f"virtual {config.channel} {note}"
     assert config.to_json()["source"] == EMBEDDED_SOURCE and config.to_json()["interface"] == "virtual"
     # a private channel per call: two unrelated runs in one process never hear each other
     assert resolve_bus(config_file=clean_can_env).channel != config.channel
@@ -209,13 +217,8 @@ def test_a_run_id_isolates_udp_multicast_runs(clean_can_env: Path) -> None:
 def test_options_and_bad_ports(clean_can_env: Path) -> None:
     config = resolve_bus("udp_multicast", "239.1.1.1", options={"port": "45002"}, config_file=clean_can_env)
     assert config.kwargs["port"] == 45002 and config.to_json()["port"] == 45002
-    with pytest.raises(ConfigError, match="(?i)port"):
+    with pytest.raises(ConfigError, match=r"(?i)port"):
         resolve_bus("udp_multicast", "239.1.1.1", options={"port": 70000}, config_file=clean_can_env)
-    with pytest.raises(ConfigError, match="CAN_CONFIG is not JSON"):
-        import os
-
-        os.environ["CAN_CONFIG"] = "{not json"
-        try:
-            resolve_bus(config_file=clean_can_env)
-        finally:
-            del os.environ["CAN_CONFIG"]
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ConfigError, match="CAN_CONFIG is not JSON"):
+        mp.setenv("CAN_CONFIG", "{not json")
+        resolve_bus(config_file=clean_can_env)

@@ -326,7 +326,9 @@ def _escalate(args: argparse.Namespace) -> int:
     from ..model.statements import sign_statement
     from ..protocol.validation import EscalationRequest
 
-    request = EscalationRequest(args.level, args.reason, args.urgency)  # checks the level (1-7)
+    if not 1 <= args.level <= _LEVEL7:
+        raise ConfigError(f"--level is a validation level 1-7, not {args.level}")
+    request = EscalationRequest(args.level, args.reason, args.urgency)
     with _session(args) as (home, controller, clients):
         _endpoints_of(controller, args.binding_id)  # the binding exists
         if controller.is_revoked(args.binding_id):

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run every notebook headlessly: executed notebooks, figures, results and an HTML report",
-        description="Executes the workbench notebooks with papermill on the virtual CAN bus by default. "
+        description="Executes the workbench notebooks with papermill (on the bus the bus options or python-can's "
+        "configuration name, else each notebook on its own embedded virtual bus). "
         "Writes build/ (executed notebooks, report.html), figures/ (PNG and SVG) and data/results/ (JSON), "
         "or all of it under --output DIR.",
     )

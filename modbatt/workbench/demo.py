@@ -5,7 +5,8 @@
    inclusion proof that needs nothing but the controller's public key.
 2. The controller issues a pairing certificate; the entities swap key halves and report
    completion, which is recorded.
-3. Over a python-can bus (``virtual`` by default), the pack sends a charge command at the pairing
+3. Over a python-can bus (the bus rule's choice: the embedded ``virtual`` bus when nothing is
+   configured), the pack sends a charge command at the pairing
    tier and the module answers a voltage reading at the exchange tier.
 4. Validation levels 1-7 run between them, then the seed's escalation example (with abuse
    attempts refused); everything lands in the ledger or the event log (``modbatt audit``).
