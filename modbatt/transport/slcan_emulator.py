@@ -502,13 +502,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = parser.parse_args(argv)
 
-    from .canbus import BusConfig, open_bus  # the CLI alone needs configuration
+    from ..errors import ModbattError
+    from .canbus import open_bus, resolve_bus  # the CLI alone needs configuration
 
     if args.interface is not None and args.virtual_channel is not None:
         parser.error("use either --virtual-channel or --interface")
     bus: can.BusABC | None = None
     if args.interface is not None:
-        bus = open_bus(BusConfig.resolve(interface=args.interface, channel=args.channel))
+        try:
+            bus = open_bus(resolve_bus(args.interface, args.channel))  # the bus rule (docs/buses.md §2)
+        except ModbattError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
     emu = SlcanEmulator(bus, virtual_channel=args.virtual_channel or "modbatt-slcan")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -5,7 +5,8 @@
    inclusion proof that needs nothing but the controller's public key.
 2. The controller issues a pairing certificate; the entities swap key halves and report
    completion, which is recorded.
-3. Over a python-can bus (``virtual`` by default), the pack sends a charge command at the pairing
+3. Over a python-can bus (the bus rule's choice: the embedded ``virtual`` bus when nothing is
+   configured), the pack sends a charge command at the pairing
    tier and the module answers a voltage reading at the exchange tier.
 4. Validation levels 1-7 run between them, then the seed's escalation example (with abuse
    attempts refused); everything lands in the ledger or the event log (``modbatt audit``).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
-import uuid
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ..nodes.entity_api import create_entity_app
 from ..nodes.link import Received
 from ..nodes.pairing_flow import pair_entities
 from ..nodes.validation import run_all_levels, run_escalation_scenario
-from ..transport.canbus import BusConfig, open_bus
+from ..transport.canbus import BusConfig, open_bus, resolve_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
 from .deployment import Deployment
 
@@ -63,9 +64,11 @@ class DemoResult:
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)
     escalation: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    bus: dict[str, Any] = field(default_factory=dict)  # BusConfig.to_json() of the bus the frames crossed
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "bus": self.bus,
             "binding_record": self.binding_record,
             "ledger": str(self.ledger_path),
             "ledger_index": self.ledger_index,
@@ -119,8 +122,10 @@ def run_demo(
     """Bind, pair, and exchange one command and one telemetry frame over a python-can bus.
 
     ``transport`` (``"http"`` or ``"in-process"``) carries the binding API; ``bus`` the CAN
-    frames (default: python-can's ``virtual`` interface on a private channel).
+    frames (default: the bus rule, :func:`~modbatt.transport.canbus.resolve_bus`: python-can's
+    configuration, else the embedded virtual bus on a private channel).
     """
+    config = bus if bus is not None else resolve_bus()
     state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="modbatt-demo-"))
     steps: list[str] = []
 
@@ -162,7 +167,7 @@ def run_demo(
             "and erased the pairing key; the entities swapped halves under the exchange key"
         )
         say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
-        frames = _talk_over_can(pack, module, meta.pairing_id, bus, say)
+        frames = _talk_over_can(pack, module, meta.pairing_id, config, say)
         events = EventLog(state / EVENT_LOG_NAME)
         validation = run_all_levels(controller, pack, module, record.binding_id, meta.pairing_id, events=events)
         say("validation levels 1-7: " + ", ".join(f"L{k} {v['outcome']}" for k, v in sorted(validation.items())))
@@ -191,6 +196,7 @@ def run_demo(
             validation=validation,
             escalation=escalation,
             steps=steps,
+            bus=config.to_json(),
         )
 
 
@@ -205,19 +211,29 @@ def _frame_view(direction: str, pdu_id: int, data: bytes, got: Received) -> dict
     }
 
 
+def _await_frame(bus: can.BusABC, can_id: int, timeout: float) -> can.Message | None:
+    """The next frame with ``can_id``; a shared bus (udp_multicast, a real one) carries other traffic too."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        msg = bus.recv(timeout=left)
+        if msg is not None and msg.arbitration_id == can_id and not msg.is_error_frame:
+            return msg
+    return None
+
+
 def _talk_over_can(
     pack: EntityNode,
     module: EntityNode,
     pairing_id: str,
-    bus: BusConfig | None,
+    config: BusConfig,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """One charge command (pairing tier) and one voltage reading (exchange tier) on a real python-can bus."""
     # Each entity's own channel: keys of the current session, freshness persisted beside its key
     # store under the state directory (a rerun resumes past the reserved counters).
     links = {name: node.channel(pairing_id) for name, node in (("pack", pack), ("module", module))}
-    config = bus or BusConfig(interface="virtual", channel=f"modbatt-demo-{uuid.uuid4().hex}")
     frames = []
+    say(f"CAN bus: {config.describe(source=True)}")
     with open_bus(config) as pack_bus, open_bus(config) as module_bus:
         for sender, receiver, tx_bus, rx_bus, cls, payload, label in (
             ("pack", "module", pack_bus, module_bus, MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", "charge command"),
@@ -225,7 +241,7 @@ def _talk_over_can(
         ):
             pdu = links[sender].send(cls, payload)
             tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
-            msg = rx_bus.recv(timeout=2.0)
+            msg = _await_frame(rx_bus, pdu.can_id, 2.0)
             if msg is None:
                 raise TransportError(f"the {label} did not arrive on {config.describe()}")
             got = links[receiver].receive(msg.arbitration_id, bytes(msg.data))
@@ -233,7 +249,7 @@ def _talk_over_can(
                 raise TransportError(f"the {label} arrived as a control frame")
             frames.append(_frame_view(f"{sender}->{receiver}", msg.arbitration_id, bytes(msg.data), got))
             say(
-                f"{label} {sender} -> {receiver} on {config.interface}: id 0x{msg.arbitration_id:08X} "
+                f"{label} {sender} -> {receiver} on {config.interface} {config.channel}: id 0x{msg.arbitration_id:08X} "
                 f"data {bytes(msg.data).hex(' ')} ({got.tier.label} tier), "
                 f"verified and decrypted to {got.payload.hex(' ')}"
             )
