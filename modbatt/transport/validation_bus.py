@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import can
 
 from ..can.fragment import CLASSIC_MTU, Fragmenter, Reassembler, fragment_count
-from ..can.functions import RESYNC_FUNCTIONS, function_named
+from ..can.functions import function_named
 from ..can.ids import SEED_LAYOUT, IdLayout
 from ..can.payloads import BROADCAST_FUNCTIONS, Transport, transport_for
 from ..can.secured import SecuredPdu
@@ -57,12 +57,28 @@ from .canbus import BusConfig, open_bus
 from .isotp_link import IsoTpLink
 from .tap import BusTap, WireSpan
 
-__all__ = ["PARTIES", "ChannelEnd", "ValidationBus"]
+__all__ = ["HOST_FIGURES", "PARTIES", "ChannelEnd", "ValidationBus", "without_host_figures"]
 
 #: The two ends on the bus; the auth controller is reached through the pack (its gateway).
 PARTIES = ("pack", "module")
 _DIRECTION = {"pack": 0, "module": 1}  # seed layout dir bit: 0 controller->node, 1 node->controller
 _VALIDATION = function_named("VALIDATION")
+#: Figures of :meth:`ValidationBus.end` that depend on this host and run (times, the bus's name):
+#: shown in notebooks, kept out of tracked results.
+HOST_FIGURES = ("bus", "span_ms", "elapsed_ms")
+
+
+def without_host_figures(value: Any) -> Any:
+    """``value`` (levels, events) with every ``wire`` figure that varies between runs removed."""
+    if isinstance(value, Mapping):
+        return {
+            k: ({kk: vv for kk, vv in v.items() if kk not in HOST_FIGURES} if k == "wire" and isinstance(v, Mapping)
+                else without_host_figures(v))
+            for k, v in value.items()
+        }  # fmt: skip
+    if isinstance(value, list):
+        return [without_host_figures(v) for v in value]
+    return value
 
 
 class ChannelEnd(Protocol):
@@ -377,8 +393,3 @@ class ValidationBus:
 
     def _where(self) -> str:
         return f"level {self._level}" if isinstance(self._level, int) else str(self._level or "validation bus")
-
-    @staticmethod
-    def is_control(can_id: int, layout: IdLayout = SEED_LAYOUT) -> bool:
-        """Whether ``can_id`` is a channel control (resync) frame."""
-        return layout.decode(can_id).function in RESYNC_FUNCTIONS
