@@ -77,13 +77,18 @@ class BusTap(can.Listener):
             return list(self._frames)
 
     def settle(self, quiet: float = 0.05, timeout: float = 2.0) -> None:
-        """Return once no frame arrived for ``quiet`` seconds (or after ``timeout``)."""
+        """Return once no frame arrived for ``quiet`` seconds since this call (or after ``timeout``).
+
+        The quiet window starts no earlier than the call: a frame still on its way to the tap
+        (sent, not yet delivered by the interface) has that long to arrive.
+        """
         if quiet <= 0 or timeout <= 0:
             raise ConfigError("quiet and timeout must be positive")
-        end = time.monotonic() + timeout
+        start = time.monotonic()
+        end = start + timeout
         while time.monotonic() < end:
             with self._lock:
-                idle = time.monotonic() - self._last
+                idle = time.monotonic() - max(self._last, start)
             if idle >= quiet:
                 return
             time.sleep(min(quiet - idle, 0.01) + 0.001)
