@@ -829,6 +829,11 @@ class PackSimulation:
             self.module_nodes[node_id] = m
         self.scheduler = Scheduler(self.clock, [self._pack_ep, self._module_ep])
 
+    @property
+    def deployment(self) -> InMemoryDeployment:
+        """The bound and paired deployment behind the simulation (its entities hold the keys)."""
+        return self._dep
+
     def _open(self) -> can.BusABC:
         bus = open_bus(self.config)
         self._buses.append(bus)
