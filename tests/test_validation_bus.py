@@ -84,9 +84,12 @@ def test_a_bus_that_loses_frames_fails_loudly_naming_the_level():
     dep, bid, pid = _paired()
     config = BusConfig(interface="virtual", channel="modbatt-test-lossy-validation", faults="loss=0.5,seed=3")
     channels = {"pack": dep.pack.channel(pid), "module": dep.modules[1].channel(pid)}
-    with ValidationBus(config, node_id_of(dep.modules[1].access_data), channels=channels, timeout=0.5) as driver:
-        with pytest.raises(TransportError, match=r"level \d.*(lost|could not)"):
-            run_all_levels(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=driver)
+    node = node_id_of(dep.modules[1].access_data)
+    with (
+        ValidationBus(config, node, channels=channels, timeout=0.5) as driver,
+        pytest.raises(TransportError, match=r"level \d.*(lost|could not)"),
+    ):
+        run_all_levels(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=driver)
 
 
 def test_escalation_runs_on_the_bus_with_the_same_events():

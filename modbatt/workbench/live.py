@@ -150,6 +150,10 @@ class LiveSession:
         self._beats = 0
         self._gaps = 0
         self.bus = ListenOnlyBus(open_bus(self.config))
+        # A reader thread empties the socket as frames arrive and decoding happens in poll(): a
+        # listener that decodes (and decrypts) between reads lets a UDP socket overflow in a burst.
+        self._inbox = can.BufferedReader()
+        self._notifier = can.Notifier(self.bus, [self._inbox], timeout=0.02)
 
     @property
     def frames(self) -> int:
@@ -160,7 +164,7 @@ class LiveSession:
         end = time.monotonic() + seconds
         n = 0
         while (left := end - time.monotonic()) > 0:
-            msg = self.bus.recv(timeout=min(left, 0.05))
+            msg = self._inbox.get_message(timeout=min(left, 0.05))
             if msg is None:
                 continue
             self.observe(msg)
@@ -232,6 +236,7 @@ class LiveSession:
         return out
 
     def close(self) -> None:
+        self._notifier.stop()
         self.bus.shutdown()
 
     def __enter__(self) -> LiveSession:
