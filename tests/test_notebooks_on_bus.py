@@ -50,7 +50,7 @@ LISTENER = textwrap.dedent(
 
 #: Per notebook: parameters that keep the run short (the bus parameters are added by the test).
 NOTEBOOKS = {
-    "01-binding": {"timing_runs": 1, "pack_modules": 3},
+    "01-binding": {"timing_runs": 1},
     "02-pairing": {},
     "03-validation-levels": {},
     "04-escalation": {},
