@@ -8,10 +8,12 @@ function ``run(seed: int | None = None) -> Outcome``. ``expected`` is what the d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..transport.canbus import BusConfig
 from .outcome import Outcome, OutcomeKind
 
 __all__ = ["FAMILIES", "SCENARIOS", "Scenario", "get", "matrix", "names", "run", "run_all", "run_parameter", "scenario"]
@@ -77,14 +79,38 @@ def run_all(seed: int | None = None, *, only: list[str] | None = None) -> dict[s
     return {name: run(name, seed) for name in (only or names())}
 
 
-def run_parameter(scenario: str = "all", seed: int | None = None) -> dict[str, Outcome]:
-    """What a notebook's ``scenario`` parameter selects: ``"all"``, one name, or names joined by commas."""
+def run_parameter(
+    scenario: str = "all", seed: int | None = None, *, bus: BusConfig | None = None
+) -> dict[str, Outcome]:
+    """What a notebook's ``scenario`` parameter selects: ``"all"``, one name, or names joined by commas.
+
+    ``bus`` runs the CAN scenarios with the attacker as a node on that bus
+    (:func:`~modbatt.attacks.onbus.attack_bus`); each of their outcomes then counts the frames
+    the bus carried (``bus_frames``). ``None`` runs everything in process.
+    """
     if scenario.strip() == "all":
-        return run_all(seed)
-    chosen = [name.strip() for name in scenario.split(",") if name.strip()]
-    for name in chosen:
-        get(name)  # a ConfigError naming the problem before anything runs
-    return run_all(seed, only=chosen)
+        chosen = names()
+    else:
+        chosen = [name.strip() for name in scenario.split(",") if name.strip()]
+        for name in chosen:
+            get(name)  # a ConfigError naming the problem before anything runs
+    if bus is None:
+        return run_all(seed, only=chosen)
+    from .onbus import attack_bus
+
+    out: dict[str, Outcome] = {}
+    with attack_bus(bus) as wire:
+        assert wire is not None
+        for name in chosen:
+            wire.tap.settle()
+            mark = wire.tap.mark()
+            outcome = run(name, seed)
+            wire.tap.settle()
+            frames = len(wire.tap.since(mark))
+            if frames:
+                outcome = dataclasses.replace(outcome, counters={**outcome.counters, "bus_frames": frames})
+            out[name] = outcome
+    return out
 
 
 def matrix(results: dict[str, Outcome]) -> dict[str, dict[str, object]]:
