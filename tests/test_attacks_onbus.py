@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import uuid
 
 import pytest
 
@@ -13,8 +13,7 @@ from modbatt.errors import TransportError
 from modbatt.model.policy import MessageClass
 from modbatt.nodes.channel import PairedChannel
 from modbatt.sim.pack import multicast_available
-from modbatt.transport.canbus import BusConfig
-from modbatt.workbench.bus import notebook_bus
+from modbatt.transport.canbus import BusConfig, resolve_bus
 
 #: The scenarios whose attacker sits on the bus: replay, spoofing, downgrade, injection, flood,
 #: fragment attacks, cross-session and restart replays.
@@ -28,7 +27,7 @@ ON_BUS = (
 
 
 def test_the_bus_attackers_keep_their_classified_outcomes_with_frames_on_the_wire():
-    results = attacks.run_parameter(",".join(ON_BUS), 7, bus=notebook_bus("virtual"))
+    results = attacks.run_parameter(",".join(ON_BUS), 7, bus=resolve_bus("virtual", ignore_config=True))
     for name, outcome in results.items():
         spec = attacks.get(name)
         assert (outcome.outcome, outcome.reason) == (spec.expected_outcome, spec.expected_reason), name
@@ -37,7 +36,7 @@ def test_the_bus_attackers_keep_their_classified_outcomes_with_frames_on_the_wir
 
 
 def test_frames_reach_the_victim_only_through_its_bus_handle():
-    with attack_bus(notebook_bus("virtual")) as bus:
+    with attack_bus(resolve_bus("virtual", ignore_config=True)) as bus:
         assert bus is not None
         pack = paired_pack(7)
         rx = pack.link(1, "module")
@@ -62,15 +61,10 @@ def test_a_bus_that_loses_the_attackers_frames_fails_loudly():
         attacks.run("replay_can_pairing", 7)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.skipif(not multicast_available()[0], reason=multicast_available()[1])
 def test_on_udp_multicast_sockets_the_outcomes_hold():
-    config = notebook_bus("udp_multicast", "239.74.163.9", port=_free_port())
+    # A run id of this test alone: a group and port no other run uses (docs/buses.md §2.3).
+    config = resolve_bus("udp_multicast", run_id=f"test-attacks-{uuid.uuid4().hex}", ignore_config=True)
     chosen = ("replay_can_pairing", "downgrade_flag_strip", "fragment_injection", "restart_receiver_replay")
     results = attacks.run_parameter(",".join(chosen), 7, bus=config)
     for name, outcome in results.items():

@@ -177,9 +177,26 @@ def test_demo_on_vcan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out)["bus"]["channel"] == VCAN
 
 
-def test_run_refuses_a_bus_a_notebook_cannot_take_whole(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_refuses_a_bus_a_notebook_cannot_take_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A udp_multicast run id carries a port: a notebook without bus_options would fall back to
     # python-can's default port, another bus. Refused before anything runs.
-    assert main(["run", "--only", "01", "-i", "udp_multicast", "--run-id", "r1"]) == 2
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_code_cell(
+        "from typing import Optional\n\n"
+        "bus_interface: Optional[str] = None  # python-can interface\n"
+        "bus_channel: Optional[str] = None  # python-can channel",
+        metadata={"tags": ["parameters"]},
+    ), new_code_cell("print(bus_interface)")]  # fmt: skip
+    nbformat.write(nb, folder / "01-partial.ipynb")
+    out = tmp_path / "out"
+    argv = ["run", "--notebooks", str(folder), "--output", str(out), "-i", "udp_multicast", "--run-id", "r1"]
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "notebook 01-binding cannot take this bus (udp_multicast 239." in err and "bus_options" in err
+    assert "notebook 01-partial cannot take this bus (udp_multicast 239." in err and "bus_options" in err
+    assert not out.exists()  # nothing ran, nothing was written

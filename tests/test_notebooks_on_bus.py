@@ -1,27 +1,29 @@
 """Notebooks 01-07 put their traffic on the bus their parameters name: a listener in another process hears it.
 
-Each notebook runs through ``modbatt run``'s runner (papermill) with ``bus_interface=udp_multicast``,
-a multicast group and a UDP port of this test alone; a plain python-can ``udp_multicast`` bus in a
-separate process (no modbatt code) counts the frames and the test decodes their identifiers.
+Each notebook runs as a user runs it, ``modbatt run --only NAME -i udp_multicast --run-id ID``: the
+bus rule resolves the run id to a multicast group and port of this test alone (docs/buses.md §2.3)
+and injects them as the notebook's ``bus_interface``, ``bus_channel`` and ``bus_options``. A plain
+python-can ``udp_multicast`` bus in a separate process (no modbatt code) counts the frames on that
+group and port, and the test decodes their identifiers.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import socket
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from modbatt.can.functions import FUNCTIONS
 from modbatt.can.ids import SEED_LAYOUT
+from modbatt.cli import main
 from modbatt.sim.pack import multicast_available
-from modbatt.workbench.runner import run_notebooks
+from modbatt.transport.canbus import run_udp_address
 
 ok, why = multicast_available()
 pytestmark = pytest.mark.skipif(not ok, reason=why)
@@ -48,7 +50,7 @@ LISTENER = textwrap.dedent(
     """
 )
 
-#: Per notebook: parameters that keep the run short (the bus parameters are added by the test).
+#: Per notebook: parameters that keep the run short (the bus comes from modbatt run's bus flags).
 NOTEBOOKS = {
     "01-binding": {"timing_runs": 1},
     "02-pairing": {},
@@ -60,16 +62,12 @@ NOTEBOOKS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_a_listener_in_another_process_hears_the_notebook_on_udp_multicast(name, tmp_path: Path):
-    group = f"239.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
-    port = _free_port()
+def test_a_listener_in_another_process_hears_the_notebook_on_udp_multicast(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = f"test-nb-{name}-{uuid.uuid4().hex}"
+    group, port = run_udp_address(run_id)
     stop = tmp_path / "stop"
     listener = subprocess.Popen(
         [sys.executable, "-c", LISTENER, group, str(port), str(stop)], stdout=subprocess.PIPE, text=True
@@ -77,10 +75,13 @@ def test_a_listener_in_another_process_hears_the_notebook_on_udp_multicast(name,
     try:
         assert listener.stdout is not None
         assert listener.stdout.readline().strip() == "ready"
-        params = {"bus_interface": "udp_multicast", "bus_channel": group, "bus_port": port, **NOTEBOOKS[name]}
-        report = run_notebooks(output=tmp_path / "run", only=[name], parameters=params)
-        (run,) = report.runs
-        assert run.ok, run.error
+        settings = [arg for key, value in NOTEBOOKS[name].items() for arg in ("-p", f"{name}.{key}={value}")]
+        argv = ["run", "--only", name, "--output", str(tmp_path / "run"), "-i", "udp_multicast", "--run-id", run_id,
+                *settings, "--json"]  # fmt: skip
+        code = main(argv)
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0, report["notebooks"]
+        assert (report["bus"]["channel"], report["bus"]["port"]) == (group, port)
         time.sleep(0.3)
         stop.touch()
         out, _ = listener.communicate(timeout=30)

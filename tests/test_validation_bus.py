@@ -11,9 +11,8 @@ from modbatt.nodes.inmemory import InMemoryDeployment
 from modbatt.nodes.link import node_id_of
 from modbatt.nodes.pairing_flow import pair_entities
 from modbatt.nodes.validation import run_all_levels, run_escalation_scenario
-from modbatt.transport.canbus import BusConfig
+from modbatt.transport.canbus import BusConfig, resolve_bus
 from modbatt.transport.validation_bus import ValidationBus
-from modbatt.workbench.bus import notebook_bus
 
 
 def _paired(seed: int = 7):
@@ -24,13 +23,18 @@ def _paired(seed: int = 7):
     return dep, record.binding_id, pairing.certificate.metadata.pairing_id
 
 
+def _bus() -> BusConfig:
+    """A virtual bus of this test alone (the bus rule, python-can's configuration left out)."""
+    return resolve_bus("virtual", ignore_config=True)
+
+
 def _functions(frames) -> set[str]:
     return {FUNCTIONS[SEED_LAYOUT.decode(m.arbitration_id).function].name for m in frames}
 
 
 def test_every_level_crosses_the_bus_and_the_wire_count_matches_the_model():
     dep, bid, pid = _paired()
-    config = notebook_bus("virtual")
+    config = _bus()
     channels = {"pack": dep.pack.channel(pid), "module": dep.modules[1].channel(pid)}
     with ValidationBus(config, node_id_of(dep.modules[1].access_data), channels=channels) as driver:
         levels = run_all_levels(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=driver)
@@ -53,7 +57,7 @@ def test_every_level_crosses_the_bus_and_the_wire_count_matches_the_model():
 
 def test_in_process_results_are_unchanged_by_the_bus_apart_from_the_wire_figures():
     dep, bid, pid = _paired()
-    on_bus = run_all_levels(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=notebook_bus("virtual"))
+    on_bus = run_all_levels(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=_bus())
     dep2, bid2, pid2 = _paired()
     in_process = run_all_levels(dep2.controller, dep2.pack, dep2.modules[1], bid2, pid2)
     assert "wire" not in in_process["3"]
@@ -67,7 +71,7 @@ def test_a_restarted_module_is_resynchronised_over_the_bus_before_the_paired_lev
     dep.pack.channel(pid), dep.modules[1].channel(pid)  # the session was opened before the restart
     module = dep.restart(dep.modules[1])
     assert not module.channel(pid).synced  # a restart queues a resync challenge, windows unsynced
-    config = notebook_bus("virtual")
+    config = _bus()
     channels = {"pack": dep.pack.channel(pid), "module": module.channel(pid)}
     with ValidationBus(config, node_id_of(module.access_data), channels=channels) as driver:
         levels = run_all_levels(dep.controller, dep.pack, module, bid, pid, bus=driver)
@@ -100,7 +104,7 @@ def test_escalation_runs_on_the_bus_with_the_same_events():
         def log(self, kind, **fields):
             events_log.append((kind, fields))
 
-    on_bus = run_escalation_scenario(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=notebook_bus("virtual"),
+    on_bus = run_escalation_scenario(dep.controller, dep.pack, dep.modules[1], bid, pid, bus=_bus(),
                                      events=Log())  # type: ignore[arg-type]
     dep2, bid2, pid2 = _paired()
     in_process = run_escalation_scenario(dep2.controller, dep2.pack, dep2.modules[1], bid2, pid2)
@@ -113,7 +117,7 @@ def test_escalation_runs_on_the_bus_with_the_same_events():
 
 
 def test_the_driver_refuses_what_it_cannot_carry():
-    with ValidationBus(notebook_bus("virtual"), 1) as driver:
+    with ValidationBus(_bus(), 1) as driver:
         with pytest.raises(Exception, match="VALIDATION is not broadcast"):
             driver.carry("pack", "module", b"x", via="broadcast:VALIDATION")
         with pytest.raises(Exception, match="cannot carry"):

@@ -8,6 +8,7 @@ same flags, the same python-can configuration sources, the same one-line errors 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from ..workbench.parameters import parse_value
 if TYPE_CHECKING:
     from ..transport.canbus import BusConfig
 
-__all__ = ["add_bus_arguments", "bus_from_args", "bus_given", "parse_bus_options"]
+__all__ = ["add_bus_arguments", "bus_arguments", "bus_from_args", "bus_given", "parse_bus_options"]
 
 
 def add_bus_arguments(parser: argparse.ArgumentParser, *, faults: bool = False, title: str | None = None) -> None:
@@ -91,3 +92,18 @@ def bus_from_args(args: argparse.Namespace, *, embedded: bool = True, purpose: s
         embedded=embedded,
         purpose=purpose,
     )
+
+
+def bus_arguments(config: BusConfig) -> list[str]:
+    """The flags that choose ``config`` again in another ``modbatt`` process (:func:`bus_from_args`'s inverse).
+
+    Explicit flags win over python-can's configuration in that process (docs/buses.md §2.1), and
+    every setting beyond interface and channel goes as ``--bus-option KEY=JSON``, so the child opens
+    exactly this bus.
+    """
+    out = ["--interface", config.interface]
+    if config.channel is not None:
+        out += ["--channel", str(config.channel)]
+    for key, value in sorted(config.options().items()):
+        out += ["--bus-option", f"{key}={json.dumps(value)}"]
+    return out

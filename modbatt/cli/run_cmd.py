@@ -57,24 +57,17 @@ def _parse(items: list[str]) -> dict[str, str]:
 def _bus_parameters(bus: BusConfig, args: argparse.Namespace, given: dict[str, str]) -> dict[str, str]:
     """The notebook parameters that carry ``bus``; ConfigError if a bus notebook cannot take all of it.
 
-    Every notebook that declares ``bus_interface`` must also declare each other setting the bus
-    needs (``bus_options`` for a udp_multicast port, ``bus_bitrate`` …): handing it the interface
-    and channel alone would put its traffic on another bus (python-can's default port) silently.
+    A notebook takes a bus as ``bus_interface``, ``bus_channel`` and ``bus_options`` (everything
+    else: a udp_multicast port, bit rates, FD, faults; :meth:`BusConfig.options`) and hands them to
+    :func:`modbatt.resolve_bus`. A notebook that declares ``bus_interface`` but not the others the
+    bus needs is refused: given the group alone it would open python-can's default port, another bus.
     """
     clash = sorted(k for k in given if k.rpartition(".")[2].startswith("bus_"))
     if clash:
         raise ConfigError(f"give the bus either as bus options or as -p {clash[0]}=…, not both")
     values = {"bus_interface": bus.interface, "bus_channel": str(bus.channel)}
-    if bus.bitrate is not None:
-        values["bus_bitrate"] = str(bus.bitrate)
-    if bus.fd:
-        values["bus_fd"] = "true"
-    if bus.data_bitrate is not None:
-        values["bus_data_bitrate"] = str(bus.data_bitrate)
-    if bus.kwargs:
-        values["bus_options"] = json.dumps(dict(bus.kwargs), sort_keys=True, default=str)
-    if bus.faults is not None:
-        values["bus_faults"] = str(bus.faults)
+    if bus.options():
+        values["bus_options"] = json.dumps(bus.options(), sort_keys=True, default=str)
     for name, specs in list_parameters(args.notebooks, args.only).items():
         if "bus_interface" not in specs:
             continue

@@ -879,11 +879,6 @@ class PackSimulation:
         #: Resync answers refused while reopened channels resynchronised before the traffic started.
         self.resync_rejects: collections.Counter[str] = collections.Counter()
 
-    @property
-    def deployment(self) -> InMemoryDeployment:
-        """The bound and paired deployment behind the simulation (its entities hold the keys)."""
-        return self._dep
-
     def _open(self) -> can.BusABC:
         bus = open_bus(self.config)
         self._buses.append(bus)

@@ -354,6 +354,24 @@ class BusConfig:
         """True for the embedded default: a virtual bus nothing outside this process can reach."""
         return self.source == EMBEDDED_SOURCE
 
+    def options(self) -> dict[str, Any]:
+        """Everything but interface and channel, as :func:`resolve_bus` takes it in ``options``.
+
+        ``resolve_bus(c.interface, c.channel, options=c.options())`` is this bus again: how
+        ``modbatt run`` hands a resolved bus to a notebook's ``bus_options`` parameter, and a
+        process started here (``modbatt sim``) its ``--bus-option`` flags.
+        """
+        out = dict(self.kwargs)
+        if self.bitrate is not None:
+            out["bitrate"] = self.bitrate
+        if self.fd:
+            out["fd"] = True
+        if self.data_bitrate is not None:
+            out["data_bitrate"] = self.data_bitrate
+        if self.faults is not None:
+            out["faults"] = str(self.faults)
+        return out
+
     def bus_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the python-can bus class (without interface and channel)."""
         kw = dict(self.kwargs)

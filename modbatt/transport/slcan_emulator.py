@@ -194,7 +194,9 @@ class SlcanEmulator:
         if self._threads:
             raise TransportError("the slcan emulator is already started")
         if self._bus is None:
-            self._bus = can.Bus(interface="virtual", channel=self._virtual_channel, ignore_config=True)
+            from .canbus import BusConfig, open_bus  # buses open in one place (docs/buses.md §2)
+
+            self._bus = open_bus(BusConfig(interface="virtual", channel=self._virtual_channel))
         self._master, self._slave = os.openpty()
         # Raw mode: no echo, no CR->NL translation, so bytes pass as an adapter sends them.
         tty.setraw(self._slave)

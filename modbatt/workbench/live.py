@@ -14,10 +14,11 @@ signal values over time (:meth:`LiveSession.signals`).
 
 Loss is detected two ways (:meth:`LiveSession.verdict`): heartbeats carry a rolling 8-bit counter
 (each module its own, the pack one for all its keep-alives), so a counter step other than +1
-between two decrypted heartbeats of one stream is a lost one;
-and a sender that reports what it sent (``python -m modbatt.sim.source`` writes ``stats.json``)
-is compared frame for frame with what was heard. A run that lost frames is ``ok=False``, and
-:meth:`LiveVerdict.raise_for_loss` raises :class:`~modbatt.errors.TransportError` naming the loss.
+between two decrypted heartbeats of one stream is a lost one; and the sender reports what it sent
+(:class:`BackgroundPack`, the pack on a thread here, or :class:`SimProcess`, ``modbatt sim --json``
+in another process), compared frame for frame with what was heard. A run that lost frames is
+``ok=False``, and :meth:`LiveVerdict.raise_for_loss` raises :class:`~modbatt.errors.TransportError`
+naming the loss.
 
 :func:`decrypted_demo_trace` shows the other half of ``modbatt monitor --keystore``: the demo's
 frames read back through an entity's key store.
@@ -28,6 +29,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import shlex
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +46,6 @@ from ..can.functions import FUNCTIONS
 from ..crypto.keystore import KeyStore
 from ..errors import ConfigError, TransportError
 from ..nodes.monitor_keys import KeyStoreDecryptor
-from ..sim.source import KEYSTORE, sent_frames
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.monitor import Monitor
 from .capture import DecodedCapture, DecodedUnit
@@ -54,7 +57,7 @@ __all__ = [
     "ListenOnlyBus",
     "LiveSession",
     "LiveVerdict",
-    "ProcessSource",
+    "SimProcess",
     "decrypted_demo_trace",
     "display_live",
     "listen",
@@ -246,36 +249,24 @@ class LiveSession:
         self.close()
 
 
-class ProcessSource:
-    """A traffic source running elsewhere (``python -m modbatt.sim.source --state DIR``), seen through ``DIR``."""
-
-    def __init__(self, state: str | Path) -> None:
-        self.state = Path(state)
-        if not (self.state / "ready").exists():
-            raise ConfigError(f"{self.state} holds no ready source (start python -m modbatt.sim.source --state DIR)")
-        self.keystore_path = self.state / KEYSTORE
-
-    def start(self) -> None:
-        (self.state / "go").touch()  # a file beside the source: the session itself never transmits
-
-    def done(self) -> bool:
-        return (self.state / "stats.json").exists()
-
-    def frames_sent(self) -> int | None:
-        path = self.state / "stats.json"
-        return sent_frames(json.loads(path.read_text())) if path.exists() else None
+def _frames_sent(stats: dict[str, Any]) -> int:
+    """Every frame a pack simulation reported putting on the bus (all its nodes, every class and tier)."""
+    return int(sum(stats.values()))
 
 
 class BackgroundPack:
-    """A pack simulation on a thread of this process (python-can's ``virtual`` bus never leaves a process)."""
+    """A pack simulation on a thread of this process (python-can's ``virtual`` bus never leaves a process).
+
+    The pack's key store is written to ``state/pack.keystore`` (key file beside it) for the session.
+    """
 
     def __init__(self, config: BusConfig, modules: int, duration: float, *, seed: int | None, state: Path) -> None:
         from ..sim.pack import PackSimulation, RealClock, _persist_entity
 
         self.duration = duration
         self.sim = PackSimulation(modules, bus=config, seed=seed, clock=RealClock())
-        self.keystore_path = Path(state) / KEYSTORE
-        _persist_entity(self.sim.deployment.pack, self.keystore_path)
+        self.keystore_path = Path(state) / "pack.keystore"
+        _persist_entity(self.sim.setup.pack, self.keystore_path)
         self.stats: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="modbatt-background-pack", daemon=True)
@@ -294,31 +285,115 @@ class BackgroundPack:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    def close(self) -> None:
+        """Stop the traffic if it still runs (a notebook interrupted mid-run) and wait for the thread."""
+        if self._thread.is_alive():
+            self.sim.stop()
+            self._thread.join(timeout=30)
+
     def frames_sent(self) -> int | None:
         self._thread.join(timeout=30)
         if self.error is not None:
             raise TransportError(f"the background pack failed: {self.error}")
-        return sent_frames(self.stats) if self.stats is not None else None
+        return _frames_sent(self.stats["frames_tx"]) if self.stats is not None else None
+
+
+class SimProcess:
+    """``modbatt sim`` in another process, on ``config``, as the session's traffic source.
+
+    The pack is created under ``state`` first (:func:`~modbatt.sim.state.pack_on_disk`: bound and
+    paired, keys on disk), so the session holds the pack controller's key store before the first
+    frame; :meth:`start` then runs ``modbatt sim --state DIR --json`` with the bus flags that
+    choose ``config`` (:func:`~modbatt.cli.bus_options.bus_arguments`). What it sent comes from its
+    JSON summary. A ``virtual`` bus never leaves its process, so it is refused.
+    """
+
+    def __init__(
+        self, config: BusConfig, modules: int, duration: float, *, state: Path, timeout: float = 120.0
+    ) -> None:
+        from ..cli.bus_options import bus_arguments
+        from ..sim.state import PACK_DEVICE, pack_on_disk
+
+        if config.interface == "virtual":
+            raise ConfigError(
+                "a pack in another process needs a bus shared between processes (udp_multicast, socketcan …); "
+                "python-can's virtual bus stays inside one process"
+            )
+        if not duration > 0:
+            raise ConfigError("duration must be positive")
+        pack_on_disk(state, modules).close()
+        self.keystore_path = Path(state) / "entities" / f"{PACK_DEVICE}.keystore"
+        self.timeout = timeout
+        #: The command line, for the notebook to show.
+        self.argv = [
+            sys.executable, "-m", "modbatt.cli", "sim", "--state", str(state), "--modules", str(modules),
+            "--duration", repr(float(duration)), "--json", *bus_arguments(config),
+        ]  # fmt: skip
+        self.summary: dict[str, Any] | None = None
+        self._proc: subprocess.Popen[str] | None = None
+
+    @property
+    def command(self) -> str:
+        """The command line as a person would type it."""
+        return "modbatt " + shlex.join(self.argv[3:])
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def done(self) -> bool:
+        return self._proc is None or self._proc.poll() is not None
+
+    def frames_sent(self) -> int | None:
+        """The frames ``modbatt sim`` reports it sent; TransportError if it failed or reported a problem."""
+        if self._proc is None:
+            return None
+        try:
+            out, err = self._proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise TransportError(f"modbatt sim did not finish within {self.timeout:g} s") from None
+        try:
+            self.summary = json.loads(out)
+        except json.JSONDecodeError:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise TransportError(f"modbatt sim failed (exit {self._proc.returncode}): {last}") from None
+        if self._proc.returncode != 0:
+            raise TransportError(f"modbatt sim reported a failed run: {'; '.join(self.summary['problems'])}")
+        return _frames_sent(self.summary["frames_sent"])
+
+    def close(self) -> None:
+        """Stop the process if it still runs (a notebook interrupted mid-run)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
 
 
 def listen(
     session: LiveSession,
-    source: BackgroundPack | ProcessSource,
+    source: BackgroundPack | SimProcess,
     duration: float,
     *,
     on_update: Callable[[LiveSession], None] | None = None,
     every: float = 0.5,
-    grace: float = 10.0,
+    grace: float = 30.0,
 ) -> LiveVerdict:
-    """Start ``source``, listen while it sends (at most ``duration + grace`` seconds), then judge the loss."""
+    """Start ``source``, listen while it sends (at most ``duration + grace`` seconds), then judge the loss.
+
+    ``grace`` covers what is not traffic: a process starting its interpreter, the drain after the
+    traffic. The loop ends as soon as the source is done, so a generous bound costs nothing.
+    """
     source.start()
-    end = time.monotonic() + duration + grace
-    while not source.done() and time.monotonic() < end:
-        session.run(every, on_update=on_update, every=every)
-    session.poll(0.3)  # frames still on their way when the source reported
-    if on_update is not None:
-        on_update(session)
-    return session.verdict(source.frames_sent())
+    try:
+        end = time.monotonic() + duration + grace
+        while not source.done() and time.monotonic() < end:
+            session.run(every, on_update=on_update, every=every)
+        session.poll(0.3)  # frames still on their way when the source reported
+        if on_update is not None:
+            on_update(session)
+        return session.verdict(source.frames_sent())
+    finally:
+        source.close()
 
 
 def display_live(title: str = "live bus") -> Callable[[LiveSession], None]:

@@ -2,8 +2,9 @@
 
 :class:`DeploymentOnBus` serves every entity of an
 :class:`~modbatt.nodes.inmemory.InMemoryDeployment` on a bus handle of its own side (the field
-bus), each behind a :class:`~modbatt.transport.can_entity.CanEntityServer` (binding API, pairing
-steps and the level-7 validation service on its node's ISO-TP link), and points the deployment's
+bus), each behind a :class:`~modbatt.transport.can_entity.CanEntityServer` (what
+:func:`~modbatt.nodes.services.entity_services` serves on every endpoint: binding API, pairing
+steps and the validation service, on its node's ISO-TP link), and points the deployment's
 controller at a :class:`~modbatt.transport.can_entity.CanEntityClient` on a second handle (the
 controller's gateway). From then on ``deployment.bind``, revocation, re-binding and
 :meth:`DeploymentOnBus.pair` are ISO-TP frames on the bus; a third handle, a
@@ -20,12 +21,11 @@ import can
 
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
-from ..nodes.pairing_flow import PAIRING_OPS, PairingOutcome, PairingService, pair_over
-from ..nodes.validation import ValidationService
+from ..nodes.pairing_flow import PairingOutcome, pair_over
+from ..nodes.services import entity_services
 from ..transport.can_entity import CanEntityClient, CanEntityServer
 from ..transport.canbus import BusConfig, open_bus
 from ..transport.http import EntityClient
-from ..transport.serving import OpRouter
 from ..transport.tap import BusTap, WireSpan
 
 __all__ = ["DeploymentOnBus"]
@@ -63,9 +63,9 @@ class DeploymentOnBus:
 
     def serve(self, node: EntityNode) -> CanEntityServer:
         """Serve one more entity (one added to the deployment later) on its node's ISO-TP link."""
-        services: dict[str, Any] = {"validate": ValidationService(node, clock=self.deployment.clock)}
-        services.update(dict.fromkeys(PAIRING_OPS, PairingService(node)))
-        server = CanEntityServer(OpRouter(node, services), self.field_bus, notifier=self.field_notifier)
+        server = CanEntityServer(
+            entity_services(node, clock=self.deployment.clock), self.field_bus, notifier=self.field_notifier
+        )
         server.start()
         self._stack.callback(server.stop)
         self.servers[node.access_data.device_id] = server
