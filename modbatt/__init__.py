@@ -12,7 +12,10 @@ fast)::
     module.receive(frame.can_id, frame.data)
     modbatt.pump(pack, module)                                    # carry resync frames in process
     modbatt.run_all_levels(dep.controller, dep.pack, dep.modules[1], record.binding_id, pid)  # levels 1-7
-    bus = modbatt.open_bus(modbatt.BusConfig(interface="virtual", channel="demo"))  # python-can
+    bus = modbatt.open_bus(modbatt.resolve_bus(bus_interface, bus_channel, options=bus_options))  # the bus rule
+
+``modbatt.resolve_bus`` is the one bus rule (docs/buses.md §2): notebooks pass their ``bus_*``
+parameters to it, and nothing configured means the embedded virtual bus, named as such.
 
 ``modbatt.SPEC_VERSION`` is the version of the specification (docs/spec) this package implements.
 
@@ -58,6 +61,7 @@ _LAZY = {
     # buses (python-can, from configuration)
     "BusConfig": "modbatt.transport.canbus",
     "open_bus": "modbatt.transport.canbus",
+    "resolve_bus": "modbatt.transport.canbus",
 }
 
 __all__ = [
@@ -82,6 +86,7 @@ __all__ = [
     "pair_entities",
     "pair_over",
     "pump",
+    "resolve_bus",
     "run_all_levels",
     "run_level",
     "run_session",
@@ -99,7 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .nodes.pairing_flow import pair_entities, pair_over, run_session
     from .nodes.validation import LEVELS, run_all_levels, run_level
     from .protocol.pairing import issue_certificate
-    from .transport.canbus import BusConfig, open_bus
+    from .transport.canbus import BusConfig, open_bus, resolve_bus
     from .workbench.deployment import Deployment
 
 

@@ -20,7 +20,7 @@ import can
 import pytest
 
 from modbatt.errors import TransportError
-from modbatt.transport.canbus import DEFAULT_UDP_GROUP, BusConfig, EchoFilteringUdpMulticastBus, open_bus
+from modbatt.transport.canbus import BusConfig, EchoFilteringUdpMulticastBus, open_bus
 
 WAIT = 2.0  # bound for every single wait, seconds
 
@@ -62,12 +62,6 @@ def _drain(bus: can.BusABC, seconds: float = 0.1) -> list[can.Message]:
         if msg is not None:
             got.append(msg)
     return got
-
-
-def test_default_group_is_ipv4(buses: list[can.BusABC], group_port: tuple[str, int]) -> None:
-    bus = open_bus(BusConfig(interface="udp_multicast", bitrate=500000, kwargs={"port": group_port[1]}))
-    buses.append(bus)
-    assert isinstance(bus, EchoFilteringUdpMulticastBus) and bus.group == DEFAULT_UDP_GROUP
 
 
 def test_sender_never_sees_its_own_frames(buses: list[can.BusABC], group_port: tuple[str, int]) -> None:

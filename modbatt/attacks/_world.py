@@ -31,8 +31,9 @@ from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import PairingOutcome, pair_entities
 from ..protocol.pairing import PairingSecrets
+from . import onbus
 
-__all__ = ["Pack", "RecordingClient", "forged_sender", "paired_pack", "tap"]
+__all__ = ["Pack", "RecordingClient", "forged_sender", "on_bus", "paired_pack", "tap"]
 
 Side = Literal["pack", "module"]
 
@@ -57,8 +58,11 @@ class Pack:
         return self.dep.pack if side == "pack" else self.module(node_id)
 
     def link(self, node_id: int, side: Side, *, profile: BusProfile = CLASSIC) -> PairedChannel:
-        """The live channel of module ``node_id``'s pairing on the pack's or the module's side."""
-        return self.entity(node_id, side).channel(self.pairing_id(node_id), profile=profile)
+        """The live channel of module ``node_id``'s pairing on the pack's or the module's side.
+
+        Inside :func:`~modbatt.attacks.onbus.attack_bus` its receive path is the bus (see :func:`on_bus`).
+        """
+        return on_bus(self.entity(node_id, side).channel(self.pairing_id(node_id), profile=profile))
 
     def restart(self, node_id: int, side: Side) -> EntityNode:
         """Restart one end (a new node on the same key store and channel state)."""
@@ -66,6 +70,12 @@ class Pack:
 
     def close(self) -> None:
         self.dep.ledger.close()
+
+
+def on_bus(channel: PairedChannel) -> PairedChannel:
+    """``channel`` as scenarios use it: what is delivered to it crosses the attack bus when one is active."""
+    bus = onbus.active()
+    return channel if bus is None else bus.wrap(channel)  # type: ignore[return-value]
 
 
 def forged_sender(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+from typing import Any
 
 from ..can.fragment import Reassembler, ReassemblyLimits, fragment_message
 from ..can.ids import SEED_LAYOUT
 from ..errors import Reason, VerificationError
 from ..model.policy import MessageClass
+from . import onbus
 from ._world import paired_pack
 from .outcome import Outcome, counted
 from .registry import scenario
@@ -27,23 +29,46 @@ def _node_of(can_id: int) -> int:
     return can_id & 0xFF
 
 
+def _heard(can_id: int, data: bytes) -> bytes:
+    """A fragment as the victim's handle heard it: sent by the attacker's node on the attack bus, if any."""
+    bus = onbus.active()
+    return data if bus is None else bus.hear(can_id, data)
+
+
+def _feed(asm: Reassembler, can_id: int, data: bytes, t: float) -> list:
+    return asm.feed(can_id, _heard(can_id, data), t)
+
+
+def _heard_many(frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Many frames as the victim's handle heard them (in arrival order), or as they are in process."""
+    bus = onbus.active()
+    if bus is None:
+        return frames
+    return [(m.arbitration_id, bytes(m.data)) for m in bus.hear_many(frames)]
+
+
+def _channel(link: object) -> Any:
+    """The channel itself: a unit the reassembler completed already crossed the bus as fragments."""
+    return getattr(link, "channel", link)
+
+
 @scenario("fragment_injection", family=FAMILY, expected=("detected", "hash_mismatch"))
 def fragment_injection(seed: int | None = None) -> Outcome:
     """Race forged fragments into a signed announce's broadcast transfer; then a self-consistent forgery."""
     pack = paired_pack(seed)
-    tx, rx = pack.link(1, "module"), pack.link(1, "pack")
+    tx, rx = pack.link(1, "module"), _channel(pack.link(1, "pack"))
     unit = tx.send(MessageClass.IDENTITY, b"module-01 announce")
     frames = fragment_message(unit.data, 3)
     asm = Reassembler(sender_of=_node_of)
     t = 0.0
     # 1. a forged fragment 2 races ahead of the real one: the real copy is a duplicate, the CRC fails.
-    asm.feed(unit.can_id, frames[0], t)
-    asm.feed(unit.can_id, frames[1], t)
-    asm.feed(unit.can_id, frames[2][:2] + bytes(len(frames[2]) - 2), t)
-    delivered = [m for f in frames[2:] for m in asm.feed(unit.can_id, f, t)]
+    _feed(asm, unit.can_id, frames[0], t)
+    _feed(asm, unit.can_id, frames[1], t)
+    _feed(asm, unit.can_id, frames[2][:2] + bytes(len(frames[2]) - 2), t)
+    delivered = [m for f in frames[2:] for m in _feed(asm, unit.can_id, f, t)]
     # 2. the sender repeats with a new transfer id; the real message arrives whole and verifies.
     for f in fragment_message(unit.data, 4):
-        delivered += asm.feed(unit.can_id, f, t + 0.01)
+        delivered += _feed(asm, unit.can_id, f, t + 0.01)
     verified = 0
     for msg in delivered:
         rx.receive(msg.can_id, msg.payload, reassembled=True)
@@ -53,7 +78,7 @@ def fragment_injection(seed: int | None = None) -> Outcome:
     edited[6] ^= 0x80  # a fresh freshness value, so the replay window lets it through to the signature
     edited[9] ^= 0x01
     for f in fragment_message(bytes(edited), 5):
-        for msg in asm.feed(unit.can_id, f, t + 0.02):
+        for msg in _feed(asm, unit.can_id, f, t + 0.02):
             with contextlib.suppress(VerificationError):
                 rx.receive(msg.can_id, msg.payload, reassembled=True)
     counters = {**counted("reassembler.drops", asm.drops), **counted("pack_link.rejects", rx.rejects)}
@@ -73,12 +98,16 @@ def reassembly_exhaustion(seed: int | None = None) -> Outcome:
     asm = Reassembler(lim, sender_of=_node_of)
     peak = {"buffered": 0, "active": 0, "tombstones": 0}
     t = 0.0
+    flood: list[tuple[int, bytes]] = []
     for i in range(5000):
         node = rng.randrange(0x20, 0xFF)
         can_id = (0x001 << 8) | node  # function 0x001 (announce), a spoofed node id
         first = (i % 16 << 12).to_bytes(2, "big") + (4095).to_bytes(2, "big") + bytes(4)
-        asm.feed(can_id, first, t)
-        asm.feed(can_id, ((i % 16 << 12) | rng.randrange(1, 600)).to_bytes(2, "big") + bytes(6), t)
+        flood += [(can_id, first), (can_id, ((i % 16 << 12) | rng.randrange(1, 600)).to_bytes(2, "big") + bytes(6))]
+    for i, (can_id, data) in enumerate(_heard_many(flood)):
+        asm.feed(can_id, data, t)
+        if i % 2 == 0:
+            continue  # one step per spoofed transfer: its first fragment and a trickled one
         t += 0.0001
         peak = {
             k: max(v, n)
@@ -87,8 +116,8 @@ def reassembly_exhaustion(seed: int | None = None) -> Outcome:
     # A genuine 600-byte message during the flood is refused, and gets through once the flood's
     # transfers time out (the refusal policy delays new work; it never evicts old work).
     genuine = bytes(range(256)) * 2 + bytes(88)
-    during = [m for f in fragment_message(genuine, 0) for m in asm.feed(0x10001, f, t)]
-    later = [m for f in fragment_message(genuine, 1) for m in asm.feed(0x10001, f, t + lim.transfer_timeout + 1)]
+    during = [m for f in fragment_message(genuine, 0) for m in _feed(asm, 0x10001, f, t)]
+    later = [m for f in fragment_message(genuine, 1) for m in _feed(asm, 0x10001, f, t + lim.transfer_timeout + 1)]
     counters = counted("reassembler.drops", asm.drops)
     counters.update({f"peak_{k}": v for k, v in peak.items()})
     counters.update(genuine_during_flood=len(during), genuine_after_timeout=len(later))
@@ -110,11 +139,14 @@ def bus_flood(seed: int | None = None) -> Outcome:
     genuine = tx.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
     real_id = genuine.can_id
     window_before = rx.window_state()
+    flood: list[tuple[int, bytes]] = []
     for _ in range(20_000):
+        flood.append((rng.getrandbits(29), rng.randbytes(rng.randrange(0, 9))))
+        flood.append((real_id, rng.randbytes(len(genuine.data))))
+    target = _channel(rx)  # each flood frame as the victim's handle heard it, into its channel
+    for can_id, data in _heard_many(flood):
         with contextlib.suppress(VerificationError):
-            rx.receive(rng.getrandbits(29), rng.randbytes(rng.randrange(0, 9)))
-        with contextlib.suppress(VerificationError):
-            rx.receive(real_id, rng.randbytes(len(genuine.data)))
+            target.receive(can_id, data)
     window_after = rx.window_state()
     cache = SEED_LAYOUT.decode.cache_info()  # type: ignore[attr-defined]
     got = rx.receive(genuine.can_id, genuine.data)  # the genuine frame still verifies after the flood

@@ -39,7 +39,7 @@ from ..nodes.pairing_flow import PairingService, pair_entities
 from ..protocol.pairing import CompletionProof
 from ..transport.http import InProcessEntityClient
 from ..workbench.deployment import Deployment
-from ._world import paired_pack
+from ._world import on_bus, paired_pack
 from .outcome import Outcome, attempt, counted, judge
 from .registry import scenario
 
@@ -69,7 +69,7 @@ def _cross_session(seed: int | None, mode: ControllerMode) -> Outcome:
         cert = dep.controller.issue_pairing(pack.records[1].binding_id, mode=mode, max_uses=2)
         pid = cert.metadata.pairing_id
         pair_entities(dep.controller, dep.pack, module, certificate=cert)
-        tx, rx = dep.pack.channel(pid, profile=profile), module.channel(pid, profile=profile)
+        tx, rx = on_bus(dep.pack.channel(pid, profile=profile)), on_bus(module.channel(pid, profile=profile))
         commands = [bytes([1, 0, 0x60 + i]) for i in range(4)]
         first = [(tx.send(_CHARGE, p), p) for p in commands]
         announce = tx.send(MessageClass.IDENTITY, b"announce")
@@ -202,7 +202,7 @@ def gcm_nonce_reuse_forgery_fd(seed: int | None = None) -> Outcome:
     cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=2)
     pid = cert.metadata.pairing_id
     pair_entities(dep.controller, dep.pack, module, certificate=cert)
-    tx, rx = dep.pack.channel(pid, profile=FD), module.channel(pid, profile=FD)
+    tx, rx = on_bus(dep.pack.channel(pid, profile=FD)), on_bus(module.channel(pid, profile=FD))
     plain = [bytes([1, 0, 0x40 + i]) for i in range(6)]
     heard1 = [tx.send(_CHARGE, p) for p in plain]
     for pdu in heard1:
@@ -264,11 +264,11 @@ def restart_receiver_replay(seed: int | None = None) -> Outcome:
     counters: dict[str, int] = {}
     for profile in (CLASSIC, FD):
         with _on_disk(seed) as (deployment, pack, module, pid):
-            tx, rx = pack.channel(pid, profile=profile), module.channel(pid, profile=profile)
+            tx, rx = on_bus(pack.channel(pid, profile=profile)), on_bus(module.channel(pid, profile=profile))
             recorded = [tx.send(_CHARGE, bytes([1, 0, i])) for i in range(5)]
             for pdu in recorded:
                 rx.receive(pdu.can_id, pdu.data)
-            rx = _restart(deployment, module).channel(pid, profile=profile)
+            rx = on_bus(_restart(deployment, module).channel(pid, profile=profile))
             reasons += [_unit(rx, p) for p in recorded]  # before the resync: nothing is accepted
             pump(tx, rx)  # the driver's start-up resync
             reasons += [_unit(rx, p) for p in recorded]
@@ -288,11 +288,11 @@ def restart_sender_replay(seed: int | None = None) -> Outcome:
     counters: dict[str, int] = {}
     for profile in (CLASSIC, FD):
         with _on_disk(seed) as (deployment, pack, module, pid):
-            tx, rx = pack.channel(pid, profile=profile), module.channel(pid, profile=profile)
+            tx, rx = on_bus(pack.channel(pid, profile=profile)), on_bus(module.channel(pid, profile=profile))
             before = [tx.send(_CHARGE, bytes([1, 0, i])) for i in range(5)]
             for pdu in before[:3]:
                 rx.receive(pdu.can_id, pdu.data)  # the last two are held back by the attacker
-            tx = _restart(deployment, pack).channel(pid, profile=profile)
+            tx = on_bus(_restart(deployment, pack).channel(pid, profile=profile))
             pump(tx, rx)  # restart notice, answers both ways
             after = tx.send(_CHARGE, b"\x01\x00\x08")
             got = rx.receive(after.can_id, after.data)

@@ -14,11 +14,13 @@ others. Scenarios that declare no profiles run their deployments under ``seed`` 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
+from ..transport.canbus import BusConfig
 from .outcome import Outcome, OutcomeKind
 
 __all__ = [
@@ -165,21 +167,54 @@ def run_all(
 
     Without ``profile`` a profile-aware scenario runs once per profile it declares; with one, under it.
     """
+    return {key: spec(seed, p) for key, spec, p in _selected(only, profile)}
+
+
+def _selected(
+    only: list[str] | None, profile: ProtocolProfile | str | None
+) -> list[tuple[str, Scenario, ProtocolProfile]]:
     every = cases(profile)
-    if only is not None:  # in the order given
-        every = [c for wanted in only for c in every if wanted in (c[0], c[1].name)]
-    return {key: spec(seed, p) for key, spec, p in every}
+    if only is None:
+        return every
+    return [c for wanted in only for c in every if wanted in (c[0], c[1].name)]  # in the order given
 
 
-def run_parameter(scenario: str = "all", seed: int | None = None, profile: str | None = None) -> dict[str, Outcome]:
+def run_parameter(
+    scenario: str = "all",
+    seed: int | None = None,
+    profile: str | None = None,
+    *,
+    bus: BusConfig | None = None,
+) -> dict[str, Outcome]:
     """What a notebook's ``scenario`` (and ``profile``) parameters select: ``"all"``, one name, or
-    names joined by commas; every profile, or one."""
-    if scenario.strip() == "all":
-        return run_all(seed, profile=profile)
-    chosen = [name.strip() for name in scenario.split(",") if name.strip()]
-    for name in chosen:
-        get(name)  # a ConfigError naming the problem before anything runs
-    return run_all(seed, only=chosen, profile=profile)
+    names joined by commas; every profile, or one.
+
+    ``bus`` runs the CAN scenarios with the attacker as a node on that bus
+    (:func:`~modbatt.attacks.onbus.attack_bus`); each of their outcomes then counts the frames
+    the bus carried (``bus_frames``). ``None`` runs everything in process.
+    """
+    chosen: list[str] | None = None
+    if scenario.strip() != "all":
+        chosen = [name.strip() for name in scenario.split(",") if name.strip()]
+        for name in chosen:
+            get(name)  # a ConfigError naming the problem before anything runs
+    if bus is None:
+        return run_all(seed, only=chosen, profile=profile)
+    from .onbus import attack_bus
+
+    out: dict[str, Outcome] = {}
+    with attack_bus(bus) as wire:
+        assert wire is not None
+        for key, spec, p in _selected(chosen, profile):
+            wire.tap.settle()
+            mark = wire.tap.mark()
+            outcome = spec(seed, p)
+            wire.tap.settle()
+            frames = len(wire.tap.since(mark))
+            if frames:
+                outcome = dataclasses.replace(outcome, counters={**outcome.counters, "bus_frames": frames})
+            out[key] = outcome
+    return out
 
 
 def matrix(results: dict[str, Outcome]) -> dict[str, dict[str, object]]:

@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "run",
     "sweep",
     "entity",
+    "controller",
+    "sim",
     "ledger",
     "audit",
     "cert",

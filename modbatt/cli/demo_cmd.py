@@ -10,8 +10,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..model.pairing import ControllerMode
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
-from ..transport.canbus import BusConfig
 from ..workbench.demo import run_demo
+from .bus_options import add_bus_arguments, bus_from_args, bus_given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="An auth controller binds a pack controller and a battery module over their HTTP binding "
         "APIs (uvicorn on 127.0.0.1), records and proves the binding in the ledger, issues a pairing "
         "certificate, and the two exchange a pairing-tier command and exchange-tier telemetry on a "
-        "python-can bus (virtual by default).",
+        "python-can bus: the one the flags, CAN_* variables or a python-can config file name, else the embedded "
+        "virtual bus (docs/buses.md §2).",
     )
     p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the narrative")
@@ -35,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"protocol profile of the pairing: {', '.join(p.value for p in ProtocolProfile)} (docs/profiles.md)",
     )
-    p.add_argument("--interface", default=None, help="python-can interface for the CAN part (default virtual)")
-    p.add_argument("--channel", default=None, help="python-can channel")
-    p.add_argument("--bitrate", type=int, default=None, help="bit rate for real adapters")
+    add_bus_arguments(p)
     mixed = p.add_argument_group("one controller, any protocol (access data names the transport)")
     mixed.add_argument(
         "--transports",
@@ -52,11 +51,17 @@ def _run_mixed(args: argparse.Namespace) -> int:
     from ..workbench.mixed import parse_broker, run_mixed_demo
 
     profile = profile_named(args.profile)
-    result = run_mixed_demo(args.transports.split(","), parse_broker(args.mqtt_broker), profile=profile)
+    names = args.transports.split(",")
+    if not any(n.strip().lower() == "can" for n in names) and bus_given(args):
+        raise ConfigError("the bus options go with a CAN transport: add can to --transports")
+    bus = bus_from_args(args) if any(n.strip().lower() == "can" for n in names) else None
+    result = run_mixed_demo(names, parse_broker(args.mqtt_broker), bus=bus, profile=profile)
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
     else:
+        if bus is not None:
+            print(f"CAN bus: {bus.describe(source=True)}")
         for e in result["entities"]:
             flags = ", ".join(k for k in ("bound", "paired", "discovered") if e.get(k))
             print(f"{e['name']:12} over {e['transport']:4}: {flags or 'FAILED'}")
@@ -69,9 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.mqtt_broker:
         raise ConfigError("--mqtt-broker goes with --transports")
     profile = profile_named(args.profile)
-    bus = None
-    if args.interface or args.channel or args.bitrate:
-        bus = BusConfig.resolve(args.interface, args.channel, args.bitrate)
+    bus = bus_from_args(args)  # the bus rule: flags, python-can's configuration, else the embedded bus
     progress = None if args.json else (lambda line: print(f"  - {line}", flush=True))
     if not args.json:
         print("modbatt demo: binding, pairing and a secured CAN exchange")

@@ -2,7 +2,7 @@
 
 Forms::
 
-    modbatt monitor                                   python-can config / env, else virtual
+    modbatt monitor                                   python-can config / CAN_* env (an error if none)
     modbatt monitor --interface slcan --channel /dev/ttyACM0 --bitrate 500000
     modbatt monitor --interface udp_multicast --per-id --duration 10
     modbatt monitor --log capture.blf --dbc extra.dbc --count 100
@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import EXIT_OK
+from .bus_options import add_bus_arguments, bus_from_args, bus_given
 
 __all__ = ["decryptor_from_keystore", "register"]
 
@@ -35,18 +36,15 @@ def register(subparsers: Any) -> None:
             "--count, --duration, the end of a log or Ctrl-C, then prints frames/s and bus load."
         ),
     )
-    bus = parser.add_argument_group("bus (defaults from python-can's config files and CAN_* variables)")
-    bus.add_argument("-i", "--interface", help="python-can interface: virtual, udp_multicast, slcan, socketcan …")
-    bus.add_argument("-c", "--channel", help="channel: virtual name, multicast group, serial port, can0 …")
-    bus.add_argument("-b", "--bitrate", type=int, help="nominal bit rate in bit/s (also used for bus load)")
-    bus.add_argument("--fd", action="store_true", help="open the bus for CAN FD")
-    bus.add_argument("--data-bitrate", type=int, help="CAN FD data-phase bit rate in bit/s")
-    bus.add_argument("--config-context", metavar="SECTION", help="python-can config file section to use")
-    bus.add_argument(
+    add_bus_arguments(
+        parser,
+        title="bus (python-can's configuration: these flags, CAN_* variables, ~/.canrc; no bus chosen is an error)",
+    )
+    src = parser.add_argument_group("instead of a bus")
+    src.add_argument(
         "--log", metavar="FILE", help="read a recorded log instead of a bus (.log .asc .blf .trc .csv .db .mf4)"
     )
-
-    bus.add_argument(
+    src.add_argument(
         "-f",
         "--filter",
         metavar="ID:MASK",
@@ -95,15 +93,15 @@ def register(subparsers: Any) -> None:
 
 def _monitor(args: argparse.Namespace) -> int:
     from ..transport import recording
-    from ..transport.canbus import BusConfig, open_bus
+    from ..transport.canbus import open_bus
     from ..transport.monitor import Monitor, load_databases, parse_filters, run_monitor
     from ..workbench.monitor_view import LiveTableView, TraceView
     from ..workbench.terminal import escape
 
     if args.refresh <= 0:
         raise ConfigError("--refresh must be a positive number of seconds")
-    if args.log is not None and (args.interface or args.channel or args.fd):
-        raise ConfigError("--log reads a file: leave out --interface, --channel and --fd")
+    if args.log is not None and bus_given(args, rates=False):  # bit rates still size the bus load
+        raise ConfigError("--log reads a file: leave out the bus options (--interface, --channel, …)")
     if args.record is not None:
         recording.log_format(args.record)  # fail on a bad suffix before opening anything
     if args.log is not None:
@@ -112,14 +110,8 @@ def _monitor(args: argparse.Namespace) -> int:
 
     config = None
     if args.log is None:
-        config = BusConfig.resolve(
-            interface=args.interface,
-            channel=args.channel,
-            bitrate=args.bitrate,
-            fd=True if args.fd or args.data_bitrate else None,
-            data_bitrate=args.data_bitrate,
-            context=args.config_context,
-        )
+        # A monitor on a private virtual bus would never see a frame: a bus must be chosen.
+        config = bus_from_args(args, embedded=False, purpose="a live monitor (or read a log: --log FILE)")
 
     def problem(text: str) -> None:
         print(f"# {escape(text)}", file=sys.stderr, flush=True)
@@ -158,7 +150,7 @@ def _monitor(args: argparse.Namespace) -> int:
             if monitor.builtin is not None:
                 monitor.builtin.prepare(fd=config.fd)  # before the bus: no frames queue meanwhile
             with open_bus(config) as bus:
-                problem(bus.channel_info or config.describe())
+                problem(f"bus: {config.describe(source=True)}")
                 run_monitor(
                     monitor,
                     bus,

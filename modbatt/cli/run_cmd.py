@@ -6,16 +6,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..workbench.runner import list_parameters, run_notebooks
+from .bus_options import add_bus_arguments, bus_from_args
+
+if TYPE_CHECKING:
+    from ..transport.canbus import BusConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run every notebook headlessly: executed notebooks, figures, results and an HTML report",
-        description="Executes the workbench notebooks with papermill on the virtual CAN bus by default. "
+        description="Executes the workbench notebooks with papermill (on the bus the bus options or python-can's "
+        "configuration name, else each notebook on its own embedded virtual bus). "
         "Writes build/ (executed notebooks, report.html), figures/ (PNG and SVG) and data/results/ (JSON), "
         "or all of it under --output DIR.",
     )
@@ -27,8 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(checked against its type before anything runs; see --list-params)")  # fmt: skip
     p.add_argument("--list-params", nargs="?", const="", default=None, metavar="NAME",
                    help="list each notebook's parameters (type, default, description) and exit")  # fmt: skip
-    p.add_argument("--interface", default=None, help="python-can interface for bus notebooks (default virtual)")
-    p.add_argument("--channel", default=None, help="python-can channel")
+    add_bus_arguments(
+        p,
+        title="bus for the notebooks that declare bus_interface (the bus rule, docs/buses.md §2; "
+        "nothing configured: each notebook's own embedded virtual bus)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(handler=_run)
 
@@ -45,6 +54,32 @@ def _parse(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _bus_parameters(bus: BusConfig, args: argparse.Namespace, given: dict[str, str]) -> dict[str, str]:
+    """The notebook parameters that carry ``bus``; ConfigError if a bus notebook cannot take all of it.
+
+    A notebook takes a bus as ``bus_interface``, ``bus_channel`` and ``bus_options`` (everything
+    else: a udp_multicast port, bit rates, FD, faults; :meth:`BusConfig.options`) and hands them to
+    :func:`modbatt.resolve_bus`. A notebook that declares ``bus_interface`` but not the others the
+    bus needs is refused: given the group alone it would open python-can's default port, another bus.
+    """
+    clash = sorted(k for k in given if k.rpartition(".")[2].startswith("bus_"))
+    if clash:
+        raise ConfigError(f"give the bus either as bus options or as -p {clash[0]}=…, not both")
+    values = {"bus_interface": bus.interface, "bus_channel": str(bus.channel)}
+    if bus.options():
+        values["bus_options"] = json.dumps(bus.options(), sort_keys=True, default=str)
+    for name, specs in list_parameters(args.notebooks, args.only).items():
+        if "bus_interface" not in specs:
+            continue
+        lacking = [key for key in values if key not in specs]
+        if lacking:
+            raise ConfigError(
+                f"notebook {name} cannot take this bus ({bus.describe()}): it declares no {', '.join(lacking)} "
+                f"parameter (leave it out with --only, or choose a bus it can take)"
+            )
+    return values
+
+
 def _list(args: argparse.Namespace) -> int:
     only = [args.list_params] if args.list_params else args.only
     for name, specs in list_parameters(args.notebooks, only).items():
@@ -58,16 +93,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_params is not None:
         return _list(args)
     params = _parse(args.parameter)
-    if args.interface:
-        params["bus_interface"] = args.interface
-    if args.channel:
-        params["bus_channel"] = args.channel
+    bus = bus_from_args(args)
+    if not bus.embedded:
+        params.update(_bus_parameters(bus, args, params))
     progress = None if args.json else (lambda line: print(line, flush=True))
+    if progress is not None:
+        where = (
+            "each notebook's own embedded virtual bus (nothing configured)"
+            if bus.embedded
+            else bus.describe(source=True)
+        )
+        progress(f"bus: {where}")
     report = run_notebooks(
         output=args.output, notebooks_dir=args.notebooks, only=args.only, parameters=params, progress=progress
     )
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        json.dump(report.to_json() | {"bus": bus.to_json()}, sys.stdout, indent=2)
         print()
     else:
         print(f"report: {report.report}")

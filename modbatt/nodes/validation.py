@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..can.wiretime import CLASSIC, BusProfile, isotp_frame_lengths
 from ..crypto import labels
@@ -65,10 +66,12 @@ from ..protocol.validation import (
 )
 from ..protocol.validation._common import Message
 from ..protocol.validation.binding_validation import BindingChallenge, EntityProof
+from ..transport.canbus import BusConfig
 from ..transport.http import EntityClient
 from .audit import EventLog, json_safe
 from .controller import AuthController
 from .entity import EntityNode
+from .link import node_id_of
 
 __all__ = [
     "LEVELS",
@@ -81,6 +84,48 @@ __all__ = [
     "run_escalation_scenario",
     "run_level",
 ]
+
+
+#: How a message crosses the bus (the on-bus driver's ``via``): docs/validation.md §on the bus.
+ANNOUNCE_BROADCAST = "broadcast:ANNOUNCE"
+WITNESS_BROADCAST = "broadcast:WITNESS"
+ISOTP = "isotp"
+CHANNEL = "channel"
+
+
+class Carrier(Protocol):
+    """What carries the levels' messages between the pack end and the module end.
+
+    :data:`IN_PROCESS` hands the bytes over as they are (unit tests, the model); the on-bus driver
+    :class:`~modbatt.transport.validation_bus.ValidationBus` sends them as frames on a bus.
+    """
+
+    def carry(self, src: str, dst: str, data: bytes, *, via: str, what: str = "message") -> bytes: ...
+
+    def deliver_unit(self, src: str, dst: str, pdu: Any, *, what: str = "unit") -> Any: ...
+
+    def begin(self, step: int | str) -> None: ...
+
+    def end(self) -> dict[str, Any]: ...
+
+
+class InProcessCarrier:
+    """Hands every message over unchanged and measures nothing (no bus)."""
+
+    def carry(self, src: str, dst: str, data: bytes, *, via: str, what: str = "message") -> bytes:
+        return data
+
+    def deliver_unit(self, src: str, dst: str, pdu: Any, *, what: str = "unit") -> Any:
+        return None
+
+    def begin(self, step: int | str) -> None:
+        return None
+
+    def end(self) -> dict[str, Any]:
+        return {}
+
+
+IN_PROCESS: Carrier = InProcessCarrier()
 
 
 def can_frames(sizes: list[int], profile: BusProfile = CLASSIC) -> int:
@@ -106,6 +151,8 @@ class ValidationContext:
     rejections: collections.Counter[Reason] = field(default_factory=collections.Counter)
     #: Level-3 ephemeral keys made ahead of time per device (``efficient`` profile, docs/profiles.md).
     ephemerals: dict[str, EphemeralPool] = field(default_factory=dict)
+    #: What carries each message between the ends: in process by default, or a bus driver.
+    carrier: Carrier = field(default_factory=lambda: IN_PROCESS)
 
     def __post_init__(self) -> None:
         record = self.controller.record(self.binding_id)
@@ -133,10 +180,12 @@ class ValidationContext:
         clock: Callable[[], float] | None = None,
         rng: RandomSource | None = None,
         record_index: int | None = None,
+        carrier: Carrier | None = None,
     ) -> ValidationContext:
         return cls(
             controller, pack, module, binding_id, pairing_id, clock or controller._clock,
             rng or controller._rng, events if events is not None else EventLog(), record_index=record_index,
+            carrier=carrier or IN_PROCESS,
         )  # fmt: skip
 
     # -- what each party holds ------------------------------------------------------------
@@ -179,6 +228,19 @@ class ValidationContext:
     def now(self) -> float:
         return self.clock()
 
+    def party(self, node: EntityNode | str) -> str:
+        """``"pack"`` or ``"module"``: the bus end of ``node`` (the controller sits behind the pack)."""
+        if isinstance(node, str):
+            return "pack" if node == "controller" else node
+        return "pack" if node is self.pack else "module"
+
+    def carry(self, src: EntityNode | str, dst: EntityNode | str, data: bytes, via: str, what: str) -> bytes:
+        """Move one message between two parties; between the controller and the pack it stays off the bus."""
+        a, b = self.party(src), self.party(dst)
+        if a == b:
+            return data
+        return self.carrier.carry(a, b, data, via=via, what=what)
+
     def record_statement(self, kind: str, fields: Mapping[str, Any]) -> int:
         """Append a controller-signed statement and sign a new tree head; returns its index."""
         index = self.controller.ledger.append(sign_statement(self.controller.controller_key, kind, fields, self.now()))
@@ -207,7 +269,7 @@ def level1(ctx: ValidationContext) -> dict[str, Any]:
     """Module announces; the pack (partner) and the controller verify it."""
     m = ctx.side(ctx.module)
     announcer = Announcer(binding_id=ctx.binding_id, access_data=ctx.module.access_data, binding_key=m["binding_key"])
-    data = announcer.announce(ctx.now())
+    data = ctx.carry(ctx.module, ctx.pack, announcer.announce(ctx.now()), ANNOUNCE_BROADCAST, "announce")
     partner = AnnounceVerifier([BindingKeyRef(ctx.binding_id, m["device_id"], m["binding_key"].public_key)])
     msg = partner.receive(data, ctx.now())
     # The controller holds both semi-public keys of the binding (its record).
@@ -236,7 +298,8 @@ def level2(ctx: ValidationContext) -> dict[str, Any]:
         details={"state": "active"},
         now=ctx.now(),
     )
-    ack = witness.on_request(req, ctx.now())
+    req = ctx.carry(ctx.pack, ctx.module, req, WITNESS_BROADCAST, "witness request")
+    ack = ctx.carry(ctx.module, ctx.pack, witness.on_request(req, ctx.now()), WITNESS_BROADCAST, "witness ack")
     witnessed = requester.on_ack(ack, ctx.now())
     # The controller re-checks both signatures with the keys it recorded before it records the event.
     witnessed.verify(
@@ -263,14 +326,15 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
         device_id=m["device_id"], binding_key=m["binding_key"], partner_id=p["device_id"],
         partner_key=m["partner_key"], secrets=m["secrets"], ephemerals=ctx.ephemerals.get(m["device_id"]), **common,
     )  # fmt: skip
-    hello = ini.start(ctx.now(), ttl_s=60, single_use=True)
-    reply = res.on_hello(hello, ctx.now())
-    finish = ini.on_reply(reply, ctx.now())
+    pack, module = ctx.pack, ctx.module
+    hello = ctx.carry(pack, module, ini.start(ctx.now(), ttl_s=60, single_use=True), ISOTP, "hello")
+    reply = ctx.carry(module, pack, res.on_hello(hello, ctx.now()), ISOTP, "reply")
+    finish = ctx.carry(pack, module, ini.on_reply(reply, ctx.now()), ISOTP, "finish")
     session = res.on_finish(finish, ctx.now())
     assert ini.session is not None
-    ping = ini.session.seal(b"ping", ctx.now())
+    ping = ctx.carry(pack, module, ini.session.seal(b"ping", ctx.now()), ISOTP, "session message")
     session.open(ping, ctx.now())
-    pong = session.seal(b"pong", ctx.now())
+    pong = ctx.carry(module, pack, session.seal(b"pong", ctx.now()), ISOTP, "session message")
     ini.session.open(pong, ctx.now())
     misses = sum(pool.misses for pool in ctx.ephemerals.values()) if ctx.ephemerals else 0
     return _summary(
@@ -289,12 +353,14 @@ def level4(ctx: ValidationContext) -> dict[str, Any]:
     res = PairedHandshakeResponder(
         secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], rng=ctx.rng
     )
-    challenge = ini.start(ctx.now())
-    response = res.on_challenge(challenge, ctx.now())
-    confirm = ini.on_response(response, ctx.now())
+    pack, module = ctx.pack, ctx.module
+    challenge = ctx.carry(pack, module, ini.start(ctx.now()), CHANNEL, "challenge")
+    response = ctx.carry(module, pack, res.on_challenge(challenge, ctx.now()), CHANNEL, "response")
+    confirm = ctx.carry(pack, module, ini.on_response(response, ctx.now()), CHANNEL, "confirm")
     session = res.on_confirm(confirm, ctx.now())
     assert ini.session is not None
-    session.open(ini.session.seal(b"status?", ctx.now()), ctx.now())
+    sealed = ctx.carry(pack, module, ini.session.seal(b"status?", ctx.now()), CHANNEL, "session message")
+    session.open(sealed, ctx.now())
     return _summary([challenge, response, confirm], ttl_s=300)
 
 
@@ -311,7 +377,8 @@ def level5(ctx: ValidationContext) -> dict[str, Any]:
         partner_key=m["partner_key"], expires_at=expires, rng=ctx.rng,
     )  # fmt: skip
     _, command = sender.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", ctx.now())
-    ack = executor.on_command(command, ctx.now())
+    command = ctx.carry(ctx.pack, ctx.module, command, CHANNEL, "command")
+    ack = ctx.carry(ctx.module, ctx.pack, executor.on_command(command, ctx.now()), CHANNEL, "acknowledgement")
     outcome = sender.on_ack(ack, ctx.now())
     return _summary([command, ack], command=outcome.to_dict(), signed=sender.signed)
 
@@ -337,13 +404,15 @@ def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[s
         pairing_id=ctx.pairing_id, binding_id=ctx.binding_id, entities=keys, event=event, now=ctx.now(),
         changes=changes,
     )  # fmt: skip
-    signed = parties[p["device_id"]].sign(challenge, ctx.now())
+    # The controller reaches the pack directly (off the bus); the pack's signature crosses the bus.
+    signed = ctx.carry(ctx.pack, ctx.module, parties[p["device_id"]].sign(challenge, ctx.now()), ISOTP, "signed")
     countersigned = parties[m["device_id"]].countersign(signed, ctx.now())
+    countersigned = ctx.carry(ctx.module, "controller", countersigned, ISOTP, "countersigned")
     fields = authority.finalize(countersigned, ctx.now())
     index = ctx.record_statement("validation", fields)
     receipt = ctx.controller.ledger.entry(index)
-    for party in parties.values():
-        party.accept_receipt(receipt, challenge)
+    for node, party in ((ctx.pack, parties[p["device_id"]]), (ctx.module, parties[m["device_id"]])):
+        party.accept_receipt(ctx.carry("controller", node, receipt, ISOTP, "receipt"), challenge)
     if event == "revocation":
         notice = ctx.controller.revoke_pairing(ctx.pairing_id, "level-6 revocation")
         for node in (ctx.pack, ctx.module):
@@ -375,7 +444,9 @@ def level7(ctx: ValidationContext, event: str = "verification") -> dict[str, Any
     attestor = LctAttestor(lct_id=lct.lct_id, key=ctx.lct_key)
     authority = BindingValidationAuthority(controller_key=ctx.controller.controller_key, lct_keys=pinned)
     challenge = verifier.challenge(binding_id=ctx.binding_id, subject=s["device_id"], event=event, now=ctx.now())
-    proof = subject.prove(challenge, ctx.now())
+    challenge = ctx.carry(verifier_node, subject_node, challenge, ISOTP, "challenge")
+    # The proof goes to the LCT's custodian and the controller, both behind the pack's gateway.
+    proof = ctx.carry(subject_node, "controller", subject.prove(challenge, ctx.now()), ISOTP, "proof")
     attestation = attestor.attest(proof, ctx.now())
     fields = authority.check(proof, attestation, ctx.record)
     revoked = ctx.controller.is_revoked(ctx.binding_id)
@@ -388,7 +459,7 @@ def level7(ctx: ValidationContext, event: str = "verification") -> dict[str, Any
         record_index=record_index, audit_path=ledger.inclusion_proof(record_index, sth.tree_size), sth=sth,
         status="revoked" if revoked else "active", statement_index=statement_index, now=ctx.now(),
     )  # fmt: skip
-    result = verifier.verify(bundle, ctx.now())
+    result = verifier.verify(ctx.carry("controller", verifier_node, bundle, ISOTP, "bundle"), ctx.now())
     if event == "revocation" and not revoked:
         ctx.controller.revoke(ctx.binding_id, "level-7 revocation")
     return _summary([challenge, proof, attestation, bundle], ledger_index=statement_index, **result.to_dict())
@@ -407,11 +478,15 @@ def run_level(ctx: ValidationContext, level: int) -> dict[str, Any]:
     fill their level-3 ephemeral pools then, not while a level runs).
     """
     ctx.idle()
+    ctx.carrier.begin(level)
     try:
         out = LEVELS[level](ctx)
     except VerificationError as exc:
         ctx.rejections[exc.reason] += 1
         out = {"outcome": "rejected", "reason": exc.reason.value, "detail": exc.detail}
+    wire = ctx.carrier.end()
+    if wire:
+        out["wire"] = wire
     ctx.events.log("validation", level=level, t=ctx.now(), **out)
     return out
 
@@ -426,12 +501,38 @@ def run_all_levels(
     events: EventLog | None = None,
     clock: Callable[[], float] | None = None,
     rng: RandomSource | None = None,
+    bus: BusConfig | Carrier | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Levels 1-7 between a bound and paired pack and module: ``{"1": {...}, …, "7": {...}}`` (JSON-ready)."""
-    ctx = ValidationContext.from_nodes(
-        controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng
-    )
-    return {str(level): json_safe(run_level(ctx, level)) for level in LEVELS}
+    """Levels 1-7 between a bound and paired pack and module: ``{"1": {...}, …, "7": {...}}`` (JSON-ready).
+
+    ``bus`` (a :class:`~modbatt.transport.canbus.BusConfig`, or an open carrier) runs every level
+    as frames on that bus, and each level's result gains ``wire``: frames and times measured from
+    the bus beside the model (:mod:`modbatt.transport.validation_bus`). ``None`` carries the
+    messages in process. A message lost on the bus raises :class:`~modbatt.errors.TransportError`.
+    """
+    with _carrier(bus, pack, module, pairing_id) as carrier:
+        ctx = ValidationContext.from_nodes(
+            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
+        )
+        return {str(level): json_safe(run_level(ctx, level)) for level in LEVELS}
+
+
+@contextlib.contextmanager
+def _carrier(
+    bus: BusConfig | Carrier | None, pack: EntityNode, module: EntityNode, pairing_id: str
+) -> Iterator[Carrier]:
+    """The carrier for ``bus``: in process, the one given, or an on-bus driver opened for this run."""
+    if bus is None:
+        yield IN_PROCESS
+        return
+    if not isinstance(bus, BusConfig):
+        yield bus
+        return
+    from ..transport.validation_bus import ValidationBus
+
+    channels = {"pack": pack.channel(pairing_id), "module": module.channel(pairing_id)}
+    with ValidationBus(bus, node_id_of(module.access_data), channels=channels) as driver:
+        yield driver
 
 
 # --------------------------------------------------------------------------- escalation
@@ -506,15 +607,31 @@ def run_escalation_scenario(
     clock: Callable[[], float] | None = None,
     rng: RandomSource | None = None,
     advance: Callable[[float], None] | None = None,
+    bus: BusConfig | Carrier | None = None,
 ) -> list[dict[str, Any]]:
     """The seed's example L1 → 5 → 7, abuse attempts, and de-escalation; returns the events.
 
     ``advance(seconds)`` moves the clock forward (a settable test/simulation clock); without it
-    the scenario evaluates the policy at ``now + seconds`` without touching any clock.
+    the scenario evaluates the policy at ``now + seconds`` without touching any clock. ``bus``
+    as for :func:`run_all_levels`: the escalation requests then ride the module's announces as
+    broadcast fragments, the telemetry the pack's channel, and levels 5 and 7 their frames; the
+    frames heard are logged as one ``escalation_wire`` event.
     """
-    ctx = ValidationContext.from_nodes(
-        controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng
-    )
+    with _carrier(bus, pack, module, pairing_id) as carrier:
+        ctx = ValidationContext.from_nodes(
+            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
+        )
+        carrier.begin("escalation")
+        try:
+            return _escalation_scenario(ctx, advance)
+        finally:
+            wire = carrier.end()
+            if wire:
+                ctx.events.log("escalation_wire", t=ctx.now(), **wire)
+
+
+def _escalation_scenario(ctx: ValidationContext, advance: Callable[[float], None] | None) -> list[dict[str, Any]]:
+    pack, module, binding_id, pairing_id = ctx.pack, ctx.module, ctx.binding_id, ctx.pairing_id
     offset = 0.0
 
     def now() -> float:
@@ -556,6 +673,7 @@ def run_escalation_scenario(
         data = Announcer(
             binding_id=binding_id, access_data=module.access_data, binding_key=m["binding_key"], seq=esc.seq
         ).announce(now(), escalation=esc)
+        data = ctx.carry(module, pack, data, ANNOUNCE_BROADCAST, "announce with an escalation request")
         verifier = AnnounceVerifier([BindingKeyRef(binding_id, m["device_id"], p["partner_key"])])
         announce = verifier.receive(data, now())
         assert announce.escalation is not None
@@ -569,6 +687,7 @@ def run_escalation_scenario(
     except VerificationError as exc:
         ctx.events.log("escalation_effect", t=now(), outcome="refused", reason=exc.reason.value, tier="exchange")
     sent = link.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
+    ctx.carrier.deliver_unit("pack", "module", sent, what="telemetry at the escalated floor")
     ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=Tier((sent.can_id >> 18) & 0b11).label)
     try:
         policy.check(4)  # a command through an L4 session is no longer enough

@@ -49,8 +49,8 @@ import multiprocessing
 import shutil
 import socket
 import tempfile
+import threading
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,8 +77,7 @@ from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.link import Received
-from ..nodes.pairing_flow import pair_entities
-from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus
+from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus, resolve_bus
 from .schedule import (
     COMMAND_CLASSES,
     NACK_FLAG,
@@ -88,6 +87,8 @@ from .schedule import (
     TrafficPlan,
     uses_isotp,
 )
+from .state import PackSetup, bind_and_pair, ephemeral_pack
+from .state import check_modules as _check_modules
 
 __all__ = [
     "AcceleratedClock",
@@ -187,6 +188,18 @@ class Scheduler:
         self._heap: list[tuple[float, int, Callable[[], float | None]]] = []
         self._seq = 0
         self.truncated = False  # set when the wall-clock guard stopped a run
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """End the current :meth:`run` soon (thread- and signal-safe); not a truncation."""
+        self._stop.set()
+
+    def clear_stop(self) -> None:
+        self._stop.clear()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def at(self, t: float, fn: Callable[[], float | None]) -> None:
         """Run ``fn`` at ``t``; if it returns a period, run it again that much later (no drift)."""
@@ -210,13 +223,19 @@ class Scheduler:
         if len(self.endpoints) == 1:
             self.endpoints[0].drain(seconds)  # blocks on the bus: frames from other processes
         else:
-            time.sleep(seconds)  # in-process nodes only receive what this thread sent
+            self._stop.wait(seconds)  # in-process nodes only receive what this thread sent
         self.pump()
 
     def run(self, until: float, *, max_wall: float = 60.0, timers: bool = True) -> None:
-        """Run timers due before simulated time ``until``; bounded by ``max_wall`` wall seconds."""
+        """Run timers due before simulated time ``until``; bounded by ``max_wall`` wall seconds.
+
+        :meth:`request_stop` ends it early (the caller decides what to drain).
+        """
         wall_end = time.monotonic() + max_wall
         while True:
+            if self._stop.is_set():
+                self.pump()
+                return
             self.pump()
             due = self._heap[0][0] if timers and self._heap else math.inf
             target = min(due, until)
@@ -224,6 +243,8 @@ class Scheduler:
             while delay > 0:
                 if time.monotonic() > wall_end:
                     self.truncated = True
+                    return
+                if self._stop.is_set():
                     return
                 self._wait(min(delay, 0.005))
                 delay = self.clock.real_delay(target)
@@ -257,6 +278,8 @@ class SimStats:
     units_tx: collections.Counter[str] = field(default_factory=collections.Counter)
     units_rx: collections.Counter[str] = field(default_factory=collections.Counter)
     rejects: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Stale resync answers refused before the traffic started (not counted in :attr:`ok`).
+    resync_rejects: collections.Counter[str] = field(default_factory=collections.Counter)
     transport_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     commands_sent: int = 0
     commands_received: int = 0  # by modules
@@ -271,12 +294,14 @@ class SimStats:
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
     truncated: bool = False
+    interrupted: bool = False  # ended by stop() (Ctrl-C) rather than by its duration
 
     def merge(self, other: SimStats | Mapping[str, Any]) -> None:
         """Add another node's or process's figures (a :class:`SimStats` or its ``to_dict()``)."""
         data = other.to_dict() if isinstance(other, SimStats) else other
         for name in ("frames_tx", "frames_rx", "units_tx", "units_rx", "rejects", "transport_errors"):
             getattr(self, name).update(data[name])
+        self.resync_rejects.update(data.get("resync_rejects", {}))
         for name in (
             "commands_sent",
             "commands_received",
@@ -311,6 +336,32 @@ class SimStats:
             and sum(self.units_rx.values()) == sum(self.units_tx.values())
             and not self.truncated
         )
+
+    def problems(self) -> list[str]:
+        """Why :attr:`ok` is false, one line each (empty when it is true)."""
+        out = []
+        sent, got = sum(self.units_tx.values()), sum(self.units_rx.values())
+        if got < sent:
+            lost = {
+                k: self.units_tx[k] - self.units_rx[k] for k in self.units_tx if self.units_rx[k] < self.units_tx[k]
+            }
+            detail = ", ".join(f"{k} {n}" for k, n in sorted(lost.items()))
+            out.append(f"{sent - got} of {sent} secured units sent were never received ({detail})")
+        elif got > sent:
+            out.append(f"{got - sent} more units received than sent: another sender on this bus? (use a run id)")
+        if self.rejects:
+            out.append("units rejected: " + ", ".join(f"{r} {n}" for r, n in sorted(self.rejects.items())))
+        if self.transport_errors:
+            out.append("ISO-TP errors: " + ", ".join(f"{r} {n}" for r, n in sorted(self.transport_errors.items())))
+        if self.lost_acknowledged:
+            out.append(f"{self.lost_acknowledged} commands never acknowledged")
+        if self.misordered_acknowledged:
+            out.append(f"{self.misordered_acknowledged} commands or acks out of order")
+        if self.acks_received != self.commands_sent and not self.lost_acknowledged:
+            out.append(f"{self.acks_received} acks for {self.commands_sent} commands")
+        if self.truncated:
+            out.append("stopped by the wall-clock guard before the simulated time was over")
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """Tidy rows per class/tier: frames and units sent and received."""
@@ -745,14 +796,9 @@ def _paired(
 ) -> tuple[InMemoryDeployment, dict[int, str], EncryptionPolicy]:
     """Bind and pair a pack with ``modules`` modules under ``protocol``; the deployment and each pairing id."""
     dep = InMemoryDeployment(seed=seed, modules=modules)
-    pairings: dict[int, str] = {}
-    policy: EncryptionPolicy | None = None
-    for node_id, module in dep.modules.items():
-        record = dep.bind(dep.pack, module).record
-        outcome = pair_entities(dep.controller, dep.pack, module, record.binding_id, profile=protocol)
-        pairings[node_id] = outcome.certificate.metadata.pairing_id
-        policy = outcome.certificate.metadata.encryption_policy
-    assert policy is not None
+    pairings, policy = bind_and_pair(
+        dep.controller, dep.pack, dep.modules, dep.authority_key, dep.clock, dep.rng, protocol
+    )
     return dep, pairings, policy
 
 
@@ -770,11 +816,6 @@ def _persist_entity(node: EntityNode, path: Path) -> Path:
     return key_file
 
 
-def _check_modules(modules: int) -> None:
-    if not 1 <= modules <= 31:
-        raise ConfigError("a pack has 1-31 modules (module ids 0x01-0x1F)")
-
-
 # ---------------------------------------------------------------------------------------------
 # In-process simulation
 # ---------------------------------------------------------------------------------------------
@@ -783,14 +824,18 @@ def _check_modules(modules: int) -> None:
 class PackSimulation:
     """A pack controller and ``modules`` modules on one python-can bus, all in this process.
 
-    ``bus`` is any :class:`~modbatt.transport.canbus.BusConfig` (default: a fresh ``virtual``
-    channel). The pack opens one bus handle and the modules share a second one (frames are
+    ``bus`` is any :class:`~modbatt.transport.canbus.BusConfig` (default: the bus rule,
+    :func:`~modbatt.transport.canbus.resolve_bus`, which is a private ``virtual`` channel when
+    nothing is configured). The pack opens one bus handle and the modules share a second one (frames are
     dispatched by the node field of the identifier), so every frame really crosses the bus.
-    ``profile`` decides classic or FD framing (must match the bus); ``protocol`` is the protocol
-    profile of every pairing (docs/profiles.md): it decides the pairing tier's keys (bound to the
-    binding under ``efficient``) and the binding tier's format (its resync answers here); the
-    routine units of docs/simulation.md §1 are the same in both. ``clock`` defaults to a
-    :class:`VirtualClock`; pass :class:`RealClock` on a live bus.
+    ``profile`` decides classic or FD framing (must match the bus). ``clock`` defaults to a
+    :class:`VirtualClock`; pass :class:`RealClock` on a live bus. ``setup`` is the bound and
+    paired pack to run (:mod:`modbatt.sim.state`: in memory, or on disk with persisted
+    freshness); by default a fresh in-memory one (``seed``: reproducible keys) under ``protocol``,
+    the protocol profile of every pairing (docs/profiles.md): it decides the pairing tier's keys
+    (bound to the binding under ``efficient``) and the binding tier's format (its resync answers
+    here); the routine units of docs/simulation.md §1 are the same in both. A given ``setup``
+    brings its own profile, and naming another is refused.
     """
 
     def __init__(
@@ -803,17 +848,25 @@ class PackSimulation:
         seed: int | None = None,
         clock: SimClock | None = None,
         layout: IdLayout = SEED_LAYOUT,
-        protocol: ProtocolProfile | str = DEFAULT_PROFILE,
+        protocol: ProtocolProfile | str | None = None,
+        setup: PackSetup | None = None,
     ) -> None:
         _check_modules(modules)
+        if setup is not None and len(setup.modules) != modules:
+            raise ConfigError(f"the setup holds {len(setup.modules)} modules, not {modules}")
         self.modules = modules
         self.profile = profile
-        self.protocol = profile_named(protocol)
+        if setup is not None and protocol is not None and profile_named(protocol) is not setup.protocol:
+            raise ConfigError(f"the setup is paired under {setup.protocol.value}, not {profile_named(protocol).value}")
+        self.protocol = setup.protocol if setup is not None else profile_named(protocol or DEFAULT_PROFILE)
         self.plan = plan or TrafficPlan()
         self.clock: SimClock = clock or VirtualClock()
         self.layout = layout
-        self.config = bus or BusConfig(interface="virtual", channel=f"modbatt-sim-{uuid.uuid4().hex}", fd=profile.fd)
-        self._dep, pairings, self.policy = _paired(modules, seed, self.protocol)
+        # The bus rule when none is given: python-can's configuration, else the embedded virtual bus.
+        config = bus if bus is not None else resolve_bus()
+        self.config = dataclasses.replace(config, fd=True) if config.embedded and profile.fd else config
+        self.setup = setup if setup is not None else ephemeral_pack(modules, seed, self.protocol)
+        pairings, self.policy = self.setup.pairings, self.setup.policy
         if self.policy.to_dict() != self.plan.policy.to_dict():
             self.plan = dataclasses.replace(self.plan, policy=self.policy)  # the certificate's policy rules
         self.stats = SimStats()
@@ -831,34 +884,41 @@ class PackSimulation:
         self.module_nodes: dict[int, _Module] = {}
         for node_id in range(1, modules + 1):
             pid = pairings[node_id]
-            self.pack.links[node_id] = self._dep.pack.channel(pid, profile=profile, layout=layout)
+            self.pack.links[node_id] = self.setup.pack.channel(pid, profile=profile, layout=layout)
             pack_nodes[node_id] = self.pack
             m = _Module(node_id, self._module_ep, self.plan, self.clock, db)
-            m.links[node_id] = self._dep.modules[node_id].channel(pid, profile=profile, layout=layout)
+            m.links[node_id] = self.setup.modules[node_id].channel(pid, profile=profile, layout=layout)
             module_nodes[node_id] = m
             self.module_nodes[node_id] = m
         self.scheduler = Scheduler(self.clock, [self._pack_ep, self._module_ep])
+        #: Resync answers refused while reopened channels resynchronised before the traffic started.
+        self.resync_rejects: collections.Counter[str] = collections.Counter()
 
     def _open(self) -> can.BusABC:
         bus = open_bus(self.config)
         self._buses.append(bus)
         return bus
 
-    def run(self, duration: float, *, drain: float = 0.5, max_wall: float = 60.0) -> SimStats:
-        """Run ``duration`` simulated seconds of traffic, then ``drain`` seconds for late acks."""
-        if not duration > 0:
+    def run(self, duration: float | None, *, drain: float = 0.5, max_wall: float | None = 60.0) -> SimStats:
+        """Run ``duration`` simulated seconds of traffic (``None``: until :meth:`stop`), then
+        ``drain`` seconds for late acks. ``max_wall`` bounds the wall time (``None``: unbounded)."""
+        if duration is not None and not duration > 0:
             raise ConfigError("duration must be positive")
         wall0 = time.monotonic()
+        wall = math.inf if max_wall is None else max_wall
         t0 = self.clock.now()
+        self._resync(min(wall, 5.0))
         self.pack.sending = True
         self.pack.start(self.scheduler, t0, list(self.module_nodes), self.modules)
         for node_id, m in self.module_nodes.items():
             m.start(self.scheduler, t0, (node_id - 1) / self.modules)
-        self.scheduler.run(t0 + duration, max_wall=max_wall)
+        self.scheduler.run(t0 + (math.inf if duration is None else duration), max_wall=wall)
+        interrupted = self.scheduler.stop_requested
+        self.scheduler.clear_stop()  # a second stop() during the drain ends the drain
         # Stop new traffic, let what is in flight finish (acks, ISO-TP tails).
         self.pack.sending = False
         self.scheduler.cancel_all()
-        self.scheduler.run(self.clock.now() + drain, max_wall=max(max_wall - (time.monotonic() - wall0), 1.0))
+        self.scheduler.run(self.clock.now() + drain, max_wall=max(wall - (time.monotonic() - wall0), 1.0))
         stats = SimStats()
         stats.merge(self._pack_stats)
         stats.merge(self._module_stats)
@@ -866,17 +926,43 @@ class PackSimulation:
         stats.sim_seconds = self.clock.now() - t0
         stats.wall_seconds = time.monotonic() - wall0
         stats.truncated = self.scheduler.truncated
+        stats.interrupted = interrupted
+        stats.resync_rejects.update(self.resync_rejects)
         self.stats = stats
         return stats
+
+    def _resync(self, limit: float) -> None:
+        """Synchronise channels reopened on a session they used before (a pack on disk) before traffic.
+
+        Such channels start unsynced with a restart challenge queued (docs/can-frames.md §3). The
+        pack's challenges go first; each module answers and sends its own from the receive path,
+        so the handshakes never cross (crossing challenges void each other's first answers).
+        """
+        links = [*self.pack.links.values(), *(m.links[n] for n, m in self.module_nodes.items())]
+        if all(link.synced for link in links):
+            return
+        for node_id in self.module_nodes:
+            self.pack.flush(node_id)
+        deadline = time.monotonic() + limit
+        while not all(link.synced for link in links) and time.monotonic() < deadline:
+            if not self.scheduler.pump():
+                time.sleep(0.002)  # frames on a real bus take a moment to arrive
+        # Answers in flight to a challenge that a crossing restart notice replaced are refused by
+        # design (nodes/channel.py): counted apart, they are the handshake, not lost traffic.
+        for stats in (self._pack_stats, self._module_stats):
+            self.resync_rejects.update(stats.rejects)
+            stats.rejects.clear()
+
+    def stop(self) -> None:
+        """End a running :meth:`run` (from another thread or a signal handler): drain, then return."""
+        self.scheduler.request_stop()
 
     def close(self) -> None:
         for bus in self._buses:
             with contextlib.suppress(Exception):
                 bus.shutdown()
         self._buses.clear()
-        for node in (self._dep.pack, *self._dep.modules.values()):
-            node.close_channels()
-        self._dep.ledger.close()
+        self.setup.close()
 
     def __enter__(self) -> PackSimulation:
         return self

@@ -1,17 +1,29 @@
-"""python-can buses from configuration (DESIGN §6).
+"""python-can buses from configuration: the one bus rule (docs/buses.md §2).
 
-:class:`BusConfig` follows python-can's own configuration conventions: explicit arguments win over
-``can.rc``, the ``CAN_INTERFACE`` / ``CAN_CHANNEL`` / ``CAN_BITRATE`` / ``CAN_CONFIG`` environment
-variables and the config files (``~/can.conf``, ``~/.canrc`` …), exactly as
-:func:`can.util.load_config` merges them. Where nothing names an interface, modbatt picks
-``virtual`` (python-can itself would refuse), so tests and notebooks run anywhere.
+:func:`resolve_bus` is the only place a bus is chosen; every command, notebook and API call goes
+through it (``BusConfig.resolve`` is the same function). It reads python-can's own configuration
+in python-can's order, first source wins per key, exactly as :func:`can.util.load_config` merges
+them: explicit arguments, ``can.rc``, the ``CAN_INTERFACE`` / ``CAN_CHANNEL`` / ``CAN_BITRATE`` /
+``CAN_CONFIG`` environment variables (``_<CONTEXT>`` suffix first), then the config files
+(``~/can.conf``, ``/etc/can.conf``, ``~/.can``, ``~/.canrc`` or ``config_file``), section
+``[<context>]`` before ``[default]``. Then:
 
-:func:`open_bus` hands the result to python-can unchanged, with three local adjustments:
+* nothing anywhere names a bus: the embedded ``virtual`` bus on a channel private to this call
+  (one process only), or a :class:`~modbatt.errors.ConfigError` where the caller says a private
+  bus is useless (``embedded=False``: a monitor, an entity served to other processes);
+* a choice that is incomplete is a one-line ConfigError naming what is missing: a channel, a
+  bitrate, ``fd`` without an interface; every interface but ``virtual`` needs its channel;
+* ``run_id`` isolates one run's ``udp_multicast`` traffic: a group and port derived from it
+  (:func:`run_udp_address`), or a virtual channel named after it.
+
+The :class:`BusConfig` it returns says where the interface came from (:attr:`BusConfig.source`)
+and describes itself (:meth:`BusConfig.describe`, :meth:`BusConfig.to_json`), so every output can
+name the bus in use. Nothing is substituted silently: no default group, no fallback interface.
+
+:func:`open_bus` hands the result to python-can unchanged, with local adjustments:
 
 * ``udp_multicast`` opens an :class:`EchoFilteringUdpMulticastBus`, because python-can delivers a
-  sender's own datagrams back to it (multicast loopback) and cannot filter them;
-  with no channel it uses python-can's IPv4 group, since the IPv6 default group silently delivers
-  nothing on loopback-only hosts and in containers.
+  sender's own datagrams back to it (multicast loopback) and cannot filter them.
 * ``slcan`` opens a :class:`TolerantSlcanBus`, gets ``sleep_after_open=0`` unless set (python-can's
   default sleeps 2 s per open), and a ``data_bitrate`` is applied after opening (python-can's
   slcan has no such argument).
@@ -28,7 +40,10 @@ is not a frame (udp_multicast) or a garbled adapter line (slcan), which would en
 
 from __future__ import annotations
 
+import configparser
 import copy
+import hashlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -48,49 +63,205 @@ from .faultbus import FaultBus, FaultSpec
 __all__ = [
     "DEFAULT_INTERFACE",
     "DEFAULT_UDP_GROUP",
+    "EMBEDDED_SOURCE",
     "BusConfig",
     "EchoFilteringUdpMulticastBus",
     "TolerantSlcanBus",
     "open_bus",
+    "resolve_bus",
+    "run_udp_address",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The interface used when neither arguments nor python-can configuration name one.
+#: The embedded bus: used only when nothing at all names a bus.
 DEFAULT_INTERFACE = "virtual"
-#: python-can's IPv4 fallback group; modbatt's default for ``udp_multicast`` (see module doc).
+#: python-can's IPv4 fallback group, suggested in messages (a group is never filled in silently).
 DEFAULT_UDP_GROUP = "239.74.163.2"
-_PYTHON_CAN_IPV6_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"
+#: :attr:`BusConfig.source` of the embedded default.
+EMBEDDED_SOURCE = "nothing configured"
+#: Ports :func:`run_udp_address` derives: below Linux's ephemeral range (32768-60999), so a
+#: run's group port never collides with a client socket the kernel picked.
+RUN_PORTS = (20000, 32767)
+#: python-can's ``UdpMulticastBus`` port when none is configured.
+_UDP_DEFAULT_PORT = 43113
 
 # Keys that BusConfig keeps as attributes; every other configuration key goes to ``kwargs``.
 _OWN_KEYS = ("interface", "channel", "bitrate", "fd", "data_bitrate", "faults")
+# Keys that describe *which* bus; a source naming any of them without an interface is incomplete.
+_CHOICE_KEYS = ("channel", "bitrate", "fd", "data_bitrate")
+# What a channel is for each interface, for the one-line error (python-can's documentation).
+_CHANNEL_HINT = {
+    "udp_multicast": f"a multicast group such as {DEFAULT_UDP_GROUP} (or a run id: --run-id)",
+    "socketcan": "a network interface such as can0 or vcan0",
+    "slcan": "the serial port, e.g. /dev/ttyACM0 or an emulator's pty",
+    "pcan": "a PCAN channel such as PCAN_USBBUS1",
+    "kvaser": "a Kvaser channel number such as 0",
+    "vector": "a Vector channel number such as 0",
+    "gs_usb": "a gs_usb channel such as 0",
+}
 
 
-def _configured_interface(path: str | os.PathLike[str] | None, context: str | None) -> Any:
-    """The interface that python-can's configuration sources name, or ``None``.
+def run_udp_address(run_id: str) -> tuple[str, int]:
+    """The ``udp_multicast`` group and port of one run: ``239.x.y.z`` (RFC 2365 administratively
+    scoped, TTL 1) and a port in :data:`RUN_PORTS`, from SHA-256 of the run id.
 
-    Mirrors the source order of :func:`can.util.load_config` so that modbatt's default only
-    applies where python-can would have found nothing at all.
+    Two runs with different ids land on different groups and ports (a collision needs both 24
+    bits of group and the port to match); the same id always gives the same address, so a
+    monitor started with the sim's run id hears that run and no other.
     """
-    sources: list[Mapping[str, Any]] = [
-        can.rc,
-        can.util.load_environment_config(context),
-        can.util.load_environment_config(),
-    ]
-    if context:
-        sources.append(can.util.load_file_config(path, context))
-    sources.append(can.util.load_file_config(path))
-    for source in sources:
-        value = source.get("interface") or source.get("bustype")
-        if value:
-            return value
+    if not run_id or not str(run_id).strip():
+        raise ConfigError("a run id must be a non-empty string")
+    digest = hashlib.sha256(f"modbatt-run/{run_id}".encode()).digest()
+    group = f"239.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
+    lo, hi = RUN_PORTS
+    return group, lo + int.from_bytes(digest[3:5], "big") % (hi - lo + 1)
+
+
+def _sources(path: str | os.PathLike[str] | None, context: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+    """python-can's configuration sources, in :func:`can.util.load_config`'s order, with a label each."""
+    out: list[tuple[str, Mapping[str, Any]]] = [("can.rc", dict(can.rc))]
+    try:
+        if context:
+            out.append((f"CAN_*_{context} environment", can.util.load_environment_config(context)))
+        out.append(("CAN_* environment", can.util.load_environment_config()))
+    except ValueError as exc:  # CAN_CONFIG that is not JSON
+        raise ConfigError(f"CAN_CONFIG is not JSON: {exc}") from None
+    for section in ([context] if context else []) + ["default"]:
+        out.extend(_file_sources(path, section))
+    return out
+
+
+def _file_sources(path: str | os.PathLike[str] | None, section: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """One config section per file; later files win, as ConfigParser.read() of them all does."""
+    files = [os.fspath(path)] if path is not None else [os.path.expanduser(f) for f in can.util.CONFIG_FILES]
+    out = []
+    for name in reversed(files):
+        parser = configparser.ConfigParser()
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case, as python-can
+        try:
+            parser.read(name)
+        except configparser.Error as exc:
+            raise ConfigError(f"python-can config file {name}: {exc}") from None
+        if parser.has_section(section):
+            out.append((f"{name} [{section}]", dict(parser.items(section))))
+    return out
+
+
+def _first(sources: list[tuple[str, Mapping[str, Any]]], key: str) -> tuple[str, Any] | None:
+    for label, values in sources:
+        value = values.get(key)
+        if key == "interface" and not value:
+            value = values.get("bustype")
+        if value not in (None, ""):
+            return label, value
     return None
+
+
+def resolve_bus(
+    interface: str | None = None,
+    channel: Any = None,
+    bitrate: int | None = None,
+    *,
+    fd: bool | None = None,
+    data_bitrate: int | None = None,
+    faults: str | FaultSpec | None = None,
+    options: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    context: str | None = None,
+    ignore_config: bool = False,
+    embedded: bool = True,
+    purpose: str = "this",
+    **kwargs: Any,
+) -> BusConfig:
+    """The bus to use: python-can's configuration merged with explicit arguments, checked complete.
+
+    ``interface``, ``channel``, ``bitrate``, ``fd``, ``data_bitrate`` and ``options`` (any other
+    backend keyword, e.g. ``{"port": 43113}``; ``**kwargs`` likewise) win over ``can.rc``, the
+    ``CAN_*`` environment and the config files (``config_file``, section ``context`` before
+    ``default``); ``ignore_config=True`` uses the arguments alone. ``run_id`` fills a
+    ``udp_multicast`` group and port (:func:`run_udp_address`) or a ``virtual`` channel that the
+    configuration leaves open. When nothing names a bus at all, the embedded ``virtual`` bus on a
+    private channel is used, unless ``embedded=False`` (then a ConfigError that says ``purpose``
+    needs a bus). Raises :class:`~modbatt.errors.ConfigError`, one line naming what is missing or
+    wrong, for an incomplete or unusable choice; never substitutes another bus.
+    """
+    given: dict[str, Any] = {k: v for k, v in {**dict(options or {}), **kwargs}.items() if v is not None}
+    for key, value in {
+        "interface": interface, "channel": channel, "bitrate": bitrate, "fd": fd, "data_bitrate": data_bitrate,
+        "faults": faults,
+    }.items():  # fmt: skip
+        if value is not None:
+            given[key] = value
+    if config_file is not None and not ignore_config and not os.path.isfile(config_file):
+        raise ConfigError(f"no such python-can config file: {os.fspath(config_file)!r}")
+    sources = [("arguments", given)] + ([] if ignore_config else _sources(config_file, context))
+    named = _first(sources, "interface")
+    if named is None:
+        stray = [(key, hit) for key in _CHOICE_KEYS if (hit := _first(sources, key)) is not None]
+        if stray:
+            key, (label, value) = stray[0]
+            raise ConfigError(
+                f"incomplete bus choice: {key}={value!r} (from {label}) but no interface; name one "
+                f"(--interface, CAN_INTERFACE or interface= in a python-can config file)"
+            )
+        if not embedded:
+            raise ConfigError(
+                f"no bus chosen, and {purpose} needs one that other processes share (the embedded virtual bus "
+                f"is private to one process): pass --interface and --channel (e.g. -i udp_multicast -c "
+                f"{DEFAULT_UDP_GROUP}), set CAN_INTERFACE and CAN_CHANNEL, or write a python-can config file"
+            )
+        name = f"modbatt-run-{run_id}" if run_id else f"modbatt-private-{secrets.token_hex(6)}"
+        return BusConfig.from_mapping(
+            {**given, "interface": DEFAULT_INTERFACE, "channel": name}, source=EMBEDDED_SOURCE
+        )
+    source = named[0]
+    if ignore_config:
+        merged = dict(given)
+    else:
+        try:
+            merged = dict(can.util.load_config(path=config_file, config=given, context=context))
+        except can.CanInterfaceNotImplementedError as exc:
+            raise ConfigError(
+                f"unknown CAN interface {named[1]!r} (from {source}); python-can knows: "
+                f"{', '.join(sorted(VALID_INTERFACES))}"
+            ) from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"unusable python-can configuration: {exc}") from exc
+    merged = {k: v for k, v in merged.items() if v is not None}
+    iface = str(merged.get("interface"))
+    if run_id is not None:
+        _apply_run_id(merged, iface, run_id)
+    if merged.get("channel") in (None, ""):
+        if iface != DEFAULT_INTERFACE:
+            hint = _CHANNEL_HINT.get(iface, "the backend's channel name")
+            raise ConfigError(
+                f"incomplete bus choice: interface {iface} (from {source}) needs a channel, {hint}: "
+                f"pass --channel, set CAN_CHANNEL, or add channel= to the python-can config file"
+            )
+        # virtual chosen without a channel: this call's own channel, named in every description.
+        merged["channel"] = f"modbatt-private-{secrets.token_hex(6)}"
+    return BusConfig.from_mapping(merged, source=source)
+
+
+def _apply_run_id(merged: dict[str, Any], interface: str, run_id: str) -> None:
+    """Fill what the configuration left open from ``run_id`` (explicit values win)."""
+    if interface == "udp_multicast":
+        group, port = run_udp_address(run_id)
+        merged.setdefault("channel", group)
+        merged.setdefault("port", port)
+    elif interface == DEFAULT_INTERFACE:
+        merged.setdefault("channel", f"modbatt-run-{run_id}")
+    else:
+        raise ConfigError(
+            f"a run id isolates udp_multicast and virtual buses; {interface} is a bus of its own: "
+            f"give each run its own channel instead (e.g. one vcan interface per run)"
+        )
 
 
 def _check_multicast_group(channel: Any) -> None:
     """A udp_multicast channel is a multicast group address; anything else fails before any work."""
-    import ipaddress
-
     try:
         group = ipaddress.ip_address(str(channel).strip("[]"))
     except ValueError:
@@ -111,8 +282,8 @@ class BusConfig:
     ``fd`` argument; ``data_bitrate`` is the FD data-phase rate. ``kwargs`` carries any other
     backend argument (``port``, ``receive_own_messages``, ``timing``, ``tty_baudrate`` …).
     ``faults`` (a :class:`~modbatt.transport.faultbus.FaultSpec` or its text) opens the bus
-    behind a fault-injecting wrapper. Build one with :meth:`resolve` to honour python-can's
-    config files and environment.
+    behind a fault-injecting wrapper. ``source`` says where the interface came from. Build one
+    with :func:`resolve_bus` (the bus rule); constructing one directly is taking it as given.
     """
 
     interface: str = DEFAULT_INTERFACE
@@ -122,6 +293,7 @@ class BusConfig:
     data_bitrate: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     faults: FaultSpec | None = None
+    source: str = field(default="arguments", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", FaultSpec.parse(self.faults))
@@ -136,60 +308,20 @@ class BusConfig:
             raise ConfigError("data_bitrate needs fd=True (it is the CAN FD data-phase rate)")
         if self.interface == "udp_multicast" and self.channel is not None:
             _check_multicast_group(self.channel)
+        port = self.kwargs.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise ConfigError(f"port must be an integer 1-65535, got {port!r}")
         clash = set(self.kwargs) & set(_OWN_KEYS)
         if clash:
             raise ConfigError(f"pass {', '.join(sorted(clash))} as BusConfig fields, not in kwargs")
 
     @classmethod
-    def resolve(
-        cls,
-        interface: str | None = None,
-        channel: Any = None,
-        bitrate: int | None = None,
-        *,
-        fd: bool | None = None,
-        data_bitrate: int | None = None,
-        faults: str | FaultSpec | None = None,
-        config_file: str | os.PathLike[str] | None = None,
-        context: str | None = None,
-        ignore_config: bool = False,
-        **kwargs: Any,
-    ) -> BusConfig:
-        """Merge explicit arguments with python-can's configuration sources.
-
-        Arguments left ``None`` are looked up like :func:`can.Bus` does (``can.rc``, environment
-        variables, then ``config_file`` or python-can's default files, section ``context`` before
-        ``default``). ``ignore_config=True`` uses the arguments alone. Raises
-        :class:`~modbatt.errors.ConfigError` for an unknown interface or unusable value.
-        """
-        given: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "interface": interface,
-                "channel": channel,
-                "bitrate": bitrate,
-                "fd": fd,
-                "data_bitrate": data_bitrate,
-                "faults": faults,
-                **kwargs,
-            }.items()
-            if value is not None
-        }
-        if "interface" not in given and (ignore_config or _configured_interface(config_file, context) is None):
-            given["interface"] = DEFAULT_INTERFACE
-        if ignore_config:
-            merged = dict(given)
-        else:
-            try:
-                merged = dict(can.util.load_config(path=config_file, config=given, context=context))
-            except can.CanInterfaceNotImplementedError as exc:
-                raise ConfigError(f"{exc}; python-can knows: {', '.join(sorted(VALID_INTERFACES))}") from exc
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"unusable python-can configuration: {exc}") from exc
-        return cls.from_mapping(merged)
+    def resolve(cls, *args: Any, **kwargs: Any) -> BusConfig:
+        """:func:`resolve_bus` (the bus rule), as a constructor."""
+        return resolve_bus(*args, **kwargs)
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> BusConfig:
+    def from_mapping(cls, config: Mapping[str, Any], *, source: str = "arguments") -> BusConfig:
         """Build from a python-can style dict (``interface``, ``channel``, ``bitrate`` … ``**extra``)."""
         rest = dict(config)
         interface = rest.pop("interface", None) or rest.pop("bustype", None) or DEFAULT_INTERFACE
@@ -202,8 +334,10 @@ class BusConfig:
         try:
             bitrate = None if bitrate is None else int(bitrate)
             data_bitrate = None if data_bitrate is None else int(data_bitrate)
+            if isinstance(rest.get("port"), str):
+                rest["port"] = int(rest["port"])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bitrate values must be integers in bit/s: {exc}") from exc
+            raise ConfigError(f"bitrate values and port must be integers: {exc}") from exc
         return cls(
             interface=str(interface),
             channel=channel,
@@ -212,7 +346,31 @@ class BusConfig:
             data_bitrate=data_bitrate,
             kwargs=rest,
             faults=faults,
+            source=source,
         )
+
+    @property
+    def embedded(self) -> bool:
+        """True for the embedded default: a virtual bus nothing outside this process can reach."""
+        return self.source == EMBEDDED_SOURCE
+
+    def options(self) -> dict[str, Any]:
+        """Everything but interface and channel, as :func:`resolve_bus` takes it in ``options``.
+
+        ``resolve_bus(c.interface, c.channel, options=c.options())`` is this bus again: how
+        ``modbatt run`` hands a resolved bus to a notebook's ``bus_options`` parameter, and a
+        process started here (``modbatt sim``) its ``--bus-option`` flags.
+        """
+        out = dict(self.kwargs)
+        if self.bitrate is not None:
+            out["bitrate"] = self.bitrate
+        if self.fd:
+            out["fd"] = True
+        if self.data_bitrate is not None:
+            out["data_bitrate"] = self.data_bitrate
+        if self.faults is not None:
+            out["faults"] = str(self.faults)
+        return out
 
     def bus_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the python-can bus class (without interface and channel)."""
@@ -226,18 +384,42 @@ class BusConfig:
             kw["data_bitrate"] = self.data_bitrate
         return kw
 
-    def describe(self) -> str:
-        """One line for people: ``slcan /dev/pts/3 500000 bit/s``."""
+    def describe(self, *, source: bool = False) -> str:
+        """One line for people: ``udp_multicast 239.74.163.2 port 43113``, ``slcan /dev/pts/3 500000 bit/s``;
+        ``source=True`` adds where the choice came from."""
         parts = [self.interface]
         if self.channel is not None:
             parts.append(str(self.channel))
+        if self.interface == "udp_multicast":
+            parts.append(f"port {self.kwargs.get('port', _UDP_DEFAULT_PORT)}")
         if self.bitrate is not None:
             parts.append(f"{self.bitrate} bit/s")
         if self.fd:
             parts.append("FD" + (f" data {self.data_bitrate} bit/s" if self.data_bitrate else ""))
         if self.faults is not None:
             parts.append(f"with faults ({self.faults})")
+        if self.embedded:
+            parts.append("(the embedded default, nothing configured: this process only)")
+        elif source:
+            parts.append(f"(from {self.source})")
         return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The bus for JSON outputs: what was opened and where the choice came from."""
+        out: dict[str, Any] = {
+            "interface": self.interface,
+            "channel": None if self.channel is None else str(self.channel),
+            "bitrate": self.bitrate,
+            "fd": self.fd,
+            "data_bitrate": self.data_bitrate,
+            "source": self.source,
+            "description": self.describe(),
+        }
+        if self.interface == "udp_multicast":
+            out["port"] = self.kwargs.get("port", _UDP_DEFAULT_PORT)
+        if self.faults is not None:
+            out["faults"] = str(self.faults)
+        return out
 
 
 class EchoFilteringUdpMulticastBus(UdpMulticastBus):
@@ -262,7 +444,7 @@ class EchoFilteringUdpMulticastBus(UdpMulticastBus):
     def __init__(
         self,
         channel: str = DEFAULT_UDP_GROUP,
-        port: int = 43113,
+        port: int = _UDP_DEFAULT_PORT,
         hop_limit: int = 1,
         receive_own_messages: bool = False,
         fd: bool = True,
@@ -355,15 +537,9 @@ def _open_udp_multicast(config: BusConfig) -> can.BusABC:
     kw = config.bus_kwargs()
     kw.pop("bitrate", None)  # a UDP group has no bit rate; python-can would only ignore it
     kw.pop("data_bitrate", None)
-    channel = config.channel if config.channel is not None else DEFAULT_UDP_GROUP
-    try:
-        return EchoFilteringUdpMulticastBus(channel=str(channel), **kw)
-    except can.CanInitializationError as exc:
-        if channel != _PYTHON_CAN_IPV6_GROUP:
-            raise
-        # python-can's IPv6 default fails where the host has no IPv6 multicast: use its IPv4 group.
-        log.warning("udp_multicast: IPv6 group failed (%s); using IPv4 group %s", exc, DEFAULT_UDP_GROUP)
-        return EchoFilteringUdpMulticastBus(channel=DEFAULT_UDP_GROUP, **kw)
+    if config.channel is None:
+        raise ConfigError(f"udp_multicast needs a channel: {_CHANNEL_HINT['udp_multicast']}")
+    return EchoFilteringUdpMulticastBus(channel=str(config.channel), **kw)
 
 
 def _open_slcan(config: BusConfig) -> can.BusABC:
@@ -372,7 +548,7 @@ def _open_slcan(config: BusConfig) -> can.BusABC:
     kw.pop("fd", None)
     data_bitrate = kw.pop("data_bitrate", None)
     if config.channel is None:
-        raise ConfigError("slcan needs a channel: the serial port, e.g. /dev/ttyACM0 or an emulator's pty")
+        raise ConfigError(f"slcan needs a channel: {_CHANNEL_HINT['slcan']}")
     bus = TolerantSlcanBus(channel=config.channel, **kw)
     if data_bitrate is not None:
         if config.bitrate is None:
@@ -387,7 +563,7 @@ def _open_slcan(config: BusConfig) -> can.BusABC:
 
 
 def open_bus(config: BusConfig | None = None) -> can.BusABC:
-    """Open the bus that ``config`` describes (``BusConfig.resolve()`` when ``None``).
+    """Open the bus that ``config`` describes (:func:`resolve_bus` when ``None``).
 
     Raises :class:`~modbatt.errors.ConfigError` for arguments the backend rejects and
     :class:`~modbatt.errors.TransportError` when the bus cannot be opened (no device, no
@@ -396,7 +572,7 @@ def open_bus(config: BusConfig | None = None) -> can.BusABC:
     :class:`~modbatt.transport.faultbus.FaultBus` that owns the interface it wraps.
     """
     if config is None:
-        config = BusConfig.resolve()
+        config = resolve_bus()
     bus = _open_inner(config)
     return bus if config.faults is None else FaultBus(bus, config.faults)
 

@@ -194,7 +194,9 @@ class SlcanEmulator:
         if self._threads:
             raise TransportError("the slcan emulator is already started")
         if self._bus is None:
-            self._bus = can.Bus(interface="virtual", channel=self._virtual_channel, ignore_config=True)
+            from .canbus import BusConfig, open_bus  # buses open in one place (docs/buses.md §2)
+
+            self._bus = open_bus(BusConfig(interface="virtual", channel=self._virtual_channel))
         self._master, self._slave = os.openpty()
         # Raw mode: no echo, no CR->NL translation, so bytes pass as an adapter sends them.
         tty.setraw(self._slave)
@@ -502,13 +504,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = parser.parse_args(argv)
 
-    from .canbus import BusConfig, open_bus  # the CLI alone needs configuration
+    from ..errors import ModbattError
+    from .canbus import open_bus, resolve_bus  # the CLI alone needs configuration
 
     if args.interface is not None and args.virtual_channel is not None:
         parser.error("use either --virtual-channel or --interface")
     bus: can.BusABC | None = None
     if args.interface is not None:
-        bus = open_bus(BusConfig.resolve(interface=args.interface, channel=args.channel))
+        try:
+            bus = open_bus(resolve_bus(args.interface, args.channel))  # the bus rule (docs/buses.md §2)
+        except ModbattError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
     emu = SlcanEmulator(bus, virtual_channel=args.virtual_channel or "modbatt-slcan")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

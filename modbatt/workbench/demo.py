@@ -5,7 +5,8 @@
    inclusion proof that needs nothing but the controller's public key.
 2. The controller issues a pairing certificate; the entities swap key halves and report
    completion, which is recorded.
-3. Over a python-can bus (``virtual`` by default), the pack sends a charge command at the pairing
+3. Over a python-can bus (the bus rule's choice: the embedded ``virtual`` bus when nothing is
+   configured), the pack sends a charge command at the pairing
    tier and the module answers a voltage reading at the exchange tier.
 4. Validation levels 1-7 run between them, then the seed's escalation example (with abuse
    attempts refused); everything lands in the ledger or the event log (``modbatt audit``).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import tempfile
-import uuid
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from ..nodes.entity_api import create_entity_app
 from ..nodes.link import Received
 from ..nodes.pairing_flow import pair_entities
 from ..nodes.validation import run_all_levels, run_escalation_scenario
-from ..transport.canbus import BusConfig, open_bus
+from ..transport.canbus import BusConfig, open_bus, resolve_bus
 from ..transport.http import EntityClient, HttpEntityClient, InProcessEntityClient, ServerThread
 from ..transport.isotp_link import IsoTpLink
 from .deployment import Deployment
@@ -71,9 +72,11 @@ class DemoResult:
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)
     escalation: list[dict[str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    bus: dict[str, Any] = field(default_factory=dict)  # BusConfig.to_json() of the bus the frames crossed
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "bus": self.bus,
             "binding_record": self.binding_record,
             "ledger": str(self.ledger_path),
             "ledger_index": self.ledger_index,
@@ -128,9 +131,11 @@ def run_demo(
     """Bind, pair, and exchange one command and one telemetry frame over a python-can bus.
 
     ``transport`` (``"http"`` or ``"in-process"``) carries the binding API; ``bus`` the CAN
-    frames (default: python-can's ``virtual`` interface on a private channel); ``profile`` is the
+    frames (default: the bus rule, :func:`~modbatt.transport.canbus.resolve_bus`: python-can's
+    configuration, else the embedded virtual bus on a private channel); ``profile`` is the
     pairing's protocol profile (docs/profiles.md).
     """
+    config = bus if bus is not None else resolve_bus()
     state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="modbatt-demo-"))
     steps: list[str] = []
 
@@ -173,7 +178,7 @@ def run_demo(
             "the exchange key"
         )
         say(f"completion proof verified and recorded as ledger entry #{outcome_pairing.ledger_index}")
-        frames = _talk_over_can(pack, module, meta.pairing_id, bus, say)
+        frames = _talk_over_can(pack, module, meta.pairing_id, config, say)
         events = EventLog(state / EVENT_LOG_NAME)
         validation = run_all_levels(controller, pack, module, record.binding_id, meta.pairing_id, events=events)
         say("validation levels 1-7: " + ", ".join(f"L{k} {v['outcome']}" for k, v in sorted(validation.items())))
@@ -203,6 +208,7 @@ def run_demo(
             validation=validation,
             escalation=escalation,
             steps=steps,
+            bus=config.to_json(),
         )
 
 
@@ -217,11 +223,21 @@ def _frame_view(direction: str, pdu_id: int, data: bytes, got: Received) -> dict
     }
 
 
+def _await_frame(bus: can.BusABC, can_id: int, timeout: float) -> can.Message | None:
+    """The next frame with ``can_id``; a shared bus (udp_multicast, a real one) carries other traffic too."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        msg = bus.recv(timeout=left)
+        if msg is not None and msg.arbitration_id == can_id and not msg.is_error_frame:
+            return msg
+    return None
+
+
 def _talk_over_can(
     pack: EntityNode,
     module: EntityNode,
     pairing_id: str,
-    bus: BusConfig | None,
+    config: BusConfig,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """A charge command (pairing tier), a voltage reading (exchange tier) and a validation message
@@ -229,8 +245,8 @@ def _talk_over_can(
     # Each entity's own channel: keys of the current session, freshness persisted beside its key
     # store under the state directory (a rerun resumes past the reserved counters).
     links = {name: node.channel(pairing_id) for name, node in (("pack", pack), ("module", module))}
-    config = bus or BusConfig(interface="virtual", channel=f"modbatt-demo-{uuid.uuid4().hex}")
     frames = []
+    say(f"CAN bus: {config.describe(source=True)}")
     with open_bus(config) as pack_bus, open_bus(config) as module_bus:
         buses = {"pack": pack_bus, "module": module_bus}
         for sender, receiver, cls, payload, label in (
@@ -250,9 +266,9 @@ def _talk_over_can(
                 signed = not links[sender].protocol.binding_mac
                 auth = "signature verified" if signed else "verified and decrypted under the binding MAC secret's keys"
             say(
-                f"{label} {sender} -> {receiver} on {config.interface}: id 0x{can_id:08X}, {len(data)} bytes in "
-                f"{how} ({got.tier.label} tier, {links[sender].protocol.value} profile), {auth}; payload "
-                f"{got.payload.hex(' ')}"
+                f"{label} {sender} -> {receiver} on {config.interface} {config.channel}: id 0x{can_id:08X}, "
+                f"{len(data)} bytes in {how} ({got.tier.label} tier, {links[sender].protocol.value} profile), "
+                f"{auth}; payload {got.payload.hex(' ')}"
             )
     return frames
 
@@ -268,7 +284,7 @@ def _carry(pdu: SecuredPdu, tx_bus: can.BusABC, rx_bus: can.BusABC, config: BusC
     assert fields.tier is not None
     if transport_for(fields.function, fields.tier, CLASSIC) is Transport.SINGLE_FRAME:
         tx_bus.send(can.Message(arbitration_id=pdu.can_id, data=pdu.data, is_extended_id=True))
-        msg = rx_bus.recv(timeout=2.0)
+        msg = _await_frame(rx_bus, pdu.can_id, 2.0)
         if msg is None:
             raise TransportError(f"a frame did not arrive on {config.describe()}")
         return msg.arbitration_id, bytes(msg.data), 1

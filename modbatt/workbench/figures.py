@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import networkx as nx
+import numpy as np
 from matplotlib.figure import Figure
 
 from ..can.overhead import message_cost
@@ -351,8 +352,23 @@ def validation_levels_figure(levels: Mapping[str, Mapping[str, Any]]) -> Figure:
     total_bytes = [sum(levels[k]["bytes"]) for k in keys]
     axes[0].bar([f"L{k}" for k in keys], total_bytes, color="#4c9be8")
     axes[0].set(ylabel="bytes on the wire (all messages)", title="Message volume per level")
-    axes[1].bar([f"L{k}" for k in keys], [levels[k]["can_frames"] for k in keys], color="#f28e2b")
-    axes[1].set(ylabel="classic CAN frames (ISO-TP)", title="Frames per level")
+    names = [f"L{k}" for k in keys]
+    if all("wire" in levels[k] for k in keys):
+        # Measured on the bus (the tap) beside the model of every message sent over ISO-TP.
+        x = np.arange(len(keys))
+        bars = (
+            ("can_frames", "model: every message over ISO-TP", "#f28e2b"),
+            ("model_frames", "model: the units the bus carried", "#edc948"),
+            ("frames", "measured on the bus", "#59a14f"),
+        )
+        for i, (key, label, color) in enumerate(bars):
+            values = [levels[k]["can_frames"] if key == "can_frames" else levels[k]["wire"][key] for k in keys]
+            axes[1].bar(x + (i - 1) * 0.27, values, 0.27, color=color, label=label)
+        axes[1].set_xticks(x, names)
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].bar(names, [levels[k]["can_frames"] for k in keys], color="#f28e2b")
+    axes[1].set(ylabel="classic CAN frames", title="Frames per level")
     for ax in axes:
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()

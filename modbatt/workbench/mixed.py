@@ -3,8 +3,9 @@
 :class:`MixedBench` builds an auth controller whose single
 :class:`~modbatt.transport.routing.RoutingEntityClient` reaches
 
-* a battery **module on CAN** (``can``): the binding API over ISO-TP on a python-can ``virtual``
-  bus (:mod:`modbatt.transport.can_entity`), announces as broadcast fragments;
+* a battery **module on CAN** (``can``): the binding API over ISO-TP on the python-can bus the bus
+  rule chooses (the embedded ``virtual`` bus when nothing is configured;
+  :mod:`modbatt.transport.can_entity`), announces as broadcast fragments;
 * a **gateway on HTTP** (``http``): the FastAPI binding API under uvicorn, announces by POST;
 * a **sensor on MQTT** (``mqtt``): MQTT v5 request/response through a real mosquitto
   (:mod:`modbatt.transport.mqtt`), announces on ``modbatt/announce/<device id>``;
@@ -22,7 +23,6 @@ certificate, both offers and the confirmation through the routing client, to eac
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -43,8 +43,8 @@ from ..nodes.controller import AuthController, BindingOutcome
 from ..nodes.discovery import Directory
 from ..nodes.entity import EntityNode
 from ..nodes.entity_api import create_entity_app
-from ..nodes.pairing_flow import PAIRING_OPS, PairingOutcome, PairingService, pair_over
-from ..nodes.validation import ValidationService
+from ..nodes.pairing_flow import PairingOutcome, pair_over
+from ..nodes.services import entity_services
 from ..protocol.validation.announce import Announcer
 from ..transport.announce import (
     CanAnnounceListener,
@@ -55,6 +55,7 @@ from ..transport.announce import (
     post_announce,
 )
 from ..transport.can_entity import CanEntityClient, CanEntityServer, can_endpoint
+from ..transport.canbus import BusConfig, open_bus, resolve_bus
 from ..transport.http import HttpEntityClient, ServerThread
 from ..transport.mosquitto import MosquittoBroker
 from ..transport.mqtt import MqttEntityClient, MqttEntityServer
@@ -150,9 +151,14 @@ class MixedBench:
         timeout: float = 5.0,
         retries: int = 1,
         profile: ProtocolProfile = DEFAULT_PROFILE,
+        bus: BusConfig | None = None,
     ) -> None:
         self.transports = _transports(transports)
         self.profile = ProtocolProfile(profile)
+        #: The CAN bus (the bus rule when not given: python-can's configuration, else the embedded one).
+        self.bus_config: BusConfig | None = None
+        if "can" in self.transports:
+            self.bus_config = bus if bus is not None else resolve_bus()
         self.clock = clock
         self.rng: RandomSource = SeededRandom(seed) if seed is not None else SystemRandom()
         self._stack = ExitStack()
@@ -186,12 +192,12 @@ class MixedBench:
         self.announce_server.start(create_announce_app(self.directory.offer))
 
         if "can" in self.transports:
-            # A private virtual channel per bench: python-can's virtual buses are process-global.
-            channel = f"modbatt-mixed-{os.urandom(4).hex()}"
-            self.gateway_bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
-            self.field_bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
-            self._stack.callback(self.field_bus.shutdown)
+            # Two handles on the bus: the controller's gateway and the field side the module sits on.
+            assert self.bus_config is not None
+            self.gateway_bus = open_bus(self.bus_config)
             self._stack.callback(self.gateway_bus.shutdown)
+            self.field_bus = open_bus(self.bus_config)
+            self._stack.callback(self.field_bus.shutdown)
             self.can_client = CanEntityClient(self.gateway_bus, timeout=timeout, retries=retries)
             self._stack.callback(self.can_client.close)
             routes[TransportProtocol.CAN] = self.can_client
@@ -241,10 +247,7 @@ class MixedBench:
 
     def _services(self, node: EntityNode) -> OpRouter:
         """The node's binding API, its pairing steps and its validation service, on one endpoint."""
-        pairing = PairingService(node)
-        return OpRouter(
-            node, {"validate": ValidationService(node, clock=self.clock), **dict.fromkeys(PAIRING_OPS, pairing)}
-        )
+        return entity_services(node, clock=self.clock)
 
     def _serve_http(self, device_id: str, lct: LctRef | None = None, store: Any = None) -> MixedEntity:
         server = ServerThread()
@@ -379,6 +382,7 @@ class MixedBench:
             counters["mqtt"] = dict(self.mqtt_client.counters)
         return {
             "transports": list(self.transports),
+            "can_bus": self.bus_config.to_json() if self.bus_config is not None else None,
             "pack": {"device_id": PACK_DEVICE, "endpoint": self.pack.access_data.endpoint, "transport": "http"},
             "entities": [e.to_dict() for e in self.entities.values()],
             "discovered": [d.to_dict() for d in self.directory.entities.values()],
@@ -410,6 +414,7 @@ def run_mixed_demo(
     seed: int | None = None,
     timeout: float = 5.0,
     profile: ProtocolProfile = DEFAULT_PROFILE,
+    bus: BusConfig | None = None,
 ) -> dict[str, Any]:
     """Bind and pair one entity per named transport with a pack controller, then discover them.
 
@@ -419,7 +424,9 @@ def run_mixed_demo(
     "pack", "mqtt_broker", "ledger_size", "calls", "transport_counters", "elapsed_s", …}``.
     """
     started = time.monotonic()
-    with MixedBench(transports, mqtt_broker=mqtt_broker, seed=seed, timeout=timeout, profile=profile) as bench:
+    with MixedBench(
+        transports, mqtt_broker=mqtt_broker, seed=seed, timeout=timeout, profile=profile, bus=bus
+    ) as bench:
         bench.run()
         result = bench.summary()
     result["elapsed_s"] = round(time.monotonic() - started, 3)

@@ -212,15 +212,18 @@ def _literal(text: str) -> Any:
 
 
 def _bus_text(parameters: Mapping[str, Mapping[str, Any]]) -> str:
+    """The buses the notebooks ran on, from their ``bus_*`` parameters (docs/buses.md §2.6)."""
     buses = set()
     for values in parameters.values():
-        if "bus_interface" in values:
-            channel = values.get("bus_channel")
-            buses.add(
-                f"{values['bus_interface']} {channel}"
-                if channel
-                else f"{values['bus_interface']} (a private channel per run)"
-            )
+        if "bus_interface" not in values:
+            continue
+        if values["bus_interface"] is None:
+            buses.add("the bus rule's choice: python-can's configuration, else each notebook's embedded virtual bus")
+            continue
+        text = " ".join(str(values[k]) for k in ("bus_interface", "bus_channel") if values.get(k) is not None)
+        if values.get("bus_options"):
+            text += " " + json.dumps(values["bus_options"], sort_keys=True)
+        buses.add(text)
     return "; ".join(sorted(buses)) or "none declared"
 
 

@@ -1,0 +1,184 @@
+"""``modbatt sim``: a 1-31 module pack on any bus, for a duration or until interrupted.
+
+Every module sends the legacy telemetry at its documented rates and the pack its keep-alives and
+acknowledged critical commands, each through its entity's channel at the tier the certificate's
+policy gives (docs/simulation.md, "modbatt sim"). Other processes (``modbatt monitor``, candump,
+SavvyCAN, a notebook) watch the traffic on the same bus. Ctrl-C (or SIGTERM) stops the traffic,
+lets what is in flight finish, and prints the summary; a second Ctrl-C aborts the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from . import EXIT_FAILED, EXIT_OK
+from .bus_options import add_bus_arguments, bus_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run a simulated 1-31 module pack on a bus (for a duration or until Ctrl-C)",
+        description="A pack controller and 1-31 modules, bound and paired through the real protocol, put secured "
+        "pack traffic on a python-can bus at the documented rates: telemetry at the exchange tier, acknowledged "
+        "commands at the pairing tier. Prints frames sent per class and rejects by reason; exits 1 if anything "
+        "was lost, rejected or left unacknowledged.",
+    )
+    p.add_argument("-m", "--modules", type=int, default=3, help="modules in the pack, 1-31 (default 3)")
+    p.add_argument("-d", "--duration", type=float, default=None, help="seconds of traffic (default: until Ctrl-C)")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument(
+        "--state",
+        type=Path,
+        help="keep the pack here: keys, ledger and channel freshness persist, and a rerun continues the same "
+        "sessions (created on first use)",
+    )
+    state.add_argument(
+        "--ephemeral", action="store_true", help="keep everything in memory: keys and freshness end with the process"
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help="protocol profile of the pairings: seed or efficient (docs/profiles.md); a new pack defaults to seed, "
+        "a --state pack keeps the profile it was paired under",
+    )
+    p.add_argument("--drain", type=float, default=0.5, help="seconds for acks in flight after the traffic stops")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_bus_arguments(p, faults=True)
+    p.set_defaults(handler=_sim)
+
+
+@contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM call ``stop()`` once (clean shutdown); a second SIGINT interrupts for real."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C aborts the drain
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from ..can.wiretime import CLASSIC, FD
+    from ..model.profile import DEFAULT_PROFILE, profile_named
+    from ..sim.pack import PackSimulation, RealClock
+    from ..sim.state import check_modules, ephemeral_pack, pack_on_disk
+
+    check_modules(args.modules)
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError("--duration must be a positive number of seconds")
+    if args.drain < 0:
+        raise ConfigError("--drain must not be negative")
+    if args.state is None and not args.ephemeral:
+        raise ConfigError(
+            "choose where the pack's keys and channel freshness live: --state DIR (persisted) or --ephemeral"
+        )
+    bus = bus_from_args(args)
+    # can-isotp logs every framing fault it recovers from; the run counts them (transport_errors).
+    logging.getLogger("isotp").setLevel(logging.ERROR)
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    protocol = profile_named(args.profile) if args.profile is not None else None
+    if args.state is not None:
+        setup = pack_on_disk(args.state, args.modules, protocol)
+    else:
+        setup = ephemeral_pack(args.modules, protocol=protocol or DEFAULT_PROFILE)
+    try:
+        sim = PackSimulation(args.modules, bus=bus, profile=FD if bus.fd else CLASSIC, clock=RealClock(), setup=setup)
+    except BaseException:
+        setup.close()
+        raise
+    with sim:
+        where = "in memory (--ephemeral)" if args.ephemeral else f"{args.state} (persisted)"
+        say(f"bus: {bus.describe(source=True)}")
+        if bus.embedded:
+            say("note: the embedded virtual bus lives in this process only; name a shared bus to watch it elsewhere")
+        length = f"for {args.duration:g} s" if args.duration is not None else "until Ctrl-C"
+        say(f"pack of {args.modules} modules, state {where}: sending {length}")
+        with _stop_on_signals(sim.stop):
+            stats = sim.run(args.duration, drain=args.drain, max_wall=None)
+    summary = _summary(stats, bus, args, where, sim.protocol.value)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        _print(summary)
+    if not stats.ok:
+        for problem in stats.problems():
+            print(f"modbatt sim: error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _summary(stats: Any, bus: Any, args: argparse.Namespace, where: str, sim_protocol: str) -> dict[str, Any]:
+    return {
+        "ok": stats.ok,
+        "problems": stats.problems(),
+        "bus": bus.to_json(),
+        "modules": args.modules,
+        "protocol": sim_protocol,
+        "state": where,
+        "interrupted": stats.interrupted,
+        "seconds": round(stats.sim_seconds, 3),
+        "frames_sent": dict(sorted(stats.frames_tx.items())),
+        "frames_received": dict(sorted(stats.frames_rx.items())),
+        "units_sent": dict(sorted(stats.units_tx.items())),
+        "units_received": dict(sorted(stats.units_rx.items())),
+        "rejects": dict(sorted(stats.rejects.items())),
+        "resync_rejects": dict(sorted(stats.resync_rejects.items())),
+        "transport_errors": dict(sorted(stats.transport_errors.items())),
+        "commands": {
+            "sent": stats.commands_sent,
+            "acknowledged": stats.acks_received,
+            "refused": stats.refused,
+            "never_acknowledged": stats.lost_acknowledged,
+            "out_of_order": stats.misordered_acknowledged,
+        },
+        "telemetry_decoded": stats.telemetry_decoded,
+    }
+
+
+def _print(summary: dict[str, Any]) -> None:
+    how = "interrupted after" if summary["interrupted"] else "ran"
+    print(f"{how} {summary['seconds']:.1f} s on {summary['bus']['description']}")
+    print(f"{'class/tier':<34} {'frames sent':>11} {'frames recv':>11} {'units sent':>10} {'units recv':>10}")
+    keys = sorted(set(summary["frames_sent"]) | set(summary["units_sent"]))
+    for key in keys:
+        print(
+            f"{key:<34} {summary['frames_sent'].get(key, 0):>11} {summary['frames_received'].get(key, 0):>11} "
+            f"{summary['units_sent'].get(key, 0):>10} {summary['units_received'].get(key, 0):>10}"
+        )
+    total = sum(summary["frames_sent"].values())
+    print(f"{'total':<34} {total:>11} {sum(summary['frames_received'].values()):>11}")
+    rejects = summary["rejects"]
+    print("rejects: " + (", ".join(f"{r} {n}" for r, n in rejects.items()) if rejects else "none"))
+    if summary["resync_rejects"]:
+        stale = sum(summary["resync_rejects"].values())
+        print(f"resync before the traffic: {stale} stale answers refused (both ends restarted; docs/simulation.md)")
+    c = summary["commands"]
+    print(
+        f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged ({c['refused']} refused), "
+        f"{c['never_acknowledged']} never acknowledged, {c['out_of_order']} out of order"
+    )
+    print("ok" if summary["ok"] else "FAILED")
