@@ -11,7 +11,9 @@ then serves one request per line on stdin: a JSON object with ``argv``, ``cwd``,
 * may grow its address space by ``budget_mib`` only (``RLIMIT_AS`` over the fork's own size,
   which already holds every import: the budget bounds what an input makes the tools allocate);
 * runs ``modbatt.cli.main(argv)`` exactly as ``python -m modbatt.cli`` does: an exception that
-  escapes ``main`` prints its traceback and exits 1, and ``SystemExit`` keeps its code.
+  escapes ``main`` prints its traceback and exits 1, ``SystemExit`` keeps its code, and the
+  interpreter's exit (threads joined, atexit handlers, garbage collected) happens before the
+  child ends.
 
 The answer (one JSON line on stdout) gives the exit code (negative: killed by that signal), whether
 the wall-clock timeout struck, the type of an escaped exception, and the peak address space above
@@ -21,13 +23,16 @@ executing notebooks, an HTTP server serving forever); they never touch the code 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import io
 import json
 import os
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -163,6 +168,18 @@ def _child(request: dict, base_vm: int) -> None:
             # What the interpreter does with an exception escaping `python -m modbatt.cli`.
             with open(os.path.join(out_dir, "crash"), "w") as fh:
                 fh.write(type(exc).__name__)
+            traceback.print_exc()
+            code = 1
+        # What the interpreter does on the way out, which os._exit() below would skip: wait for
+        # non-daemon threads, run atexit handlers, collect garbage (a half-built object whose
+        # __del__ raises prints "Exception ignored in ..." with a traceback).
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
+            gc.collect()
+        except BaseException as exc:
+            with open(os.path.join(out_dir, "crash"), "w") as fh:
+                fh.write(f"shutdown: {type(exc).__name__}")
             traceback.print_exc()
             code = 1
         for stream in (sys.stdout, sys.stderr):

@@ -160,7 +160,7 @@ def problems(run: Run, *, exits: Iterable[int] = (0, 1, 2), budget_mib: int = BU
         found.append(f"exit code {run.exit}")
     if run.crash:
         found.append(f"{run.crash} escaped main()")
-    if "Traceback" in run.stderr:
+    if "Traceback" in run.stderr or "Exception ignored" in run.stderr:
         found.append("a traceback on stderr")
     if "MemoryError" in run.stderr or "MemoryError" in run.stdout:
         found.append(f"ran out of its {budget_mib} MiB budget (MemoryError)")

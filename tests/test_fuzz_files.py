@@ -421,3 +421,29 @@ def test_the_harness_catches_what_it_must(cli: CliRunner, stub: str, finding: st
     assert any(finding in f for f in found), (found, run.describe())
     clean = cli.run(["ledger", "verify", "missing.sqlite"])
     assert problems(clean) == [] and clean.exit == 2, clean.describe()
+
+
+def test_forked_children_behave_like_the_installed_command(cli: CliRunner, corpus: Corpus, tmp_path: Path) -> None:
+    """The fork server is a shortcut: on genuine and broken files, ``python -m modbatt.cli`` in a
+    fresh interpreter gives the same exit code and stderr (an exception at interpreter exit included)."""
+    import subprocess
+    import sys
+
+    broken_mf4 = tmp_path / "broken.mf4"
+    data = bytearray(corpus.captures.get(".mf4", corpus.captures[".blf"]).read_bytes())
+    data[0x40:0x42] = b"\0\0"
+    broken_mf4.write_bytes(bytes(data))
+    broken_yaml = put(tmp_path, "broken.yaml", b"\x80experiment: x\n")
+    cases = [
+        ["decode", str(corpus.captures[".log"]), "--keystore", str(corpus.keystore)],
+        ["monitor", "--log", str(broken_mf4)],
+        ["sweep", str(broken_yaml)],
+        ["ledger", "verify", str(corpus.ledger)],
+        ["cert", "inspect", str(corpus.certificate_b64)],
+    ]
+    for argv in cases:
+        forked = cli.run(argv, cwd=tmp_path)
+        real = subprocess.run(
+            [sys.executable, "-m", "modbatt.cli", *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert (forked.exit, forked.stderr) == (real.returncode, real.stderr), (argv, forked.describe(), real.stderr)

@@ -46,7 +46,7 @@ from ..crypto.suite import (
     sha256,
 )
 from ..encoding import canonical_dumps, strict_loads
-from ..errors import ProtocolError, Reason, VerificationError
+from ..errors import EncodingError, ProtocolError, Reason, VerificationError
 from ..model._fields import expect_map, integer, raw_bytes, text, uuid_text
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
@@ -351,10 +351,18 @@ class PairingSecrets:
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
-        return cls(
-            r["pairing_id"], r["role"], r["session_id"], r["pairing_secret"], r["exchange_secret"],
-            ControllerMode(r["mode"]),
-        )  # fmt: skip
+        """From :meth:`to_record`'s map; EncodingError (``malformed``) for any other shape."""
+        pid, role, sid = r.get("pairing_id"), r.get("role"), r.get("session_id")
+        pairing_secret, exchange_secret = r.get("pairing_secret"), r.get("exchange_secret")
+        if not (isinstance(pid, str) and pid.isascii() and role in ("a", "b") and isinstance(sid, bytes)):
+            raise EncodingError("stored pairing secrets: pairing_id, role or session_id of the wrong type")
+        if not (isinstance(pairing_secret, bytes) and pairing_secret and isinstance(exchange_secret, bytes)
+                and exchange_secret):  # fmt: skip
+            raise EncodingError("stored pairing secrets: a secret that is not a byte string")
+        try:
+            return cls(pid, role, sid, pairing_secret, exchange_secret, ControllerMode(r.get("mode")))
+        except ValueError:
+            raise EncodingError("stored pairing secrets: an unknown mode or a session id of the wrong length") from None
 
 
 def offer_hash(offer: bytes | Mapping[str, Any]) -> bytes:

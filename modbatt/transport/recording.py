@@ -43,7 +43,7 @@ A file that is not what its suffix says, or whose frames carry timestamps that a
 time (``(inf)``, ``(nan)``, negative, past the year 2286), is refused with one line naming the
 problem (:class:`~modbatt.errors.ConfigError`). Records a python-can reader skips (it logs a
 warning quoting each damaged line, control characters and all) are counted in
-:class:`SkippedRecords` instead of reaching the terminal.
+:class:`ReaderNotes` instead of reaching the terminal.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ from can.io.generic import MessageWriter
 from ..errors import ConfigError
 from .busstats import TIMESTAMP_RANGE, usable_timestamp
 
-__all__ = ["LOG_FORMATS", "RecordingWriter", "SkippedRecords", "log_format", "open_writer", "read_log", "write_log"]
+__all__ = ["LOG_FORMATS", "ReaderNotes", "RecordingWriter", "log_format", "open_writer", "read_log", "write_log"]
 
 _log = logging.getLogger(__name__)
 
@@ -202,47 +204,84 @@ def _problem(exc: BaseException) -> str:
 
 
 @dataclasses.dataclass
-class SkippedRecords:
-    """What python-can's reader skipped in a log: how many records, and the first one's note."""
+class ReaderNotes:
+    """What the log reader complained about while reading: how often, and the first complaint.
+
+    python-can's readers log a warning quoting each record they skip, control characters and
+    all, and asammdf prints its own errors; a reader object left half-built by a damaged file
+    can raise again when it is collected (``Exception ignored in …`` with a traceback). Each such
+    complaint is counted here instead of reaching the terminal.
+    """
 
     count: int = 0
     first: str | None = None
 
+    def add(self, text: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = text[:120]
+
     def describe(self) -> str:
-        """One line for a person (the reader's note is shortened; the caller escapes it)."""
-        return f"{self.count} damaged records skipped (first: {self.first})"
+        """One line for a person (the caller escapes it: the first note quotes the file)."""
+        return f"the log reader reported {self.count} problems (first: {self.first})"
 
 
 class _Collect(logging.Handler):
-    """Takes python-can's per-record warnings while a log is read (they quote the file's bytes)."""
-
-    def __init__(self, skipped: SkippedRecords) -> None:
+    def __init__(self, notes: ReaderNotes) -> None:
         super().__init__(logging.INFO)
-        self.skipped = skipped
+        self.notes = notes
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.skipped.count += 1
-        if self.skipped.first is None:
-            try:
-                self.skipped.first = record.getMessage()[:120]
-            except Exception:  # a record whose arguments do not format is still one skip
-                self.skipped.first = record.msg if isinstance(record.msg, str) else "?"
+        try:
+            text = record.getMessage()
+        except Exception:  # a record whose arguments do not format is still one complaint
+            text = record.msg if isinstance(record.msg, str) else "?"
+        self.notes.add(text)
 
 
-#: python-can's readers log under can.io.<format>.
-_READER_LOGGER = "can.io"
+#: python-can's readers log under can.io.<format>; asammdf (behind .mf4) under asammdf, with a
+#: handler of its own that prints to stderr.
+_READER_LOGGERS = ("can.io", "asammdf")
+
+
+@contextlib.contextmanager
+def _reader_complaints(notes: ReaderNotes) -> Iterator[None]:
+    """While a log is read, the readers' log records and the exceptions their collected objects
+    raise (``sys.unraisablehook``) go to ``notes``; what is left of a failed reader is collected
+    before the hooks are put back."""
+    collect = _Collect(notes)
+    saved = []
+    for logger_name in _READER_LOGGERS:
+        logger = logging.getLogger(logger_name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers[:] = [collect]
+        logger.propagate = False
+    previous = sys.unraisablehook
+
+    def unraisable(event: Any) -> None:
+        notes.add(f"{type(event.exc_value).__name__} while cleaning up after the reader")
+
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+        for logger, handlers, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
 
 
 def read_log(
-    path: str | os.PathLike[str], *, skipped: SkippedRecords | None = None, **kwargs: Any
+    path: str | os.PathLike[str], *, notes: ReaderNotes | None = None, **kwargs: Any
 ) -> Iterator[can.Message]:
     """Yield the messages recorded in ``path`` (format by suffix), in file order.
 
     Raises :class:`~modbatt.errors.ConfigError` for a missing file, an unknown suffix, a file the
     python-can reader cannot parse as its format, a non-empty file with no frame in it, and a
     frame whose timestamp is not a finite time in :data:`~modbatt.transport.busstats.TIMESTAMP_RANGE`.
-    Records the reader skips are counted in ``skipped`` (without it, summed up in one warning of
-    this module's logger at the end), never printed as the reader words them.
+    The reader's complaints are counted in ``notes`` (:class:`ReaderNotes`; without it, summed up
+    in one warning of this module's logger at the end), never printed as the reader words them.
     """
     suffix = log_format(path, "read")
     name = os.fspath(path)
@@ -250,33 +289,31 @@ def read_log(
         raise ConfigError(f"no such log file: {name!r}")
     what = LOG_FORMATS[suffix]
     count = 0
-    notes = skipped if skipped is not None else SkippedRecords()
-    collect = _Collect(notes)
-    reader_log = logging.getLogger(_READER_LOGGER)
-    propagate = reader_log.propagate
-    reader_log.addHandler(collect)
-    reader_log.propagate = False
-    try:
-        opened = contextlib.closing(_read_sqlite_log(name, what)) if suffix == ".db" else can.LogReader(name, **kwargs)
-        with opened as reader:
-            for msg in reader:
-                count += 1
-                if not usable_timestamp(msg.timestamp):
-                    lo, hi = TIMESTAMP_RANGE
-                    raise ConfigError(
-                        f"{name!r} is not a usable {what}: frame {count} has timestamp {msg.timestamp!r}, "
-                        f"not a finite time in {lo:g}-{hi:g} s"
-                    )
-                yield msg
-    except ConfigError:
-        raise
-    except Exception as exc:  # python-can's readers raise assorted errors on damaged or foreign files
-        raise ConfigError(f"cannot read {name!r} as a {what}: {_problem(exc)}") from exc
-    finally:
-        reader_log.removeHandler(collect)
-        reader_log.propagate = propagate
-    if skipped is None and notes.count:
-        _log.warning("%s: %d damaged records skipped", name, notes.count)
+    told = notes if notes is not None else ReaderNotes()
+    failure: str | None = None
+    with _reader_complaints(told):
+        try:
+            sqlite = suffix == ".db"
+            opened = contextlib.closing(_read_sqlite_log(name, what)) if sqlite else can.LogReader(name, **kwargs)
+            with opened as reader:
+                for msg in reader:
+                    count += 1
+                    if not usable_timestamp(msg.timestamp):
+                        lo, hi = TIMESTAMP_RANGE
+                        raise ConfigError(
+                            f"{name!r} is not a usable {what}: frame {count} has timestamp {msg.timestamp!r}, "
+                            f"not a finite time in {lo:g}-{hi:g} s"
+                        )
+                    yield msg
+        except ConfigError:
+            raise
+        except Exception as exc:  # python-can's readers raise assorted errors on damaged or foreign files
+            # Raised below, once the reader's half-built objects are gone (with their complaints).
+            failure = f"cannot read {name!r} as a {what}: {_problem(exc)}"
+    if failure is not None:
+        raise ConfigError(failure)
+    if notes is None and told.count:
+        _log.warning("%s: the log reader reported %d problems", name, told.count)
     if count == 0 and suffix == ".asc" and not _asc_header(Path(path)):
         # python-can's ASC reader skips every line it does not know: a foreign file reads as empty.
         raise ConfigError(f"cannot read {name!r} as a {what}: no 'date' header and no frame")
