@@ -342,3 +342,54 @@ def test_regression_key_store_with_damaged_records_is_refused_at_open(
         assert main(argv) == 2
         line = _one_error_line(capsys.readouterr().err)
         assert f"the key store's record '{record}" in line and "is damaged" in line, line
+
+
+def test_regression_key_store_header_cannot_ask_for_hours_of_kdf_work(tmp_path: Path) -> None:
+    """The header's KDF parameters are read before anything authenticates them; 700 MiB x 1000
+    Argon2id passes (within the old per-field bounds) made ``open`` run for most of an hour."""
+    import struct
+
+    from modbatt.crypto.keystore import HEADER_BYTES, KdfParams, KeyStore
+    from modbatt.errors import KeyStoreError
+
+    path = tmp_path / "store"
+    KeyStore.create(path, passphrase="pass phrase", kdf=KdfParams.cheap(), reproducible=True).close()
+    data = bytearray(path.read_bytes())
+    data[11:23] = struct.pack(">III", 1000, 700 * 1024, 1)  # Argon2id t, m (KiB), lanes
+    data[10] = 2  # the Argon2id KDF id
+    path.write_bytes(bytes(data))
+    assert len(data) > HEADER_BYTES
+    with pytest.raises(KeyStoreError, match="KDF parameters out of bounds"):
+        KeyStore.open(path, passphrase="pass phrase")
+    with pytest.raises(KeyStoreError, match="exceeds 4 GiB"):
+        KdfParams.argon2id(iterations=1000, memory_kib=700 * 1024, lanes=1)
+    assert KdfParams.argon2id(iterations=1, memory_kib=2 * 1024 * 1024, lanes=4).memory_kib  # RFC 9106 option 1
+
+
+# --------------------------------------------------------------------------- notebooks and parameters
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "[" * 5000], ids=["5000-digit-integer", "nested"])
+def test_regression_run_parameter_values_json_cannot_hold_are_checked_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """``-p seed=<5 000 digits>`` raised ValueError (Python's integer-conversion limit) from the
+    JSON parser, a traceback before anything ran."""
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    assert main(["run", "--notebooks", str(notebooks), "--only", "01", "-p", f"seed={value}",
+                 "--output", str(tmp_path)]) == 2  # fmt: skip
+    assert "seed takes" in _one_error_line(capsys.readouterr().err)
+
+
+def test_regression_damaged_notebook_is_one_line(tmp_path: Path) -> None:
+    """nbformat logged its validation report (many lines, through traitlets) before the error."""
+    source = Path(__file__).resolve().parents[1] / "notebooks" / "01-binding.ipynb"
+    nb = json.loads(source.read_text())
+    del nb["nbformat"]  # then nbformat reads it as a version 3 notebook, which it is not
+    (tmp_path / "01-binding.ipynb").write_text(json.dumps(nb))
+    out = subprocess.run(
+        [sys.executable, "-m", "modbatt.cli", "run", "--notebooks", str(tmp_path), "--list-params"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "cannot read the parameters of 01-binding.ipynb" in _one_error_line(out.stderr)

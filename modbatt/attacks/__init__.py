@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # isort: off
 from . import bus, channel, extraction, insiders, ledger_tamper, malleability, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
-from . import escalations, garbage, grants  # noqa: F401  (hostile input; imported last so its rows follow each family's first ones)
+from . import escalations, garbage, grants, hostile_files  # noqa: F401  (hostile input; imported last so its rows follow each family's first ones)
 # isort: on
 from .outcome import OUTCOMES, Outcome, attempt
 from .registry import FAMILIES, SCENARIOS, Scenario, get, matrix, names, run, run_all, run_parameter
