@@ -393,3 +393,16 @@ def test_regression_damaged_notebook_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "cannot read the parameters of 01-binding.ipynb" in _one_error_line(out.stderr)
+
+
+def test_regression_sweep_that_fails_mid_run_ends_in_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Progress lines on stderr looked like more error lines when a later file's point failed."""
+    good = tmp_path / "good.yaml"
+    good.write_text("experiment: frame_overhead\ngrid: {tier: [none], profile: [classic], payload_bytes: [8, 16]}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: frame_overhead\ngrid: {tier: [none], profile: [classic], payload_bytes: [-1]}\n")
+    assert main(["sweep", str(good), str(bad), "--output", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "2/2 points" in err and "-1 bytes do not fit" in _one_error_line(err)

@@ -292,6 +292,31 @@ def test_event_log(cli: CliRunner, corpus: Corpus, data: st.DataObject) -> None:
         run_read_only(cli, ["audit", corpus.ledger, "--events", path, *options], tmp)
 
 
+@fuzz(0.5)
+@given(data=st.data())
+def test_demo_state_directory(cli: CliRunner, corpus: Corpus, data: st.DataObject) -> None:
+    """``demo --state DIR`` reopens a deployment: one of its files (a key store, the ledger, the event
+    log, a freshness counter) is hostile."""
+    files = sorted(
+        p.relative_to(corpus.state) for p in corpus.state.rglob("*")
+        if p.is_file() and p.suffix not in (".kek", ".lock") and p.stat().st_size
+    )  # fmt: skip
+    target = data.draw(st.sampled_from(files), label="file")
+    genuine = (corpus.state / target).read_bytes()
+    if target.suffix == ".keystore":
+        kek = (corpus.state / target).with_suffix(".kek").read_bytes()
+        hostile = data.draw(keystore_edits(genuine, kek), label="store")
+    elif target.suffix == ".sqlite":
+        hostile = data.draw(ledger_edits([genuine]), label="ledger")
+    else:
+        hostile = data.draw(file_bytes([genuine], text=target.suffix == ".jsonl"), label="contents")
+    with workdir() as tmp:
+        state = tmp / "state"
+        shutil.copytree(corpus.state, state)
+        put(state, str(target), hostile)
+        assert_clean(cli.run(["demo", "--state", state, "--in-process"]))
+
+
 # --------------------------------------------------------------------------- sweeps, CPU profiles
 
 
