@@ -120,7 +120,8 @@ def build(root: Path) -> Corpus:
         _sweep(seeds, "frame-overhead", "experiment: frame_overhead\ngrid:\n  tier: [none, binding]\n"
                "  profile: [classic, fd]\n  payload_bytes: [8, 64]\nfixed:\n  nominal_bitrate: 500000\n"),
         _sweep(seeds, "pairing-cost", "experiment: pairing_cost\ngrid:\n  mode: [standard]\nfixed:\n  max_uses: 2\n"),
-        _sweep(seeds, "level-latency", "experiment: level_latency\ngrid:\n  level: [\"L3 signed handshake\", \"L5 telemetry frame\"]\n"
+        _sweep(seeds, "level-latency", "experiment: level_latency\ngrid:\n"
+               "  level: [\"L3 signed handshake\", \"L5 telemetry frame\"]\n"
                "  platform: [HOST, MCU]\nfixed:\n  bus: classic 500k\n  stuffing: worst\n"),
         _sweep(seeds, "pack-load", "experiment: pack_load\ngrid:\n  modules: [2]\n"
                "fixed:\n  bus: classic 250k\n  duration: 0.5\n"),

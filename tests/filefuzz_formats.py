@@ -113,7 +113,7 @@ def keystore_edits(genuine: bytes, key_file: bytes) -> st.SearchStrategy[bytes]:
     return st.one_of(
         random_bytes(),
         byte_edits([genuine]),
-        st.tuples(st.sampled_from(_FIELDS[1:7] + ("body_len",)), st.sampled_from(INTERESTING_INTS)).map(
+        st.tuples(st.sampled_from((*_FIELDS[1:7], "body_len")), st.sampled_from(INTERESTING_INTS)).map(
             lambda t: _set_field(genuine, *t)
         ),
         st.sampled_from(_KDF_EXTREMES).map(lambda p: _set_kdf(genuine, p)),
@@ -126,7 +126,7 @@ def passphrase_store_edits(genuine: bytes) -> st.SearchStrategy[bytes]:
     """A passphrase store: header fields and KDF parameters at the bounds, byte edits."""
     return st.one_of(
         byte_edits([genuine]),
-        st.tuples(st.sampled_from(_FIELDS[1:7] + ("body_len",)), st.sampled_from(INTERESTING_INTS)).map(
+        st.tuples(st.sampled_from((*_FIELDS[1:7], "body_len")), st.sampled_from(INTERESTING_INTS)).map(
             lambda t: _set_field(genuine, *t)
         ),
         st.sampled_from(_KDF_EXTREMES).map(lambda p: _set_kdf(genuine, p)),
@@ -152,9 +152,8 @@ _ledger_row_statement = st.one_of(
               st.tuples(_index, _index, _index, _index)),
     st.tuples(st.just("DELETE FROM nodes WHERE level=? AND idx=?"), st.tuples(_index, _index)),
     st.tuples(st.just("INSERT INTO nodes(level, idx, hash) VALUES (?, ?, ?)"), st.tuples(_index, _index, sql_values)),
-    st.tuples(st.sampled_from(("UPDATE tree_heads SET tree_size=? WHERE id=?", "UPDATE tree_heads SET timestamp=? WHERE id=?",
-                               "UPDATE tree_heads SET root_hash=? WHERE id=?", "UPDATE tree_heads SET signature=? WHERE id=?",
-                               "UPDATE tree_heads SET id=? WHERE id=?")),
+    st.tuples(st.sampled_from(tuple(f"UPDATE tree_heads SET {column}=? WHERE id=?"
+                                    for column in ("tree_size", "timestamp", "root_hash", "signature", "id"))),
               st.tuples(sql_values, _index)),
     st.tuples(st.just("INSERT INTO tree_heads(tree_size, timestamp, root_hash, signature) "
                       "SELECT tree_size + ?, timestamp, root_hash, signature FROM tree_heads"),

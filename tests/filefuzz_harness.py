@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 DRIVER = Path(__file__).with_name("filefuzz_driver.py")
 
@@ -68,6 +69,8 @@ class CliRunner:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self.base_vm_mib = 0.0
+        #: Per command (``argv[0]`` and its action): runs, exit codes, the slowest and the largest.
+        self.stats: dict[str, dict[str, Any]] = {}
         self._start()
 
     def _start(self) -> None:
@@ -124,7 +127,7 @@ class CliRunner:
                     return fh.read(1 << 20).decode("utf-8", errors="backslashreplace")
 
             peak = text("peak")
-            return Run(
+            run = Run(
                 argv=list(request["argv"]),
                 exit=result["exit"],
                 timeout=result["timeout"],
@@ -134,6 +137,19 @@ class CliRunner:
                 crash=text("crash") or None,
                 peak_mib=round(int(peak) / 2**20, 1) if peak else None,
             )
+            self._count(run)
+            return run
+
+    def _count(self, run: Run) -> None:
+        words = [a for a in run.argv[:2] if not a.startswith("-") and "/" not in a]
+        entry = self.stats.setdefault(
+            " ".join(words), {"runs": 0, "exits": {}, "max_seconds": 0.0, "max_peak_mib": 0.0}
+        )
+        entry["runs"] += 1
+        key = "timeout" if run.timeout else str(run.exit)
+        entry["exits"][key] = entry["exits"].get(key, 0) + 1
+        entry["max_seconds"] = round(max(entry["max_seconds"], run.seconds), 2)
+        entry["max_peak_mib"] = max(entry["max_peak_mib"], run.peak_mib or 0.0)
 
     def close(self) -> None:
         if self._proc is not None:

@@ -165,8 +165,8 @@ def file_bytes(seeds: Sequence[bytes], *, text: bool = False, extra: Sequence[st
     """Random bytes, byte edits of a seed, text edits (for text formats) and any ``extra`` strategies."""
     options = [random_bytes(), byte_edits(seeds), *extra]
     if text:
-        options += [text_edits(seeds), text_edits(seeds), st.tuples(text_edits(seeds), st.lists(_byte_op, max_size=3)).map(
-            lambda t: _apply_bytes(*t))]  # fmt: skip
+        both = st.tuples(text_edits(seeds), st.lists(_byte_op, max_size=3)).map(lambda t: _apply_bytes(*t))
+        options += [text_edits(seeds), text_edits(seeds), both]
     return st.one_of(options)
 
 
@@ -210,8 +210,10 @@ def _apply_pages(data: bytes, ops: Sequence[tuple[Any, ...]]) -> bytes:
 
 
 _page = st.integers(0, 1 << 10)
-_header_field = st.sampled_from(((16, 2), (18, 1), (19, 1), (20, 1), (21, 1), (28, 4), (32, 4), (36, 4), (40, 4),
-                                 (44, 4), (48, 4), (52, 4), (56, 4), (60, 4), (64, 4), (68, 4), (92, 4), (96, 4)))  # fmt: skip
+# (offset, width) of the database header's fields (page size, versions, counts, freelist, cookies …).
+_HEADER_FIELDS = ((16, 2), (18, 1), (19, 1), (20, 1), (21, 1), (28, 4), (32, 4), (36, 4), (40, 4), (44, 4), (48, 4),
+                  (52, 4), (56, 4), (60, 4), (64, 4), (68, 4), (92, 4), (96, 4))  # fmt: skip
+_header_field = st.sampled_from(_HEADER_FIELDS)
 _page_op = st.one_of(
     st.tuples(st.just("flip"), _page, st.integers(0, 1 << 16), st.integers(0, 7)),
     st.tuples(st.just("zero"), _page),
@@ -232,7 +234,7 @@ def page_edits(seeds: Sequence[bytes]) -> st.SearchStrategy[bytes]:
 #: Values of every SQLite storage class, sized to strain a reader.
 sql_values = st.one_of(
     st.none(),
-    st.sampled_from(INTERESTING_INTS + (-1, -(2**63))),
+    st.sampled_from((*INTERESTING_INTS, -1, -(2**63))),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(),
     st.text(max_size=40) | st.sampled_from(HOSTILE_TEXT[:12]),
@@ -262,7 +264,7 @@ def run_sql(data: bytes, script: Callable[[sqlite3.Connection], None]) -> bytes:
 
 
 def sql_statements(conn: sqlite3.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-    """Run each statement; one that SQLite refuses (a constraint, a type) is skipped, as a mutation that did not apply."""
+    """Run each statement; one SQLite refuses (a constraint, a type) is a mutation that did not apply."""
     for sql, params in statements:
         with contextlib.suppress(sqlite3.Error, OverflowError):  # OverflowError: an int past 64 bits
             conn.execute(sql, params)
@@ -411,4 +413,3 @@ def cbor_edits(seeds: Sequence[bytes]) -> st.SearchStrategy[bytes]:
     return st.tuples(st.sampled_from(parsed).flatmap(lambda seed: _tree_op(seed, cbor_trees, deep)), st.booleans()).map(
         lambda t: _dump_cbor(*t)
     )
-

@@ -116,7 +116,7 @@ def test_regression_ledger_entries_of_any_shape_print_and_serialise(
     odd = [
         canonical_dumps({"kind": "binding", "timestamp": b"\x1b[2J", "binding_id": 2**70}),
         cbor2.dumps({"kind": "escalation", "timestamp": {"a": 1},
-                     "escalation_request": {"when": datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
+                     "escalation_request": {"when": datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC),
                                             "ids": {1, 2}, "x": float("nan"), 7: b"\x00"}}, canonical=True),
     ]  # fmt: skip
     ledger = _ledger(tmp_path / "ledger.sqlite", *odd)
@@ -338,7 +338,10 @@ def test_regression_key_store_with_damaged_records_is_refused_at_open(
     --keystore`` and ``decode`` in a KeyError or TypeError traceback (EntityNode trusted them)."""
     store, log = entity_store
     damaged = _damaged_copy(store, tmp_path, edit)
-    for argv in (["decode", str(log), "--keystore", str(damaged)], ["monitor", "--log", str(log), "--keystore", str(damaged)]):
+    for argv in (
+        ["decode", str(log), "--keystore", str(damaged)],
+        ["monitor", "--log", str(log), "--keystore", str(damaged)],
+    ):
         assert main(argv) == 2
         line = _one_error_line(capsys.readouterr().err)
         assert f"the key store's record '{record}" in line and "is damaged" in line, line
