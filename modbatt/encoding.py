@@ -1,4 +1,5 @@
-"""Deterministic CBOR (RFC 8949 §4.2.1 core deterministic encoding) for everything signed or sent.
+"""Deterministic CBOR (RFC 8949 §4.2.1 core deterministic encoding) for everything signed or sent,
+and strict parsers for untrusted CBOR, JSON and YAML.
 
 Decoding untrusted bytes is strict: a size cap first, then the value must re-encode to
 exactly the same bytes, so that one logical message has one encoding and signatures
