@@ -49,7 +49,16 @@ def test_discovery_reaches_moved_entities_through_their_announced_protocol(
         moved = [bench.move(entity) for entity in list(bench.entities.values())]
         for entity in moved:
             bench.announce(entity)
-        assert bench.directory.wait_for([e.access_data.device_id for e in moved], timeout=10.0)
+        # The directory already knows these devices from the first run: wait for the NEW announces
+        # (their moved endpoints), not merely for the ids to be present.
+        deadline = time.monotonic() + 10.0
+        while any(
+            (d := bench.directory.entities.get(e.access_data.device_id)) is None
+            or d.access_data.endpoint != e.access_data.endpoint
+            for e in moved
+        ):
+            assert time.monotonic() < deadline, "moved entities were not rediscovered"
+            time.sleep(0.01)
         for entity in moved:
             found = bench.directory.entities[entity.access_data.device_id]
             assert found.access_data.endpoint == entity.access_data.endpoint != old[entity.name]
