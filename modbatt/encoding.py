@@ -121,4 +121,3 @@ def _no_alias_loader() -> type:
             return super().compose_node(parent, index)
 
     return NoAliasLoader
-
