@@ -62,7 +62,7 @@ def test_a_changed_vector_fails_the_check(tmp_path, capsys):
     case["frame"] = case["frame"][:-2] + f"{int(case['frame'][-2:], 16) ^ 1:02x}"
     (tmp_path / "can_frames.json").write_text(json.dumps(data))
     assert main(["vectors", "check", str(tmp_path)]) == 1
-    assert f"can_frames.json tcId {case['tcId']}" in capsys.readouterr().out
+    assert f"can_frames.json tcId {case['tcId']}" in capsys.readouterr().err
 
 
 def test_every_file_follows_the_schema():

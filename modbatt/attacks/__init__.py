@@ -13,7 +13,7 @@ from __future__ import annotations
 # isort: off
 from . import bus, channel, extraction, insiders, ledger_tamper, malleability, mitm, recovery, replay, spoofing  # noqa: F401  (each family module registers its scenarios on import)
 from . import profiles  # noqa: F401  (the binding tier under each protocol profile)
-from . import escalations, garbage, grants  # noqa: F401  (hostile input; imported last so its rows follow each family's first ones)
+from . import escalations, garbage, grants, hostile_files  # noqa: F401  (hostile input; imported last so its rows follow each family's first ones)
 from . import lifecycle  # noqa: F401  (renewal, gateway, restrictions, shutdown and key-loss rows)
 # isort: on
 from .outcome import OUTCOMES, Outcome, attempt

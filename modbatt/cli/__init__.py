@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -59,7 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _EscapedStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Library warnings quote files and peers (python-can, cantools, asammdf): escaped, on the
+    current ``sys.stderr``, as Python's last-resort handler would print them unescaped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass  # always the current sys.stderr
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))
+
+
+def _escape_library_warnings() -> None:
+    """Stand in for the last-resort handler, unless something configured logging (a host program, pytest)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(_EscapedStderr())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _escape_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

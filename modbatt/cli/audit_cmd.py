@@ -99,6 +99,12 @@ def _run(args: argparse.Namespace) -> int:
             for ev in report["events"]:
                 rest = {k: v for k, v in ev.items() if k not in ("seq", "t", "kind", "level", "outcome")}
                 level = f"L{ev['level']}" if ev.get("level") is not None else "  "
-                print(escape(f"  {ev.get('seq', '?'):>4} {ev.get('t', '-')} {ev.get('kind', '?')} {level} "
+                # An event log is evidence too: any JSON value may sit in any field.
+                print(escape(f"  {ev.get('seq', '?')!s:>4} {ev.get('t', '-')} {ev.get('kind', '?')} {level} "
                              f"{ev.get('outcome')} " + json.dumps(rest, sort_keys=True)[:160]))  # fmt: skip
-    return EXIT_OK if report["all_signatures_valid"] else EXIT_FAILED
+    if report["all_signatures_valid"]:
+        return EXIT_OK
+    bad = sum(e["signature_valid"] is False for e in report["entries"])
+    print(f"modbatt audit: error: bad_signature: {bad} of {len(report['entries'])} entries do not verify "
+          "under the controller key", file=sys.stderr)  # fmt: skip
+    return EXIT_FAILED

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..crypto.suite import PublicKey
 from ..errors import ConfigError, VerificationError
 from ..model.pairing import PairingCertificate
+from ..workbench.terminal import escape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,4 +73,9 @@ def _inspect(args: argparse.Namespace) -> int:
             print("  signature: not checked (pass --controller-key)")
         else:
             print("  signature: " + ("verified" if verified else f"DOES NOT VERIFY ({problem})"))
-    return 0 if verified else 1
+    if verified:
+        return 0
+    # A check that did not pass says why on stderr, in one line, like every failing command.
+    why = "not checked: pass --controller-key DER" if problem is None else str(problem)
+    print(f"modbatt cert: error: not verified: {escape(why)}", file=sys.stderr)
+    return 1

@@ -133,12 +133,13 @@ def _monitor(args: argparse.Namespace) -> int:
 
     channel = None if config is None else str(config.channel if config.channel is not None else config.interface)
     recorder = recording.open_writer(args.record, channel=channel) if args.record is not None else None
+    notes = recording.ReaderNotes()
     try:
         if config is None:
             problem(f"log {args.log}")
             run_monitor(
                 monitor,
-                recording.read_log(args.log),
+                recording.read_log(args.log, notes=notes),
                 view,
                 per_id=args.per_id,
                 count=args.count,
@@ -163,6 +164,8 @@ def _monitor(args: argparse.Namespace) -> int:
                     filters=filters,
                 )
     finally:
+        if notes.count:
+            problem(f"{args.log}: {notes.describe()}")
         if recorder is not None:
             recorder.stop()
             if recorder.skipped:

@@ -78,10 +78,11 @@ def _run(args: argparse.Namespace) -> int:
         clock = Progress()
 
         def progress(done: int, total: int, clock: Progress = clock) -> None:
+            # "# " marks a note on stderr (as the monitor's), so an error stays the one other line.
             if live:
-                print(f"\r  {clock.line(done, total)}", end="", file=sys.stderr, flush=True)
+                print(f"\r# {clock.line(done, total)}", end="", file=sys.stderr, flush=True)
             elif done == total or done % max(total // 10, 1) == 0:
-                print(f"  {clock.line(done, total)}", file=sys.stderr, flush=True)
+                print(f"# {clock.line(done, total)}", file=sys.stderr, flush=True)
 
         frame = run_sweep(spec, scheduler=args.scheduler, workers=args.workers, progress=progress)
         if live:

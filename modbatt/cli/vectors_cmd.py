@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..workbench.terminal import escape
 from . import EXIT_FAILED, EXIT_OK
 
 __all__ = ["register"]
@@ -54,7 +56,8 @@ def _check(args: argparse.Namespace) -> int:
     try:
         counts = vectors.check(args.directory)
     except AssertionError as exc:
-        print(f"modbatt vectors: FAILED: {exc}")
+        # The disagreement quotes the vector file: escaped, one line.
+        print(f"modbatt vectors: error: FAILED: {escape(exc)}", file=sys.stderr)
         return EXIT_FAILED
     for name, n in counts.items():
         print(f"{name}: {n} cases agree")

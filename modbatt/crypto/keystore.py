@@ -89,8 +89,12 @@ _MAX_KEY_FILE_BYTES: Final = 4096
 _MAX_NAME_CHARS: Final = 128
 
 # Upper bounds on KDF parameters read from a file: a tampered header must not be able to
-# make open() allocate tens of GiB or spin for hours before the KCV check can fail.
+# make open() allocate tens of GiB or spin for hours before the KCV check can fail. Memory
+# admits RFC 9106's first recommended Argon2id option (2 GiB, one pass); the work (memory times
+# passes, or scrypt's 128·N·r·p) is capped at 4 GiB, about twenty times the default profile:
+# seconds on a desktop core, where 2 GiB times 1000 passes would take hours.
 _MAX_KDF_MEMORY_BYTES: Final = 2 * 1024**3
+_MAX_KDF_WORK_BYTES: Final = 4 * 1024**3
 _MAX_ARGON2_ITERATIONS: Final = 1000
 _MAX_ARGON2_LANES: Final = 64
 _MAX_SCRYPT_P: Final = 16
@@ -151,6 +155,8 @@ class KdfParams:
                 return f"argon2id lanes must be 1..{_MAX_ARGON2_LANES}"
             if not 8 * self.lanes <= self.memory_kib <= _MAX_KDF_MEMORY_BYTES // 1024:
                 return "argon2id memory_kib must be at least 8 x lanes and at most 2 GiB"
+            if self.memory_kib * 1024 * self.iterations > _MAX_KDF_WORK_BYTES:
+                return "argon2id memory times iterations exceeds 4 GiB"
             return ""
         if self.algorithm == "scrypt":
             if self.iterations or self.memory_kib or self.lanes:
@@ -161,6 +167,8 @@ class KdfParams:
                 return f"scrypt needs r >= 1 and 1 <= p <= {_MAX_SCRYPT_P}"
             if 128 * self.n * self.r > _MAX_KDF_MEMORY_BYTES:
                 return "scrypt memory (128 x n x r) exceeds 2 GiB"
+            if 128 * self.n * self.r * self.p > _MAX_KDF_WORK_BYTES:
+                return "scrypt work (128 x n x r x p) exceeds 4 GiB"
             return ""
         return f"unknown KDF {self.algorithm!r} (argon2id or scrypt)"
 
@@ -334,6 +342,8 @@ def _derive(
             ikm = header_kdf._derive(secret, salt)
         except KeyStoreError:
             raise
+        except MemoryError:
+            raise KeyStoreError("the header's KDF parameters need more memory than this process may use") from None
         except Exception:
             # No detail: the KDF's own error text is not ours to vouch for.
             raise KeyStoreError("the key-derivation function rejected the header's parameters") from None

@@ -18,6 +18,7 @@ whether its controller signature verifies.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -27,8 +28,8 @@ from typing import Any
 
 from ..crypto import labels
 from ..crypto.suite import PublicKey
-from ..encoding import canonical_dumps, strict_loads
-from ..errors import ModbattError, VerificationError
+from ..encoding import canonical_dumps, strict_json_loads, strict_loads
+from ..errors import EncodingError, ModbattError, VerificationError
 from ..model.statements import KINDS, read_statement
 
 __all__ = ["EVENT_LOG_NAME", "EventLog", "describe_entry", "json_safe", "read_events"]
@@ -77,17 +78,41 @@ class EventLog:
         return entry
 
 
+#: An event is a few hundred bytes of flat JSON; a line longer or deeper than this is not one.
+MAX_EVENT_LINE_BYTES = 64 * 1024
+MAX_EVENT_DEPTH = 8
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counted up to ``limit + 1`` only."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in children), default=0)
+
+
 def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The events of a log file; an unreadable line becomes ``{"kind": "unreadable", "line": n}``."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    """The events of a log file; a line that is not one JSON object becomes ``{"kind": "unreadable", "line": n}``.
+
+    The file is evidence and may be hostile: a line that is not UTF-8, not strict JSON
+    (:func:`~modbatt.encoding.strict_json_loads`), longer than :data:`MAX_EVENT_LINE_BYTES` or
+    nested deeper than :data:`MAX_EVENT_DEPTH` is read as unreadable, and never held whole.
+    """
+    with Path(path).open("rb") as fh:
+        n = 0
+        while raw := fh.readline(MAX_EVENT_LINE_BYTES + 1):
+            n += 1
+            value = None
+            if len(raw) > MAX_EVENT_LINE_BYTES and not raw.endswith(b"\n"):
+                while (rest := fh.readline(MAX_EVENT_LINE_BYTES + 1)) and not rest.endswith(b"\n"):
+                    pass  # the rest of an over-long line, read and dropped piece by piece
+            elif not raw.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                value = None
-            yield value if isinstance(value, dict) else {"kind": "unreadable", "line": n}
+            else:
+                with contextlib.suppress(EncodingError):
+                    value = strict_json_loads(raw)
+            ok = isinstance(value, dict) and _depth(value, MAX_EVENT_DEPTH) <= MAX_EVENT_DEPTH
+            yield value if ok else {"kind": "unreadable", "line": n}  # type: ignore[misc]
 
 
 def describe_entry(index: int, entry: bytes, controller_key: PublicKey | None) -> dict[str, Any]:
@@ -105,14 +130,41 @@ def describe_entry(index: int, entry: bytes, controller_key: PublicKey | None) -
         return {**out, "kind": "unknown", "signature_valid": False}
     kind = value.get("kind")
     out["kind"] = kind if isinstance(kind, str) else "unknown"
-    out["timestamp"] = value.get("timestamp")
+    out["timestamp"] = value.get("timestamp") if _scalar(value.get("timestamp")) else None
     for name in (*_IDS, "level", "event", "reason", "use"):
-        if isinstance(value.get(name), (str, int)) and not isinstance(value.get(name), bool):
+        if _scalar(value.get(name)):
             out[name] = value[name]
     if isinstance(value.get("escalation_request"), dict):
-        out["escalation_request"] = json_safe(value["escalation_request"])
+        out["escalation_request"] = _plain(value["escalation_request"], MAX_EVENT_DEPTH)
     out["signature_valid"] = _signature_valid(value, entry, controller_key) if controller_key else None
     return out
+
+
+def _scalar(value: Any) -> bool:
+    """A string, or an integer of at most 64 bits: what an entry's ids and timestamps are."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str) or (isinstance(value, int) and -(2**64) < value < 2**64)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """A decoded entry value as plain JSON, whatever the file put there.
+
+    CBOR decodes to more than JSON holds (tagged values such as dates and sets, integers past
+    Python's digit limit, NaN, nesting without end); those become a short description, so the
+    report prints and serialises.
+    """
+    if value is None or isinstance(value, (str, bool)) or _scalar(value):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if depth > 0 and isinstance(value, dict):
+        return {(k if isinstance(k, str) else f"<{type(k).__name__}>"): _plain(v, depth - 1) for k, v in value.items()}
+    if depth > 0 and isinstance(value, (list, tuple)):
+        return [_plain(v, depth - 1) for v in value]
+    return f"<{type(value).__name__}>"
 
 
 def _signature_valid(value: dict[str, Any], entry: bytes, key: PublicKey) -> bool:

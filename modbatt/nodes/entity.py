@@ -99,32 +99,47 @@ class EntityNode:
         self.pairings: dict[str, PairingParticipant] = {}
         #: Rejections by reason (binding requests, certificates, offers): failure counters.
         self.rejections: collections.Counter[Reason] = collections.Counter()
-        config = keystore.record(_CONFIG) if _CONFIG in keystore else None
-        if config is None:
+        if _CONFIG not in keystore:
             raise ModbattError("this key store holds no provisioned entity (run provisioning first)")
+        # Every record the node reads is parsed here, once: a damaged store (a bug, a version from
+        # elsewhere, a hostile file that authenticates) is refused at open, naming the record,
+        # instead of failing later deep inside a receive path.
+        config = _stored(_CONFIG, lambda: keystore.record(_CONFIG))
         bindings = {}
         #: Bindings whose private key is missing or unreadable (docs/lifecycle.md §7): the entity
         #: announces the loss with its identity key (:meth:`announce_key_loss`) and is re-bound.
         self.lost_bindings: list[str] = []
         for name in keystore.names():
             if name.startswith(_BINDING_PREFIX) and not name.endswith("/key"):
-                record = keystore.record(name)
+                record = _stored(name, lambda name=name: _binding_record(keystore.record(name)))
                 try:
                     key = self._keys.load(_key_name(record["binding_id"]))
                 except KeyStoreError:
                     self.lost_bindings.append(record["binding_id"])
                     continue
-                bindings[record["binding_id"]] = EntityBindingState.from_record(record, key)
-        seen = keystore.record(_SEEN) if _SEEN in keystore else {}
-        self.machine = BindingEntity(
-            identity=keystore.private_key(_IDENTITY),
-            access_data=AccessData.from_dict(config["access_data"]),
-            controller_key=PublicKey.from_bytes(config["controller_key"]),
-            bindings=bindings,
-            seen_requests={bytes.fromhex(k): float(v) for k, v in seen.items()},
-            rng=rng or SystemRandom(),
-            keygen=self._keys.generate,
+                bindings[record["binding_id"]] = _stored(
+                    name, lambda record=record, key=key: EntityBindingState.from_record(record, key)
+                )
+        seen = (
+            _stored(_SEEN, lambda: {bytes.fromhex(k): float(v) for k, v in keystore.record(_SEEN).items()})
+            if _SEEN in keystore
+            else {}
         )
+        self.machine = _stored(
+            _CONFIG,
+            lambda: BindingEntity(
+                identity=keystore.private_key(_IDENTITY),
+                access_data=AccessData.from_dict(config["access_data"]),
+                controller_key=PublicKey.from_bytes(config["controller_key"]),
+                bindings=bindings,
+                seen_requests=seen,
+                rng=rng or SystemRandom(),
+                keygen=self._keys.generate,
+            ),
+        )
+        for name in keystore.record_names():
+            if name.startswith(_PAIRING):
+                _stored(name, lambda name=name: _pairing_record(keystore.record(name)))
 
     @classmethod
     def provision(
@@ -626,6 +641,40 @@ class EntityNode:
             self._store.put_record(_PAIRING_REVOKED + pairing_id, {"ledger_statement": notice})
         self._drop_pairing_state([pairing_id])
         return pairing_id
+
+
+_DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, ModbattError)
+
+
+def _stored(name: str, parse: Callable[[], Any]) -> Any:
+    """``parse()`` of a stored record; KeyStoreError naming the record when it does not parse."""
+    try:
+        return parse()
+    except _DAMAGE as exc:
+        why = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {why[0][:100]}" if why else type(exc).__name__
+        raise KeyStoreError(f"the key store's record {name!r} is damaged ({detail})") from None
+
+
+def _binding_record(record: Any) -> dict[str, Any]:
+    """A stored binding record with its binding id checked (its key is loaded by the caller)."""
+    if not isinstance(record, dict) or not isinstance(record.get("binding_id"), str):
+        raise EncodingError("a binding record without a binding id")
+    return record
+
+
+def _pairing_record(record: dict[str, Any]) -> None:
+    """Check a stored pairing the way :meth:`EntityNode._channel_keys` and the channel read it."""
+    sessions, opened = record.get("sessions"), record.get("opened", [])
+    if not isinstance(record.get("binding_id"), str) or not isinstance(sessions, list) or not sessions:
+        raise EncodingError("a pairing record needs a binding id and its sessions")
+    for session in sessions:
+        if not isinstance(session, dict):
+            raise EncodingError("a pairing session is not a map")
+        PairingSecrets.from_record(session)
+    EncryptionPolicy.from_dict(record.get("policy"))
+    if not isinstance(opened, list) or not all(isinstance(sid, bytes) for sid in opened):
+        raise EncodingError("a pairing's opened sessions are not a list of session ids")
 
 
 def _offer_session(offer: bytes) -> bytes | None:

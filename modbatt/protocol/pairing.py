@@ -46,7 +46,7 @@ from ..crypto.suite import (
     sha256,
 )
 from ..encoding import canonical_dumps, strict_loads
-from ..errors import ProtocolError, Reason, VerificationError
+from ..errors import EncodingError, ProtocolError, Reason, VerificationError
 from ..model._fields import expect_map, integer, raw_bytes, text, uuid_text
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
@@ -369,11 +369,26 @@ class PairingSecrets:
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
-        # A session stored before profiles existed was a seed session (no binding secret).
-        return cls(
-            r["pairing_id"], r["role"], r["session_id"], r["pairing_secret"], r["exchange_secret"],
-            ControllerMode(r["mode"]), ProtocolProfile(r.get("profile", DEFAULT_PROFILE)), r.get("binding_secret"),
-        )  # fmt: skip
+        """From :meth:`to_record`'s map; EncodingError (``malformed``) for any other shape.
+
+        A record without ``profile`` is a seed session (no binding secret).
+        """
+        pid, role, sid = r.get("pairing_id"), r.get("role"), r.get("session_id")
+        pairing_secret, exchange_secret = r.get("pairing_secret"), r.get("exchange_secret")
+        binding_secret = r.get("binding_secret")
+        if not (isinstance(pid, str) and pid.isascii() and role in ("a", "b") and isinstance(sid, bytes)):
+            raise EncodingError("stored pairing secrets: pairing_id, role or session_id of the wrong type")
+        if not (isinstance(pairing_secret, bytes) and pairing_secret and isinstance(exchange_secret, bytes)
+                and exchange_secret):  # fmt: skip
+            raise EncodingError("stored pairing secrets: a secret that is not a byte string")
+        if binding_secret is not None and not (isinstance(binding_secret, bytes) and binding_secret):
+            raise EncodingError("stored pairing secrets: a binding secret that is not a byte string")
+        try:
+            profile = ProtocolProfile(r.get("profile", DEFAULT_PROFILE.value))
+            return cls(pid, role, sid, pairing_secret, exchange_secret, ControllerMode(r.get("mode")), profile,
+                       binding_secret)  # fmt: skip
+        except ValueError as exc:  # an unknown mode or profile, or lengths the profile does not allow
+            raise EncodingError(f"stored pairing secrets: {exc}") from None
 
 
 def derive_binding_mac_secret(

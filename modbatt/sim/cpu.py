@@ -437,30 +437,23 @@ def load_cpu_profile(path: str | os.PathLike[str]) -> CpuProfile:
     ``source`` (required: where the figure comes from) and ``published`` (default false). Any
     problem is a one-line :class:`~modbatt.errors.ConfigError` naming the file and the key.
     """
+    from ..encoding import MAX_TEXT_FILE_BYTES, strict_json_loads, strict_yaml_loads
+    from ..errors import EncodingError
+
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
-    if len(raw) > 1_000_000:
-        raise ConfigError(f"{p}: larger than 1 MB, not a profile")
-    if p.suffix == ".json":
-        from ..encoding import strict_json_loads
-        from ..errors import EncodingError
-
-        try:
-            data = strict_json_loads(raw)
-        except EncodingError as exc:
-            raise ConfigError(f"{p}: {exc}") from None
-    elif p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    else:
+    if p.suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"{p}: a profile file ends in .yaml, .yml or .json")
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_TEXT_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TEXT_FILE_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_TEXT_FILE_BYTES} bytes, not a profile")
+    try:
+        data = strict_json_loads(raw) if p.suffix == ".json" else strict_yaml_loads(raw)
+    except EncodingError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     return cpu_profile_from_mapping(data, str(p))
 
 

@@ -31,15 +31,30 @@ DLC in all of them; and in detail:
 * ``.csv`` and ``.db``: absolute timestamps, remote and error flags; no FD/BRS flags, no
   direction, no channel (python-can's column sets).
 
+A ``.db`` log is an SQLite database, and SQLite runs what a database's schema says when a row is
+read (generated columns, views). python-can's reader opens it read-write and reads ``SELECT *``,
+so a hostile file could make it allocate gigabytes, read rows without end, or leave ``-wal`` and
+``-shm`` files beside the evidence. Logs are therefore read here: the file opened read-only with
+the ledger's hardening (:func:`modbatt.ledger.schema.connect`: ``trusted_schema`` off, values
+capped), ``messages`` required to be a plain table with exactly python-can's columns, and every
+value type- and range-checked.
+
 A file that is not what its suffix says, or whose frames carry timestamps that are not a finite
 time (``(inf)``, ``(nan)``, negative, past the year 2286), is refused with one line naming the
-problem (:class:`~modbatt.errors.ConfigError`).
+problem (:class:`~modbatt.errors.ConfigError`). Records a python-can reader skips (it logs a
+warning quoting each damaged line, control characters and all) are counted in
+:class:`ReaderNotes` instead of reaching the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import gc
+import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +66,9 @@ from can.io.generic import MessageWriter
 from ..errors import ConfigError
 from .busstats import TIMESTAMP_RANGE, usable_timestamp
 
-__all__ = ["LOG_FORMATS", "RecordingWriter", "log_format", "open_writer", "read_log", "write_log"]
+__all__ = ["LOG_FORMATS", "ReaderNotes", "RecordingWriter", "log_format", "open_writer", "read_log", "write_log"]
+
+_log = logging.getLogger(__name__)
 
 #: Supported suffixes and what they are.
 LOG_FORMATS: dict[str, str] = {
@@ -186,12 +203,85 @@ def _problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def read_log(path: str | os.PathLike[str], **kwargs: Any) -> Iterator[can.Message]:
+@dataclasses.dataclass
+class ReaderNotes:
+    """What the log reader complained about while reading: how often, and the first complaint.
+
+    python-can's readers log a warning quoting each record they skip, control characters and
+    all, and asammdf prints its own errors; a reader object left half-built by a damaged file
+    can raise again when it is collected (``Exception ignored in …`` with a traceback). Each such
+    complaint is counted here instead of reaching the terminal.
+    """
+
+    count: int = 0
+    first: str | None = None
+
+    def add(self, text: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = text[:120]
+
+    def describe(self) -> str:
+        """One line for a person (the caller escapes it: the first note quotes the file)."""
+        return f"the log reader reported {self.count} problems (first: {self.first})"
+
+
+class _Collect(logging.Handler):
+    def __init__(self, notes: ReaderNotes) -> None:
+        super().__init__(logging.INFO)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record whose arguments do not format is still one complaint
+            text = record.msg if isinstance(record.msg, str) else "?"
+        self.notes.add(text)
+
+
+#: python-can's readers log under can.io.<format>; asammdf (behind .mf4) under asammdf, with a
+#: handler of its own that prints to stderr.
+_READER_LOGGERS = ("can.io", "asammdf")
+
+
+@contextlib.contextmanager
+def _reader_complaints(notes: ReaderNotes) -> Iterator[None]:
+    """While a log is read, the readers' log records and the exceptions their collected objects
+    raise (``sys.unraisablehook``) go to ``notes``; what is left of a failed reader is collected
+    before the hooks are put back."""
+    collect = _Collect(notes)
+    saved = []
+    for logger_name in _READER_LOGGERS:
+        logger = logging.getLogger(logger_name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers[:] = [collect]
+        logger.propagate = False
+    previous = sys.unraisablehook
+
+    def unraisable(event: Any) -> None:
+        notes.add(f"{type(event.exc_value).__name__} while cleaning up after the reader")
+
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+        for logger, handlers, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+
+
+def read_log(
+    path: str | os.PathLike[str], *, notes: ReaderNotes | None = None, **kwargs: Any
+) -> Iterator[can.Message]:
     """Yield the messages recorded in ``path`` (format by suffix), in file order.
 
     Raises :class:`~modbatt.errors.ConfigError` for a missing file, an unknown suffix, a file the
     python-can reader cannot parse as its format, a non-empty file with no frame in it, and a
     frame whose timestamp is not a finite time in :data:`~modbatt.transport.busstats.TIMESTAMP_RANGE`.
+    The reader's complaints are counted in ``notes`` (:class:`ReaderNotes`; without it, summed up
+    in one warning of this module's logger at the end), never printed as the reader words them.
     """
     suffix = log_format(path, "read")
     name = os.fspath(path)
@@ -199,24 +289,98 @@ def read_log(path: str | os.PathLike[str], **kwargs: Any) -> Iterator[can.Messag
         raise ConfigError(f"no such log file: {name!r}")
     what = LOG_FORMATS[suffix]
     count = 0
-    try:
-        with can.LogReader(name, **kwargs) as reader:
-            for msg in reader:
-                count += 1
-                if not usable_timestamp(msg.timestamp):
-                    lo, hi = TIMESTAMP_RANGE
-                    raise ConfigError(
-                        f"{name!r} is not a usable {what}: frame {count} has timestamp {msg.timestamp!r}, "
-                        f"not a finite time in {lo:g}-{hi:g} s"
-                    )
-                yield msg
-    except ConfigError:
-        raise
-    except Exception as exc:  # python-can's readers raise assorted errors on damaged or foreign files
-        raise ConfigError(f"cannot read {name!r} as a {what}: {_problem(exc)}") from exc
+    told = notes if notes is not None else ReaderNotes()
+    failure: str | None = None
+    with _reader_complaints(told):
+        try:
+            sqlite = suffix == ".db"
+            opened = contextlib.closing(_read_sqlite_log(name, what)) if sqlite else can.LogReader(name, **kwargs)
+            with opened as reader:
+                for msg in reader:
+                    count += 1
+                    if not usable_timestamp(msg.timestamp):
+                        lo, hi = TIMESTAMP_RANGE
+                        raise ConfigError(
+                            f"{name!r} is not a usable {what}: frame {count} has timestamp {msg.timestamp!r}, "
+                            f"not a finite time in {lo:g}-{hi:g} s"
+                        )
+                    yield msg
+        except ConfigError:
+            raise
+        except Exception as exc:  # python-can's readers raise assorted errors on damaged or foreign files
+            # Raised below, once the reader's half-built objects are gone (with their complaints).
+            failure = f"cannot read {name!r} as a {what}: {_problem(exc)}"
+    if failure is not None:
+        raise ConfigError(failure)
+    if notes is None and told.count:
+        _log.warning("%s: the log reader reported %d problems", name, told.count)
     if count == 0 and suffix == ".asc" and not _asc_header(Path(path)):
         # python-can's ASC reader skips every line it does not know: a foreign file reads as empty.
         raise ConfigError(f"cannot read {name!r} as a {what}: no 'date' header and no frame")
+
+
+#: python-can's ``messages`` table (can.io.sqlite.SqliteWriter): column names and declared types, in order.
+_SQLITE_COLUMNS = (
+    ("ts", "REAL"), ("arbitration_id", "INTEGER"), ("extended", "INTEGER"), ("remote", "INTEGER"),
+    ("error", "INTEGER"), ("dlc", "INTEGER"), ("data", "BLOB"),
+)  # fmt: skip
+#: Largest value a log row holds (64 data bytes); SQLite refuses to build or return anything longer.
+_SQLITE_MAX_VALUE = 1024
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _read_sqlite_log(name: str, what: str) -> Iterator[can.Message]:
+    """The frames of a python-can SQLite log, read as untrusted input (see the module notes)."""
+    import sqlite3
+
+    from ..ledger.schema import connect
+
+    with open(name, "rb") as fh:
+        if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise ConfigError(f"cannot read {name!r} as a {what}: not an SQLite database")
+    try:
+        conn = connect(name, read_only=True, max_value_bytes=_SQLITE_MAX_VALUE)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read {name!r} as a {what}: {exc}") from None
+    try:
+        kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'messages'").fetchone()
+        if kind is None or kind[0] != "table":
+            raise ConfigError(f"cannot read {name!r} as a {what}: no table 'messages'")
+        # table_xinfo also lists generated (hidden) columns; each must be python-can's, plain.
+        columns = [(row[1], str(row[2]).upper(), row[6]) for row in conn.execute("PRAGMA table_xinfo(messages)")]
+        if columns != [(c, t, 0) for c, t in _SQLITE_COLUMNS]:
+            raise ConfigError(f"cannot read {name!r} as a {what}: table 'messages' does not have python-can's columns")
+        rows = conn.execute(f"SELECT {', '.join(c for c, _ in _SQLITE_COLUMNS)} FROM messages ORDER BY rowid")
+        for n, row in enumerate(rows, 1):
+            yield _sqlite_frame(row, n, name, what)
+    except sqlite3.DataError:
+        raise ConfigError(f"cannot read {name!r} as a {what}: a value exceeds {_SQLITE_MAX_VALUE} bytes") from None
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read {name!r} as a {what}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _sqlite_frame(row: tuple[Any, ...], n: int, name: str, what: str) -> can.Message:
+    ts, can_id, extended, remote, error, dlc, data = row
+
+    def bad(field: str) -> ConfigError:
+        return ConfigError(f"cannot read {name!r} as a {what}: row {n} has an unusable {field}")
+
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise bad("timestamp")
+    if not isinstance(can_id, int) or not 0 <= can_id <= 0x1FFFFFFF:
+        raise bad("arbitration_id")
+    if any(not isinstance(flag, int) or flag not in (0, 1) for flag in (extended, remote, error)):
+        raise bad("flag (extended, remote or error)")
+    if not isinstance(dlc, int) or not 0 <= dlc <= 64:
+        raise bad("dlc")
+    if data is not None and (not isinstance(data, bytes) or len(data) > 64):
+        raise bad("data")
+    return can.Message(
+        timestamp=float(ts), arbitration_id=can_id, is_extended_id=bool(extended), is_remote_frame=bool(remote),
+        is_error_frame=bool(error), dlc=dlc, data=data or b"",
+    )  # fmt: skip
 
 
 def _asc_header(path: Path) -> bool:

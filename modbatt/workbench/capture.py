@@ -119,7 +119,8 @@ def decode_capture(
     """Decode every frame of ``log`` (or of ``frames``) and keep each unit that completes."""
     decoder = FrameDecoder("seed", decryptor=decryptor)
     out = DecodedCapture()
-    for msg in recording.read_log(log) if frames is None else frames:
+    notes = recording.ReaderNotes()
+    for msg in recording.read_log(log, notes=notes) if frames is None else frames:
         out.frames += 1
         for unit in decoder.decode(msg).units:
             out.units.append(DecodedUnit(float(msg.timestamp), msg.channel, unit))
@@ -127,6 +128,8 @@ def decode_capture(
                 out.problems[unit.decrypt_note.split(":")[0]] += 1
             elif unit.plain_error:
                 out.problems["cleartext does not match the catalog"] += 1
+    if notes.count:
+        out.problems["problems the log reader reported"] += notes.count
     return out
 
 

@@ -14,9 +14,11 @@ refuses, with one line, a key no notebook declares or a value of the wrong type.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,12 @@ def notebook_parameters(path: Path) -> dict[str, ParamSpec]:
     import papermill
 
     try:
-        found = papermill.inspect_notebook(str(path))
+        with _quiet(_NOTEBOOK_LOGGERS):
+            found = papermill.inspect_notebook(str(path))
     except Exception as exc:  # an unreadable notebook is reported, not raised as a traceback
-        raise ConfigError(f"cannot read the parameters of {path.name}: {exc}") from None
+        first = str(exc).strip().splitlines()
+        why = first[0][:200] if first else type(exc).__name__
+        raise ConfigError(f"cannot read the parameters of {path.name}: {why}") from None
     return {
         name: ParamSpec(
             name, str(p.get("inferred_type_name") or "None"), str(p.get("default")), str(p.get("help") or "")
@@ -53,11 +58,34 @@ def notebook_parameters(path: Path) -> dict[str, ParamSpec]:
     }
 
 
+#: nbformat validates a notebook as it reads it and logs each problem, over many lines, through
+#: traitlets' logger; the reading either works or fails with one ConfigError, so those stay quiet.
+_NOTEBOOK_LOGGERS = ("traitlets", "nbformat", "papermill")
+
+
+@contextlib.contextmanager
+def _quiet(names: Sequence[str]) -> Iterator[None]:
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.disabled))
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, disabled in saved:
+            logger.disabled = disabled
+
+
 def parse_value(text: str) -> Any:
-    """A ``-p`` value: JSON when it parses (``3``, ``true``, ``null``, ``[1, 2]``), else the text itself."""
+    """A ``-p`` value: JSON when it parses (``3``, ``true``, ``null``, ``[1, 2]``), else the text itself.
+
+    Text that JSON refuses for its size rather than its syntax (an integer past Python's
+    4 300-digit limit, nesting past the recursion limit) stays text too, so the type check names it.
+    """
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
         return text
 
 

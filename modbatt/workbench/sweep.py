@@ -33,8 +33,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
 
 __all__ = ["EXPERIMENTS", "SweepSpec", "experiment_keys", "experiments", "load_sweep", "run_sweep", "write_table"]
@@ -155,7 +153,7 @@ class SweepSpec:
                 raise ConfigError(f"grid.{name} must be a non-empty list")
         self.experiment = experiment
         self.grid = {str(k): list(v) for k, v in grid.items()}
-        self.fixed = dict(fixed or {})
+        self.fixed = {str(k): v for k, v in (fixed or {}).items()}
         overlap = set(self.grid) & set(self.fixed)
         if overlap:
             raise ConfigError(f"parameters both in grid and fixed: {sorted(overlap)}")
@@ -187,15 +185,27 @@ class SweepSpec:
 
 
 def load_sweep(path: Path) -> SweepSpec:
+    """A sweep file, checked: ConfigError (one line naming the file) for anything else."""
+    from ..encoding import MAX_TEXT_FILE_BYTES, strict_yaml_loads
+    from ..errors import EncodingError
+
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        with Path(path).open("rb") as fh:
+            raw = fh.read(MAX_TEXT_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = strict_yaml_loads(raw)
+    except EncodingError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, Mapping) or set(data) - {"experiment", "grid", "fixed"} or "experiment" not in data:
         raise ConfigError(f"{path} must hold 'experiment', 'grid' and optionally 'fixed'")
-    return SweepSpec(str(data["experiment"]), data.get("grid") or {}, data.get("fixed"))
+    if not isinstance(data["experiment"], str):
+        raise ConfigError(f"{path}: 'experiment' names an experiment (a string)")
+    fixed = data.get("fixed")
+    if fixed is not None and not isinstance(fixed, Mapping):
+        raise ConfigError(f"{path}: 'fixed' maps parameter names to values")
+    return SweepSpec(data["experiment"], data.get("grid") or {}, fixed)
 
 
 def _run_point(experiment: str, point: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,13 +8,13 @@ label or a derivation shows up as a diff of the committed ``vectors/``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError
+from ...encoding import strict_json_loads
+from ...errors import ConfigError, EncodingError
 from . import certificates, ecies, frames, ids, keyschedule, ledger, validation
 from ._format import SCHEMA_NAME, VectorFile, dumps, reproducible
 from .trace import Record, record_scenario
@@ -72,11 +72,16 @@ def export(directory: Path) -> list[Path]:
     return written
 
 
+#: The largest vector file accepted (the committed ones are at most a few hundred KiB).
+MAX_VECTOR_FILE_BYTES = 8 * 1024 * 1024
+
+
 def check(directory: Path) -> dict[str, int]:
     """Run the package on every case in ``directory``; returns cases checked per file.
 
     Raises ``AssertionError`` naming the file and tcId of the first disagreement, and
-    :class:`~modbatt.errors.ConfigError` for a missing file.
+    :class:`~modbatt.errors.ConfigError` for a missing file or one that is not a vector file
+    (not JSON, not the schema's shape, a case whose fields cannot be used).
     """
     counts = {}
     with reproducible():
@@ -84,21 +89,49 @@ def check(directory: Path) -> dict[str, int]:
             path = Path(directory) / name
             if not path.is_file():
                 raise ConfigError(f"{path} is missing (run `modbatt vectors export {directory}`)")
-            counts[name] = check_file(name, json.loads(path.read_bytes()))
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_VECTOR_FILE_BYTES + 1)
+            if len(raw) > MAX_VECTOR_FILE_BYTES:
+                raise ConfigError(f"{path} is larger than {MAX_VECTOR_FILE_BYTES} bytes, not a vector file")
+            try:
+                data = strict_json_loads(raw)
+            except EncodingError as exc:
+                raise ConfigError(f"{path} is not a vector file: {exc}") from None
+            counts[name] = check_file(name, data)
     return counts
+
+
+def _cases(name: str, data: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(group, case)`` pairs of a parsed file, or ConfigError when it does not have the schema's shape."""
+    groups = data.get("testGroups") if isinstance(data, dict) else None
+    shaped = isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("tests"), list) for g in groups)
+    if not shaped:
+        raise ConfigError(f"{name} is not a vector file: no list of testGroups, each with a list of tests")
+    pairs = [(g, c) for g in groups for c in g["tests"]]
+    if not all(isinstance(c, dict) and isinstance(c.get("tcId"), int) for _, c in pairs):
+        raise ConfigError(f"{name} is not a vector file: a test without an integer tcId")
+    return pairs
 
 
 def check_file(name: str, data: dict[str, Any]) -> int:
     """Run the package on every case of one parsed file; returns the number of cases."""
     check_case = FILES[name][1]
     n = 0
-    for group in data["testGroups"]:
-        for case in group["tests"]:
-            try:
-                check_case(group, case)
-            except AssertionError as exc:
-                raise AssertionError(f"{name} tcId {case['tcId']}: {exc}") from None
-            n += 1
+    for group, case in _cases(name, data):
+        try:
+            check_case(group, case)
+        except AssertionError as exc:
+            raise AssertionError(f"{name} tcId {case['tcId']}: {exc}") from None
+        except Exception as exc:  # a field the checker cannot use: the file is malformed, not the package wrong
+            detail = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {detail[0][:160]}" if detail else type(exc).__name__
+            raise ConfigError(f"{name} tcId {case['tcId']} is not a usable case ({why})") from None
+        n += 1
     if name == "ledger.json":
-        ledger.check_roots(data)
+        try:
+            ledger.check_roots(data)
+        except AssertionError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"{name} is not a usable vector file ({type(exc).__name__})") from None
     return n
