@@ -65,7 +65,7 @@ __all__ = [
 
 EVENTS = ("completion", "revocation", "modification")
 #: The L6 budget is < 100 ms (docs/simulation.md §3); the deadline also covers slow module crypto
-#: (1-2 s per ECDSA on the module MCU, docs/simulation.md §4).
+#: (seconds per ECDSA operation on the module MCU, docs/simulation.md §4).
 DEFAULT_TIMEOUT_S = 30.0
 
 
