@@ -369,7 +369,7 @@ class PairingSecrets:
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> PairingSecrets:
-        # A stored session without a profile is a seed session (no binding secret).
+        # A session stored before profiles existed was a seed session (no binding secret).
         return cls(
             r["pairing_id"], r["role"], r["session_id"], r["pairing_secret"], r["exchange_secret"],
             ControllerMode(r["mode"]), ProtocolProfile(r.get("profile", DEFAULT_PROFILE)), r.get("binding_secret"),
