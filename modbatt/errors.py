@@ -28,7 +28,7 @@ __all__ = [
 
 
 class Reason(enum.StrEnum):
-    """Why a message, key or record was rejected (DESIGN §8: classified failures)."""
+    """Why a message, key or record was rejected (docs/architecture.md, Errors: classified failures)."""
 
     MALFORMED = "malformed"
     OVERSIZED = "oversized"
@@ -115,7 +115,7 @@ def counts_rejections(method: _F) -> _F:
     """Count a :class:`VerificationError` raised by ``method`` in ``self.rejections`` (a Counter), then re-raise.
 
     Every machine and node exposes such failure counters so monitors, notebooks and the attack
-    matrix can see *why* input was refused (DESIGN §8).
+    matrix can see *why* input was refused (docs/architecture.md, Errors).
     """
 
     @functools.wraps(method)

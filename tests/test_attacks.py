@@ -146,8 +146,8 @@ def test_notebook_parameter_selects_scenarios():
 
 
 def test_regression_binding_tier_frames_do_not_replay_into_a_later_pairing():
-    """Fixed: binding-tier frames (signed by the binding key) of pairing 1 verified on pairing 2's
-    fresh link; the pairing id is now signed into each frame and resync answer."""
+    """Binding-tier frames (signed by the binding key) of pairing 1 do not verify on pairing 2's
+    fresh link: the pairing id is signed into each frame and resync answer (docs/threat-model.md, F6)."""
     out = attacks.run("replay_can_binding_next_pairing", SEED)
     assert (out.outcome, out.reason) == ("blocked", "bad_signature")
     assert out.counters["new_pack_link.rejects.bad_signature"] == 3

@@ -21,7 +21,8 @@ SEED = 11
 
 
 def test_the_forbidden_attack_forges_a_command_where_a_nonce_does_repeat():
-    """What the issue found: one key across sessions, counters restarting at 0 (the old behaviour)."""
+    """The attack the channel owner prevents: one key across sessions with counters restarting at 0
+    (docs/threat-model.md, F11 and F12)."""
     secret = bytes(range(32))
     keys = derive_traffic_keys(secret, Tier.PAIRING, Direction.INITIATOR_TO_RESPONDER)
     fields = function_for(MessageClass.CHARGE_COMMAND).id_fields(1, 0)

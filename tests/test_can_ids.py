@@ -63,7 +63,7 @@ def test_j1939_level_field() -> None:
     can_id = J1939_LAYOUT.encode(CanIdFields(function=0x10, node=0x05, priority=6, tier=Tier.PAIRING))
     assert (can_id >> 17) & 0b111 == 0b010
     assert J1939_LAYOUT.decode(can_id) == CanIdFields(function=0x10, node=0x05, priority=6, tier=Tier.PAIRING)
-    # The addendum's own example IDs have bits 17-19 = 111: a reserved level.
+    # The spec addendum's own example IDs (docs/can-frames.md §1) have bits 17-19 = 111: a reserved level.
     with pytest.raises(VerificationError) as exc:
         J1939_LAYOUT.decode(0x18FF1000 | 0x05)
     assert exc.value.reason is Reason.MALFORMED

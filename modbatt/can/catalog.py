@@ -1,13 +1,12 @@
 """The legacy ModBatt CAN message catalog as typed rows and as a cantools database.
 
-Source: ``modbatt/data/legacy-can-catalog.csv``, a verbatim copy of the project's
-``reference/legacy-can-catalog.csv`` (compiled from dp-web4/modbatt-CAN headers and emulator code;
-see ``docs/can-fragmentation-and-dbc.md``). One CSV row per signal; ``start_bit`` is where the C
-compiler really puts the field (``uint32_t`` bitfields never straddle a 32-bit unit), which for
-0x404, 0x412-0x416, 0x220 and 0x222 differs from the header comments. We trust the compiled
-position because that is what ``memcpy`` puts on the wire.
+Source: ``modbatt/data/legacy-can-catalog.csv``, compiled from the ModBatt repository's headers and
+emulator code (dp-web4/modbatt-CAN; docs/can-fragmentation-and-dbc.md §3.1 names the files). One CSV
+row per signal; ``start_bit`` is where the C compiler really puts the field (``uint32_t`` bitfields
+never straddle a 32-bit unit), which for 0x404, 0x412-0x416, 0x220 and 0x222 differs from the header
+comments. We trust the compiled position because that is what ``memcpy`` puts on the wire.
 
-Two ID rules (DESIGN §5, reference facts §b):
+Two ID rules (docs/can-fragmentation-and-dbc.md §3.1):
 
 * app bus (0x2xx, 0x4xx): 11-bit standard frames, ``base + pack_id * 0x100``;
 * module bus (0x5xx): 29-bit extended frames, ``(base << 18) | module_id``.
@@ -68,7 +67,8 @@ DBC_PACK_ID = 0
 DBC_MODULE_ID = 0x01
 
 #: App-bus bases the configuration utility sends as extended frames ``base | (chunk << 8) | pack``
-#: (reference facts §b/§c: 0x407-0x409 key halves and component IDs, 0x40A host ID, 0x4A7-0x4A9 ACKs).
+#: (docs/can-fragmentation-and-dbc.md §3.1: 0x407-0x409 key halves and component IDs, 0x40A host ID,
+#: 0x4A7-0x4A9 ACKs).
 KEY_CHUNK_BASES = frozenset({0x407, 0x408, 0x409, 0x40A, 0x4A7, 0x4A8, 0x4A9})
 #: The utility sends 8 chunks (0-7) per key (``Unit1.cpp``).
 KEY_CHUNKS = range(8)

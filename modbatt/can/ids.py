@@ -1,7 +1,7 @@
-"""CAN identifier layouts as data (DESIGN §5), and a collision checker.
+"""CAN identifier layouts as data (docs/can-frames.md §1), and a collision checker.
 
 Five documents define the encryption bits of the 29-bit ID in incompatible ways
-(modbatt-can-facts §c), and the legacy module bus already uses bits 18-28 for its base ID. So a
+(the table of docs/can-frames.md §1), and the legacy module bus already uses bits 18-28 for its base ID. So a
 layout is a value: named bit fields plus how (or whether) the layout signals the tier. The codec
 takes a layout as input; nothing else in ``modbatt.can`` hard-codes a bit position.
 
@@ -25,10 +25,10 @@ Profiles (bit 0 = least significant bit of the identifier):
 ``legacy-module`` (29-bit, module bus): ``(base << 18) | module_id``; bits 8-17 zero; no security
 fields.
 
-``j1939`` (spec addendum): priority 26-28, a J1939-style PGN in bits 8-25 and source address
-in 0-7, with bits 17-19 overlaid as a 3-bit level (b19..b17: 000 clear, 001 exchange,
-010 pairing, 011 binding, 1xx reserved → malformed). ``function`` is the PGN with bits 17-19
-taken out (bits 8-16 then 20-25, 15 bits).
+``j1939`` (the ModBatt spec addendum's layout, docs/can-frames.md §1): priority 26-28, a J1939-style
+PGN in bits 8-25 and source address in 0-7, with bits 17-19 overlaid as a 3-bit level (b19..b17: 000
+clear, 001 exchange, 010 pairing, 011 binding, 1xx reserved → malformed). ``function`` is the PGN
+with bits 17-19 taken out (bits 8-16 then 20-25, 15 bits).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class TierSignal(enum.Enum):
 
     NONE = "none"  # not signalled: the tier comes from configuration
     FLAG_LEVEL = "flag+level"  # seed: 1-bit flag + 2-bit level, must agree
-    LEVEL3 = "level3"  # spec addendum: 3-bit level, 1xx reserved
+    LEVEL3 = "level3"  # the spec addendum's 3-bit level, 1xx reserved
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Secured frame formats for every tier on every bus profile (DESIGN §3, §5).
+"""Secured frame formats for every tier on every bus profile (docs/can-frames.md §2).
 
 Layer 3 and stateless with respect to the protocol: keys come in as :class:`TrafficKeys`, the
 freshness stream as a :class:`~modbatt.crypto.freshness.FreshnessCounter` (sender) or
@@ -114,14 +114,14 @@ _ZEROS = tuple(bytes(i) for i in range(16))  # FD padding runs (at most 15 bytes
 
 
 class Direction(enum.IntEnum):
-    """Which way a key and a freshness stream go (keys are split by direction, DESIGN §3)."""
+    """Which way a key and a freshness stream go (keys are split by direction, docs/can-frames.md §2)."""
 
     INITIATOR_TO_RESPONDER = 0  # controller → node on the seed layout's dir bit
     RESPONDER_TO_INITIATOR = 1
 
 
 class RejectCounters(collections.Counter[Reason]):
-    """Rejected frames counted by :class:`~modbatt.errors.Reason` (DESIGN §8)."""
+    """Rejected frames counted by :class:`~modbatt.errors.Reason` (docs/architecture.md, Errors)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Wire time of CAN frames from the standard bit counts (DESIGN §5; tooling-notes §A4).
+"""Wire time of CAN frames from the standard bit counts of ISO 11898-1 frames (docs/can-frames.md §4).
 
 The virtual bus is instantaneous, so every latency or capacity figure comes from here.
 Counts include the 3-bit intermission and, in the worst case, the maximum number of dynamic

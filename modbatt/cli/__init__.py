@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"{__name__}.{name}_cmd")
         except ModuleNotFoundError as exc:
             if exc.name == f"{__name__}.{name}_cmd":
-                continue  # that face is not built yet
+                continue  # a command whose module is absent is left out
             raise
         module.register(sub)
     return parser

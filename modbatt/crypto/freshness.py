@@ -2,7 +2,7 @@
 
 Layer 1: knows nothing about CAN. Every protected message carries a freshness value (FV);
 for AES-GCM/CCM the full FV is part of the nonce, so a repeated FV under one key would be a
-nonce reuse (DESIGN §3). Three pieces:
+nonce reuse (docs/can-frames.md §3). Three pieces:
 
 * :class:`FreshnessCounter` (sender). Values come from a persisted *reservation*: before
   handing out value ``v`` the counter makes sure ``reserved_until > v`` is on stable storage,

@@ -1,4 +1,4 @@
-"""The key store: private keys and partner access data, encrypted at rest (DESIGN §3).
+"""The key store: private keys and partner access data, encrypted at rest (docs/crypto.md §7).
 
 One file per store. A small clear header (magic, format version, flags, KDF id and
 parameters, salt, key-check value, nonce, body length) is bound as AES-256-GCM associated

@@ -3,7 +3,7 @@
 Protocol machines take a :class:`RandomSource` instead of calling ``os.urandom`` so that a
 simulation or a notebook can be replayed byte for byte. The seeded source refuses to exist
 unless ``MODBATT_REPRODUCIBLE=1`` is set in the environment, and every key it produces is
-marked ``reproducible`` so the key store refuses to persist it (DESIGN §3).
+marked ``reproducible`` so the key store refuses to persist it (docs/crypto.md §6).
 """
 
 from __future__ import annotations

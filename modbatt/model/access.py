@@ -1,8 +1,8 @@
-"""Access data: how to reach a party (seed 1.2), what kind of party it is, and the LCT it is bound to.
+"""Access data: how to reach a party (docs/seed.md §1.2), what kind of party it is, and the LCT it is bound to.
 
 A party is a ``device`` (the default), another ``entity`` (a service, an organisation) or an
 ``lct`` (a web4 Linked Context Token), as in the upstream binding request's
-``partner_access_data.type`` (ModBatt docs/Pairing_Protocol_Documentation.md §1). An LCT is
+``partner_access_data.type`` (docs/binding.md, Access data). An LCT is
 reached at its RPC endpoint and named by its ``lct:`` id (``device_id``), the chain it lives on
 (``chain_id``) and its token id there (``token_id``); docs/binding.md §LCT binding.
 """
@@ -28,7 +28,7 @@ _MQTT_TOPIC = re.compile(r"[^#+\x00]{1,200}")
 
 
 class TransportProtocol(enum.StrEnum):
-    """The protocol an entity's endpoint speaks (seed 1.2: CAN, HTTP, MQTT)."""
+    """The protocol an entity's endpoint speaks (docs/seed.md §1.2: CAN, HTTP, MQTT)."""
 
     CAN = "CAN"
     HTTP = "HTTP"

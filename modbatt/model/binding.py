@@ -1,9 +1,9 @@
-"""Binding records (seed 1.3), their ledger view, and binding authorizations.
+"""Binding records (docs/seed.md §1.3), their ledger view, and binding authorizations.
 
 A :class:`BindingRecord` carries the two semi-public keys and is held only by the
 controller and the two bound entities. What goes into the public ledger is its
 :meth:`~BindingRecord.ledger_view`: the same record with each semi-public key replaced by a
-commitment (DESIGN §3: the ledger never holds the keys). The controller's ``authority``
+commitment (docs/binding.md: the ledger holds commitments, never the keys). The controller's ``authority``
 signature covers the ledger view, so anyone holding the ledger can check it, and anyone
 holding a key can check that it is the one committed.
 """
@@ -186,7 +186,7 @@ class BindingRecord:
         raise VerificationError(Reason.WRONG_PEER, f"{device_id} is not part of binding {self.binding_id}")
 
     def to_json(self) -> dict[str, Any]:
-        """The seed's JSON shape (1.3)."""
+        """The seed's JSON shape (docs/seed.md §1.3)."""
         out: dict[str, Any] = {
             "binding_id": self.binding_id,
             "entity_a": self.entity_a.to_dict(),
@@ -255,7 +255,7 @@ class BindingAuthorization:
     It names the two devices that may be bound, each with its device identity key (an
     IDevID-like key provisioned at manufacture, which signs the device's binding responses
     so that a man in the middle cannot substitute a semi-public key), and a validity
-    window. The controller refuses to start a binding without one that verifies (seed 1.1).
+    window. The controller refuses to start a binding without one that verifies (docs/seed.md §1.1).
     """
 
     device_a: str

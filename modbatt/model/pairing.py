@@ -1,4 +1,4 @@
-"""The pairing certificate (seed 2.1-2.2): clear metadata, three encrypted sections, a signature.
+"""The pairing certificate (docs/seed.md §2.1-2.2): clear metadata, three encrypted sections, a signature.
 
 Encoding (deterministic CBOR; byte layout in docs/pairing.md)::
 
@@ -79,7 +79,7 @@ class Restrictions:
 
 @dataclass(frozen=True, slots=True)
 class PairingMetadata:
-    """The certificate's clear metadata (seed 2.1)."""
+    """The certificate's clear metadata (docs/seed.md §2.1)."""
 
     pairing_id: str
     binding_id: str
@@ -195,7 +195,7 @@ class PairingCertificate:
 
     @property
     def metadata_hash(self) -> bytes:
-        """SHA-256 of the clear metadata, as carried in each entity section (seed 2.2)."""
+        """SHA-256 of the clear metadata, as carried in each entity section (docs/seed.md §2.2)."""
         return sha256(self.metadata_bytes)
 
     def _signed(self) -> bytes:

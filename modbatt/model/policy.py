@@ -1,11 +1,11 @@
-"""Selective encryption: which message classes need which tier (seed 2.4 and 4.2).
+"""Selective encryption: which message classes need which tier (docs/seed.md §2.4 and §4.2).
 
 A policy maps every :class:`MessageClass` to the minimum :class:`~modbatt.model.tier.Tier` it
 may be sent at. Sending below the minimum is refused (``Reason.TIER_TOO_LOW``); sending above
 it is allowed (escalation raises tiers, never lowers them). The default follows the seed:
 critical operations at the pairing tier, routine monitoring at the exchange tier, validation,
 certificates and identity at the binding tier. A pairing certificate carries its own policy,
-which may allow routine classes in clear ("Exchange Key or Clear", seed 4.2) but can never put
+which may allow routine classes in clear ("Exchange Key or Clear", docs/seed.md §4.2) but can never put
 a critical class below the pairing tier.
 """
 
@@ -27,15 +27,15 @@ __all__ = ["CRITICAL_CLASSES", "DEFAULT_POLICY", "EncryptionPolicy", "MessageCla
 class MessageClass(enum.StrEnum):
     """What a message is, for the tier policy."""
 
-    # Critical operations (seed 4.2) and medium-value events (seed 2.4): pairing key.
+    # Critical operations (docs/seed.md §4.2) and medium-value events (§2.4): pairing key.
     CHARGE_COMMAND = "charge_command"
     DISCHARGE_COMMAND = "discharge_command"
     SAFETY_LIMITS = "safety_limits"
     FIRMWARE_UPDATE = "firmware_update"
     CONFIGURATION = "configuration"
     CRITICAL_TELEMETRY = "critical_telemetry"
-    # Pack-management commands on the module bus (docs/lifecycle.md §classes): pairing key, like the
-    # other critical operations (ModBatt Pack_Controller_Communications_Workflow.md §3.1).
+    # Pack-management commands on the module bus (docs/lifecycle.md §5): pairing key, like the
+    # other critical operations of the ModBatt workflow's §3.1 (named there).
     CELL_BALANCING = "cell_balancing"
     EMERGENCY_SHUTDOWN = "emergency_shutdown"
     # Routine monitoring: exchange key (or clear where a certificate allows it).

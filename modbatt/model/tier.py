@@ -1,4 +1,4 @@
-"""The encryption tiers of selective encryption (seed 2.4, 4.1).
+"""The encryption tiers of selective encryption (docs/seed.md §2.4, §4.1).
 
 The integer values are the seed's 2-bit level codes carried in CAN ID bits 18-19.
 """

@@ -1,7 +1,7 @@
 """The key-free binding witness: a broadcast that a binding was recorded, naming no key.
 
-After the controller records a binding it may broadcast a witness (ModBatt
-docs/Pairing_Protocol_Documentation.md §1, binding step 5) so that parties without access to the
+After the controller records a binding it may broadcast a witness (docs/binding.md,
+Witness: the optional step 5 of the ModBatt binding) so that parties without access to the
 ledger learn that *some* binding of two parties exists. It carries no semi-public key and no key
 commitment, only:
 

@@ -1,4 +1,4 @@
-"""Selective encryption on a paired CAN link (seed 2.4, 4.2).
+"""Selective encryption on a paired CAN link (docs/seed.md §2.4, §4.2).
 
 One :class:`SelectiveLink` is one entity's end of the link between a pack controller (pairing
 role ``a``, sending controller→node) and a module (role ``b``). It holds a secured sender and a

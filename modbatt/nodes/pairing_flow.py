@@ -1,7 +1,7 @@
 """Run a pairing between two entities over any transport: certificate to both, halves swapped,
 completion to the controller.
 
-The wiring the seed's flow implies (2.3): the controller issues the certificate; both entities
+The wiring the seed's flow implies (docs/seed.md §2.3): the controller issues the certificate; both entities
 receive all of it; entity ``a`` starts the half exchange; entity ``b`` answers; ``a`` hands the
 completion proof to the controller's callback, which records it, and ``a`` learns the outcome.
 
@@ -150,7 +150,7 @@ def run_session(controller: AuthController, client: EntityClient, certificate: P
     pid = meta.pairing_id
     encoded = b64(certificate.encode())
     burned = {}
-    for end in (meta.entity_a, meta.entity_b):  # the whole certificate to both (seed 2.3)
+    for end in (meta.entity_a, meta.entity_b):  # the whole certificate to both (docs/seed.md §2.3)
         answer = client.call(end.endpoint, "pairing-accept", {"certificate": encoded})
         burned[end.device_id] = controller.burned_uses(pid, _reported_sessions(answer))
     offer_a = _answer_bytes(client.call(meta.entity_a.endpoint, "pairing-start", {"pairing_id": pid}), "offer")

@@ -1,6 +1,6 @@
 """Run the validation hierarchy (levels 1-7) and escalation between real nodes, in process.
 
-This is wiring only (DESIGN §2): the rules live in :mod:`modbatt.protocol.validation`; here each
+This is wiring only (docs/architecture.md, Layers): the rules live in :mod:`modbatt.protocol.validation`; here each
 level's machines are built from what the nodes hold (binding keys, partner keys, pairing
 secrets, the controller's records and ledger), the bytes are carried between them, ledger
 statements are appended for the levels that need a permanent record (2, 6, 7, escalations),

@@ -41,7 +41,7 @@ __all__ = [
     "make_revoke_request",
 ]
 
-#: Accepted difference between the controller's and the entity's clocks (spec addendum: ±5 min).
+#: Accepted difference between the controller's and the entity's clocks (±5 min, docs/validation.md §1).
 CLOCK_SKEW_SECONDS = 300
 
 

@@ -80,7 +80,7 @@ SESSION_NONCE_BYTES = 16
 SESSION_ID_BYTES = 16
 #: Bytes of a session's binding MAC secret (``efficient`` profile).
 BINDING_SECRET_BYTES = 32
-#: Partial pairings are abandoned after this long by default (spec addendum: 30 s).
+#: Partial pairings are abandoned after this long by default (30 s, docs/pairing.md, Uses).
 DEFAULT_HANDSHAKE_TIMEOUT_S = 30
 _ROLES = ("a", "b")
 

@@ -167,7 +167,7 @@ def transfer_frames(bus: BusProfile, transfer: Transfer) -> list[int]:
     return frames_for_unit(n, bus, isotp=transfer.signed or n > bus.data_field)
 
 
-#: Budgets from the spec addendum (dp-web4/modbatt-CAN docs/spec_addendum_cbor_tlv_can.md §5), in
+#: Budgets of the ModBatt spec addendum (docs/simulation.md §3 lists them and names the source), in
 #: seconds; the pairing exchange has no latency target, only the partial-pairing timeout of 30 s.
 BUDGETS: Final = MappingProxyType(
     {

@@ -1,6 +1,6 @@
 """A LAWICEL / slcan USB-CAN adapter emulated on a pseudo-terminal.
 
-Stands in for a CANable / CANUSB style adapter on machines without one (DESIGN §6): python-can's
+Stands in for a CANable / CANUSB style adapter on machines without one (docs/buses.md §4): python-can's
 ``slcan`` interface talks to :attr:`SlcanEmulator.tty_path` exactly as to ``/dev/ttyACM0``, and
 the emulator bridges frames to and from any python-can bus (by default a ``virtual`` channel in
 the same process)::

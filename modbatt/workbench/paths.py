@@ -1,6 +1,6 @@
 """Where the workbench finds notebooks and puts what it makes.
 
-Defaults are the repository's own folders (DESIGN §7): executed notebooks and the report in
+Defaults are the repository's own folders (docs/workbench.md): executed notebooks and the report in
 ``build/``, figures in ``figures/``, results in ``data/results/``. ``--output DIR`` puts all of
 it under ``DIR``.
 """

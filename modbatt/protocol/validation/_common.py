@@ -42,7 +42,7 @@ __all__ = [
     "mac",
 ]
 
-#: Accepted clock difference between two parties (spec addendum: ±5 min).
+#: Accepted clock difference between two parties (±5 min, docs/validation.md §1).
 CLOCK_SKEW_S = 300
 #: Session ids, nonces and challenges are 16 random bytes.
 ID_BYTES = 16
@@ -285,7 +285,7 @@ class SequenceGuard:
 # --------------------------------------------------------------------------- counters
 
 class Counted:
-    """A machine that counts its rejections by reason (DESIGN §8)."""
+    """A machine that counts its rejections by reason (docs/architecture.md, Errors)."""
 
     rejections: collections.Counter[Reason]
 

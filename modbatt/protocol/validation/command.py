@@ -61,7 +61,7 @@ COMMAND_ID_BYTES = 8
 #: Per-endpoint-instance key epoch (see the module docstring).
 EPOCH_BYTES = 16
 _RX_KEYS_KEPT = 8
-#: Seed/addendum: command ACK with signature < 20 ms; a retry every 250 ms is generous.
+#: The command + signed ack budget is < 20 ms (docs/simulation.md §3); a retry every 250 ms is generous.
 DEFAULT_RETRY_S = 0.25
 DEFAULT_MAX_RETRIES = 3
 #: A command older than this is refused (``expired``): a delayed charge command is dangerous.

@@ -1,4 +1,4 @@
-"""Escalation (seed 3.2): authenticated, rate-limited requests that raise the required level.
+"""Escalation (docs/seed.md §3.2): authenticated, rate-limited requests that raise the required level.
 
 Any level's message may carry an ``escalation`` field: a :class:`SignedEscalation`, i.e. the
 seed's ``escalation_request {target_level, reason, urgency}`` plus sender, receiver, binding,

@@ -64,7 +64,8 @@ __all__ = [
 ]
 
 EVENTS = ("completion", "revocation", "modification")
-#: Spec addendum: full L6 validation < 100 ms; the deadline covers slow module crypto (1-2 s per ECDSA).
+#: The L6 budget is < 100 ms (docs/simulation.md §3); the deadline also covers slow module crypto
+#: (seconds per ECDSA operation on the module MCU, docs/simulation.md §4).
 DEFAULT_TIMEOUT_S = 30.0
 
 
