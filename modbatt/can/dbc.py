@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from cantools.database.can.formats.dbc import DbcAttribute, DbcAttributeDefiniti
 from cantools.database.conversion import BaseConversion
 
 from ..errors import ConfigError, VerificationError
+from ..files import write_atomic
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
@@ -552,29 +552,9 @@ def write_dbc(database: cantools.database.can.Database, path: str | os.PathLike[
     text = database.as_dbc_string()
     cantools.database.load_string(text, database_format="dbc")  # refuse to install what we cannot read
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        # cp1252 and CRLF, as CANalyzer writes DBC files (and cantools reads them by default).
-        with os.fdopen(fd, "w", encoding="cp1252", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a DBC is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform lets us open a directory
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return target
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    # cp1252 and CRLF, as CANalyzer writes DBC files (and cantools reads them by default);
+    # 0644 because a DBC is meant to be shared.
+    write_atomic(target, text.encode("cp1252"), mode=0o644)
     return target
 
 

@@ -28,6 +28,7 @@ from ..crypto.keystore import KeyStore
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError
+from ..files import write_atomic
 from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.policy import EncryptionPolicy
@@ -205,19 +206,12 @@ def pack_on_disk(
     finally:
         ledger.close()
     # The manifest last: a crash before it leaves a directory the next run refuses, never half a pack.
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "format": _FORMAT,
-                "modules": modules,
-                "protocol": chosen.value,
-                "pairings": pairings,
-                "policy": policy.to_dict(),
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
-    os.replace(tmp, manifest_path)
+    manifest = {
+        "format": _FORMAT,
+        "modules": modules,
+        "protocol": chosen.value,
+        "pairings": pairings,
+        "policy": policy.to_dict(),
+    }
+    write_atomic(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
     return PackSetup(pack, nodes, pairings, policy, os.fspath(root), chosen, [close_stores])
