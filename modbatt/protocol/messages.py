@@ -20,6 +20,7 @@ from ..model._fields import b64, b64_bytes, expect_map, integer, malformed, raw_
 from ..model.access import AccessData
 
 __all__ = [
+    "CLOCK_SKEW_S",
     "MAX_ENVELOPE_CBOR_BYTES",
     "OPERATIONS",
     "REQUEST_ID_BYTES",
@@ -27,6 +28,9 @@ __all__ = [
     "EntityResponse",
 ]
 
+#: Accepted clock difference between two parties (spec addendum: ±5 min): binding requests and
+#: every timestamped validation message.
+CLOCK_SKEW_S = 300
 REQUEST_ID_BYTES = 16
 OPERATIONS = ("generate-keys", "distribute-key", "revoke")
 #: Largest CBOR envelope accepted from the wire (a distribute-key request is about 1.1 KiB).

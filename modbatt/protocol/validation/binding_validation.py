@@ -36,6 +36,7 @@ from ...crypto.suite import PrivateKey, PublicKey, sha256
 from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
 from ...ledger import SignedTreeHead, verify_inclusion
+from ...ledger.merkle import MAX_PROOF_HASHES
 from ...model._fields import malformed, raw_bytes
 from ...model.binding import BindingRecord, key_commitment
 from ._common import CLOCK_SKEW_S, ID_BYTES, Counted, Message, Reader, b, counted, digest, loads, one_of, opt
@@ -58,7 +59,6 @@ __all__ = [
 
 EVENTS = ("establishment", "verification", "revocation")
 DEFAULT_TIMEOUT_S = 30.0
-MAX_PROOF_HASHES = 64
 
 
 def lct_id_for_key(key: PublicKey) -> str:
