@@ -39,6 +39,7 @@ from cantools.database.can import Message, Node, Signal
 from cantools.database.conversion import BaseConversion
 
 from ..errors import ConfigError
+from .ids import LEGACY_MODULE_LAYOUT, STANDARD_ID_MAX, CanIdFields
 
 __all__ = [
     "CATALOG_RESOURCE",
@@ -74,10 +75,7 @@ KEY_CHUNK_BASES = frozenset({0x407, 0x408, 0x409, 0x40A, 0x4A7, 0x4A8, 0x4A9})
 KEY_CHUNKS = range(8)
 
 _CLASSIC_BITS = 64  # a classic CAN frame carries at most 8 bytes = 64 bits
-_STD_ID_MAX = 0x7FF
-_EXT_ID_MAX = 0x1FFF_FFFF
 _MODULE_ID_MAX = 0xFF
-_MODULE_SHIFT = 18
 _PACK_STRIDE = 0x100
 
 # DBC nodes: the app and the VCU share one role on the app bus.
@@ -175,7 +173,7 @@ def frame_id(base_id: int, *, pack_id: int = DBC_PACK_ID, module_id: int = DBC_M
     if bus_of(base_id) is LegacyBus.MODULE:
         if not 0 <= module_id <= _MODULE_ID_MAX:
             raise ConfigError(f"module id {module_id:#x} is outside 0x00-0xFF")
-        return (base_id << _MODULE_SHIFT) | module_id
+        return LEGACY_MODULE_LAYOUT.encode(CanIdFields(function=base_id, node=module_id))
     if pack_id < 0:
         raise ConfigError(f"pack id {pack_id} is negative")
     if base_id in KEY_CHUNK_BASES:
@@ -185,7 +183,7 @@ def frame_id(base_id: int, *, pack_id: int = DBC_PACK_ID, module_id: int = DBC_M
             raise ConfigError(f"pack id {pack_id} does not fit the key-frame low byte")
         return base_id | (chunk << 8) | pack_id
     fid = base_id + pack_id * _PACK_STRIDE
-    if fid > _STD_ID_MAX:
+    if fid > STANDARD_ID_MAX:
         raise ConfigError(f"pack id {pack_id} pushes {base_id:#05x} past the 11-bit range ({fid:#x})")
     return fid
 

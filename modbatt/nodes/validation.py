@@ -688,7 +688,8 @@ def _escalation_scenario(ctx: ValidationContext, advance: Callable[[float], None
         ctx.events.log("escalation_effect", t=now(), outcome="refused", reason=exc.reason.value, tier="exchange")
     sent = link.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
     ctx.carrier.deliver_unit("pack", "module", sent, what="telemetry at the escalated floor")
-    ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=Tier((sent.can_id >> 18) & 0b11).label)
+    sent_tier = link.layout.decode(sent.can_id).tier or Tier.NONE
+    ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=sent_tier.label)
     try:
         policy.check(4)  # a command through an L4 session is no longer enough
     except VerificationError as exc:

@@ -30,7 +30,7 @@ from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError
 from ..files import write_atomic
 from ..ledger import Ledger
-from ..model.access import AccessData, LctRef, TransportProtocol
+from ..model.access import MODULE_NODES, AccessData, LctRef, TransportProtocol
 from ..model.policy import EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..nodes.authority import authorize_binding
@@ -72,7 +72,7 @@ class PackSetup:
 
 def check_modules(modules: int) -> None:
     """ConfigError unless ``modules`` is a pack's size (1-31)."""
-    if not 1 <= modules <= 31:
+    if not 1 <= modules <= len(MODULE_NODES):
         raise ConfigError("a pack has 1-31 modules (module ids 0x01-0x1F)")
 
 
