@@ -796,14 +796,13 @@ class Discovery:
         self.rejections: collections.Counter[Reason] = collections.Counter()
         self._records: dict[str, BindingRecord] = {}
         refs = []
-        for name in controller.records.names():
-            if name.startswith("binding-record/"):
-                record = controller.record(name.removeprefix("binding-record/"))
-                if record is None or controller.is_revoked(record.binding_id):
-                    continue
-                self._records[record.binding_id] = record
-                for e in (record.entity_a, record.entity_b):
-                    refs.append(BindingKeyRef(record.binding_id, e.access_data.device_id, e.semi_public_key))
+        for binding_id in controller.binding_ids():
+            record = controller.record(binding_id)
+            if record is None or controller.is_revoked(record.binding_id):
+                continue
+            self._records[record.binding_id] = record
+            for e in (record.entity_a, record.entity_b):
+                refs.append(BindingKeyRef(record.binding_id, e.access_data.device_id, e.semi_public_key))
         self.verifier = AnnounceVerifier(refs)
 
     def on_announce(self, data: bytes, now: float) -> Discovered:
