@@ -51,6 +51,7 @@ __all__ = [
     "LegacySignal",
     "build_legacy_database",
     "bus_of",
+    "cantools_signal",
     "catalog_id_rows",
     "frame_id",
     "is_extended_base",
@@ -304,7 +305,8 @@ def _rule_text(msg: LegacyMessage) -> str:
     return f"app bus, 11-bit ID = {msg.base_id:#05x} + packID * 0x100; DBC uses packID {DBC_PACK_ID}"
 
 
-def _to_cantools_signal(sig: LegacySignal, receiver: str | None) -> Signal:
+def cantools_signal(sig: LegacySignal, receiver: str | None = None) -> Signal:
+    """``sig`` as a cantools signal: scale, offset, unit, value table and comment (none when empty)."""
     choices = dict(sig.choices) if sig.choices else None
     return Signal(
         name=sig.name,
@@ -314,7 +316,7 @@ def _to_cantools_signal(sig: LegacySignal, receiver: str | None) -> Signal:
         is_signed=sig.is_signed,
         conversion=BaseConversion.factory(scale=sig.scale, offset=sig.offset, choices=choices),
         unit=sig.unit or None,
-        comment=sig.comment,
+        comment=sig.comment or None,
         receivers=[receiver] if receiver else [],
     )
 
@@ -339,7 +341,7 @@ def build_legacy_database(
                 frame_id=msg.frame_id(pack_id=pack_id, module_id=module_id),
                 name=msg.name,
                 length=msg.dlc,
-                signals=[_to_cantools_signal(s, msg.receiver) for s in msg.signals],
+                signals=[cantools_signal(s, msg.receiver) for s in msg.signals],
                 comment=comment,
                 senders=[msg.sender] if msg.sender else [],
                 is_extended_frame=msg.is_extended,
