@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers_files import fail_directory_fsync
 
 from modbatt.files import write_atomic
 
@@ -51,21 +52,10 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(tmp_path: Path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
-def _failing_directory_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "directory fsync unsupported")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
 def test_directory_sync_failure_warns_unless_durability_is_required(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _failing_directory_fsync(monkeypatch)
+    fail_directory_fsync(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="modbatt.files"):
         write_atomic(tmp_path / "f", b"data")
     assert "could not be synced" in caplog.text
