@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers_files import fail_directory_fsync
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -371,14 +372,7 @@ def test_directory_fsync_failure_only_warns(
     store_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = KeyStore.open(store_path, passphrase=PASS)
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "directory fsync unsupported")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    fail_directory_fsync(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="modbatt.crypto.keystore"):
         store.put_record("new", {})  # past the commit point: the change stands
     assert "could not be synced" in caplog.text

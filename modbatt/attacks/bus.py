@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from ..can.fragment import Reassembler, ReassemblyLimits, fragment_message
-from ..can.ids import SEED_LAYOUT
+from ..can.ids import SEED_LAYOUT, CanIdFields
 from ..errors import Reason, VerificationError
 from ..model.policy import MessageClass
 from . import onbus
@@ -101,7 +101,7 @@ def reassembly_exhaustion(seed: int | None = None) -> Outcome:
     flood: list[tuple[int, bytes]] = []
     for i in range(5000):
         node = rng.randrange(0x20, 0xFF)
-        can_id = (0x001 << 8) | node  # function 0x001 (announce), a spoofed node id
+        can_id = SEED_LAYOUT.encode(CanIdFields(function=0x001, node=node))  # announce, a spoofed node id
         first = (i % 16 << 12).to_bytes(2, "big") + (4095).to_bytes(2, "big") + bytes(4)
         flood += [(can_id, first), (can_id, ((i % 16 << 12) | rng.randrange(1, 600)).to_bytes(2, "big") + bytes(6))]
     for i, (can_id, data) in enumerate(_heard_many(flood)):

@@ -207,9 +207,7 @@ def bind_race(world: DemoWorld, grant: BindingAuthorization, *, contenders: int 
 
 def relationship_state(world: DemoWorld) -> dict[str, int]:
     """What the deployment holds for the pack-module relationship: records, ledger entries, entity keys."""
-    store = world.deployment.controller_store
-    with store.exclusive():
-        records = sum(name.startswith("binding-record/") for name in store.record_names())
+    records = len(world.controller.binding_ids())
     ledger = world.deployment.ledger
     entries = sum(strict_loads(ledger.entry(i)).get("kind") == "binding" for i in range(ledger.size))
     return {

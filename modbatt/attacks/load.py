@@ -22,9 +22,6 @@ from ..transport.canbus import open_bus
 
 __all__ = ["sustained_load"]
 
-_RESERVED = 0b11111 << 21  # seed layout bits 21-25 must be zero
-
-
 def sustained_load(
     modules: int = 31, seconds: float = 10.0, *, seed: int | None = None, flood_per_s: int = 0, max_wall: float = 60.0
 ) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from .registry import scenario
 
 SPOOF = "spoofing"
 DOWNGRADE = "downgrade"
-_DIR_BIT = 1 << 20  # seed layout: dir
-_FLAG_BIT = 1 << 17
-_LEVEL_BITS = 0b11 << 18
+_DIR_BIT = SEED_LAYOUT.field_mask("direction")
+_FLAG_BIT = SEED_LAYOUT.field_mask("flag")
+_LEVEL_BITS = SEED_LAYOUT.field_mask("level")
 
 
 def _set_node(can_id: int, node: int) -> int:
-    return (can_id & ~0xFF) | node
+    return SEED_LAYOUT.with_field(can_id, "node", node)
 
 
 @scenario("can_node_spoof", family=SPOOF, expected=("blocked", "bad_mac"))
@@ -101,7 +101,7 @@ def downgrade_lower_tier(seed: int | None = None) -> Outcome:
     pack = paired_pack(seed)
     pack_link, module_link = pack.link(1, "pack"), pack.link(1, "module")
     pdu = pack_link.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64")
-    relabel = (pdu.can_id & ~_LEVEL_BITS) | (int(Tier.EXCHANGE) << 18)
+    relabel = SEED_LAYOUT.with_field(pdu.can_id, "level", int(Tier.EXCHANGE))
     reasons = [attempt(lambda: module_link.receive(relabel, pdu.data))]
     # Someone holding only the exchange secret (e.g. a logging tool) seals a command at that tier.
     secrets = pack.dep.pack.pairing_secrets(pack.pairing_id(1))

@@ -38,6 +38,7 @@ from cantools.database.can import Message, Node, Signal
 from cantools.database.conversion import BaseConversion
 
 from ..errors import ConfigError
+from .ids import LEGACY_MODULE_LAYOUT, STANDARD_ID_MAX, CanIdFields
 
 __all__ = [
     "CATALOG_RESOURCE",
@@ -49,6 +50,7 @@ __all__ = [
     "LegacySignal",
     "build_legacy_database",
     "bus_of",
+    "cantools_signal",
     "catalog_id_rows",
     "frame_id",
     "is_extended_base",
@@ -74,10 +76,7 @@ KEY_CHUNK_BASES = frozenset({0x407, 0x408, 0x409, 0x40A, 0x4A7, 0x4A8, 0x4A9})
 KEY_CHUNKS = range(8)
 
 _CLASSIC_BITS = 64  # a classic CAN frame carries at most 8 bytes = 64 bits
-_STD_ID_MAX = 0x7FF
-_EXT_ID_MAX = 0x1FFF_FFFF
 _MODULE_ID_MAX = 0xFF
-_MODULE_SHIFT = 18
 _PACK_STRIDE = 0x100
 
 # DBC nodes: the app and the VCU share one role on the app bus.
@@ -175,7 +174,7 @@ def frame_id(base_id: int, *, pack_id: int = DBC_PACK_ID, module_id: int = DBC_M
     if bus_of(base_id) is LegacyBus.MODULE:
         if not 0 <= module_id <= _MODULE_ID_MAX:
             raise ConfigError(f"module id {module_id:#x} is outside 0x00-0xFF")
-        return (base_id << _MODULE_SHIFT) | module_id
+        return LEGACY_MODULE_LAYOUT.encode(CanIdFields(function=base_id, node=module_id))
     if pack_id < 0:
         raise ConfigError(f"pack id {pack_id} is negative")
     if base_id in KEY_CHUNK_BASES:
@@ -185,7 +184,7 @@ def frame_id(base_id: int, *, pack_id: int = DBC_PACK_ID, module_id: int = DBC_M
             raise ConfigError(f"pack id {pack_id} does not fit the key-frame low byte")
         return base_id | (chunk << 8) | pack_id
     fid = base_id + pack_id * _PACK_STRIDE
-    if fid > _STD_ID_MAX:
+    if fid > STANDARD_ID_MAX:
         raise ConfigError(f"pack id {pack_id} pushes {base_id:#05x} past the 11-bit range ({fid:#x})")
     return fid
 
@@ -306,7 +305,8 @@ def _rule_text(msg: LegacyMessage) -> str:
     return f"app bus, 11-bit ID = {msg.base_id:#05x} + packID * 0x100; DBC uses packID {DBC_PACK_ID}"
 
 
-def _to_cantools_signal(sig: LegacySignal, receiver: str | None) -> Signal:
+def cantools_signal(sig: LegacySignal, receiver: str | None = None) -> Signal:
+    """``sig`` as a cantools signal: scale, offset, unit, value table and comment (none when empty)."""
     choices = dict(sig.choices) if sig.choices else None
     return Signal(
         name=sig.name,
@@ -316,7 +316,7 @@ def _to_cantools_signal(sig: LegacySignal, receiver: str | None) -> Signal:
         is_signed=sig.is_signed,
         conversion=BaseConversion.factory(scale=sig.scale, offset=sig.offset, choices=choices),
         unit=sig.unit or None,
-        comment=sig.comment,
+        comment=sig.comment or None,
         receivers=[receiver] if receiver else [],
     )
 
@@ -341,7 +341,7 @@ def build_legacy_database(
                 frame_id=msg.frame_id(pack_id=pack_id, module_id=module_id),
                 name=msg.name,
                 length=msg.dlc,
-                signals=[_to_cantools_signal(s, msg.receiver) for s in msg.signals],
+                signals=[cantools_signal(s, msg.receiver) for s in msg.signals],
                 comment=comment,
                 senders=[msg.sender] if msg.sender else [],
                 is_extended_frame=msg.is_extended,

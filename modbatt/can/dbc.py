@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -54,11 +53,12 @@ from cantools.database.can.formats.dbc import DbcAttribute, DbcAttributeDefiniti
 from cantools.database.conversion import BaseConversion
 
 from ..errors import ConfigError, VerificationError
+from ..files import write_atomic
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from ..model.profile import ProtocolProfile
 from ..model.tier import Tier
 from . import fragment
-from .catalog import DBC_MODULE_ID, DBC_PACK_ID, LegacySignal, build_legacy_database
+from .catalog import DBC_MODULE_ID, DBC_PACK_ID, build_legacy_database, cantools_signal
 from .functions import FUNCTIONS, Function
 from .ids import NODE_BROADCAST, SEED_LAYOUT, IdLayout, TierSignal
 from .payloads import BROADCAST_FUNCTIONS, PAYLOADS, Payload, Transport, transport_for
@@ -166,28 +166,13 @@ def _mux(ids: Sequence[int], mux: str) -> dict[str, object]:
     return {"multiplexer_ids": list(ids), "multiplexer_signal": mux}
 
 
-def _physical(sig: LegacySignal) -> Signal:
-    """A payload signal with its scale, offset, unit and value table (from the catalog)."""
-    choices = dict(sig.choices) if sig.choices else None
-    return Signal(
-        name=sig.name,
-        start=sig.start_bit,
-        length=sig.length,
-        byte_order=sig.byte_order,
-        is_signed=sig.is_signed,
-        conversion=BaseConversion.factory(scale=sig.scale, offset=sig.offset, choices=choices),
-        unit=sig.unit or None,
-        comment=sig.comment or None,
-    )
-
-
 def _single_frame_signals(tier: Tier, profile: BusProfile, payload: Payload) -> tuple[list[Signal], int, str]:
     """Signals, data length and a one-line layout note for one single-frame unit of ``payload``."""
     n = payload.length
     assert n is not None
     fmt = frame_format(tier, profile)
     if tier is Tier.NONE:
-        return [_physical(s) for s in payload.signals], frame_length(n, fd=profile.fd), f"{payload.name} in clear"
+        return [cantools_signal(s) for s in payload.signals], frame_length(n, fd=profile.fd), f"{payload.name} in clear"
     if not profile.fd:
         fv_bytes = fmt.fv_bits // 8
         sigs = [
@@ -500,7 +485,7 @@ def build_plain_database(
                         frame_id=frame_id,
                         name=plain_message_name(function, direction, n if suffixed else None),
                         length=length,
-                        signals=[_physical(s) for s in payload.signals],
+                        signals=[cantools_signal(s) for s in payload.signals],
                         comment=(
                             f"{function.name} {_DIRECTIONS[int(direction)].replace('_', ' ')}, node 0x{n:02x}: "
                             f"decrypted {payload.name} ({payload.length} B"
@@ -552,29 +537,9 @@ def write_dbc(database: cantools.database.can.Database, path: str | os.PathLike[
     text = database.as_dbc_string()
     cantools.database.load_string(text, database_format="dbc")  # refuse to install what we cannot read
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        # cp1252 and CRLF, as CANalyzer writes DBC files (and cantools reads them by default).
-        with os.fdopen(fd, "w", encoding="cp1252", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a DBC is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform lets us open a directory
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return target
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    # cp1252 and CRLF, as CANalyzer writes DBC files (and cantools reads them by default);
+    # 0644 because a DBC is meant to be shared.
+    write_atomic(target, text.encode("cp1252"), mode=0o644)
     return target
 
 

@@ -45,6 +45,7 @@ import isotp
 from can.util import dlc2len, len2dlc
 
 from ..errors import ConfigError, Reason, VerificationError
+from .ids import EXTENDED_ID_MAX, STANDARD_ID_MAX
 from .secured import MAX_PDU
 
 __all__ = [
@@ -364,7 +365,7 @@ class Reassembler:
         try:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise VerificationError(Reason.MALFORMED, f"frame data must be bytes, not {type(data).__name__}")
-            if not isinstance(can_id, int) or not 0 <= can_id <= 0x1FFF_FFFF:
+            if not isinstance(can_id, int) or not 0 <= can_id <= EXTENDED_ID_MAX:
                 raise VerificationError(Reason.MALFORMED, f"{can_id!r} is not a CAN identifier")
             done = self._accept(can_id, bytes(data), now)
         except VerificationError as exc:
@@ -527,10 +528,6 @@ class Reassembler:
 # ISO-TP (point to point)
 # ---------------------------------------------------------------------------------------------
 
-_STD_ID_MAX = 0x7FF
-_EXT_ID_MAX = 0x1FFF_FFFF
-
-
 def isotp_address(txid: int, rxid: int, *, extended: bool | None = None) -> isotp.Address:
     """Normal addressing with explicit IDs; 29-bit when ``extended`` or when an ID needs it.
 
@@ -539,8 +536,8 @@ def isotp_address(txid: int, rxid: int, *, extended: bool | None = None) -> isot
     layout would read as "encrypted, pairing tier".
     """
     if extended is None:
-        extended = max(txid, rxid) > _STD_ID_MAX
-    limit = _EXT_ID_MAX if extended else _STD_ID_MAX
+        extended = max(txid, rxid) > STANDARD_ID_MAX
+    limit = EXTENDED_ID_MAX if extended else STANDARD_ID_MAX
     for name, value in (("txid", txid), ("rxid", rxid)):
         if not 0 <= value <= limit:
             raise ConfigError(f"{name} {value:#x} does not fit a {'29' if extended else '11'}-bit ID")

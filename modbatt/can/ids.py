@@ -40,26 +40,36 @@ from collections.abc import Iterable
 from typing import Final
 
 from ..errors import Reason, VerificationError
+from ..model.access import MODULE_NODES, NODE_BROADCAST, NODE_UNREGISTERED
 from ..model.tier import Tier
 
 __all__ = [
+    "EXTENDED_ID_BITS",
+    "EXTENDED_ID_MAX",
     "J1939_LAYOUT",
     "LAYOUTS",
     "LEGACY_APP_LAYOUT",
     "LEGACY_MODULE_LAYOUT",
+    "MODULE_NODES",
     "NODE_BROADCAST",
     "NODE_UNREGISTERED",
     "SEED_LAYOUT",
+    "STANDARD_ID_BITS",
+    "STANDARD_ID_MAX",
     "BitField",
     "CanIdFields",
     "Collision",
     "IdLayout",
     "TierSignal",
     "find_collisions",
+    "id_fits",
 ]
 
-NODE_BROADCAST: Final = 0x00
-NODE_UNREGISTERED: Final = 0xFF
+#: Identifier widths (ISO 11898-1): base frames 11 bits, extended frames 29 bits.
+STANDARD_ID_BITS: Final = 11
+EXTENDED_ID_BITS: Final = 29
+STANDARD_ID_MAX: Final = (1 << STANDARD_ID_BITS) - 1
+EXTENDED_ID_MAX: Final = (1 << EXTENDED_ID_BITS) - 1
 _DECODE_CACHE: Final = 4096  # distinct IDs remembered per layout; bounded against ID sprays
 
 
@@ -163,7 +173,7 @@ class IdLayout:
         tier_signal: TierSignal = TierSignal.NONE,
         description: str = "",
     ) -> None:
-        if id_bits not in (11, 29):
+        if id_bits not in (STANDARD_ID_BITS, EXTENDED_ID_BITS):
             raise ValueError("a CAN identifier is 11 or 29 bits")
         self.name = name
         self.id_bits = id_bits
@@ -213,6 +223,18 @@ class IdLayout:
     def reserved_mask(self) -> int:
         return self._reserved_mask
 
+    def field_mask(self, name: str) -> int:
+        """Identifier bits of the field ``name`` (``node``, ``function``, ``flag``, ``level``, …)."""
+        for f in self.fields:
+            if f.name == name:
+                return f.mask
+        raise KeyError(f"layout {self.name} has no field {name!r}")
+
+    def with_field(self, can_id: int, name: str, value: int) -> int:
+        """``can_id`` with field ``name`` replaced by ``value`` (no other bit changes, nothing checked)."""
+        field = next(f for f in self.fields if f.name == name)
+        return (can_id & ~field.mask) | field.insert(value)
+
     def _encode(self, fields: CanIdFields) -> int:
         """Identifier for ``fields``; ValueError for values that do not fit or a tier it cannot carry."""
         can_id = 0
@@ -257,6 +279,11 @@ class IdLayout:
 
     def __repr__(self) -> str:
         return f"IdLayout({self.name!r}, {self.id_bits}-bit)"
+
+
+def id_fits(can_id: int, *, extended: bool) -> bool:
+    """Whether ``can_id`` is an identifier of an extended (29-bit) or a base (11-bit) frame."""
+    return 0 <= can_id <= (EXTENDED_ID_MAX if extended else STANDARD_ID_MAX)
 
 
 def _f(name: str, *segments: tuple[int, int], offset: int = 0) -> BitField:

@@ -389,20 +389,19 @@ def _status(args: argparse.Namespace) -> int:
     try:
         controller = home.controller(None)
         bindings, pairings = [], []
-        for name in sorted(home.records.record_names()):
-            if name.startswith("binding-record/"):
-                record = controller.record(name.removeprefix("binding-record/"))
-                if record is not None:
-                    bindings.append({
-                        "binding_id": record.binding_id, "revoked": controller.is_revoked(record.binding_id),
-                        "entities": [{"device_id": e.access_data.device_id, "endpoint": e.access_data.endpoint}
-                                     for e in (record.entity_a, record.entity_b)],
-                    })  # fmt: skip
-            elif name.startswith("pairing/"):
-                pending = controller.pending_pairing(name.removeprefix("pairing/"))
-                pairings.append({"pairing_id": pending.pairing_id, "binding_id": pending.binding_id,
-                                 "uses": len(pending.sessions), "max_uses": pending.max_uses,
-                                 "revoked": f"pairing-revoked/{pending.pairing_id}" in home.records})  # fmt: skip
+        for binding_id in controller.binding_ids():
+            record = controller.record(binding_id)
+            if record is not None:
+                bindings.append({
+                    "binding_id": record.binding_id, "revoked": controller.is_revoked(record.binding_id),
+                    "entities": [{"device_id": e.access_data.device_id, "endpoint": e.access_data.endpoint}
+                                 for e in (record.entity_a, record.entity_b)],
+                })  # fmt: skip
+        for pairing_id in controller.pairing_ids():
+            pending = controller.pending_pairing(pairing_id)
+            pairings.append({"pairing_id": pending.pairing_id, "binding_id": pending.binding_id,
+                             "uses": len(pending.sessions), "max_uses": pending.max_uses,
+                             "revoked": controller.is_pairing_revoked(pending.pairing_id)})  # fmt: skip
         sth = home.ledger.signed_tree_head()
         events_path = home.root / "events.jsonl"
         events = list(read_events(events_path)) if events_path.exists() else []

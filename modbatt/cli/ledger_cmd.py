@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from ..crypto.suite import PublicKey
 from ..encoding import strict_json_loads
 from ..errors import ConfigError, EncodingError, LedgerError, VerificationError
+from ..files import write_atomic
 from ..ledger import Ledger, SignedTreeHead, merkle, tree_head
 from . import EXIT_FAILED, EXIT_OK
 from .files import expect_file_kind
@@ -253,18 +252,7 @@ def _head_to_keep(ledger: Ledger, kept: SignedTreeHead | None, name: str) -> Sig
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -29,11 +29,11 @@ is never reused either.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Final, Protocol
 
 from ..errors import ModbattError, Reason, VerificationError
+from ..files import write_atomic
 
 __all__ = [
     "COUNTER_BYTES",
@@ -106,21 +106,8 @@ class FileCounterStore:
 
     def save(self, reserved_until: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(f"{reserved_until}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        # 0600 like the keys it protects; durable, or a crash could resume below the true bound.
+        write_atomic(self.path, f"{reserved_until}\n".encode("ascii"), mode=0o600, durable=True)
 
 
 class FreshnessCounter:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import logging
 import os
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import EncodingError, KeyStoreError, ReproducibleModeError, VerificationError
+from ..files import write_atomic
 from . import labels
 from .rng import REPRODUCIBLE_ENV, reproducible_mode_allowed
 from .suite import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, PrivateKey, aead_decrypt, aead_encrypt, hkdf_sha256
@@ -419,24 +419,6 @@ def _check_name(name: object) -> str:
     return name
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable. Runs after the commit point, so a failure only warns."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        _log.warning(
-            "key store written, but directory %s could not be synced (%s); "
-            "the change may not survive a power loss",
-            directory,
-            exc.strerror or type(exc).__name__,
-        )
-
-
 _Fingerprint = tuple[int, int, int, int]
 
 
@@ -445,48 +427,12 @@ def _fingerprint(st: os.stat_result) -> _Fingerprint:
 
 
 def _atomic_write(path: Path, data: bytes, *, exclusive: bool) -> _Fingerprint:
-    """Write ``data`` to ``path`` atomically; on any error the old file is untouched.
+    """Write ``data`` to ``path`` atomically at 0600; on any error the old file is untouched.
 
-    The temporary file is created 0600 with O_EXCL (never chmod-ed afterwards, so there is
-    no window in which it is readable by others) in the same directory, so the rename
-    cannot cross file systems. ``exclusive`` refuses to replace an existing file (create,
-    backups) by linking instead of renaming. Returns the new file's identity.
+    ``exclusive`` refuses to replace an existing file (create, backups). Returns the new
+    file's identity.
     """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            fingerprint = _fingerprint(os.fstat(fd))
-        finally:
-            os.close(fd)
-        if exclusive:
-            try:
-                os.link(tmp, path)  # atomic "create if absent"
-            except FileExistsError:
-                raise
-            except OSError as exc:  # no hard links here (some FUSE/network file systems)
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
-                    raise
-                if os.path.lexists(path):
-                    raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
-                os.replace(tmp, path)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    return fingerprint
+    return _fingerprint(write_atomic(path, data, mode=0o600, exclusive=exclusive))
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -78,6 +78,22 @@ _MAX_PROBLEMS: Final = 10
 _ROW_SLACK: Final = 4096
 
 
+def _push_leaf(frontier: list[tuple[int, bytes]], idx: int, leaf: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """Push leaf ``idx`` onto ``frontier`` (the perfect subtrees, as ``(level, hash)``); yield the
+    ``(level, index, hash)`` of every cached node it completes. Consume it fully.
+
+    Binary-counter carry: each completed pair of equal subtrees becomes a cached node one level up.
+    """
+    level, pos, h = 0, idx, leaf
+    while frontier and frontier[-1][0] == level:
+        _, left = frontier.pop()
+        h = merkle.node_hash(left, h)
+        level += 1
+        pos >>= 1
+        yield level, pos, h
+    frontier.append((level, h))
+
+
 class LedgerRollbackError(VerificationError, LedgerError):
     """The log does not extend a tree head it must extend: rolled back (``Reason.STALE``: fewer
     entries than the head) or rewritten (``Reason.BAD_PROOF``: no RFC 9162 consistency proof)."""
@@ -436,16 +452,7 @@ class Ledger:
                 for e in data:
                     h = merkle.leaf_hash(e)
                     entry_rows.append((idx, e, h))
-                    # Binary-counter carry: each completed pair of equal subtrees becomes
-                    # a cached node one level up.
-                    level, pos = 0, idx
-                    while frontier and frontier[-1][0] == level:
-                        _, left = frontier.pop()
-                        h = merkle.node_hash(left, h)
-                        level += 1
-                        pos >>= 1
-                        node_rows.append((level, pos, h))
-                    frontier.append((level, h))
+                    node_rows.extend(_push_leaf(frontier, idx, h))
                     idx += 1
                 self._insert_entries(entry_rows)
                 self._insert_nodes(node_rows)
@@ -764,12 +771,7 @@ class Ledger:
                 h = merkle.leaf_hash(entry)
                 if stored_leaf != h:
                     problem(f"entry {idx} does not match its stored leaf hash (entry altered?)")
-                level, pos = 0, idx
-                while frontier and frontier[-1][0] == level:
-                    _, left = frontier.pop()
-                    h = merkle.node_hash(left, h)
-                    level += 1
-                    pos >>= 1
+                for level, pos, node in _push_leaf(frontier, idx, h):
                     cur = node_cursors.get(level)
                     if cur is None:
                         cur = conn.execute("SELECT idx, hash FROM nodes WHERE level=? ORDER BY idx", (level,))
@@ -782,10 +784,9 @@ class Ledger:
                         node_cursors[level] = conn.execute(
                             "SELECT idx, hash FROM nodes WHERE level=? AND idx>? ORDER BY idx", (level, pos)
                         )
-                    elif row[1] != h:
+                    elif row[1] != node:
                         problem(f"cached node ({level}, {pos}) does not match the entries below it")
                     checked_nodes += 1
-                frontier.append((level, h))
                 n += 1
                 for head_id, root in expected_roots.get(n, ()):
                     if merkle.root_from_perfect_subtrees([x for _, x in frontier]) != root:

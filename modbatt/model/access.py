@@ -18,13 +18,33 @@ from urllib.parse import urlsplit
 from ..errors import Reason, VerificationError
 from ._fields import expect_map, malformed, text
 
-__all__ = ["AccessData", "LctRef", "PartyType", "TransportProtocol"]
+__all__ = [
+    "MODULE_NODES",
+    "NODE_BROADCAST",
+    "NODE_UNREGISTERED",
+    "AccessData",
+    "LctRef",
+    "PartyType",
+    "TransportProtocol",
+    "is_can_address",
+]
+
+#: CAN node ids (docs/can-frames.md): 0x00 broadcast, 0x01-0x1F the modules of a pack, 0xFF a
+#: module not yet registered. The identifier layouts (``modbatt.can.ids``) carry them in ``node``.
+NODE_BROADCAST = 0x00
+MODULE_NODES = range(0x01, 0x20)
+NODE_UNREGISTERED = 0xFF
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _TOKEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LCT_PREFIX = "lct:"
 _CAN_ENDPOINT = re.compile(r"can://([A-Za-z0-9._-]{1,32})/(0x[0-9a-fA-F]{2})")
 _MQTT_TOPIC = re.compile(r"[^#+\x00]{1,200}")
+
+
+def is_can_address(node: int) -> bool:
+    """Whether ``node`` can be a party's CAN address: a module, or unregistered (never broadcast)."""
+    return node in MODULE_NODES or node == NODE_UNREGISTERED
 
 
 class TransportProtocol(enum.StrEnum):
@@ -202,7 +222,7 @@ def _check_endpoint(protocol: TransportProtocol, endpoint: str) -> None:
         if not m:
             raise malformed("a CAN endpoint is can://CHANNEL/0xNN")
         node = int(m.group(2), 16)
-        if not (0x01 <= node <= 0x1F or node == 0xFF):
+        if not is_can_address(node):
             raise VerificationError(Reason.MALFORMED, "a CAN node id is 0x01-0x1F (or 0xFF unregistered)")
     else:
         parts = urlsplit(endpoint)

@@ -21,7 +21,15 @@ from ..errors import Reason, VerificationError
 from ._fields import expect_map, malformed
 from .tier import Tier
 
-__all__ = ["CRITICAL_CLASSES", "DEFAULT_POLICY", "EncryptionPolicy", "MessageClass"]
+__all__ = [
+    "COMMAND_CLASSES",
+    "CRITICAL_CLASSES",
+    "DEFAULT_POLICY",
+    "MANAGEMENT_CLASSES",
+    "ROUTINE_CLASSES",
+    "EncryptionPolicy",
+    "MessageClass",
+]
 
 
 class MessageClass(enum.StrEnum):
@@ -51,20 +59,34 @@ class MessageClass(enum.StrEnum):
     IDENTITY = "identity"
 
 
-#: Classes whose minimum can never be lowered below the pairing tier by a certificate.
-CRITICAL_CLASSES = frozenset(
+#: The command classes: critical operations a partner asks for (what a certificate's
+#: ``allowed_operations`` names, and what a level-5 command may carry).
+COMMAND_CLASSES = frozenset(
     {
         MessageClass.CHARGE_COMMAND,
         MessageClass.DISCHARGE_COMMAND,
         MessageClass.SAFETY_LIMITS,
         MessageClass.FIRMWARE_UPDATE,
         MessageClass.CONFIGURATION,
-        MessageClass.CRITICAL_TELEMETRY,
         MessageClass.CELL_BALANCING,
         MessageClass.EMERGENCY_SHUTDOWN,
     }
 )
-_BINDING_CLASSES = frozenset({MessageClass.VALIDATION, MessageClass.CERTIFICATE, MessageClass.IDENTITY})
+#: Classes whose minimum can never be lowered below the pairing tier by a certificate.
+CRITICAL_CLASSES = COMMAND_CLASSES | {MessageClass.CRITICAL_TELEMETRY}
+#: The protocol's own traffic, at the binding tier.
+MANAGEMENT_CLASSES = frozenset({MessageClass.VALIDATION, MessageClass.CERTIFICATE, MessageClass.IDENTITY})
+#: Routine monitoring, at the exchange tier by default.
+ROUTINE_CLASSES = frozenset(
+    {
+        MessageClass.VOLTAGE_TELEMETRY,
+        MessageClass.CURRENT_TELEMETRY,
+        MessageClass.TEMPERATURE_TELEMETRY,
+        MessageClass.STATUS,
+        MessageClass.HEARTBEAT,
+        MessageClass.LOG,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +102,7 @@ class EncryptionPolicy:
         for cls in CRITICAL_CLASSES:
             if self.minimum[cls] < Tier.PAIRING:
                 raise VerificationError(Reason.TIER_TOO_LOW, f"{cls.value} must be at least at the pairing tier")
-        for cls in _BINDING_CLASSES:
+        for cls in MANAGEMENT_CLASSES:
             if self.minimum[cls] < Tier.BINDING:
                 raise VerificationError(Reason.TIER_TOO_LOW, f"{cls.value} must be at the binding tier")
         object.__setattr__(self, "minimum", MappingProxyType(dict(self.minimum)))
@@ -116,12 +138,7 @@ class EncryptionPolicy:
 DEFAULT_POLICY = EncryptionPolicy(
     {
         **{c: Tier.PAIRING for c in CRITICAL_CLASSES},
-        **{c: Tier.BINDING for c in _BINDING_CLASSES},
-        MessageClass.VOLTAGE_TELEMETRY: Tier.EXCHANGE,
-        MessageClass.CURRENT_TELEMETRY: Tier.EXCHANGE,
-        MessageClass.TEMPERATURE_TELEMETRY: Tier.EXCHANGE,
-        MessageClass.STATUS: Tier.EXCHANGE,
-        MessageClass.HEARTBEAT: Tier.EXCHANGE,
-        MessageClass.LOG: Tier.EXCHANGE,
+        **{c: Tier.BINDING for c in MANAGEMENT_CLASSES},
+        **{c: Tier.EXCHANGE for c in ROUTINE_CLASSES},
     }
 )

@@ -31,6 +31,7 @@ from typing import Protocol
 from ..can.secured import Direction
 from ..crypto.freshness import DEFAULT_RESERVATION, CounterStore, FileCounterStore, MemoryCounterStore
 from ..errors import ConfigError
+from ..files import fsync_directory
 from ..model.tier import Tier
 
 try:  # POSIX advisory locks; elsewhere a second owner is not detected (documented)
@@ -193,11 +194,7 @@ class FileFreshness:
             os.fsync(fd)
         finally:
             os.close(fd)
-        dir_fd = os.open(marker.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # durable before any frame is accepted
-        finally:
-            os.close(dir_fd)
+        fsync_directory(marker.parent)  # durable before any frame is accepted
 
     def forget(self, pairing_id: str, *, keep: Collection[bytes] = ()) -> None:
         base = self.root / _check_pairing_id(pairing_id)

@@ -317,6 +317,22 @@ class AuthController:
             except ModbattError as exc:
                 log.warning("could not abort binding on %s: %s", out.to.device_id, exc.__class__.__name__)
 
+    def binding_ids(self) -> list[str]:
+        """Every binding this controller recorded, live or revoked (sorted)."""
+        return self._ids(_RECORD_PREFIX)
+
+    def pairing_ids(self) -> list[str]:
+        """Every pairing this controller issued, revoked or not (sorted)."""
+        return self._ids(_PAIRING_PREFIX)
+
+    def is_pairing_revoked(self, pairing_id: str) -> bool:
+        with self._exclusive():
+            return _PAIRING_REVOKED_PREFIX + pairing_id in self.records
+
+    def _ids(self, prefix: str) -> list[str]:
+        with self._exclusive():
+            return sorted(n.removeprefix(prefix) for n in self.records.record_names() if n.startswith(prefix))
+
     def record(self, binding_id: str) -> BindingRecord | None:
         name = _RECORD_PREFIX + binding_id
         with self._exclusive():

@@ -93,28 +93,43 @@ class Directory:
     def offer(self, data: bytes, source: str) -> Reason | None:
         """The announce sink: verify, then learn the access data. Never raises; returns the reason if refused."""
         try:
-            via = protocol_of(source)
+            self.learn(data, self._clock(), source=source)
+        except VerificationError as exc:
+            return exc.reason
+        return None
+
+    def learn(self, data: bytes, now: float, *, source: str | None = None) -> DiscoveredEntity:
+        """Verify an announce heard at ``source`` and learn the access data it carries.
+
+        Raises :class:`~modbatt.errors.VerificationError` (counted in :attr:`rejections`); anything
+        else malformed is ``malformed``. Without ``source`` (an announce handed over directly), the
+        announce is taken to come from the endpoint it names.
+        """
+        try:
+            via = protocol_of(source) if source is not None else None
         except TransportError:
             self._verifier.rejections[Reason.MALFORMED] += 1
-            return Reason.MALFORMED
+            raise VerificationError(Reason.MALFORMED, f"{source!r} is not a transport address") from None
         with self._lock:
             try:
-                announce = self._verifier.receive(bytes(data), self._clock())
-            except VerificationError as exc:
-                return exc.reason
+                announce = self._verifier.receive(bytes(data), now)
+            except VerificationError:
+                raise
             except ModbattError:
                 self._verifier.rejections[Reason.MALFORMED] += 1
-                return Reason.MALFORMED
-            self.entities[announce.sender] = DiscoveredEntity(
+                raise VerificationError(Reason.MALFORMED, "the announce is not a level-1 message") from None
+            access = announce.access_data
+            entity = DiscoveredEntity(
                 announce.sender,
-                announce.access_data,
+                access,
                 announce.binding_id,
-                via,
-                source,
+                via or access.protocol,
+                access.endpoint if source is None else source,
                 announce.seq,
-                self._clock(),
+                now,
             )
-        return None
+            self.entities[announce.sender] = entity
+        return entity
 
     def access_for(self, device_id: str) -> AccessData | None:
         entry = self.entities.get(device_id)

@@ -46,7 +46,7 @@ from .errors_http import http_status
 from .link import node_id_of
 from .renewal import DEFAULT_OVERLAP_S, Handover
 
-__all__ = ["EntityNode", "rejection"]
+__all__ = ["EntityNode", "binding_of_key_name", "rejection"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ _LIVE_STATES = (PairingState.AWAITING_PARTNER, PairingState.COMPLETING, PairingS
 
 def _key_name(binding_id: str) -> str:
     return f"{_BINDING_PREFIX}{binding_id}/key"
+
+
+def binding_of_key_name(name: str) -> str | None:
+    """The binding id whose private key the key-store name ``name`` holds, or None."""
+    if name.startswith(_BINDING_PREFIX) and name.endswith("/key"):
+        return name.removeprefix(_BINDING_PREFIX).removesuffix("/key")
+    return None
 
 
 def _record_name(binding_id: str) -> str:

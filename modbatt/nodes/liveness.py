@@ -39,8 +39,11 @@ def prove_binding_key(
     clock: Callable[[], float],
     rng: RandomSource | None = None,
     event: str = "verification",
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Challenge ``device_id`` of ``binding_id`` at the endpoint its record names; raise unless it proves its key.
+
+    ``endpoint`` reaches the entity elsewhere (where a verified announce says it is now).
 
     Returns ``{"device_id", "endpoint", "challenge_bytes", "proof_bytes"}``. Raises
     :class:`~modbatt.errors.VerificationError` (classified) for an answer that does not prove the
@@ -55,7 +58,8 @@ def prove_binding_key(
     verifier = BindingValidationVerifier(verifier_id="controller", controller_key=controller.public_key, rng=rng)
     challenge = verifier.challenge(binding_id=binding_id, subject=device_id, event=event, now=clock())
     sent = BindingChallenge.decode(challenge)
-    answer = client.call(entity.access_data.endpoint, "validate", {"message": base64.b64encode(challenge).decode()})
+    endpoint = entity.access_data.endpoint if endpoint is None else endpoint
+    answer = client.call(endpoint, "validate", {"message": base64.b64encode(challenge).decode()})
     try:
         proof_bytes = base64.b64decode(answer["message"], validate=True)
     except (KeyError, TypeError, ValueError):
@@ -72,7 +76,7 @@ def prove_binding_key(
     PublicKey.from_bytes(proof.semi_public_key).verify(labels.SIG_BINDING_VALIDATION, proof.signed_bytes(), proof.sig)
     return {
         "device_id": device_id,
-        "endpoint": entity.access_data.endpoint,
+        "endpoint": endpoint,
         "challenge_bytes": len(challenge),
         "proof_bytes": len(proof_bytes),
     }

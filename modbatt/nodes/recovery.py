@@ -42,7 +42,7 @@ from ..protocol.validation.key_loss import (
 from ..transport.announce import AnnounceSink
 from ..transport.http import EntityClient
 from .controller import AuthController, BindingOutcome
-from .entity import EntityNode
+from .entity import EntityNode, binding_of_key_name
 from .pairing_flow import PairingOutcome, pair_over
 
 __all__ = [
@@ -202,9 +202,10 @@ def lose_binding_keys(node: EntityNode) -> list[str]:
     store = node.keystore
     with store.transaction():
         for name in store.key_names():
-            if name.startswith("binding/") and name.endswith("/key"):
+            binding_id = binding_of_key_name(name)
+            if binding_id is not None:
                 store.delete(name)
-                lost.append(name.removeprefix("binding/").removesuffix("/key"))
+                lost.append(binding_id)
     return sorted(lost)
 
 

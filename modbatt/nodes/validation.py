@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..can.wiretime import CLASSIC, BusProfile, isotp_frame_lengths
-from ..crypto import labels
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey, sha256
 from ..encoding import strict_loads
-from ..errors import ConfigError, ModbattError, Reason, VerificationError
+from ..errors import ConfigError, Reason, VerificationError
 from ..model.access import AccessData, TransportProtocol
 from ..model.binding import BindingRecord
 from ..model.policy import MessageClass
@@ -65,13 +64,15 @@ from ..protocol.validation import (
     WitnessService,
 )
 from ..protocol.validation._common import Message
-from ..protocol.validation.binding_validation import BindingChallenge, EntityProof
+from ..protocol.validation.binding_validation import BindingChallenge
 from ..transport.canbus import BusConfig
 from ..transport.http import EntityClient
 from .audit import EventLog, json_safe
 from .controller import AuthController
+from .discovery import Directory
 from .entity import EntityNode
 from .link import node_id_of
+from .liveness import prove_binding_key
 
 __all__ = [
     "LEVELS",
@@ -688,7 +689,8 @@ def _escalation_scenario(ctx: ValidationContext, advance: Callable[[float], None
         ctx.events.log("escalation_effect", t=now(), outcome="refused", reason=exc.reason.value, tier="exchange")
     sent = link.send(MessageClass.VOLTAGE_TELEMETRY, b"\x0c\x80")
     ctx.carrier.deliver_unit("pack", "module", sent, what="telemetry at the escalated floor")
-    ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=Tier((sent.can_id >> 18) & 0b11).label)
+    sent_tier = link.layout.decode(sent.can_id).tier or Tier.NONE
+    ctx.events.log("escalation_effect", t=now(), outcome="sent", tier=sent_tier.label)
     try:
         policy.check(4)  # a command through an L4 session is no longer enough
     except VerificationError as exc:
@@ -774,10 +776,11 @@ class Discovered:
 class Discovery:
     """The controller's side of dynamic discovery.
 
-    It verifies announces with the semi-public keys of every binding it recorded, learns the
-    device's current access data from a verified announce, picks the client for the protocol
-    that access data names, and proves the device is live: a level-7 ``binding_challenge``
-    answered with a binding-key signature the controller checks against its record.
+    It verifies announces with the semi-public keys of every live binding it recorded and learns
+    the device's current access data (a :class:`~modbatt.nodes.discovery.Directory`), picks the
+    client for the protocol that access data names, and proves the device is live there
+    (:func:`~modbatt.nodes.liveness.prove_binding_key`: a level-7 ``binding_challenge`` answered
+    with a binding-key signature the controller checks against its record).
     """
 
     def __init__(
@@ -793,17 +796,8 @@ class Discovery:
         self.directory: dict[str, AccessData] = {}
         #: Rejections by reason: announces refused, devices that could not prove their key.
         self.rejections: collections.Counter[Reason] = collections.Counter()
-        self._records: dict[str, BindingRecord] = {}
-        refs = []
-        for name in controller.records.names():
-            if name.startswith("binding-record/"):
-                record = controller.record(name.removeprefix("binding-record/"))
-                if record is None or controller.is_revoked(record.binding_id):
-                    continue
-                self._records[record.binding_id] = record
-                for e in (record.entity_a, record.entity_b):
-                    refs.append(BindingKeyRef(record.binding_id, e.access_data.device_id, e.semi_public_key))
-        self.verifier = AnnounceVerifier(refs)
+        live = (controller.record(binding_id) for binding_id in controller.binding_ids())
+        self._announces = Directory(r for r in live if r is not None and not controller.is_revoked(r.binding_id))
 
     def on_announce(self, data: bytes, now: float) -> Discovered:
         """Verify an announce, learn where the device is, and reach it there."""
@@ -814,32 +808,17 @@ class Discovery:
             raise
 
     def _on_announce(self, data: bytes, now: float) -> Discovered:
-        announce = self.verifier.receive(data, now)
-        record = self._records[announce.binding_id]
-        recorded = record.entity(announce.sender)
-        access = announce.access_data
+        found = self._announces.learn(data, now)
+        access = found.access_data
         client = self.clients.get(access.protocol)
         if client is None:
             raise ConfigError(f"no client for {access.protocol.value}: cannot reach {access.device_id}")
-        verifier = BindingValidationVerifier(verifier_id="controller", controller_key=self.controller.public_key)
-        challenge = verifier.challenge(
-            binding_id=announce.binding_id, subject=announce.sender, event="verification", now=now
-        )
-        try:
-            answer = client.call(access.endpoint, "validate", {"message": base64.b64encode(challenge).decode()})
-            proof = EntityProof.decode(base64.b64decode(answer["message"], validate=True))
-        except (KeyError, TypeError, ValueError):
-            raise VerificationError(Reason.MALFORMED, "the device's answer is not a validation message") from None
-        except ModbattError:
-            raise
-        if (
-            proof.nonce != strict_loads(challenge)["nonce"]
-            or proof.semi_public_key != recorded.semi_public_key.to_bytes()
-        ):
-            raise VerificationError(Reason.WRONG_SESSION, "the device answered another challenge or with another key")
-        PublicKey.from_bytes(proof.semi_public_key).verify(
-            labels.SIG_BINDING_VALIDATION, proof.signed_bytes(), proof.sig
-        )
-        moved = access != recorded.access_data
-        self.directory[announce.sender] = access
-        return Discovered(announce.sender, announce.binding_id, access, moved, access.protocol.value)
+        prove_binding_key(
+            self.controller, client, found.binding_id, found.device_id,
+            clock=lambda: now, rng=self._rng, endpoint=access.endpoint,
+        )  # fmt: skip
+        record = self.controller.record(found.binding_id)
+        assert record is not None  # the directory trusts recorded bindings only
+        moved = access != record.entity(found.device_id).access_data
+        self.directory[found.device_id] = access
+        return Discovered(found.device_id, found.binding_id, access, moved, access.protocol.value)

@@ -28,7 +28,7 @@ from ..errors import ProtocolError, Reason, VerificationError
 from ..model._fields import expect_map, raw_bytes
 from ..model.access import AccessData, LctRef
 from ..model.binding import BindingAuthorization, BindingRecord, bound_lct_of, format_timestamp, key_commitment
-from .messages import REQUEST_ID_BYTES, ControllerRequest, EntityResponse
+from .messages import CLOCK_SKEW_S, REQUEST_ID_BYTES, ControllerRequest, EntityResponse
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -41,8 +41,9 @@ __all__ = [
     "make_revoke_request",
 ]
 
-#: Accepted difference between the controller's and the entity's clocks (±5 min, docs/validation.md §1).
-CLOCK_SKEW_SECONDS = 300
+#: Accepted difference between the controller's and the entity's clocks (the binding API's name;
+#: ±5 min, docs/validation.md §1).
+CLOCK_SKEW_SECONDS = CLOCK_SKEW_S
 
 
 def _pop_bytes(binding_id: str, request_id: bytes, device_id: str, key: PublicKey) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from ..crypto import labels
 from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey
@@ -20,6 +20,7 @@ from ..model._fields import b64, b64_bytes, expect_map, integer, malformed, raw_
 from ..model.access import AccessData
 
 __all__ = [
+    "CLOCK_SKEW_S",
     "MAX_ENVELOPE_CBOR_BYTES",
     "OPERATIONS",
     "REQUEST_ID_BYTES",
@@ -27,6 +28,9 @@ __all__ = [
     "EntityResponse",
 ]
 
+#: Accepted clock difference between two parties (spec addendum: ±5 min): binding requests and
+#: every timestamped validation message.
+CLOCK_SKEW_S = 300
 REQUEST_ID_BYTES = 16
 OPERATIONS = ("generate-keys", "distribute-key", "revoke")
 #: Largest CBOR envelope accepted from the wire (a distribute-key request is about 1.1 KiB).
@@ -194,6 +198,17 @@ class _Envelope:
             {**_fields_out(self, self._HEADER, self._BODIES, json=False), "signature": self.signature}
         )
 
+    @classmethod
+    def from_json(cls, value: Any, *, expected_op: str | None = None) -> Self:
+        """Parse the untrusted JSON view (``expected_op``: refuse another op); the signature is not checked here."""
+        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True, expected_op=expected_op))
+
+    @classmethod
+    def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> Self:
+        """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
+        m = _cbor_map(data)
+        return cls(**_fields_in(m, cls._WHAT, cls._HEADER, cls._BODIES, json=False, expected_op=expected_op))
+
 
 @dataclass(frozen=True, slots=True)
 class ControllerRequest(_Envelope):
@@ -222,15 +237,6 @@ class ControllerRequest(_Envelope):
                 Reason.UNAUTHORIZED, f"request is not signed by the controller ({exc.reason})"
             ) from None
 
-    @classmethod
-    def from_json(cls, value: Any, *, expected_op: str | None = None) -> ControllerRequest:
-        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True, expected_op=expected_op))
-
-    @classmethod
-    def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> ControllerRequest:
-        """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
-        m = _cbor_map(data)
-        return cls(**_fields_in(m, cls._WHAT, cls._HEADER, cls._BODIES, json=False, expected_op=expected_op))
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +259,3 @@ class EntityResponse(_Envelope):
 
     def verify(self, identity_key: PublicKey) -> None:
         identity_key.verify(labels.SIG_ENTITY_RESPONSE, self.signed_bytes(), self.signature)
-
-    @classmethod
-    def from_json(cls, value: Any) -> EntityResponse:
-        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True))
-
-    @classmethod
-    def from_cbor(cls, data: bytes) -> EntityResponse:
-        """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
-        return cls(**_fields_in(_cbor_map(data), cls._WHAT, cls._HEADER, cls._BODIES, json=False))

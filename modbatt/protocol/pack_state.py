@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ProtocolError, Reason, VerificationError, counts_rejections
-from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
+from ..model.policy import DEFAULT_POLICY, MANAGEMENT_CLASSES, ROUTINE_CLASSES, EncryptionPolicy, MessageClass
 from ..model.tier import Tier
 
 __all__ = [
@@ -163,15 +163,8 @@ def _build(rows: Iterable[_Row]) -> Mapping[tuple[PackState, PackEvent], Transit
 TRANSITIONS: Final[Mapping[tuple[PackState, PackEvent], Transition]] = _build(_ROWS)
 
 _C = MessageClass
-_ROUTINE: Final = (
-    _C.VOLTAGE_TELEMETRY,
-    _C.CURRENT_TELEMETRY,
-    _C.TEMPERATURE_TELEMETRY,
-    _C.STATUS,
-    _C.HEARTBEAT,
-    _C.LOG,
-)
-_MANAGEMENT: Final = (_C.VALIDATION, _C.CERTIFICATE, _C.IDENTITY)
+_ROUTINE: Final = tuple(c for c in MessageClass if c in ROUTINE_CLASSES)
+_MANAGEMENT: Final = tuple(c for c in MessageClass if c in MANAGEMENT_CLASSES)
 # Discovery and liveness in clear, and the binding API / Level 7 at the binding tier: all a pack
 # without pairing secrets can take (WF §System Initial State: CAN unencrypted, discovery in clear).
 _UNPAIRED: Final = {_C.IDENTITY: Tier.NONE, _C.STATUS: Tier.NONE, _C.HEARTBEAT: Tier.NONE, _C.VALIDATION: Tier.BINDING}

@@ -27,7 +27,7 @@ from typing import Final
 
 from ..errors import ConfigError, Reason, VerificationError, counts_rejections
 from ..model.pairing import Restrictions
-from ..model.policy import MessageClass
+from ..model.policy import COMMAND_CLASSES, MANAGEMENT_CLASSES, ROUTINE_CLASSES, MessageClass
 
 __all__ = [
     "DATA_CLASSES",
@@ -40,31 +40,9 @@ __all__ = [
 
 _C = MessageClass
 #: Command classes: what ``allowed_operations`` names.
-OPERATION_CLASSES: Final = frozenset(
-    {
-        _C.CHARGE_COMMAND,
-        _C.DISCHARGE_COMMAND,
-        _C.SAFETY_LIMITS,
-        _C.FIRMWARE_UPDATE,
-        _C.CONFIGURATION,
-        _C.CELL_BALANCING,
-        _C.EMERGENCY_SHUTDOWN,
-    }
-)
+OPERATION_CLASSES: Final = COMMAND_CLASSES
 #: Monitoring classes: what ``data_types`` names.
-DATA_CLASSES: Final = frozenset(
-    {
-        _C.CRITICAL_TELEMETRY,
-        _C.VOLTAGE_TELEMETRY,
-        _C.CURRENT_TELEMETRY,
-        _C.TEMPERATURE_TELEMETRY,
-        _C.STATUS,
-        _C.HEARTBEAT,
-        _C.LOG,
-    }
-)
-#: The protocol's own traffic: never restricted by a certificate.
-MANAGEMENT_CLASSES: Final = frozenset({_C.VALIDATION, _C.CERTIFICATE, _C.IDENTITY})
+DATA_CLASSES: Final = ROUTINE_CLASSES | {_C.CRITICAL_TELEMETRY}
 #: Classes no restriction applies to (kind or rate): management, and emergency shutdown.
 _EXEMPT: Final = MANAGEMENT_CLASSES | {_C.EMERGENCY_SHUTDOWN}
 UNRESTRICTED: Final = Restrictions()

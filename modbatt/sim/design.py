@@ -16,6 +16,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from ..can.ids import MODULE_NODES
 from .busmodel import BUSES, CanBusModel, wire_seconds
 from .cpu import ATMEGA64M1, HOST_NAME, STM32WB55, STM32WB55_SW, CpuProfile, Platform, load_cpu_profile, measure_host
 from .eventloop import EventLoop
@@ -212,7 +213,7 @@ def design_space(
     protocols: Iterable[str] | None = None,
     platforms: Iterable[str] | Mapping[str, Platform] | None = None,
     buses: Iterable[str] | None = None,
-    modules: Iterable[int] = range(1, 32),
+    modules: Iterable[int] = MODULE_NODES,
     *,
     stuffing: str = "worst",
     host: CpuProfile | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Final
 
+from ..can.ids import MODULE_NODES
 from ..errors import ConfigError
 from .busmodel import BUSES
 from .cpu import platforms
@@ -67,7 +68,7 @@ def _sweep_design_space(
     """
     _check("profile", profile, PROTOCOLS)
     _check("bus", bus, BUSES)
-    if not 1 <= int(modules) <= 31:
+    if not 1 <= int(modules) <= len(MODULE_NODES):
         raise ConfigError(f"modules must be 1-31, not {modules!r}")
     (plat,) = resolve_platforms([platform], cpu_files=[cpu_file] if cpu_file else []).values()
     return [_without_protocol(row) for row in design_point(profile, plat, bus, int(modules), stuffing=stuffing)]

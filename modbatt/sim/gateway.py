@@ -63,6 +63,7 @@ from ..protocol.validation import PairedHandshakeInitiator, PairedHandshakeRespo
 from ..transport.canbus import BusConfig, open_bus
 from .pack import Scheduler, SimClock, SimStats, VirtualClock, _db, _Endpoint, _Module, _Node
 from .schedule import NACK_FLAG, SEQ_BYTES, SEQ_MASK, TrafficPlan
+from .state import check_modules
 
 __all__ = ["VCU_PERIOD_S", "GatewaySimulation", "GatewayStats"]
 
@@ -303,8 +304,7 @@ class GatewaySimulation:
         confirm: bool = True,
         clock: SimClock | None = None,
     ) -> None:
-        if not 1 <= modules <= 31:
-            raise ConfigError("a pack has 1-31 modules (module ids 0x01-0x1F)")
+        check_modules(modules)
         self.profile, self.layout = profile, layout
         self.clock: SimClock = clock or VirtualClock(EPOCH)
         self.valid_for_s, self.renew_lead_s, self.overlap_s = valid_for_s, renew_lead_s, overlap_s

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..can.ids import SEED_LAYOUT, IdLayout
+from ..can.ids import MODULE_NODES, SEED_LAYOUT, IdLayout
 from ..can.wiretime import BusProfile, bus_load
 from ..model.policy import MessageClass
 from ..model.tier import Tier
@@ -72,7 +72,7 @@ class PackTraffic:
         platform: Platform | None = None,
         layout: IdLayout = SEED_LAYOUT,
     ) -> None:
-        if not 1 <= modules <= 31:
+        if not 1 <= modules <= len(MODULE_NODES):
             raise ValueError("modules must be 1-31")
         self.loop, self.bus, self.modules = loop, bus, modules
         self.plan = plan or TrafficPlan()

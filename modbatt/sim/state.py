@@ -28,8 +28,9 @@ from ..crypto.keystore import KeyStore
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError
+from ..files import write_atomic
 from ..ledger import Ledger
-from ..model.access import AccessData, LctRef, TransportProtocol
+from ..model.access import MODULE_NODES, AccessData, LctRef, TransportProtocol
 from ..model.policy import EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..nodes.authority import authorize_binding
@@ -71,7 +72,7 @@ class PackSetup:
 
 def check_modules(modules: int) -> None:
     """ConfigError unless ``modules`` is a pack's size (1-31)."""
-    if not 1 <= modules <= 31:
+    if not 1 <= modules <= len(MODULE_NODES):
         raise ConfigError("a pack has 1-31 modules (module ids 0x01-0x1F)")
 
 
@@ -205,19 +206,12 @@ def pack_on_disk(
     finally:
         ledger.close()
     # The manifest last: a crash before it leaves a directory the next run refuses, never half a pack.
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "format": _FORMAT,
-                "modules": modules,
-                "protocol": chosen.value,
-                "pairings": pairings,
-                "policy": policy.to_dict(),
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
-    os.replace(tmp, manifest_path)
+    manifest = {
+        "format": _FORMAT,
+        "modules": modules,
+        "protocol": chosen.value,
+        "pairings": pairings,
+        "policy": policy.to_dict(),
+    }
+    write_atomic(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
     return PackSetup(pack, nodes, pairings, policy, os.fspath(root), chosen, [close_stores])

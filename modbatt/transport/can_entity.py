@@ -48,6 +48,7 @@ from ..can.functions import function_named
 from ..can.ids import SEED_LAYOUT, CanIdFields, IdLayout
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import ConfigError, EncodingError, ModbattError, Reason, TransportError, VerificationError
+from ..model.access import is_can_address
 from ..model.tier import Tier
 from ..protocol.messages import OPERATIONS, ControllerRequest, EntityResponse
 from .http import _raise_rejection
@@ -84,7 +85,7 @@ def can_endpoint(endpoint: str) -> tuple[str, int]:
     if not m:
         raise ConfigError(f"{endpoint!r} is not a can://CHANNEL/0xNN endpoint")
     node = int(m.group(2), 16)
-    if not (0x01 <= node <= 0x1F or node == 0xFF):
+    if not is_can_address(node):
         raise ConfigError(f"{endpoint!r}: a node id is 0x01-0x1F (or 0xFF unregistered)")
     return m.group(1), node
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import can
 
-from ..can.ids import IdLayout
+from ..can.ids import EXTENDED_ID_MAX, STANDARD_ID_MAX, IdLayout
 from ..errors import ConfigError
 from .busstats import DEFAULT_LOAD_BITRATE, BusStatistics, IdStats, MonitorSummary
 from .decoding import (
@@ -155,10 +155,10 @@ def parse_filters(specs: Iterable[str]) -> list[dict[str, Any]]:
         can_id_text, _, mask_text = text.partition("~" if invert else ":")
         try:
             can_id = int(can_id_text, 16)
-            mask = int(mask_text, 16) if mask_text else 0x1FFFFFFF
+            mask = int(mask_text, 16) if mask_text else EXTENDED_ID_MAX
         except ValueError:
             raise ConfigError(f"bad filter {spec!r}: use hex ID:MASK, ID~MASK or ID") from None
-        if not (0 <= can_id <= 0x1FFFFFFF and 0 <= mask <= 0x1FFFFFFF):
+        if not (0 <= can_id <= EXTENDED_ID_MAX and 0 <= mask <= EXTENDED_ID_MAX):
             raise ConfigError(f"bad filter {spec!r}: ID and mask are at most 29 bits")
         filters.append({"can_id": can_id, "can_mask": mask, "invert": invert})
     return filters
@@ -170,7 +170,7 @@ def filter_matches(msg: can.Message, filters: Sequence[Mapping[str, Any]]) -> bo
         return True
     for f in filters:
         hit = (msg.arbitration_id & f["can_mask"]) == (f["can_id"] & f["can_mask"])
-        if f["can_id"] > 0x7FF and not msg.is_extended_id:
+        if f["can_id"] > STANDARD_ID_MAX and not msg.is_extended_id:
             hit = False
         if hit != f.get("invert", False):
             return True

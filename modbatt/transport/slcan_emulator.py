@@ -64,6 +64,7 @@ from types import TracebackType
 import can
 from can.util import CAN_FD_DLC, len2dlc
 
+from ..can.ids import STANDARD_ID_MAX, id_fits
 from ..errors import TransportError
 
 __all__ = ["SlcanEmulator", "SlcanStats", "main"]
@@ -398,7 +399,7 @@ class SlcanEmulator:
         extended = cmd.isupper()
         id_len = 8 if extended else 3
         can_id = int(arg[:id_len], 16)
-        self._require(len(arg) > id_len and can_id <= (0x1FFFFFFF if extended else 0x7FF))
+        self._require(len(arg) > id_len and id_fits(can_id, extended=extended))
         dlc_char = arg[id_len]
         rest = arg[id_len + 1 :]
         is_fd = cmd in "dDbB"
@@ -467,7 +468,7 @@ class SlcanEmulator:
         if msg.is_error_frame:
             return None
         ident = f"{msg.arbitration_id:08X}" if msg.is_extended_id else f"{msg.arbitration_id:03X}"
-        if not msg.is_extended_id and msg.arbitration_id > 0x7FF:
+        if not msg.is_extended_id and msg.arbitration_id > STANDARD_ID_MAX:
             return None
         if msg.is_remote_frame:
             if msg.dlc > 8:

@@ -46,7 +46,7 @@ import can
 
 from ..can.fragment import CLASSIC_MTU, Fragmenter, Reassembler, fragment_count
 from ..can.functions import function_named
-from ..can.ids import SEED_LAYOUT, IdLayout
+from ..can.ids import MODULE_NODES, SEED_LAYOUT, IdLayout
 from ..can.payloads import BROADCAST_FUNCTIONS, Transport, transport_for
 from ..can.secured import SecuredPdu
 from ..can.wiretime import CLASSIC, BusProfile, isotp_frame_lengths, message_time
@@ -169,7 +169,7 @@ class ValidationBus:
         isotp_params: Mapping[str, Any] | None = None,
         settle: float = 0.05,
     ) -> None:
-        if not 0x01 <= node <= 0x1F:
+        if node not in MODULE_NODES:
             raise ConfigError(f"node id {node} is outside 0x01-0x1F")
         if timeout <= 0:
             raise ConfigError("timeout must be positive")

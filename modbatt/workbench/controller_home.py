@@ -36,6 +36,7 @@ from ..crypto.keystore import KeyStore
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError, TransportError
+from ..files import write_atomic
 from ..ledger import Ledger
 from ..model.access import TransportProtocol
 from ..model.binding import BindingAuthorization
@@ -176,9 +177,7 @@ class ControllerHome:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def read_entity_facts(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .. import files
 
 __all__ = ["OUTPUT_ENV", "output_dir", "save_figure", "save_results", "write_atomic"]
 
@@ -36,14 +37,7 @@ def output_dir(kind: str, explicit: str | os.PathLike[str] | None) -> Path:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename (no half-written outputs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, data, mode=0o600)
 
 
 def save_results(name: str, data: Any, results_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..crypto.labels import SPEC_VERSION
 from ..errors import ConfigError
+from ..files import write_atomic
 from .paths import repo_root
 from .vectors._format import reproducible
 from .vectors.trace import record_scenario
@@ -190,10 +191,8 @@ def build_spec(output: Path | None = None, *, pdf: bool = True, root: Path | Non
         except (ImportError, OSError):
             raise ConfigError("the PDF needs WeasyPrint and Pango: pip install -e '.[spec]'") from None
         pdf_path = out / f"modbatt-spec-{SPEC_VERSION}.pdf"
-        tmp = pdf_path.with_name(f".{pdf_path.name}.tmp")
         page = _printable((html / "index.html").read_text(encoding="utf-8"))
         doc = HTML(string=page, base_url=str(html) + "/").render(stylesheets=[CSS(string=_PDF_CSS)])
-        doc.write_pdf(str(tmp))
-        tmp.replace(pdf_path)
+        write_atomic(pdf_path, doc.write_pdf())
         pages = len(doc.pages)
     return SpecBuild(html / "index.html", pdf_path, pages, nb_dir, n_figures)

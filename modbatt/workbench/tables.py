@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..can.catalog import catalog_id_rows
-from ..can.ids import LAYOUTS, IdLayout, find_collisions
+from ..can.ids import LAYOUTS, MODULE_NODES, IdLayout, find_collisions
 from ..can.overhead import message_cost
 from ..can.secured import frame_format
 from ..can.wiretime import CLASSIC, FD, BusProfile
@@ -46,7 +46,7 @@ def layout_rows(layouts: Sequence[IdLayout] | None = None) -> list[dict[str, Any
     return rows
 
 
-def collision_rows(layout: IdLayout, *, module_ids: Iterable[int] = range(1, 32)) -> list[dict[str, Any]]:
+def collision_rows(layout: IdLayout, *, module_ids: Iterable[int] = MODULE_NODES) -> list[dict[str, Any]]:
     """Every conflict between ``layout`` and the legacy catalog (modules 0x01-0x1F, pack 0)."""
     rows = catalog_id_rows(module_ids=module_ids)
     return [

@@ -25,6 +25,7 @@ from ...encoding import canonical_dumps, strict_loads
 from ...errors import EncodingError, Reason, VerificationError, counts_rejections
 from ...model._fields import expect_map, integer, malformed, raw_bytes, text
 from ...model.access import AccessData
+from ..messages import CLOCK_SKEW_S
 
 __all__ = [
     "CLOCK_SKEW_S",
@@ -42,8 +43,6 @@ __all__ = [
     "mac",
 ]
 
-#: Accepted clock difference between two parties (±5 min, docs/validation.md §1).
-CLOCK_SKEW_S = 300
 #: Session ids, nonces and challenges are 16 random bytes.
 ID_BYTES = 16
 #: A validation message never needs more (the L7 bundle with a 20-hash proof is ~2 KiB).

@@ -36,6 +36,7 @@ from ...crypto.suite import PrivateKey, PublicKey, sha256
 from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
 from ...ledger import SignedTreeHead, verify_inclusion
+from ...ledger.merkle import MAX_PROOF_HASHES
 from ...model._fields import malformed, raw_bytes
 from ...model.binding import BindingRecord, key_commitment
 from ._common import CLOCK_SKEW_S, ID_BYTES, Counted, Message, Reader, b, counted, digest, loads, one_of, opt
@@ -58,7 +59,6 @@ __all__ = [
 
 EVENTS = ("establishment", "verification", "revocation")
 DEFAULT_TIMEOUT_S = 30.0
-MAX_PROOF_HASHES = 64
 
 
 def lct_id_for_key(key: PublicKey) -> str:
@@ -70,6 +70,30 @@ def _hashes(value: Any, what: str) -> list[bytes]:
     if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
         raise malformed(f"{what} must be a list of at most {MAX_PROOF_HASHES} hashes")
     return [raw_bytes(h, what, size=32) for h in value]
+
+
+def proven_binding_record(
+    bundle: Any, controller_key: PublicKey, *, binding_id: str, not_before_ms: float, what: str
+) -> tuple[dict[str, Any], SignedTreeHead]:
+    """The controller-signed binding record ``bundle`` proves is in the log, and the tree head.
+
+    ``bundle`` carries ``record_entry``, ``record_index``, ``audit_path`` and ``sth``: the
+    inclusion proof (RFC 9162 §2.1.3) must hold under a tree head the controller signed no earlier
+    than ``not_before_ms`` (``what`` names that moment in the ``stale`` error), the entry must be
+    a binding record with the controller's signature, and it must be ``binding_id``.
+    """
+    sth = SignedTreeHead.from_bytes(bundle.sth)
+    verify_inclusion(bundle.record_entry, bundle.record_index, bundle.audit_path, sth, controller_key)
+    if sth.timestamp < not_before_ms:
+        raise VerificationError(Reason.STALE, f"tree head older than {what}")
+    record = loads(bundle.record_entry)
+    if not isinstance(record, dict) or record.get("kind") != "binding" or "authority" not in record:
+        raise malformed("proven entry is not a binding record")
+    view = {k: v for k, v in record.items() if k != "authority"}
+    controller_key.verify(labels.SIG_BINDING_RECORD, canonical_dumps(view), record["authority"])
+    if record.get("binding_id") != binding_id:
+        raise VerificationError(Reason.WRONG_SESSION, "proven record is another binding")
+    return record, sth
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,17 +400,10 @@ class BindingValidationVerifier(Counted):
         if (proof.binding_id, proof.subject, proof.event) != (ch.binding_id, ch.subject, ch.event):
             raise VerificationError(Reason.WRONG_SESSION, "answer names another binding, subject or event")
         # Blockchain proof: the binding record is in the log the controller signed.
-        sth = SignedTreeHead.from_bytes(bundle.sth)
-        verify_inclusion(bundle.record_entry, bundle.record_index, bundle.audit_path, sth, self._controller_key)
-        if sth.timestamp + self.skew_s * 1000 < ch.ts_ms:
-            raise VerificationError(Reason.STALE, "tree head older than the challenge")
-        record = loads(bundle.record_entry)
-        if not isinstance(record, dict) or record.get("kind") != "binding" or "authority" not in record:
-            raise malformed("proven entry is not a binding record")
-        view = {k: v for k, v in record.items() if k != "authority"}
-        self._controller_key.verify(labels.SIG_BINDING_RECORD, canonical_dumps(view), record["authority"])
-        if record.get("binding_id") != ch.binding_id:
-            raise VerificationError(Reason.WRONG_SESSION, "proven record is another binding")
+        record, sth = proven_binding_record(
+            bundle, self._controller_key, binding_id=ch.binding_id, not_before_ms=ch.ts_ms - self.skew_s * 1000,
+            what="the challenge",
+        )  # fmt: skip
         side = next(
             (record[s] for s in ("entity_a", "entity_b") if record[s]["access_data"]["device_id"] == ch.subject), None
         )

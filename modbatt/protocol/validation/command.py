@@ -36,7 +36,7 @@ from ...crypto.rng import RandomSource, SystemRandom
 from ...crypto.suite import AEAD_NONCE_BYTES, PrivateKey, PublicKey, aead_decrypt, aead_encrypt, hkdf_sha256
 from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
-from ...model.policy import CRITICAL_CLASSES, MessageClass
+from ...model.policy import COMMAND_CLASSES, MessageClass
 from ..pairing import PairingSecrets
 from ._common import (
     CLOCK_SKEW_S,
@@ -68,7 +68,7 @@ DEFAULT_MAX_RETRIES = 3
 COMMAND_MAX_AGE_S = 2.0
 #: Acks kept for retransmissions (command ids older than this are also older than COMMAND_MAX_AGE_S).
 ACK_CACHE = 256
-_COMMAND_CLASSES = tuple(sorted(c.value for c in CRITICAL_CLASSES if c is not MessageClass.CRITICAL_TELEMETRY))
+_COMMAND_CLASSES = tuple(sorted(c.value for c in COMMAND_CLASSES))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,8 @@ from typing import Any, ClassVar
 
 from ...crypto import labels
 from ...crypto.suite import PrivateKey, PublicKey
-from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
-from ...ledger import SignedTreeHead, verify_inclusion
-from ...model._fields import malformed
+from ...ledger import SignedTreeHead
 from ...model.access import AccessData
 from ...model.binding import BindingRecord
 from ._common import (
@@ -47,14 +45,13 @@ from ._common import (
     b,
     check_timestamp,
     counted,
-    loads,
     one_of,
     opt,
 )
 from ._common import t as text_field
 from ._common import u as uint
 from .announce import ANNOUNCE_MAX_AGE_S
-from .binding_validation import _hashes
+from .binding_validation import _hashes, proven_binding_record
 
 __all__ = [
     "KeyLossAnnounce",
@@ -264,17 +261,10 @@ class KeyLossVerifier(Counted):
             raise VerificationError(Reason.WRONG_PEER, "the bundle's subject is not the announcing device")
         if announce.binding_id not in (None, bundle.binding_id):
             raise VerificationError(Reason.WRONG_SESSION, "the announce names another binding")
-        sth = SignedTreeHead.from_bytes(bundle.sth)
-        verify_inclusion(bundle.record_entry, bundle.record_index, bundle.audit_path, sth, self._controller_key)
-        if sth.timestamp + self.skew_s * 1000 < announce.ts_ms:
-            raise VerificationError(Reason.STALE, "tree head older than the announce")
-        record = loads(bundle.record_entry)
-        if not isinstance(record, dict) or record.get("kind") != "binding" or "authority" not in record:
-            raise malformed("proven entry is not a binding record")
-        view = {k: v for k, v in record.items() if k != "authority"}
-        self._controller_key.verify(labels.SIG_BINDING_RECORD, canonical_dumps(view), record["authority"])
-        if record.get("binding_id") != bundle.binding_id:
-            raise VerificationError(Reason.WRONG_SESSION, "proven record is another binding")
+        record, sth = proven_binding_record(
+            bundle, self._controller_key, binding_id=bundle.binding_id,
+            not_before_ms=announce.ts_ms - self.skew_s * 1000, what="the announce",
+        )  # fmt: skip
         parties = {record[s]["access_data"]["device_id"] for s in ("entity_a", "entity_b")}
         if bundle.subject not in parties:
             raise VerificationError(Reason.WRONG_PEER, f"{bundle.subject} is not part of the proven binding")

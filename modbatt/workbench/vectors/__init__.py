@@ -15,6 +15,7 @@ from typing import Any
 
 from ...encoding import strict_json_loads
 from ...errors import ConfigError, EncodingError
+from ...files import write_atomic
 from . import certificates, ecies, frames, ids, keyschedule, ledger, validation
 from ._format import SCHEMA_NAME, VectorFile, dumps, reproducible
 from .trace import Record, record_scenario
@@ -65,9 +66,7 @@ def export(directory: Path) -> list[Path]:
     written = []
     for name, data in render().items():
         path = directory / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(path, data)
         written.append(path)
     return written
 
