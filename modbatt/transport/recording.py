@@ -63,6 +63,7 @@ import can
 import can.util
 from can.io.generic import MessageWriter
 
+from ..can.ids import EXTENDED_ID_MAX
 from ..errors import ConfigError
 from .busstats import TIMESTAMP_RANGE, usable_timestamp
 
@@ -369,7 +370,7 @@ def _sqlite_frame(row: tuple[Any, ...], n: int, name: str, what: str) -> can.Mes
 
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise bad("timestamp")
-    if not isinstance(can_id, int) or not 0 <= can_id <= 0x1FFFFFFF:
+    if not isinstance(can_id, int) or not 0 <= can_id <= EXTENDED_ID_MAX:
         raise bad("arbitration_id")
     if any(not isinstance(flag, int) or flag not in (0, 1) for flag in (extended, remote, error)):
         raise bad("flag (extended, remote or error)")
