@@ -154,6 +154,13 @@ def _summary(stats: Any, bus: Any, args: argparse.Namespace, where: str, sim_pro
             "refused": stats.refused,
             "never_acknowledged": stats.lost_acknowledged,
             "out_of_order": stats.misordered_acknowledged,
+            # docs/delivery.md: exactly once, retries with fresh protection, repeats not re-applied
+            "acknowledged_not_applied": stats.acknowledged_not_applied,
+            "applied_twice": stats.applied_twice,
+            "given_up": dict(sorted(stats.gave_up.items())),
+            "retransmissions": stats.retransmissions,
+            "repeats_not_applied": stats.repeats,
+            "latency_ms": stats.latency_percentiles(),
         },
         "telemetry_decoded": stats.telemetry_decoded,
     }
@@ -180,5 +187,10 @@ def _print(summary: dict[str, Any]) -> None:
     print(
         f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged ({c['refused']} refused), "
         f"{c['never_acknowledged']} never acknowledged, {c['out_of_order']} out of order"
+    )
+    print(
+        f"delivery: {c['retransmissions']} retries, {c['repeats_not_applied']} repeats answered without applying, "
+        f"{c['acknowledged_not_applied']} acknowledged and not applied, {c['applied_twice']} applied twice, "
+        f"given up: {sum(c['given_up'].values())}"
     )
     print("ok" if summary["ok"] else "FAILED")
