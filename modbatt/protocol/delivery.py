@@ -58,12 +58,15 @@ def newer(seq: int, than: int) -> bool:
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """When to try again: ``first_s`` after the first try, times ``backoff`` each try, at most
-    ``max_s``; give up after ``max_tries`` tries in all."""
+    ``max_s``; give up after ``max_tries`` tries in all. ``supersede``: a new command replaces the
+    stream's queued (never sent) ones, for commands that carry a whole target state (the newest
+    is the one that matters; a module that is down does not come back to a backlog)."""
 
     first_s: float = 0.1
     backoff: float = 2.0
     max_s: float = 1.0
     max_tries: int = 10
+    supersede: bool = False
 
     def __post_init__(self) -> None:
         if not (self.first_s > 0 and self.backoff >= 1 and self.max_s >= self.first_s and self.max_tries >= 1):
@@ -94,6 +97,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"  # acknowledged: the receiver applied it (exactly once)
     REFUSED = "refused"  # acknowledged: the receiver refused it (its checks failed); not applied
     GAVE_UP = "gave_up"  # no acknowledgement after max_tries: applied or not, unknown
+    SUPERSEDED = "superseded"  # replaced in the queue by a newer command before it was ever sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +146,19 @@ class DeliverySender:
         for stream, seq in (next_seq or {}).items():
             self._streams[stream].next_seq = seq % SEQ_SPACE
         self.retransmissions = 0
+        #: Commands replaced before they were sent (``supersede`` policies); the caller may clear it.
+        self.superseded: list[Settled] = []
         #: Acknowledgements that matched nothing in flight (duplicates, late copies): ignored.
         self.stray_acks = 0
 
     def submit(self, stream: Hashable, body: bytes, now: float) -> list[Transmit]:
-        """Queue a command; returns its first try if the stream was idle."""
+        """Queue a command; returns its first try if the stream was idle. Commands it supersedes
+        are in :attr:`superseded` (settled, never sent)."""
         s = self._streams[stream]
+        if self._policy_for(stream).supersede:
+            while len(s.queue) > 1:  # the head is in flight; the rest never left
+                p = s.queue.pop()
+                self.superseded.append(Settled(stream, p.seq, Outcome.SUPERSEDED, 0, now - p.submitted))
         s.queue.append(_Pending(s.next_seq, bytes(body), now))
         s.next_seq = (s.next_seq + 1) % SEQ_SPACE
         return self._start(stream, s, now) if len(s.queue) == 1 else []

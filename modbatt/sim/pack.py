@@ -44,8 +44,10 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
+import logging
 import math
 import multiprocessing
+import os
 import shutil
 import socket
 import tempfile
@@ -76,6 +78,7 @@ from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
+from ..nodes.killpoints import KILL_AT_ENV, kill_point
 from ..nodes.link import Received
 from ..protocol.delivery import (
     SEQ_SPACE,
@@ -306,6 +309,8 @@ class SimStats:
     acknowledged: collections.Counter[str] = field(default_factory=collections.Counter)
     applied: collections.Counter[str] = field(default_factory=collections.Counter)
     gave_up: collections.Counter[str] = field(default_factory=collections.Counter)  # per class
+    #: Queued commands replaced by a newer one of their stream before they were sent, per class.
+    superseded: collections.Counter[str] = field(default_factory=collections.Counter)
     retransmissions: int = 0
     repeats: int = 0  # copies of an applied command answered again without applying it
     stale: int = 0  # copies older than the last applied command, dropped
@@ -325,7 +330,7 @@ class SimStats:
         for name in ("frames_tx", "frames_rx", "units_tx", "units_rx", "rejects", "transport_errors"):
             getattr(self, name).update(data[name])
         self.resync_rejects.update(data.get("resync_rejects", {}))
-        for name in ("acknowledged", "applied", "gave_up"):
+        for name in ("acknowledged", "applied", "gave_up", "superseded"):
             getattr(self, name).update(data.get(name, {}))
         for cls, values in data.get("latencies", {}).items():
             self.latencies[cls].extend(values)
@@ -429,7 +434,8 @@ class SimStats:
             out.append(f"{self.lost_acknowledged} commands never acknowledged")
         if self.misordered_acknowledged:
             out.append(f"{self.misordered_acknowledged} commands or acks out of order")
-        settled = self.acks_received + (sum(self.gave_up.values()) if self.faults else 0)
+        settled = self.acks_received + sum(self.superseded.values())
+        settled += sum(self.gave_up.values()) if self.faults else 0
         if settled != self.commands_sent and not self.lost_acknowledged:
             out.append(f"{self.acks_received} acks for {self.commands_sent} commands")
         if self.truncated:
@@ -707,6 +713,9 @@ class _Module(_Node):
         if keystore is not None and self._record_name in keystore.record_names():
             record = keystore.record(self._record_name)
         self.delivery = DeliveryReceiver(record)
+        #: A file each applied command is appended to once its record is persisted (a module
+        #: killed later still counts what it applied: the soak and kill tests read it).
+        self.journal: str | None = None
         self._beat = 0
 
     def start(self, scheduler: Scheduler, t0: float, share: float) -> None:
@@ -764,6 +773,7 @@ class _Module(_Node):
     def command(self, cls: MessageClass, payload: bytes, apply: Callable[[MessageClass, bytes], bool]) -> None:
         """One copy of a critical command: applied once (``apply`` checks and applies it), its
         record persisted, then acknowledged; a repeat is acknowledged again, never re-applied."""
+        kill_point("module.command.received")
         self.stats.commands_received += 1
         seq = int.from_bytes(payload[:SEQ_BYTES], "big") & SEQ_MASK
         stream = MessageClass(cls).value
@@ -781,6 +791,10 @@ class _Module(_Node):
                 self._store.put_record(self._record_name, record)  # before the ack: it survives a restart
             if ok:
                 self.stats.applied[f"{self.node_id}/{stream}/{seq}"] += 1
+                if self.journal is not None:
+                    with open(self.journal, "a", encoding="utf-8") as f:
+                        f.write(f"{self.node_id}/{stream}/{seq}\n")
+            kill_point("module.command.committed")
         ack = seq | (0 if ok else NACK_FLAG)
         self.send(self.node_id, cls, ack.to_bytes(2, "big"))
 
@@ -832,7 +846,7 @@ class _Pack(_Node):
         if keystore is not None and SENDER_RECORD in keystore.record_names():
             self._reserved = {k: int(v) for k, v in keystore.record(SENDER_RECORD).items()}
         start = {_stream_of(k): v for k, v in self._reserved.items()}
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(supersede=True)
         self.delivery = DeliverySender(self.retry, next_seq=start, policy_for=self._policy_for)
         self._submitted: collections.Counter[tuple[int, MessageClass]] = collections.Counter()
         self._beat = 0
@@ -909,6 +923,9 @@ class _Pack(_Node):
         self._reserve(node, cls)
         for t in self.delivery.submit((node, cls), body, self.clock.now()):
             self._transmit(t)
+        for settled in self.delivery.superseded:
+            self.stats.superseded[MessageClass(settled.stream[1]).value] += 1  # type: ignore[index]
+        self.delivery.superseded.clear()
 
     def _reserve(self, node: int, cls: MessageClass) -> None:
         if self._store is None:
@@ -1192,6 +1209,8 @@ class _ChildSpec:
     layout_name: str
     modules: int
     deadline: float  # wall seconds the child may live at most
+    kill_at: str = ""  # a kill point (nodes/killpoints.py) this child dies at
+    journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
 
 
 def _module_process(conn: Any, spec: _ChildSpec) -> None:
@@ -1201,6 +1220,9 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
     bus = None
     entity: EntityNode | None = None
     wall_end = time.monotonic() + spec.deadline
+    if spec.kill_at:
+        os.environ[KILL_AT_ENV] = spec.kill_at
+    logging.getLogger("isotp").setLevel(logging.ERROR)  # framing faults are counted, not logged
     try:
         bus = open_bus(BusConfig(**spec.bus))
         layout = LAYOUTS[spec.layout_name]
@@ -1214,6 +1236,7 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
         # its idempotence record from the key store (docs/delivery.md).
         entity = EntityNode(KeyStore.open(spec.store, key_file=spec.key_file))
         module = _Module(spec.node, ep, plan, clock, _db(), keystore=entity.keystore, pairing_id=spec.pairing_id)
+        module.journal = spec.journal or None
         module.links[spec.node] = entity.channel(spec.pairing_id, profile=spec.profile, layout=layout)
         nodes[spec.node] = module
         module.flush(spec.node)  # a restarted session queues a resync challenge
