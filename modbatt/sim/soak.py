@@ -133,6 +133,8 @@ class SoakReport:
             "wall_s": round(self.wall_s, 1),
             "faults": self.faults,
             "restarts": self.restarts,
+            # The wall-clock guard stopped a scheduler: a process fell more than 30 s behind real time.
+            "truncated": self.stats.truncated,
             "commands": {
                 "sent": s.commands_sent,
                 "acknowledged": self.acknowledged,
