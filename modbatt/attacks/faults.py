@@ -107,7 +107,7 @@ def acknowledged_commands(
     transmissions = rounds = 0
     now = 0.0
     sends = []
-    for i in range(count):
+    for _ in range(count):
         sends += sender.submit(_STREAM, b"", now)  # the command is its sequence number (one classic frame)
     while sender.pending() and rounds < max_rounds:
         rounds += 1
