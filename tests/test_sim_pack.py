@@ -34,7 +34,9 @@ def _assert_clean(stats):
     assert stats.misordered_acknowledged == 0
     assert stats.refused == 0 and stats.decode_errors == 0
     assert stats.commands_sent > 0
-    assert stats.acks_received == stats.commands_sent == stats.commands_received
+    # A slow ack (a loaded machine) may cause a retry: the module answers the repeat without applying it.
+    assert stats.acks_received == stats.commands_sent == stats.commands_received - stats.repeats - stats.stale
+    assert stats.exactly_once and len(stats.applied) == stats.commands_sent
     assert stats.units_rx == stats.units_tx  # every unit sent arrived and verified
     assert stats.frames_rx == stats.frames_tx  # every frame crossed the bus
     assert not stats.truncated

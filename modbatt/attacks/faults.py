@@ -1,12 +1,13 @@
-"""Fault injection: loss, duplication, reordering and corruption on the paired link and on the
-fragment transport, with an acknowledged-delivery loop that proves nothing acknowledged is lost.
+"""Fault injection between two channel ends: loss, duplication, reordering and corruption on the
+paired link and on the fragment transport.
 
-The simulator (:mod:`modbatt.sim.pack`) has no fault hook, so faults are applied here between
-real components: :class:`FaultyChannel` perturbs a stream of frames at stated rates;
-:func:`acknowledged_commands` drives critical commands over two real channel ends
-through a faulty channel in both directions, retransmitting (with a fresh freshness value each
-time) until acknowledged; :func:`fragment_transfers` does the same for broadcast fragments through
-a real :class:`Reassembler`. Corrupted frames are refused by the MAC or the CRC and counted.
+:class:`FaultyChannel` perturbs a stream of frames at stated rates; :func:`acknowledged_commands`
+drives critical commands over two real channel ends through it in both directions with the
+product's own delivery machines (:mod:`modbatt.protocol.delivery`: no window or retransmission of
+its own here); :func:`fragment_transfers` repeats broadcast fragments through a real
+:class:`Reassembler`. Corrupted frames are refused by the MAC or the CRC and counted. The pack
+simulator's path through the fault bus is measured in :mod:`modbatt.sim.soak` and
+tests/test_delivery.py (docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..can.fragment import Reassembler, fragment_message
+from ..can.payloads import SEQ_BYTES
 from ..errors import VerificationError
 from ..model.policy import MessageClass
 from ..nodes.channel import PairedChannel
+from ..protocol.delivery import Decision, DeliveryReceiver, DeliverySender, RetryPolicy
 from .outcome import counted
 
 __all__ = ["FaultRates", "FaultReport", "FaultyChannel", "acknowledged_commands", "fragment_transfers"]
+
+_STREAM = "charge_command"
+_ROUND_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -84,23 +90,31 @@ class FaultReport:
 
 
 def acknowledged_commands(
-    pack: PairedChannel, module: PairedChannel, count: int, rates: FaultRates, *, seed: int = 0, max_rounds: int = 200
-) -> FaultReport:
-    """Send ``count`` charge commands (1-byte sequence numbers) from ``pack`` to ``module`` over a
-    faulty channel; the module delivers them in order exactly once and acknowledges each (also over
-    the faulty channel); the pack retransmits the unacknowledged ones every round."""
+    pack: PairedChannel, module: PairedChannel, count: int, rates: FaultRates, *, seed: int = 0,
+    max_rounds: int = 20_000,
+) -> FaultReport:  # fmt: skip
+    """Send ``count`` charge commands from ``pack`` to ``module`` over a faulty channel in both
+    directions, with the product's delivery rules (:mod:`modbatt.protocol.delivery`, docs/delivery.md):
+    the pack's :class:`DeliverySender` retries each command as a new secured unit until acknowledged;
+    the module's :class:`DeliveryReceiver` applies each once and acknowledges every copy. One round
+    is one retry interval (0.1 s of the injected clock)."""
     rng = random.Random(seed)
     down, up = FaultyChannel(rates, rng), FaultyChannel(rates, rng)
-    delivered: list[int] = []
-    held: set[int] = set()  # arrived ahead of a gap, waiting for in-order delivery
+    sender = DeliverySender(RetryPolicy(first_s=_ROUND_S, backoff=1.0, max_s=_ROUND_S, max_tries=1_000))
+    receiver = DeliveryReceiver()
+    delivered: list[int] = []  # sequence numbers as applied (one stream from 0: the command's index)
     acked: set[int] = set()
     transmissions = rounds = 0
-    while len(acked) < count and rounds < max_rounds:
+    now = 0.0
+    sends = []
+    for _ in range(count):
+        sends += sender.submit(_STREAM, b"", now)  # the command is its sequence number (one classic frame)
+    while sender.pending() and rounds < max_rounds:
         rounds += 1
-        outstanding = [s for s in range(count) if s not in acked][:16]  # a send window of 16
+        now += _ROUND_S
         frames = []
-        for seq in outstanding:
-            pdu = pack.send(MessageClass.CHARGE_COMMAND, bytes([seq & 0xFF, seq >> 8]))
+        for t in sends:
+            pdu = pack.send(MessageClass.CHARGE_COMMAND, t.seq.to_bytes(SEQ_BYTES, "big") + t.body)
             frames.append((pdu.can_id, pdu.data))
             transmissions += 1
         acks = []
@@ -111,15 +125,16 @@ def acknowledged_commands(
                 continue  # corrupted, replayed or stale: counted in module.rejects
             if got is None:
                 continue  # a control frame (resync), not a command
-            seq = got.payload[0] | got.payload[1] << 8
-            if seq >= len(delivered):
-                held.add(seq)
-            while len(delivered) in held:
-                held.discard(len(delivered))
-                delivered.append(len(delivered))
-            if seq < len(delivered):  # acknowledge only what was delivered (in order)
-                ack = module.send(MessageClass.CHARGE_COMMAND, bytes([seq & 0xFF, seq >> 8]))
-                acks.append((ack.can_id, ack.data))
+            seq = int.from_bytes(got.payload[:SEQ_BYTES], "big")
+            decision = receiver.decide(_STREAM, seq)
+            if decision is Decision.STALE:
+                continue
+            if decision is Decision.APPLY:
+                receiver.commit(_STREAM, seq, True)
+                delivered.append(seq)
+            ack = module.send(MessageClass.CHARGE_COMMAND, seq.to_bytes(SEQ_BYTES, "big"))
+            acks.append((ack.can_id, ack.data))
+        sends = []
         for can_id, data in up.carry(acks):
             try:
                 got = pack.receive(can_id, data)
@@ -127,10 +142,16 @@ def acknowledged_commands(
                 continue
             if got is None:
                 continue
-            acked.add(got.payload[0] | got.payload[1] << 8)
+            settled, following = sender.on_ack(_STREAM, int.from_bytes(got.payload, "big"), False, now)
+            if settled is not None:
+                acked.add(settled.seq)
+            sends += following
+        retries, _gave_up = sender.tick(now)
+        sends += retries
     counters = {**counted("module.rejects", module.rejects), **counted("pack.rejects", pack.rejects)}
     counters.update({f"down.{k}": v for k, v in down.injected.items()})
     counters.update({f"up.{k}": v for k, v in up.injected.items()})
+    counters.update({"retransmissions": sender.retransmissions, "repeats": receiver.repeats})
     return FaultReport(count, delivered, acked, rounds, transmissions, counters)
 
 

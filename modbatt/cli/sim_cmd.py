@@ -53,6 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a --state pack keeps the profile it was paired under",
     )
     p.add_argument("--drain", type=float, default=0.5, help="seconds for acks in flight after the traffic stops")
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the soak (docs/delivery.md §6): each module in its own process on udp_multicast, through the fault "
+        "bus (--faults, default 10%% loss with duplication, reordering and corruption), a random module killed and "
+        "restarted every --restart-every seconds; reports exactly-once, rejects, latency and memory",
+    )
+    p.add_argument(
+        "--restart-every", type=float, default=5.0, metavar="S", help="soak: kill and restart a module every S seconds"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_bus_arguments(p, faults=True)
     p.set_defaults(handler=_sim)
@@ -76,8 +88,45 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from ..sim.soak import DEFAULT_SOAK_FAULTS, run_soak
+    from ..sim.state import check_modules
+
+    check_modules(args.modules)
+    if not args.soak > 0 or not args.restart_every > 0:
+        raise ConfigError("--soak and --restart-every must be positive numbers of seconds")
+    if args.state is not None or args.interface not in (None, "udp_multicast"):
+        raise ConfigError("the soak runs its own pack on udp_multicast: give neither --state nor another bus")
+    out = sys.stderr if args.json else sys.stdout
+    faults = args.faults or DEFAULT_SOAK_FAULTS
+    print(f"soak: {args.modules} module processes on udp_multicast for {args.soak:g} s, faults {faults}", file=out)
+    report = run_soak(args.modules, args.soak, faults=faults, restart_every=args.restart_every)
+    summary = report.to_dict()
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        c = summary["commands"]
+        print(f"ran {summary['duration_s']:g} s ({summary['wall_s']:g} s wall), {summary['restarts']} module restarts")
+        print(
+            f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged, {c['applied']} applied, "
+            f"{c['acknowledged_not_applied']} acknowledged and not applied, {c['applied_twice']} applied twice, "
+            f"given up {sum(c['given_up'].values())}, unsettled {c['unsettled']}, {c['retransmissions']} retries"
+        )
+        print("rejects: " + (", ".join(f"{r} {n}" for r, n in summary["rejects"].items()) or "none"))
+        for cls, q in summary["latency_ms"].items():
+            print(f"latency {cls}: p50 {q['p50']:.0f} ms, p90 {q['p90']:.0f} ms, p99 {q['p99']:.0f} ms (n={q['n']})")
+        m = summary["memory"]
+        print(f"memory slope: pack {m['pack_kib_per_min']} KiB/min, module {m['module_kib_per_min']} KiB/min")
+        print("ok" if report.ok else "FAILED")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _sim(args: argparse.Namespace) -> int:
     from ..can.wiretime import CLASSIC, FD
+
+    if args.soak is not None:
+        return _soak(args)
     from ..model.profile import DEFAULT_PROFILE, profile_named
     from ..sim.pack import PackSimulation, RealClock
     from ..sim.state import check_modules, ephemeral_pack, pack_on_disk
@@ -154,6 +203,14 @@ def _summary(stats: Any, bus: Any, args: argparse.Namespace, where: str, sim_pro
             "refused": stats.refused,
             "never_acknowledged": stats.lost_acknowledged,
             "out_of_order": stats.misordered_acknowledged,
+            # docs/delivery.md: exactly once, retries with fresh protection, repeats not re-applied
+            "acknowledged_not_applied": stats.acknowledged_not_applied,
+            "applied_twice": stats.applied_twice,
+            "given_up": dict(sorted(stats.gave_up.items())),
+            "superseded": dict(sorted(stats.superseded.items())),
+            "retransmissions": stats.retransmissions,
+            "repeats_not_applied": stats.repeats,
+            "latency_ms": stats.latency_percentiles(),
         },
         "telemetry_decoded": stats.telemetry_decoded,
     }
@@ -180,5 +237,10 @@ def _print(summary: dict[str, Any]) -> None:
     print(
         f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged ({c['refused']} refused), "
         f"{c['never_acknowledged']} never acknowledged, {c['out_of_order']} out of order"
+    )
+    print(
+        f"delivery: {c['retransmissions']} retries, {c['repeats_not_applied']} repeats answered without applying, "
+        f"{c['acknowledged_not_applied']} acknowledged and not applied, {c['applied_twice']} applied twice, "
+        f"given up: {sum(c['given_up'].values())}"
     )
     print("ok" if summary["ok"] else "FAILED")

@@ -41,6 +41,8 @@ from ..protocol.messages import EntityResponse
 from ..protocol.pairing import CompletionProof, PendingPairing, issue_certificate, verify_completion
 from ..protocol.restrictions import check_restrictions
 from ..transport.http import EntityClient
+from .killpoints import kill_point
+from .process_owner import owner_is_dead, this_process
 
 __all__ = ["CLAIM_LEASE_S", "AuthController", "BindingOutcome"]
 
@@ -221,12 +223,15 @@ class AuthController:
             supersedes=supersedes,
         )
         claim = self._claim(tx, authorization, entity_a.device_id, entity_b.device_id, supersedes)
+        kill_point("controller.bind.claimed")
         pending = _LEDGER_PENDING_PREFIX + tx.binding_id
         try:
             queue = tx.start(self._clock())
             while queue:
                 out = queue.pop(0)
-                queue.extend(tx.receive(self._deliver(out), self._clock()))
+                answer = self._deliver(out)
+                kill_point("controller.bind.answered")
+                queue.extend(tx.receive(answer, self._clock()))
             if tx.phase is not BindingPhase.COMPLETE or tx.record is None:
                 raise VerificationError(Reason.MALFORMED, "binding ended incomplete")
             record = tx.record
@@ -241,7 +246,9 @@ class AuthController:
                     self.records.put_record(claim.grant, {"binding_id": record.binding_id})
                     self.records.put_record(claim.relationship, {"binding_id": record.binding_id})
                     self.records.put_record(pending, {"entry": record.ledger_entry()})
+                kill_point("controller.bind.stored")
                 index = self.ledger.append(record.ledger_entry())
+                kill_point("controller.bind.appended")
                 self.records.delete(pending)
                 self.ledger.signed_tree_head()
         except ModbattError:
@@ -257,6 +264,7 @@ class AuthController:
     ) -> _Claim:  # fmt: skip
         """Take the grant and the relationship for this call, atomically, before any I/O."""
         grant, relationship = _grant_name(authorization), _relationship_name(device_a, device_b)
+        abandoned: list[dict[str, Any]] = []
         with self._exclusive():
             now = self._clock()
             held = self.records.record(grant) if grant in self.records else None
@@ -275,16 +283,43 @@ class AuthController:
             if supersedes is not None and supersedes != previous:
                 raise VerificationError(Reason.WRONG_SESSION, f"{supersedes} is not this relationship's binding")
             claim = _Claim(secrets.token_hex(16), grant, relationship, previous)
-            lease = {"binding_id": tx.binding_id, "claim": claim.token, "lease_until": now + self.claim_lease_s}
+            lease = {
+                "binding_id": tx.binding_id, "claim": claim.token, "lease_until": now + self.claim_lease_s,
+                "owner": this_process(), "entities": [e.to_dict() for e in tx.entities.values()],
+            }  # fmt: skip
+            abandoned = [v for v in (held, current) if v is not None and "claim" in v]
             with self.records.transaction():
                 self.records.put_record(grant, lease)
                 self.records.put_record(relationship, {**lease, "previous": previous})
+        self._abort_abandoned(abandoned)
         return claim
+
+    def _abort_abandoned(self, claims: list[dict[str, Any]]) -> None:
+        """Tell the entities of a lapsed claim (its call died) to drop the keys it may have made them
+        generate: that binding was never recorded. Best effort, as :meth:`_abort`."""
+        done = set()
+        for value in claims:
+            binding_id = value.get("binding_id")
+            for data in value.get("entities", ()):
+                target = AccessData.from_dict(data)
+                if binding_id is None or (binding_id, target.device_id) in done:
+                    continue
+                done.add((binding_id, target.device_id))
+                out = make_revoke_request(
+                    self.controller_key, binding_id, target, "binding aborted", self._clock(), self._rng
+                )
+                try:
+                    self._deliver(out)
+                except ModbattError as exc:
+                    log.warning("could not abort binding on %s: %s", target.device_id, exc.__class__.__name__)
 
     @staticmethod
     def _lapsed(value: dict[str, Any], now: float) -> bool:
-        """A claim whose lease is over (its call died or overran); a used grant never lapses."""
-        return "claim" in value and float(value.get("lease_until", 0.0)) <= now
+        """A claim whose lease is over (its call died or overran), or whose owner process has
+        provably exited (killed: docs/controller.md); a used grant never lapses."""
+        if "claim" not in value:
+            return False
+        return float(value.get("lease_until", 0.0)) <= now or owner_is_dead(value.get("owner"))
 
     def _still_held(self, claim: _Claim) -> None:
         for name in (claim.grant, claim.relationship):

@@ -38,6 +38,7 @@ from ..transport.http import EntityClient, InProcessEntityClient
 from .controller import AuthController
 from .entity import EntityNode, rejection
 from .errors_http import http_status
+from .killpoints import kill_point
 
 __all__ = [
     "PAIRING_OPS",
@@ -152,14 +153,19 @@ def run_session(controller: AuthController, client: EntityClient, certificate: P
     burned = {}
     for end in (meta.entity_a, meta.entity_b):  # the whole certificate to both (docs/seed.md §2.3)
         answer = client.call(end.endpoint, "pairing-accept", {"certificate": encoded})
+        kill_point("controller.pair.accepted")
         burned[end.device_id] = controller.burned_uses(pid, _reported_sessions(answer))
     offer_a = _answer_bytes(client.call(meta.entity_a.endpoint, "pairing-start", {"pairing_id": pid}), "offer")
+    kill_point("controller.pair.started")
     answer_b = client.call(meta.entity_b.endpoint, "pairing-offer", {"pairing_id": pid, "offer": b64(offer_a)})
+    kill_point("controller.pair.offered_b")
     offer_b = _answer_bytes(answer_b, "reply")
     answer_a = client.call(meta.entity_a.endpoint, "pairing-offer", {"pairing_id": pid, "offer": b64(offer_b)})
+    kill_point("controller.pair.offered_a")
     if not isinstance(answer_a, Mapping) or answer_a.get("completion") is None:
         raise VerificationError(Reason.MALFORMED, "entity a returned no completion proof")
     index = controller.complete_pairing(CompletionProof.from_json(answer_a["completion"]))
+    kill_point("controller.pair.completed")
     client.call(meta.entity_a.endpoint, "pairing-confirm", {"pairing_id": pid})
     return PairingOutcome(
         certificate, index, (len(offer_a), len(offer_b)), transcript=transcript_of_offers(offer_a, offer_b),

@@ -190,11 +190,14 @@ class _GatewayModule(_Module):
         if len(got.payload) < SEQ_BYTES:
             self.stats.decode_errors += 1
             return
-        self.stats.commands_received += 1
-        seq = int.from_bytes(got.payload[:SEQ_BYTES], "big")
-        ok = self._apply(cls, got.payload[SEQ_BYTES:])
-        self.send(self.node_id, cls, (seq | (0 if ok else NACK_FLAG)).to_bytes(2, "big"))
-        if ok:  # report the new state at once rather than at the next 100 ms tick
+        applied: list[bool] = []
+
+        def apply(c: MessageClass, body: bytes) -> bool:
+            applied.append(self._apply(c, body))
+            return applied[-1]
+
+        self.command(cls, got.payload, apply)  # exactly once, acknowledged (docs/delivery.md)
+        if any(applied):  # report the new state at once rather than at the next 100 ms tick
             msg = self.db.get_message_by_name("MODULE_STATUS_1")
             self.send(self.node_id, MessageClass.CURRENT_TELEMETRY, msg.encode(self._values("MODULE_STATUS_1")))
 

@@ -44,8 +44,10 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
+import logging
 import math
 import multiprocessing
+import os
 import shutil
 import socket
 import tempfile
@@ -76,7 +78,18 @@ from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
+from ..nodes.killpoints import KILL_AT_ENV, kill_point
 from ..nodes.link import Received
+from ..protocol.delivery import (
+    SEQ_SPACE,
+    Decision,
+    DeliveryReceiver,
+    DeliverySender,
+    Outcome,
+    RetryPolicy,
+    Transmit,
+    newer,
+)
 from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus, resolve_bus
 from .schedule import (
     COMMAND_CLASSES,
@@ -291,6 +304,21 @@ class SimStats:
     decode_errors: int = 0
     ack_latency_max: float = 0.0
     ack_latency_sum: float = 0.0
+    #: Delivery (docs/delivery.md): keys ``"node/class/seq"``; a command is in ``acknowledged`` when
+    #: the pack got an "applied" ack for it, in ``applied`` once per time a module applied it.
+    acknowledged: collections.Counter[str] = field(default_factory=collections.Counter)
+    applied: collections.Counter[str] = field(default_factory=collections.Counter)
+    gave_up: collections.Counter[str] = field(default_factory=collections.Counter)  # per class
+    #: Queued commands replaced by a newer one of their stream before they were sent, per class.
+    superseded: collections.Counter[str] = field(default_factory=collections.Counter)
+    retransmissions: int = 0
+    repeats: int = 0  # copies of an applied command answered again without applying it
+    stale: int = 0  # copies older than the last applied command, dropped
+    stray_acks: int = 0  # acks for nothing in flight (duplicates, late copies), ignored
+    #: Seconds from submission to acknowledgement, per class (the pack's view).
+    latencies: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    #: The bus injected faults: loss is expected, so :attr:`ok` judges delivery, not completeness.
+    faults: bool = False
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
     truncated: bool = False
@@ -302,6 +330,11 @@ class SimStats:
         for name in ("frames_tx", "frames_rx", "units_tx", "units_rx", "rejects", "transport_errors"):
             getattr(self, name).update(data[name])
         self.resync_rejects.update(data.get("resync_rejects", {}))
+        for name in ("acknowledged", "applied", "gave_up", "superseded"):
+            getattr(self, name).update(data.get(name, {}))
+        for cls, values in data.get("latencies", {}).items():
+            self.latencies[cls].extend(values)
+        self.faults = self.faults or bool(data.get("faults", False))
         for name in (
             "commands_sent",
             "commands_received",
@@ -312,8 +345,12 @@ class SimStats:
             "telemetry_decoded",
             "decode_errors",
             "ack_latency_sum",
+            "retransmissions",
+            "repeats",
+            "stale",
+            "stray_acks",
         ):
-            setattr(self, name, getattr(self, name) + data[name])
+            setattr(self, name, getattr(self, name) + data.get(name, 0))
         self.ack_latency_max = max(self.ack_latency_max, data["ack_latency_max"])
         self.truncated = self.truncated or bool(data["truncated"])
 
@@ -321,14 +358,46 @@ class SimStats:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            out[name] = dict(value) if isinstance(value, collections.Counter) else value
+            out[name] = dict(value) if isinstance(value, (collections.Counter, dict)) else value
+        out["latencies"] = {k: list(v) for k, v in self.latencies.items()}
+        return out
+
+    @property
+    def acknowledged_not_applied(self) -> int:
+        """Commands acknowledged as applied that no module applied (must be 0)."""
+        return sum(1 for k in self.acknowledged if self.applied[k] == 0)
+
+    @property
+    def applied_twice(self) -> int:
+        """Commands a module applied more than once (must be 0)."""
+        return sum(1 for n in self.applied.values() if n > 1)
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every acknowledged command applied, none applied twice."""
+        return self.acknowledged_not_applied == 0 and self.applied_twice == 0
+
+    def latency_percentiles(self, qs: tuple[float, ...] = (50, 90, 99)) -> dict[str, dict[str, float]]:
+        """Acknowledgement latency per class in milliseconds at the percentiles ``qs`` (and the max)."""
+        out = {}
+        for cls, values in sorted(self.latencies.items()):
+            v = sorted(values)
+            if v:
+                row = {f"p{q:g}": round(1000 * v[min(len(v) - 1, math.ceil(q / 100 * len(v)) - 1)], 3) for q in qs}
+                out[cls] = {**row, "max": round(1000 * v[-1], 3), "n": len(v)}
         return out
 
     @property
     def ok(self) -> bool:
-        """Every unit verified, nothing lost or misordered, every command acknowledged."""
+        """Every unit verified, nothing lost or misordered, every command acknowledged; on a
+        faulty bus: every command acknowledged exactly once, none given up."""
+        if self.faults:
+            # Loss is injected: lost units are expected; every command must still be acknowledged
+            # (after retries) and applied exactly once.
+            return self.exactly_once and not self.gave_up and self.lost_acknowledged == 0 and not self.truncated
         return (
-            not self.rejects
+            self.exactly_once
+            and not self.rejects
             and not self.transport_errors
             and self.lost_acknowledged == 0
             and self.misordered_acknowledged == 0
@@ -340,8 +409,16 @@ class SimStats:
     def problems(self) -> list[str]:
         """Why :attr:`ok` is false, one line each (empty when it is true)."""
         out = []
+        if self.acknowledged_not_applied:
+            out.append(f"{self.acknowledged_not_applied} commands acknowledged and never applied")
+        if self.applied_twice:
+            out.append(f"{self.applied_twice} commands applied more than once")
+        if self.gave_up:
+            out.append("commands given up: " + ", ".join(f"{c} {n}" for c, n in sorted(self.gave_up.items())))
         sent, got = sum(self.units_tx.values()), sum(self.units_rx.values())
-        if got < sent:
+        if self.faults:
+            pass  # loss, corruption and ISO-TP aborts are what the fault bus injects
+        elif got < sent:
             lost = {
                 k: self.units_tx[k] - self.units_rx[k] for k in self.units_tx if self.units_rx[k] < self.units_tx[k]
             }
@@ -349,15 +426,17 @@ class SimStats:
             out.append(f"{sent - got} of {sent} secured units sent were never received ({detail})")
         elif got > sent:
             out.append(f"{got - sent} more units received than sent: another sender on this bus? (use a run id)")
-        if self.rejects:
+        if self.rejects and not self.faults:
             out.append("units rejected: " + ", ".join(f"{r} {n}" for r, n in sorted(self.rejects.items())))
-        if self.transport_errors:
+        if self.transport_errors and not self.faults:
             out.append("ISO-TP errors: " + ", ".join(f"{r} {n}" for r, n in sorted(self.transport_errors.items())))
         if self.lost_acknowledged:
             out.append(f"{self.lost_acknowledged} commands never acknowledged")
         if self.misordered_acknowledged:
             out.append(f"{self.misordered_acknowledged} commands or acks out of order")
-        if self.acks_received != self.commands_sent and not self.lost_acknowledged:
+        settled = self.acks_received + sum(self.superseded.values())
+        settled += sum(self.gave_up.values()) if self.faults else 0
+        if settled != self.commands_sent and not self.lost_acknowledged:
             out.append(f"{self.acks_received} acks for {self.commands_sent} commands")
         if self.truncated:
             out.append("stopped by the wall-clock guard before the simulated time was over")
@@ -497,10 +576,13 @@ class _Conn:
     def _error(self, exc: Exception) -> None:
         self.node.endpoint.stats.transport_errors[type(exc).__name__] += 1
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, retry: bool = False) -> None:
         if self._tp is None:
             self.node.endpoint.send(self.tx_id, data)
             return
+        if retry and self._tp.transmitting():
+            # A retry supersedes a transfer stuck on a lost flow-control frame (docs/delivery.md §ISO-TP).
+            self._tp.stop_sending()
         self._tp.send(data)
         self._process()
 
@@ -557,7 +639,7 @@ class _Node:
             fields = self.endpoint.layout.decode(pdu.can_id)
             self.conn(peer, fields.function, fields.tier if fields.tier is not None else Tier.NONE).send(pdu.data)
 
-    def send(self, peer: int, message_class: MessageClass, payload: bytes) -> None:
+    def send(self, peer: int, message_class: MessageClass, payload: bytes, *, retry: bool = False) -> None:
         pdu = self.links[peer].send(message_class, payload)
         tier = self.links[peer].tier_for(message_class)
         c = self.conn(peer, function_for(message_class).code, tier)
@@ -566,7 +648,7 @@ class _Node:
         if not c.isotp and not pdu.single_frame:  # pragma: no cover - the plan's sizes were exceeded
             raise ModbattError(f"{message_class} unit of {len(pdu.data)} B does not fit one frame")
         self.stats.units_tx[_key(message_class, tier)] += 1
-        c.send(pdu.data)
+        c.send(pdu.data, retry=retry)
 
     def on_frame(self, fields: CanIdFields, can_id: int, data: bytes) -> None:
         if fields.node not in self.links:
@@ -591,18 +673,49 @@ class _Node:
         raise NotImplementedError
 
 
+def _stream_of(name: str) -> tuple[int, MessageClass]:
+    node, cls = name.split("/", 1)
+    return int(node), MessageClass(cls)
+
+
 def _db() -> Any:
     return build_legacy_database()
 
 
-class _Module(_Node):
-    """A module: telemetry + heartbeat out, commands in (checked, acknowledged in order)."""
+#: Where a module keeps its idempotence record for one pairing (in its entity's key store).
+DELIVERY_RECORD = "delivery/{pairing_id}"
 
-    def __init__(self, node_id: int, endpoint: _Endpoint, plan: TrafficPlan, clock: SimClock, db: Any) -> None:
+
+class _Module(_Node):
+    """A module: telemetry + heartbeat out, commands in (checked, applied exactly once, acknowledged).
+
+    ``keystore``: where the idempotence record is persisted (the module's own key store; its
+    writes are atomic), restored from there when the module starts (docs/delivery.md).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        endpoint: _Endpoint,
+        plan: TrafficPlan,
+        clock: SimClock,
+        db: Any,
+        *,
+        keystore: KeyStore | None = None,
+        pairing_id: str = "",
+    ) -> None:
         super().__init__(endpoint, plan, clock)
         self.node_id = node_id
         self.db = db
-        self._expected: dict[MessageClass, int] = collections.defaultdict(int)
+        self._store = keystore
+        self._record_name = DELIVERY_RECORD.format(pairing_id=pairing_id)
+        record = None
+        if keystore is not None and self._record_name in keystore.record_names():
+            record = keystore.record(self._record_name)
+        self.delivery = DeliveryReceiver(record)
+        #: A file each applied command is appended to once its record is persisted (a module
+        #: killed later still counts what it applied: the soak and kill tests read it).
+        self.journal: str | None = None
         self._beat = 0
 
     def start(self, scheduler: Scheduler, t0: float, share: float) -> None:
@@ -655,16 +768,39 @@ class _Module(_Node):
         if cls not in _ACK_CLASSES or len(got.payload) < SEQ_BYTES:
             self.stats.decode_errors += 1
             return
+        self.command(cls, got.payload, self._check)
+
+    def command(self, cls: MessageClass, payload: bytes, apply: Callable[[MessageClass, bytes], bool]) -> None:
+        """One copy of a critical command: applied once (``apply`` checks and applies it), its
+        record persisted, then acknowledged; a repeat is acknowledged again, never re-applied."""
+        kill_point("module.command.received")
         self.stats.commands_received += 1
-        seq = int.from_bytes(got.payload[:SEQ_BYTES], "big")
-        expected = self._expected[cls]
-        if seq != expected:
-            # Commands of one class travel one connection in order; a gap or a step back is a fault.
-            self.stats.misordered_acknowledged += 1
-        self._expected[cls] = (seq + 1) & SEQ_MASK
-        ok = self._check(cls, got.payload[SEQ_BYTES:])
+        seq = int.from_bytes(payload[:SEQ_BYTES], "big") & SEQ_MASK
+        stream = MessageClass(cls).value
+        decision = self.delivery.decide(stream, seq)
+        if decision is Decision.STALE:
+            self.stats.stale += 1
+            return
+        if decision is Decision.REPEAT:
+            self.stats.repeats += 1
+            ok = self.delivery.status(stream)
+        else:
+            ok = apply(cls, payload[SEQ_BYTES:])
+            record = self.delivery.commit(stream, seq, ok, self.effect(cls, payload[SEQ_BYTES:]) if ok else None)
+            if self._store is not None:
+                self._store.put_record(self._record_name, record)  # before the ack: it survives a restart
+            if ok:
+                self.stats.applied[f"{self.node_id}/{stream}/{seq}"] += 1
+                if self.journal is not None:
+                    with open(self.journal, "a", encoding="utf-8") as f:
+                        f.write(f"{self.node_id}/{stream}/{seq}\n")
+            kill_point("module.command.committed")
         ack = seq | (0 if ok else NACK_FLAG)
         self.send(self.node_id, cls, ack.to_bytes(2, "big"))
+
+    def effect(self, cls: MessageClass, body: bytes) -> Any:
+        """What applying the command changed, recorded with it (here: the body's CRC-32)."""
+        return zlib.crc32(body)
 
     def _check(self, cls: MessageClass, body: bytes) -> bool:
         try:
@@ -679,16 +815,40 @@ class _Module(_Node):
             return False
 
 
-class _Pack(_Node):
-    """The pack controller: keep-alives and critical commands out, telemetry and acks in."""
+#: Firmware blocks may arrive late without harm, and a multi-frame ISO-TP unit is lost more often
+#: than one frame (docs/delivery.md §3): they get more tries than the state commands.
+FIRMWARE_RETRY = RetryPolicy(max_tries=30)
+#: How often the pack looks for retries due (well under RetryPolicy.first_s).
+RETRY_TICK_S = 0.01
+#: The pack reserves sequence numbers in blocks and persists only the block's end, as the channel
+#: reserves freshness (docs/delivery.md §Persistence): a restart skips ahead, never back.
+SEQ_RESERVE = 256
+#: Where the pack keeps its streams' reserved sequence numbers (in its own key store).
+SENDER_RECORD = "delivery-sender"
 
-    def __init__(self, endpoint: _Endpoint, plan: TrafficPlan, clock: SimClock, db: Any) -> None:
+
+class _Pack(_Node):
+    """The pack controller: keep-alives and critical commands out (acknowledged, retried), telemetry and acks in."""
+
+    def __init__(
+        self,
+        endpoint: _Endpoint,
+        plan: TrafficPlan,
+        clock: SimClock,
+        db: Any,
+        retry: RetryPolicy | None = None,
+        keystore: KeyStore | None = None,
+    ) -> None:
         super().__init__(endpoint, plan, clock)
         self.db = db
-        self._seq: dict[tuple[int, MessageClass], int] = collections.defaultdict(int)
-        self._outstanding: dict[tuple[int, MessageClass], collections.OrderedDict[int, float]] = (
-            collections.defaultdict(collections.OrderedDict)
-        )
+        self._store = keystore
+        self._reserved: dict[str, int] = {}
+        if keystore is not None and SENDER_RECORD in keystore.record_names():
+            self._reserved = {k: int(v) for k, v in keystore.record(SENDER_RECORD).items()}
+        start = {_stream_of(k): v for k, v in self._reserved.items()}
+        self.retry = retry or RetryPolicy(supersede=True)
+        self.delivery = DeliverySender(self.retry, next_seq=start, policy_for=self._policy_for)
+        self._submitted: collections.Counter[tuple[int, MessageClass]] = collections.Counter()
         self._beat = 0
         self._fw_offset = 0
         self.sending = True
@@ -702,6 +862,20 @@ class _Pack(_Node):
             scheduler.at(t0 + share * p.limits_period, self._every(p.limits_period, self._limits, node))
         order = itertools.count()  # firmware blocks go round robin over the modules
         scheduler.at(t0, self._every(p.firmware_period, lambda: self._firmware(nodes[next(order) % len(nodes)])))
+        scheduler.at(t0, self._retries)
+
+    def _policy_for(self, stream: Any) -> RetryPolicy:
+        return FIRMWARE_RETRY if stream[1] is MessageClass.FIRMWARE_UPDATE else self.retry
+
+    def _retries(self) -> float:
+        """Retries due and give-ups (runs during the drain too: it is how late commands settle)."""
+        sends, gave_up = self.delivery.tick(self.clock.now())
+        for settled in gave_up:
+            _node, cls = settled.stream  # type: ignore[misc]
+            self.stats.gave_up[MessageClass(cls).value] += 1
+        for t in sends:
+            self._transmit(t)
+        return RETRY_TICK_S
 
     def _every(self, period: float, fn: Callable[..., None], *args: Any) -> Callable[[], float | None]:
         def task() -> float | None:
@@ -717,7 +891,8 @@ class _Pack(_Node):
         self.send(node, MessageClass.HEARTBEAT, bytes([self._beat]))
 
     def _command(self, node: int) -> None:
-        n = self._seq[(node, MessageClass.CHARGE_COMMAND)] + self._seq[(node, MessageClass.DISCHARGE_COMMAND)]
+        sub = self._submitted
+        n = sub[(node, MessageClass.CHARGE_COMMAND)] + sub[(node, MessageClass.DISCHARGE_COMMAND)]
         cls = MessageClass.CHARGE_COMMAND if n % 2 == 0 else MessageClass.DISCHARGE_COMMAND
         body = self.db.get_message_by_name("MODULE_STATE_CHANGE").encode(
             {"moduleId": node, "state": 3, "hvBusVoltage": 400.0}
@@ -743,12 +918,31 @@ class _Pack(_Node):
         self._critical(node, MessageClass.FIRMWARE_UPDATE, body)
 
     def _critical(self, node: int, cls: MessageClass, body: bytes) -> None:
-        key = (node, cls)
-        seq = self._seq[key]
-        self._seq[key] = (seq + 1) & SEQ_MASK
-        self._outstanding[key][seq] = self.clock.now()
+        self._submitted[(node, cls)] += 1
         self.stats.commands_sent += 1
-        self.send(node, cls, seq.to_bytes(SEQ_BYTES, "big") + body)
+        self._reserve(node, cls)
+        for t in self.delivery.submit((node, cls), body, self.clock.now()):
+            self._transmit(t)
+        for settled in self.delivery.superseded:
+            self.stats.superseded[MessageClass(settled.stream[1]).value] += 1  # type: ignore[index]
+        self.delivery.superseded.clear()
+
+    def _reserve(self, node: int, cls: MessageClass) -> None:
+        if self._store is None:
+            return
+        name = f"{node}/{cls.value}"
+        nxt = self.delivery.next_seqs().get((node, cls), 0)
+        reserved = self._reserved.get(name)
+        if reserved is None or not newer(reserved, nxt):
+            self._reserved[name] = (nxt + SEQ_RESERVE) % SEQ_SPACE
+            self._store.put_record(SENDER_RECORD, dict(self._reserved))
+
+    def _transmit(self, t: Transmit) -> None:
+        # Every try is a new secured unit: the channel gives it new freshness (docs/delivery.md).
+        node, cls = t.stream  # type: ignore[misc]
+        if t.attempt > 1:
+            self.stats.retransmissions += 1
+        self.send(node, cls, t.seq.to_bytes(SEQ_BYTES, "big") + t.body, retry=t.attempt > 1)
 
     def handle(self, peer: int, got: Received) -> None:
         cls = got.message_class
@@ -767,23 +961,24 @@ class _Pack(_Node):
             return
         word = int.from_bytes(got.payload, "big")
         seq = word & SEQ_MASK
-        pending = self._outstanding[(peer, cls)]
-        if seq not in pending:
-            self.stats.misordered_acknowledged += 1  # an ack for nothing outstanding (duplicate or stray)
+        settled, following = self.delivery.on_ack((peer, cls), seq, bool(word & NACK_FLAG), self.clock.now())
+        if settled is None:
+            self.stats.stray_acks += 1  # a duplicate or a late copy: the command is settled already
             return
-        first = next(iter(pending))
-        if seq != first:
-            self.stats.misordered_acknowledged += 1
-        sent = pending.pop(seq)
         self.stats.acks_received += 1
-        if word & NACK_FLAG:
+        if settled.outcome is Outcome.REFUSED:
             self.stats.refused += 1
-        latency = self.clock.now() - sent
-        self.stats.ack_latency_sum += latency
-        self.stats.ack_latency_max = max(self.stats.ack_latency_max, latency)
+        else:
+            self.stats.acknowledged[f"{peer}/{cls.value}/{seq}"] += 1
+        self.stats.ack_latency_sum += settled.latency
+        self.stats.ack_latency_max = max(self.stats.ack_latency_max, settled.latency)
+        self.stats.latencies[cls.value].append(settled.latency)
+        for t in following:
+            self._transmit(t)
 
     def outstanding(self) -> int:
-        return sum(len(v) for v in self._outstanding.values())
+        """Commands neither acknowledged nor given up (in flight or queued)."""
+        return self.delivery.pending()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -850,6 +1045,7 @@ class PackSimulation:
         layout: IdLayout = SEED_LAYOUT,
         protocol: ProtocolProfile | str | None = None,
         setup: PackSetup | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         _check_modules(modules)
         if setup is not None and len(setup.modules) != modules:
@@ -880,13 +1076,14 @@ class PackSimulation:
         module_nodes: dict[int, _Node] = {}
         self._pack_ep = _Endpoint(pack_bus, profile, layout, self._pack_stats, 1, pack_nodes)
         self._module_ep = _Endpoint(module_bus, profile, layout, self._module_stats, 0, module_nodes)
-        self.pack = _Pack(self._pack_ep, self.plan, self.clock, db)
+        self.pack = _Pack(self._pack_ep, self.plan, self.clock, db, retry, self.setup.pack.keystore)
         self.module_nodes: dict[int, _Module] = {}
         for node_id in range(1, modules + 1):
             pid = pairings[node_id]
             self.pack.links[node_id] = self.setup.pack.channel(pid, profile=profile, layout=layout)
             pack_nodes[node_id] = self.pack
-            m = _Module(node_id, self._module_ep, self.plan, self.clock, db)
+            store = self.setup.modules[node_id].keystore
+            m = _Module(node_id, self._module_ep, self.plan, self.clock, db, keystore=store, pairing_id=pid)
             m.links[node_id] = self.setup.modules[node_id].channel(pid, profile=profile, layout=layout)
             module_nodes[node_id] = m
             self.module_nodes[node_id] = m
@@ -901,7 +1098,7 @@ class PackSimulation:
 
     def run(self, duration: float | None, *, drain: float = 0.5, max_wall: float | None = 60.0) -> SimStats:
         """Run ``duration`` simulated seconds of traffic (``None``: until :meth:`stop`), then
-        ``drain`` seconds for late acks. ``max_wall`` bounds the wall time (``None``: unbounded)."""
+        ``drain`` seconds for late acks and retries. ``max_wall`` bounds the wall time (``None``: unbounded)."""
         if duration is not None and not duration > 0:
             raise ConfigError("duration must be positive")
         wall0 = time.monotonic()
@@ -915,10 +1112,13 @@ class PackSimulation:
         self.scheduler.run(t0 + (math.inf if duration is None else duration), max_wall=wall)
         interrupted = self.scheduler.stop_requested
         self.scheduler.clear_stop()  # a second stop() during the drain ends the drain
-        # Stop new traffic, let what is in flight finish (acks, ISO-TP tails).
+        # Stop new traffic, let what is in flight finish (acks, ISO-TP tails, retries) for
+        # ``drain`` seconds: a command still unsettled then counts as never acknowledged.
         self.pack.sending = False
         self.scheduler.cancel_all()
+        self.scheduler.at(self.clock.now(), self.pack._retries)
         self.scheduler.run(self.clock.now() + drain, max_wall=max(wall - (time.monotonic() - wall0), 1.0))
+        self.scheduler.cancel_all()
         stats = SimStats()
         stats.merge(self._pack_stats)
         stats.merge(self._module_stats)
@@ -928,6 +1128,7 @@ class PackSimulation:
         stats.truncated = self.scheduler.truncated
         stats.interrupted = interrupted
         stats.resync_rejects.update(self.resync_rejects)
+        stats.faults = self.config.faults is not None
         self.stats = stats
         return stats
 
@@ -1008,6 +1209,8 @@ class _ChildSpec:
     layout_name: str
     modules: int
     deadline: float  # wall seconds the child may live at most
+    kill_at: str = ""  # a kill point (nodes/killpoints.py) this child dies at
+    journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
 
 
 def _module_process(conn: Any, spec: _ChildSpec) -> None:
@@ -1017,6 +1220,9 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
     bus = None
     entity: EntityNode | None = None
     wall_end = time.monotonic() + spec.deadline
+    if spec.kill_at:
+        os.environ[KILL_AT_ENV] = spec.kill_at
+    logging.getLogger("isotp").setLevel(logging.ERROR)  # framing faults are counted, not logged
     try:
         bus = open_bus(BusConfig(**spec.bus))
         layout = LAYOUTS[spec.layout_name]
@@ -1025,10 +1231,12 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
         clock = RealClock()
         nodes: dict[int, _Node] = {}
         ep = _Endpoint(bus, spec.profile, layout, stats, 0, nodes)
-        module = _Module(spec.node, ep, plan, clock, _db())
         # The module restores its channel from its own storage: keys from the key store,
-        # freshness from the files beside it (FileFreshness, the entity's default on disk).
+        # freshness from the files beside it (FileFreshness, the entity's default on disk), and
+        # its idempotence record from the key store (docs/delivery.md).
         entity = EntityNode(KeyStore.open(spec.store, key_file=spec.key_file))
+        module = _Module(spec.node, ep, plan, clock, _db(), keystore=entity.keystore, pairing_id=spec.pairing_id)
+        module.journal = spec.journal or None
         module.links[spec.node] = entity.channel(spec.pairing_id, profile=spec.profile, layout=layout)
         nodes[spec.node] = module
         module.flush(spec.node)  # a restarted session queues a resync challenge
@@ -1121,7 +1329,7 @@ def run_multiprocess(
         pack_stats = SimStats()
         nodes: dict[int, _Node] = {}
         ep = _Endpoint(bus, profile, layout, pack_stats, 1, nodes)
-        pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db())
+        pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db(), keystore=dep.pack.keystore)
         for node_id in range(1, modules + 1):
             pack.links[node_id] = dep.pack.channel(pairings[node_id], profile=profile, layout=layout)
             nodes[node_id] = pack
@@ -1142,6 +1350,7 @@ def run_multiprocess(
         sched.run(t0 + duration, max_wall=duration + 10.0)
         pack.sending = False
         sched.cancel_all()
+        sched.at(clock.now(), pack._retries)  # retries go on during the drain
         sched.run(clock.now() + drain, max_wall=drain + 5.0)
         for _, pipe in children:
             pipe.send(("stop", 0))

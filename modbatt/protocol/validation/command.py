@@ -331,13 +331,27 @@ class CommandExecutor(_Endpoint):
     accepted with an empty result. :attr:`executed` lists what ran (for tests and the audit).
     """
 
-    def __init__(self, *, handler: Handler | None = None, max_age_s: float = COMMAND_MAX_AGE_S, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        handler: Handler | None = None,
+        max_age_s: float = COMMAND_MAX_AGE_S,
+        applied: Mapping[str, Mapping[str, str]] | None = None,
+        persist: Callable[[dict[str, dict[str, str]]], None] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self._handler = handler or (lambda _cls, _payload: (True, b""))
         self.max_age_s = max_age_s
-        # command id -> ack sent, re-sent on a retransmission. Bounded: a retransmission comes within
-        # max_retries × retry_s (< 1 s), long before 256 newer commands have been executed.
-        self._acks: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        # Idempotence record (docs/delivery.md): command id -> status and result of the command
+        # applied under it. Bounded: a retransmission comes within the sender's give-up time
+        # (< COMMAND_MAX_AGE_S), long before ACK_CACHE newer commands have been executed.
+        # ``persist`` writes it (atomically) before the ack leaves, so it survives a restart;
+        # ``applied`` is what was persisted last.
+        self._acks: collections.OrderedDict[bytes, tuple[str, bytes]] = collections.OrderedDict(
+            (bytes.fromhex(k), (v["status"], bytes.fromhex(v["result"]))) for k, v in (applied or {}).items()
+        )
+        self._persist = persist
         self.executed: list[tuple[MessageClass, bytes]] = []
         self.last_command: Command | None = None
 
@@ -351,20 +365,27 @@ class CommandExecutor(_Endpoint):
         payload = self._decrypt(cmd, labels.SIG_COMMAND)
         self._seen.commit(f"{cmd.sender}/{cmd.epoch.hex()}", cmd.seq)
         self.last_command = cmd
-        cached = self._acks.get(cmd.command_id)
-        if cached is not None:
-            return cached  # a retransmission: answer again, never execute twice
-        cls = MessageClass(cmd.message_class)
-        accepted, result = self._handler(cls, payload)
-        if accepted:
-            self.executed.append((cls, payload))
+        settled = self._acks.get(cmd.command_id)
+        if settled is None:
+            cls = MessageClass(cmd.message_class)
+            accepted, result = self._handler(cls, payload)
+            if accepted:
+                self.executed.append((cls, payload))
+            settled = self._acks[cmd.command_id] = ("ok" if accepted else "refused", result)
+            while len(self._acks) > ACK_CACHE:
+                self._acks.popitem(last=False)
+            if self._persist is not None:
+                self._persist(self.applied_record())
+        # A retransmission is answered again from the record, never executed twice; every ack is a
+        # new protected message (this instance's epoch and next sequence number).
+        status, result = settled
         header = {
             "pairing_id": self.pairing_id, "sender": self.device_id, "epoch": self.epoch, "seq": self.next_seq,
-            "command_id": cmd.command_id, "status": "ok" if accepted else "refused", "ts_ms": int(now * 1000),
+            "command_id": cmd.command_id, "status": status, "ts_ms": int(now * 1000),
         }  # fmt: skip
         self.next_seq += 1
-        data_out = self._seal(self._ack_cls(**header, ct=b""), result, labels.SIG_COMMAND_ACK)
-        self._acks[cmd.command_id] = data_out
-        while len(self._acks) > ACK_CACHE:
-            self._acks.popitem(last=False)
-        return data_out
+        return self._seal(self._ack_cls(**header, ct=b""), result, labels.SIG_COMMAND_ACK)
+
+    def applied_record(self) -> dict[str, dict[str, str]]:
+        """The idempotence record to persist: ``{command id hex: {"status", "result" hex}}``."""
+        return {k.hex(): {"status": st, "result": res.hex()} for k, (st, res) in self._acks.items()}
