@@ -1213,6 +1213,23 @@ class _ChildSpec:
     journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
 
 
+def reap_children(children: Iterable[tuple[Any, Any]]) -> None:
+    """Close each child's pipe and join it: a child that does not end is terminated, then killed.
+
+    Bounded (at most 8 s a child), so a wedged module process never outlives its run.
+    """
+    for proc, pipe in children:
+        with contextlib.suppress(Exception):
+            pipe.close()
+        proc.join(timeout=5.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=2.0)
+        if proc.is_alive():  # pragma: no cover - last resort for a wedged child
+            proc.kill()
+            proc.join(timeout=1.0)
+
+
 def _module_process(conn: Any, spec: _ChildSpec) -> None:
     """Body of one module process: open the bus, report ready, run until told to stop, report stats."""
     from ..can.ids import LAYOUTS
@@ -1368,16 +1385,7 @@ def run_multiprocess(
         stats.wall_seconds = time.monotonic() - wall0
         return stats
     finally:
-        for proc, pipe in children:
-            with contextlib.suppress(Exception):
-                pipe.close()
-            proc.join(timeout=5.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=2.0)
-            if proc.is_alive():  # pragma: no cover - last resort for a wedged child
-                proc.kill()
-                proc.join(timeout=1.0)
+        reap_children(children)
         if bus is not None:
             bus.shutdown()
         dep.pack.close_channels()

@@ -53,6 +53,7 @@ from .pack import (
     _paired,
     _persist_entity,
     _recv,
+    reap_children,
 )
 from .schedule import TrafficPlan
 from .state import check_modules
@@ -304,16 +305,7 @@ def run_soak(
         report.wall_s = time.monotonic() - wall0
         return report
     finally:
-        for proc, pipe in [*live.values(), *starting.values()]:
-            with contextlib.suppress(Exception):
-                pipe.close()
-            proc.join(timeout=5.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=2.0)
-            if proc.is_alive():  # pragma: no cover - last resort for a wedged child
-                proc.kill()
-                proc.join(timeout=1.0)
+        reap_children([*live.values(), *starting.values()])
         if bus is not None:
             bus.shutdown()
         dep.pack.close_channels()
