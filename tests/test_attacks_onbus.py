@@ -12,7 +12,7 @@ from modbatt.attacks.onbus import OnBusChannel, attack_bus
 from modbatt.errors import TransportError
 from modbatt.model.policy import MessageClass
 from modbatt.nodes.channel import PairedChannel
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 from modbatt.transport.canbus import BusConfig, resolve_bus
 
 #: The scenarios whose attacker sits on the bus: replay, spoofing, downgrade, injection, flood,

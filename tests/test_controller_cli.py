@@ -23,7 +23,7 @@ from conftest_mqtt import mosquitto  # noqa: F401  (the broker fixture)
 from modbatt.cli import main
 from modbatt.crypto.keystore import KeyStore
 from modbatt.nodes.entity import EntityNode
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 from modbatt.workbench.controller_home import ControllerHome
 
 MODBATT = [sys.executable, "-m", "modbatt.cli"]

@@ -24,7 +24,7 @@ from modbatt.cli import main
 from modbatt.crypto.keystore import KeyStore
 from modbatt.nodes.entity import EntityNode
 from modbatt.nodes.killpoints import KILL_AT_ENV, KILL_TRACE_ENV
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import pytest
 
 from modbatt.cli import main
 from modbatt.errors import ConfigError, TransportError
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 from modbatt.transport.canbus import BusConfig, resolve_bus
 from modbatt.workbench.live import BackgroundPack, LiveSession, SimProcess, listen, open_keystore
 

@@ -482,7 +482,7 @@ def test_monitor_into_head_exits_quietly(tmp_path: Path) -> None:
 
 
 def test_a_udp_multicast_recording_names_its_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from modbatt.sim.pack import multicast_available
+    from modbatt.sim.multiprocess import multicast_available
     from modbatt.transport.canbus import BusConfig, open_bus
 
     ok, why = multicast_available()

@@ -22,7 +22,7 @@ import pytest
 from modbatt.can.functions import FUNCTIONS
 from modbatt.can.ids import SEED_LAYOUT
 from modbatt.cli import main
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 from modbatt.transport.canbus import run_udp_address
 
 ok, why = multicast_available()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from modbatt.cli import main
-from modbatt.sim.pack import multicast_available
+from modbatt.sim.multiprocess import multicast_available
 from modbatt.transport.canbus import run_udp_address
 
 MODBATT = [sys.executable, "-m", "modbatt.cli"]

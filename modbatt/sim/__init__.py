@@ -6,8 +6,9 @@ Two halves, one traffic table (:mod:`modbatt.sim.schedule`):
   protocol, exchanging legacy telemetry (exchange tier) and acknowledged critical commands
   (pairing tier) through each entity's :class:`~modbatt.nodes.channel.PairedChannel` on any python-can bus, in
   one process (:class:`PackSimulation`) or with every module in its own process over
-  ``udp_multicast`` (:func:`run_multiprocess`). Functional: every frame really crosses the bus
-  and is verified, but a virtual bus takes no time.
+  ``udp_multicast`` (:mod:`~modbatt.sim.multiprocess`, :func:`run_multiprocess`; the soak:
+  :mod:`~modbatt.sim.soak`), on the clocks and scheduler of :mod:`~modbatt.sim.clock`.
+  Functional: every frame really crosses the bus and is verified, but a virtual bus takes no time.
 * the discrete-event model — simulated time, split by responsibility: :mod:`~modbatt.sim.eventloop`
   (clock and event queue), :mod:`~modbatt.sim.busmodel` (a CAN bus with arbitration by identifier
   and wire time from :mod:`modbatt.can.wiretime`), :mod:`~modbatt.sim.cpu` (CPU cost profiles:
@@ -22,6 +23,7 @@ Layering: this package imports from every layer below it; nothing below imports 
 """
 
 from .busmodel import BUSES, TYPICAL_STUFF_SHARE, CanBusModel, FrameRecord, wire_seconds
+from .clock import AcceleratedClock, RealClock, Scheduler, SimClock, VirtualClock
 from .cpu import (
     ATMEGA64M1,
     STM32WB55,
@@ -38,17 +40,8 @@ from .design import DESIGN_PLATFORMS, answer_table, breakdown, design_space, res
 from .eventloop import EventLoop
 from .latency import latency_table, run_level, step_rows
 from .load import PackLoadResult, PackTraffic, cpu_load, simulate_pack_load
-from .pack import (
-    AcceleratedClock,
-    PackSimulation,
-    RealClock,
-    Scheduler,
-    SimClock,
-    SimStats,
-    VirtualClock,
-    multicast_available,
-    run_multiprocess,
-)
+from .multiprocess import multicast_available, run_multiprocess
+from .pack import PackSimulation, SimStats
 from .schedule import COMMAND_CLASSES, TELEMETRY, TelemetrySpec, TrafficPlan, frames_for_unit, uses_isotp
 from .transactions import BUDGET_LEVELS, BUDGETS, LEVELS, PROTOCOLS, ProfileModel, level_steps
 

@@ -20,18 +20,15 @@ fits one frame, else ISO-TP (can-isotp's ``TransportLayerLogic``, configured by
 control on the reverse identifier. The broadcast fragmentation of :mod:`modbatt.can.fragment` is
 not used: every pairing key is per module, so no secured unit here has more than one receiver.
 
-Time: a :class:`Scheduler` runs timers against an injectable clock — :class:`RealClock` for live
-buses, :class:`AcceleratedClock` (wall time × factor) or :class:`VirtualClock` (jumps to the next
-timer: as fast as the CPU allows) for tests — and pumps the buses in between. Runs are bounded in
+Time (:mod:`modbatt.sim.clock`): a :class:`Scheduler` runs timers against an injectable clock —
+:class:`RealClock` for live buses, :class:`AcceleratedClock` (wall time × factor) or
+:class:`VirtualClock` (jumps to the next timer: as fast as the CPU allows) for tests — and pumps
+the buses in between. Runs are bounded in
 simulated time and by a wall-clock guard. Wire time is not modelled here (a virtual bus is
 instantaneous): use :mod:`modbatt.sim.latency` for latency.
 
-Separate processes: :func:`run_multiprocess` spawns one process per module on ``udp_multicast``.
-Each module's entity state (its encrypted key store, with a key file beside it, in a private
-temporary directory the parent removes at the end) is written to disk before the child starts;
-the child opens it and restores its channel from it — keys of the current session, freshness
-files beside the store — exactly as a module restarting from its own storage would. It runs for a
-bounded time and reports its statistics back; the parent cleans every process up.
+Separate processes: :func:`modbatt.sim.multiprocess.run_multiprocess` spawns one process per
+module on ``udp_multicast``, each restoring its channel from its module's state on disk.
 
 Statistics (:class:`SimStats`): frames and units sent/received per class and tier, rejects by
 reason, and for acknowledged messages: sent, acknowledged, lost, misordered, refused.
@@ -42,22 +39,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import heapq
 import itertools
-import logging
 import math
-import multiprocessing
-import os
-import shutil
-import socket
-import tempfile
-import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import can
 import isotp
@@ -78,7 +67,7 @@ from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
 from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
-from ..nodes.killpoints import KILL_AT_ENV, kill_point
+from ..nodes.killpoints import kill_point
 from ..nodes.link import Received
 from ..protocol.delivery import (
     SEQ_SPACE,
@@ -90,7 +79,8 @@ from ..protocol.delivery import (
     Transmit,
     newer,
 )
-from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus, resolve_bus
+from ..transport.canbus import BusConfig, open_bus, resolve_bus
+from .clock import AcceleratedClock, RealClock, Scheduler, SimClock, VirtualClock
 from .schedule import (
     COMMAND_CLASSES,
     NACK_FLAG,
@@ -111,8 +101,6 @@ __all__ = [
     "SimClock",
     "SimStats",
     "VirtualClock",
-    "multicast_available",
-    "run_multiprocess",
 ]
 
 _TELEMETRY_BY_CLASS = {t.message_class: t for t in TELEMETRY}
@@ -122,159 +110,6 @@ _LEGACY_COMMAND = {
     MessageClass.DISCHARGE_COMMAND: "MODULE_STATE_CHANGE",
     MessageClass.SAFETY_LIMITS: "MODULE_LIMITS",
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Clocks and scheduler
-# ---------------------------------------------------------------------------------------------
-
-
-class SimClock(Protocol):
-    """Simulated time in seconds, and how it maps to the wall clock."""
-
-    def now(self) -> float: ...
-
-    def real_delay(self, until: float) -> float:
-        """Wall seconds to wait before simulated time reaches ``until`` (0 for virtual time)."""
-        ...
-
-    def advance_to(self, t: float) -> None:
-        """Move to ``t`` (virtual clocks jump; real clocks are already there)."""
-        ...
-
-
-class RealClock:
-    """Wall time (``time.monotonic``): for live buses and separate processes."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def real_delay(self, until: float) -> float:
-        return max(until - time.monotonic(), 0.0)
-
-    def advance_to(self, t: float) -> None:
-        return None
-
-
-class AcceleratedClock:
-    """Wall time × ``factor``: 10 means one wall second is ten simulated seconds."""
-
-    def __init__(self, factor: float, start: float = 0.0) -> None:
-        if not factor > 0:
-            raise ConfigError("acceleration factor must be positive")
-        self.factor = factor
-        self._start = start
-        self._wall0 = time.monotonic()
-
-    def now(self) -> float:
-        return self._start + (time.monotonic() - self._wall0) * self.factor
-
-    def real_delay(self, until: float) -> float:
-        return max((until - self.now()) / self.factor, 0.0)
-
-    def advance_to(self, t: float) -> None:
-        return None
-
-
-class VirtualClock:
-    """Simulated time that jumps to the next timer: as fast as the CPU allows, deterministic order."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def real_delay(self, until: float) -> float:
-        return 0.0
-
-    def advance_to(self, t: float) -> None:
-        self._now = max(self._now, t)
-
-
-class Scheduler:
-    """Timers on a :class:`SimClock`, with the buses pumped between them."""
-
-    def __init__(self, clock: SimClock, endpoints: Iterable[_Endpoint] = ()) -> None:
-        self.clock = clock
-        self.endpoints: list[_Endpoint] = list(endpoints)
-        self._heap: list[tuple[float, int, Callable[[], float | None]]] = []
-        self._seq = 0
-        self.truncated = False  # set when the wall-clock guard stopped a run
-        self._stop = threading.Event()
-
-    def request_stop(self) -> None:
-        """End the current :meth:`run` soon (thread- and signal-safe); not a truncation."""
-        self._stop.set()
-
-    def clear_stop(self) -> None:
-        self._stop.clear()
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def at(self, t: float, fn: Callable[[], float | None]) -> None:
-        """Run ``fn`` at ``t``; if it returns a period, run it again that much later (no drift)."""
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, fn))
-
-    def cancel_all(self) -> None:
-        """Drop every pending timer (used to stop new traffic before draining)."""
-        self._heap.clear()
-
-    def pump(self) -> int:
-        """Deliver every frame waiting on any endpoint (until a full pass finds none)."""
-        total = 0
-        while True:
-            got = sum(ep.drain(0.0) for ep in self.endpoints)
-            total += got
-            if not got:
-                return total
-
-    def _wait(self, seconds: float) -> None:
-        if len(self.endpoints) == 1:
-            self.endpoints[0].drain(seconds)  # blocks on the bus: frames from other processes
-        else:
-            self._stop.wait(seconds)  # in-process nodes only receive what this thread sent
-        self.pump()
-
-    def run(self, until: float, *, max_wall: float = 60.0, timers: bool = True) -> None:
-        """Run timers due before simulated time ``until``; bounded by ``max_wall`` wall seconds.
-
-        :meth:`request_stop` ends it early (the caller decides what to drain).
-        """
-        wall_end = time.monotonic() + max_wall
-        while True:
-            if self._stop.is_set():
-                self.pump()
-                return
-            self.pump()
-            due = self._heap[0][0] if timers and self._heap else math.inf
-            target = min(due, until)
-            delay = self.clock.real_delay(target)
-            while delay > 0:
-                if time.monotonic() > wall_end:
-                    self.truncated = True
-                    return
-                if self._stop.is_set():
-                    return
-                self._wait(min(delay, 0.005))
-                delay = self.clock.real_delay(target)
-            self.clock.advance_to(target)
-            if due >= until:  # the run covers [start, until): a timer due exactly at the end is not run
-                self.pump()
-                return
-            now = self.clock.now()
-            while timers and self._heap and self._heap[0][0] <= now:
-                t, _, fn = heapq.heappop(self._heap)
-                period = fn()
-                if period is not None:
-                    self.at(t + period, fn)
-                self.pump()
-            if time.monotonic() > wall_end:
-                self.truncated = True
-                return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1170,224 +1005,3 @@ class PackSimulation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Separate processes over udp_multicast
-# ---------------------------------------------------------------------------------------------
-
-
-def multicast_available(group: str = DEFAULT_UDP_GROUP) -> tuple[bool, str]:
-    """Whether this host can open and join an IPv4 multicast socket; ``(ok, reason)``."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("", 0))
-            mreq = socket.inet_aton(group) + socket.inet_aton("0.0.0.0")
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-    except OSError as exc:
-        return False, f"cannot join multicast group {group}: {exc}"
-    return True, "ok"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class _ChildSpec:
-    node: int
-    pairing_id: str
-    store: str  # the module's key store on disk (its freshness files go beside it)
-    key_file: str
-    policy: dict[str, str]
-    bus: dict[str, Any]
-    profile: BusProfile
-    plan: dict[str, Any]
-    layout_name: str
-    modules: int
-    deadline: float  # wall seconds the child may live at most
-    kill_at: str = ""  # a kill point (nodes/killpoints.py) this child dies at
-    journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
-
-
-def reap_children(children: Iterable[tuple[Any, Any]]) -> None:
-    """Close each child's pipe and join it: a child that does not end is terminated, then killed.
-
-    Bounded (at most 8 s a child), so a wedged module process never outlives its run.
-    """
-    for proc, pipe in children:
-        with contextlib.suppress(Exception):
-            pipe.close()
-        proc.join(timeout=5.0)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=2.0)
-        if proc.is_alive():  # pragma: no cover - last resort for a wedged child
-            proc.kill()
-            proc.join(timeout=1.0)
-
-
-def _module_process(conn: Any, spec: _ChildSpec) -> None:
-    """Body of one module process: open the bus, report ready, run until told to stop, report stats."""
-    from ..can.ids import LAYOUTS
-
-    bus = None
-    entity: EntityNode | None = None
-    wall_end = time.monotonic() + spec.deadline
-    if spec.kill_at:
-        os.environ[KILL_AT_ENV] = spec.kill_at
-    logging.getLogger("isotp").setLevel(logging.ERROR)  # framing faults are counted, not logged
-    try:
-        bus = open_bus(BusConfig(**spec.bus))
-        layout = LAYOUTS[spec.layout_name]
-        plan = TrafficPlan(**{**spec.plan, "policy": EncryptionPolicy.from_dict(spec.policy)})
-        stats = SimStats()
-        clock = RealClock()
-        nodes: dict[int, _Node] = {}
-        ep = _Endpoint(bus, spec.profile, layout, stats, 0, nodes)
-        # The module restores its channel from its own storage: keys from the key store,
-        # freshness from the files beside it (FileFreshness, the entity's default on disk), and
-        # its idempotence record from the key store (docs/delivery.md).
-        entity = EntityNode(KeyStore.open(spec.store, key_file=spec.key_file))
-        module = _Module(spec.node, ep, plan, clock, _db(), keystore=entity.keystore, pairing_id=spec.pairing_id)
-        module.journal = spec.journal or None
-        module.links[spec.node] = entity.channel(spec.pairing_id, profile=spec.profile, layout=layout)
-        nodes[spec.node] = module
-        module.flush(spec.node)  # a restarted session queues a resync challenge
-        sched = Scheduler(clock, [ep])
-        conn.send(("ready", spec.node))
-        while not conn.poll(0.01):  # keep the socket read while waiting for the start signal
-            ep.drain(0.0)
-            if time.monotonic() > wall_end:
-                raise TimeoutError("no start signal")
-        kind, duration = conn.recv()
-        if kind != "go":
-            return
-        t0 = clock.now()
-        module.start(sched, t0, (spec.node - 1) / spec.modules)
-        sched.run(t0 + duration, max_wall=max(wall_end - time.monotonic(), 0.1))
-        sched.cancel_all()
-        while not conn.poll(0.0) and time.monotonic() < wall_end:  # serve late commands until told to stop
-            ep.drain(0.01)
-        stats.truncated = sched.truncated
-        conn.send(("stats", stats.to_dict()))
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        if entity is not None:
-            entity.close_channels()
-        if bus is not None:
-            bus.shutdown()
-        conn.close()
-
-
-def _recv(pipe: Any, proc: Any) -> tuple[str, Any]:
-    try:
-        kind, detail = pipe.recv()
-    except (EOFError, OSError) as exc:
-        proc.join(timeout=1.0)
-        raise ModbattError(f"{proc.name} ended without reporting (exit code {proc.exitcode})") from exc
-    return str(kind), detail
-
-
-def run_multiprocess(
-    modules: int = 2,
-    *,
-    duration: float = 2.0,
-    drain: float = 0.5,
-    port: int | None = None,
-    group: str = DEFAULT_UDP_GROUP,
-    plan: TrafficPlan | None = None,
-    seed: int | None = None,
-    profile: BusProfile = CLASSIC,
-    layout: IdLayout = SEED_LAYOUT,
-    start_timeout: float = 30.0,
-) -> SimStats:
-    """Pack in this process, each module in its own process, all on one ``udp_multicast`` group.
-
-    ``port`` defaults to a free UDP port, so concurrent runs do not hear each other. Each child
-    restores its module's channel from the module's state on disk (a private temporary directory,
-    removed before this returns). Children are started with ``spawn``: a script calling this needs
-    the usual ``if __name__ == "__main__":`` guard. Every child is bounded (``start_timeout +
-    duration + drain`` plus a margin) and joined or terminated before this returns.
-    """
-    _check_modules(modules)
-    plan = plan or TrafficPlan()
-    port = port or _free_port()
-    bus_kw: dict[str, Any] = {"interface": "udp_multicast", "channel": group, "kwargs": {"port": port}}
-    dep, pairings, policy = _paired(modules, seed)
-    state = Path(tempfile.mkdtemp(prefix="modbatt-sim-"))  # 0700: only this user reads the key files
-    plan_kw = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "policy"}
-    ctx = multiprocessing.get_context("spawn")
-    deadline = start_timeout + duration + drain + 10.0
-    children: list[tuple[Any, Any]] = []
-    stats = SimStats()
-    bus = None
-    wall0 = time.monotonic()
-    try:
-        bus = open_bus(BusConfig(**bus_kw))
-        for node_id in range(1, modules + 1):
-            store = state / f"module-{node_id:02d}.keystore"
-            key_file = _persist_entity(dep.modules[node_id], store)
-            spec = _ChildSpec(
-                node_id, pairings[node_id], str(store), str(key_file), policy.to_dict(), bus_kw, profile, plan_kw,
-                layout.name, modules, deadline,
-            )  # fmt: skip
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_module_process, args=(child, spec), name=f"modbatt-module-{node_id:02d}")
-            proc.start()
-            child.close()
-            children.append((proc, parent))
-        clock = RealClock()
-        pack_stats = SimStats()
-        nodes: dict[int, _Node] = {}
-        ep = _Endpoint(bus, profile, layout, pack_stats, 1, nodes)
-        pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db(), keystore=dep.pack.keystore)
-        for node_id in range(1, modules + 1):
-            pack.links[node_id] = dep.pack.channel(pairings[node_id], profile=profile, layout=layout)
-            nodes[node_id] = pack
-        ready_by = time.monotonic() + start_timeout
-        for proc, pipe in children:
-            while not pipe.poll(0.01):
-                ep.drain(0.0)
-                if time.monotonic() > ready_by or not proc.is_alive():
-                    raise ModbattError(f"{proc.name} did not start (exit code {proc.exitcode})")
-            kind, detail = _recv(pipe, proc)
-            if kind != "ready":
-                raise ModbattError(f"{proc.name}: {detail}")
-        for _, pipe in children:
-            pipe.send(("go", duration))
-        sched = Scheduler(clock, [ep])
-        t0 = clock.now()
-        pack.start(sched, t0, list(range(1, modules + 1)), modules)
-        sched.run(t0 + duration, max_wall=duration + 10.0)
-        pack.sending = False
-        sched.cancel_all()
-        sched.at(clock.now(), pack._retries)  # retries go on during the drain
-        sched.run(clock.now() + drain, max_wall=drain + 5.0)
-        for _, pipe in children:
-            pipe.send(("stop", 0))
-        for proc, pipe in children:
-            if not pipe.poll(10.0):
-                raise ModbattError(f"{proc.name} sent no statistics")
-            kind, detail = _recv(pipe, proc)
-            if kind != "stats":
-                raise ModbattError(f"{proc.name}: {detail}")
-            stats.merge(detail)
-        stats.merge(pack_stats)
-        stats.lost_acknowledged += pack.outstanding()
-        stats.truncated = stats.truncated or sched.truncated
-        stats.sim_seconds = clock.now() - t0
-        stats.wall_seconds = time.monotonic() - wall0
-        return stats
-    finally:
-        reap_children(children)
-        if bus is not None:
-            bus.shutdown()
-        dep.pack.close_channels()
-        dep.ledger.close()
-        shutil.rmtree(state, ignore_errors=True)

@@ -39,22 +39,9 @@ from ..can.wiretime import CLASSIC
 from ..errors import ConfigError, ModbattError
 from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus
 from ..transport.faultbus import FaultSpec
-from .pack import (
-    RealClock,
-    Scheduler,
-    SimStats,
-    _ChildSpec,
-    _db,
-    _Endpoint,
-    _free_port,
-    _module_process,
-    _Node,
-    _Pack,
-    _paired,
-    _persist_entity,
-    _recv,
-    reap_children,
-)
+from .clock import RealClock, Scheduler
+from .multiprocess import _ChildSpec, _free_port, _module_process, _recv, reap_children
+from .pack import SimStats, _db, _Endpoint, _Node, _Pack, _paired, _persist_entity
 from .schedule import TrafficPlan
 from .state import check_modules
 
