@@ -46,4 +46,6 @@ def test_short_soak_with_kills_is_exactly_once() -> None:
 def test_soak_command_line_refuses_a_state_or_another_bus(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--soak", "5", "--ephemeral", "-i", "virtual"]) == 2
     assert "udp_multicast" in capsys.readouterr().err
+    assert main(["sim", "--soak", "5", "--ephemeral", "--profile", "efficient"]) == 2
+    assert "seed profile" in capsys.readouterr().err
     assert main(["sim", "--soak", "0", "--ephemeral"]) == 2

@@ -97,6 +97,8 @@ def _soak(args: argparse.Namespace) -> int:
         raise ConfigError("--soak and --restart-every must be positive numbers of seconds")
     if args.state is not None or args.interface not in (None, "udp_multicast"):
         raise ConfigError("the soak runs its own pack on udp_multicast: give neither --state nor another bus")
+    if args.profile not in (None, "seed"):
+        raise ConfigError("the soak pairs its pack under the seed profile: --profile goes with a plain run")
     out = sys.stderr if args.json else sys.stdout
     faults = args.faults or DEFAULT_SOAK_FAULTS
     print(f"soak: {args.modules} module processes on udp_multicast for {args.soak:g} s, faults {faults}", file=out)
