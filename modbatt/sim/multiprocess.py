@@ -37,7 +37,7 @@ from .pack import SimStats, _db, _Endpoint, _Module, _Node, _Pack, _paired, _per
 from .schedule import TrafficPlan
 from .state import check_modules as _check_modules
 
-__all__ = ["multicast_available", "reap_children", "run_multiprocess"]
+__all__ = ["multicast_available", "pack_end", "reap_children", "run_multiprocess"]
 
 def multicast_available(group: str = DEFAULT_UDP_GROUP) -> tuple[bool, str]:
     """Whether this host can open and join an IPv4 multicast socket; ``(ok, reason)``."""
@@ -147,6 +147,27 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
         conn.close()
 
 
+def pack_end(
+    bus: Any,
+    profile: BusProfile,
+    layout: IdLayout,
+    plan_kw: dict[str, Any],
+    policy: EncryptionPolicy,
+    pack_node: EntityNode,
+    pairings: dict[int, str],
+    clock: Any,
+) -> tuple[_Endpoint, _Pack, SimStats]:
+    """The pack in the parent process: its bus endpoint and a channel to every module's pairing."""
+    pack_stats = SimStats()
+    nodes: dict[int, _Node] = {}
+    ep = _Endpoint(bus, profile, layout, pack_stats, 1, nodes)
+    pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db(), keystore=pack_node.keystore)
+    for node_id, pairing_id in pairings.items():
+        pack.links[node_id] = pack_node.channel(pairing_id, profile=profile, layout=layout)
+        nodes[node_id] = pack
+    return ep, pack, pack_stats
+
+
 def _recv(pipe: Any, proc: Any) -> tuple[str, Any]:
     try:
         kind, detail = pipe.recv()
@@ -205,13 +226,7 @@ def run_multiprocess(
             child.close()
             children.append((proc, parent))
         clock = RealClock()
-        pack_stats = SimStats()
-        nodes: dict[int, _Node] = {}
-        ep = _Endpoint(bus, profile, layout, pack_stats, 1, nodes)
-        pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db(), keystore=dep.pack.keystore)
-        for node_id in range(1, modules + 1):
-            pack.links[node_id] = dep.pack.channel(pairings[node_id], profile=profile, layout=layout)
-            nodes[node_id] = pack
+        ep, pack, pack_stats = pack_end(bus, profile, layout, plan_kw, policy, dep.pack, pairings, clock)
         ready_by = time.monotonic() + start_timeout
         for proc, pipe in children:
             while not pipe.poll(0.01):

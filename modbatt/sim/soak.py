@@ -40,8 +40,8 @@ from ..errors import ConfigError, ModbattError
 from ..transport.canbus import DEFAULT_UDP_GROUP, BusConfig, open_bus
 from ..transport.faultbus import FaultSpec
 from .clock import RealClock, Scheduler
-from .multiprocess import _ChildSpec, _free_port, _module_process, _recv, reap_children
-from .pack import SimStats, _db, _Endpoint, _Node, _Pack, _paired, _persist_entity
+from .multiprocess import _ChildSpec, _free_port, _module_process, _recv, pack_end, reap_children
+from .pack import SimStats, _paired, _persist_entity
 from .schedule import TrafficPlan
 from .state import check_modules
 
@@ -205,13 +205,7 @@ def run_soak(
             )  # fmt: skip
             live[n] = _spawn(ctx, specs[n])
         clock = RealClock()
-        pack_stats = SimStats()
-        nodes: dict[int, _Node] = {}
-        ep = _Endpoint(bus, CLASSIC, SEED_LAYOUT, pack_stats, 1, nodes)
-        pack = _Pack(ep, TrafficPlan(**{**plan_kw, "policy": policy}), clock, _db(), keystore=dep.pack.keystore)
-        for n in range(1, modules + 1):
-            pack.links[n] = dep.pack.channel(pairings[n], profile=CLASSIC, layout=SEED_LAYOUT)
-            nodes[n] = pack
+        ep, pack, pack_stats = pack_end(bus, CLASSIC, SEED_LAYOUT, plan_kw, policy, dep.pack, pairings, clock)
         ready_by = time.monotonic() + start_timeout
         for proc, pipe in live.values():
             while not pipe.poll(0.01):
