@@ -45,7 +45,6 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import can
@@ -65,10 +64,10 @@ from ..model.policy import EncryptionPolicy, MessageClass
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
-from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.killpoints import kill_point
 from ..nodes.link import Received
+from ..nodes.paired import paired_deployment, persist_entity
 from ..protocol.delivery import (
     SEQ_SPACE,
     Decision,
@@ -90,7 +89,7 @@ from .schedule import (
     TrafficPlan,
     uses_isotp,
 )
-from .state import PackSetup, bind_and_pair, ephemeral_pack
+from .state import PackSetup, ephemeral_pack
 from .state import check_modules as _check_modules
 
 __all__ = [
@@ -825,25 +824,12 @@ def _paired(
     modules: int, seed: int | None, protocol: ProtocolProfile = DEFAULT_PROFILE
 ) -> tuple[InMemoryDeployment, dict[int, str], EncryptionPolicy]:
     """Bind and pair a pack with ``modules`` modules under ``protocol``; the deployment and each pairing id."""
-    dep = InMemoryDeployment(seed=seed, modules=modules)
-    pairings, policy = bind_and_pair(
-        dep.controller, dep.pack, dep.modules, dep.authority_key, dep.clock, dep.rng, protocol
-    )
-    return dep, pairings, policy
+    made = paired_deployment(seed, modules, profile=protocol)
+    return made.dep, made.pairing_ids(), made.policy
 
 
-def _persist_entity(node: EntityNode, path: Path) -> Path:
-    """Write ``node``'s key store to an encrypted store at ``path`` (key file beside it); the key file."""
-    key_file = KeyStore.generate_key_file(path.with_suffix(".kek"))
-    source = node.keystore
-    disk = KeyStore.create(path, key_file=key_file, reproducible=source.reproducible)
-    with disk.transaction():
-        for name in source.key_names():
-            disk.put_private_key(name, source.private_key(name))
-        for name in source.record_names():
-            disk.put_record(name, source.record(name))
-    disk.close()
-    return key_file
+#: A module's key store on disk, what a module process restores its channel from.
+_persist_entity = persist_entity
 
 
 # ---------------------------------------------------------------------------------------------
