@@ -33,6 +33,7 @@ from . import onbus
 
 __all__ = ["Pack", "RecordingClient", "forged_sender", "on_bus", "paired_pack", "tap"]
 
+
 class Pack(PairedDeployment):
     """The victim: a :class:`~modbatt.nodes.paired.PairedDeployment` whose links cross the attack bus."""
 
