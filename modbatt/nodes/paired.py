@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..can.ids import SEED_LAYOUT, IdLayout
 from ..can.wiretime import CLASSIC, BusProfile
@@ -36,6 +36,9 @@ from .controller import AuthController
 from .entity import EntityNode
 from .inmemory import InMemoryDeployment
 from .pairing_flow import PairingOutcome, pair_entities
+
+if TYPE_CHECKING:
+    from .validation import ValidationContext
 
 __all__ = ["PairedDeployment", "Side", "bind_and_pair", "paired_deployment", "persist_entity"]
 
@@ -90,7 +93,7 @@ class PairedDeployment:
         """The live channel of module ``node_id``'s pairing on the pack's or the module's side."""
         return self.entity(node_id, side).channel(self.pairing_id(node_id), profile=profile, layout=layout)
 
-    def validation(self, node_id: int = 1, **options: Any) -> Any:
+    def validation(self, node_id: int = 1, **options: Any) -> ValidationContext:
         """The :class:`~modbatt.nodes.validation.ValidationContext` of module ``node_id``'s pairing.
 
         ``options`` as for :meth:`ValidationContext.from_nodes` (events, clock, rng, carrier).
