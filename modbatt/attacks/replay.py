@@ -82,7 +82,7 @@ def replay_pairing_completion(seed: int | None = None) -> Outcome:
     """Send an accepted completion proof to the controller's callback again."""
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=3)
+    cert = pack.issue_pairing(1, max_uses=3)
     pid = cert.metadata.pairing_id
     a = dep.pack.accept_certificate(cert.encode())
     module.accept_certificate(cert.encode())
@@ -220,7 +220,7 @@ def replay_pairing_offer_next_session(seed: int | None = None) -> Outcome:
     """
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, mode=ControllerMode.BLIND, max_uses=2)
+    cert = pack.issue_pairing(1, mode=ControllerMode.BLIND, max_uses=2)
     pid = cert.metadata.pairing_id
     a = dep.pack.accept_certificate(cert.encode())
     module.accept_certificate(cert.encode())

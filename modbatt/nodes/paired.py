@@ -27,7 +27,7 @@ from ..crypto.keystore import KeyStore
 from ..crypto.rng import RandomSource
 from ..crypto.suite import PrivateKey
 from ..model.binding import BindingRecord
-from ..model.pairing import ControllerMode
+from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
 from .authority import authorize_binding
@@ -83,6 +83,10 @@ class PairedDeployment:
     def policy(self) -> EncryptionPolicy:
         """The encryption policy the pairing certificates carry (the same for every module)."""
         return next(iter(self.pairings.values())).certificate.metadata.encryption_policy
+
+    def issue_pairing(self, node_id: int, **issue: Any) -> PairingCertificate:
+        """A new pairing certificate for module ``node_id``'s binding (``issue`` as for the controller's)."""
+        return self.dep.controller.issue_pairing(self.binding_id(node_id), **issue)
 
     def entity(self, node_id: int, side: Side) -> EntityNode:
         return self.dep.pack if side == "pack" else self.module(node_id)

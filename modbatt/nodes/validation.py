@@ -576,29 +576,37 @@ def run_all_levels(
     the bus beside the model (:mod:`modbatt.transport.validation_bus`). ``None`` carries the
     messages in process. A message lost on the bus raises :class:`~modbatt.errors.TransportError`.
     """
-    with _carrier(bus, pack, module, pairing_id) as carrier:
-        ctx = ValidationContext.from_nodes(
-            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
-        )
+    with _context(controller, pack, module, binding_id, pairing_id, events, clock, rng, bus) as ctx:
         return {str(level): json_safe(run_level(ctx, level)) for level in LEVELS}
 
 
 @contextlib.contextmanager
-def _carrier(
-    bus: BusConfig | Carrier | None, pack: EntityNode, module: EntityNode, pairing_id: str
-) -> Iterator[Carrier]:
-    """The carrier for ``bus``: in process, the one given, or an on-bus driver opened for this run."""
-    if bus is None:
-        yield IN_PROCESS
-        return
-    if not isinstance(bus, BusConfig):
-        yield bus
-        return
-    from ..transport.validation_bus import ValidationBus
+def _context(
+    controller: AuthController,
+    pack: EntityNode,
+    module: EntityNode,
+    binding_id: str,
+    pairing_id: str,
+    events: EventLog | None,
+    clock: Callable[[], float] | None,
+    rng: RandomSource | None,
+    bus: BusConfig | Carrier | None,
+) -> Iterator[ValidationContext]:
+    """The context of one run, its carrier for ``bus``: in process, the one given, or an on-bus
+    driver opened for this run."""
+    with contextlib.ExitStack() as stack:
+        if bus is None:
+            carrier: Carrier = IN_PROCESS
+        elif not isinstance(bus, BusConfig):
+            carrier = bus
+        else:
+            from ..transport.validation_bus import ValidationBus
 
-    channels = {"pack": pack.channel(pairing_id), "module": module.channel(pairing_id)}
-    with ValidationBus(bus, node_id_of(module.access_data), channels=channels) as driver:
-        yield driver
+            channels = {"pack": pack.channel(pairing_id), "module": module.channel(pairing_id)}
+            carrier = stack.enter_context(ValidationBus(bus, node_id_of(module.access_data), channels=channels))
+        yield ValidationContext.from_nodes(
+            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
+        )
 
 
 # --------------------------------------------------------------------------- escalation
@@ -683,15 +691,12 @@ def run_escalation_scenario(
     broadcast fragments, the telemetry the pack's channel, and levels 5 and 7 their frames; the
     frames heard are logged as one ``escalation_wire`` event.
     """
-    with _carrier(bus, pack, module, pairing_id) as carrier:
-        ctx = ValidationContext.from_nodes(
-            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
-        )
-        carrier.begin("escalation")
+    with _context(controller, pack, module, binding_id, pairing_id, events, clock, rng, bus) as ctx:
+        ctx.carrier.begin("escalation")
         try:
             return _escalation_scenario(ctx, advance)
         finally:
-            wire = carrier.end()
+            wire = ctx.carrier.end()
             if wire:
                 ctx.events.log("escalation_wire", t=ctx.now(), **wire)
 
