@@ -8,6 +8,7 @@ ISO-TP (can-isotp's ``TransportLayerLogic``, driven without threads by the sched
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import can
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class _Endpoint:
     """One python-can bus handle and the node(s) behind it.
 
@@ -37,22 +39,13 @@ class _Endpoint:
     modules); ``nodes`` maps module ids to handlers (the pack side maps every id to the pack).
     """
 
-    def __init__(
-        self,
-        bus: can.BusABC,
-        profile: BusProfile,
-        layout: IdLayout,
-        stats: SimStats,
-        direction: int,
-        nodes: dict[int, _Node],
-    ) -> None:
-        self.bus = bus
-        self.profile = profile
-        self.layout = layout
-        self.stats = stats
-        self.direction = direction
-        self.nodes = nodes
-        self._fields: dict[int, CanIdFields | None] = {}
+    bus: can.BusABC
+    profile: BusProfile
+    layout: IdLayout
+    stats: SimStats
+    direction: int
+    nodes: dict[int, _Node]
+    _fields: dict[int, CanIdFields | None] = field(default_factory=dict, init=False, repr=False)
 
     def fields(self, can_id: int) -> CanIdFields | None:
         """The decoded identifier, or None when the layout or the function table refuses it (cached)."""
