@@ -29,9 +29,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import ModbattError, Reason, VerificationError
-
-__version__ = "0.1.0"
 
 #: Public name -> the module that defines it (imported on first access).
 _LAZY = {

@@ -20,8 +20,8 @@ from modbatt.nodes.channel import RESYNC_AFTER_BAD_MACS, pump
 from modbatt.nodes.channel_store import EphemeralFreshness, FileFreshness
 from modbatt.nodes.entity import EntityNode
 from modbatt.nodes.link import SelectiveLink
+from modbatt.nodes.paired import persist_entity
 from modbatt.nodes.pairing_flow import pair_entities
-from modbatt.sim.pack import _persist_entity
 
 CHARGE = MessageClass.CHARGE_COMMAND
 
@@ -203,7 +203,7 @@ def _on_disk(w, tmp_path, role):
     """Move ``role``'s entity onto a key store on disk (freshness: files beside it)."""
     node = w.nodes[role]
     path = tmp_path / f"{role}.keystore"
-    key_file = _persist_entity(node, path)
+    key_file = persist_entity(node, path)
     moved = EntityNode(KeyStore.open(path, key_file=key_file), clock=w.clock, rng=w.rng)
     w.nodes[role] = moved
     w.client.nodes[moved.access_data.endpoint] = moved

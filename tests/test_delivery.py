@@ -14,7 +14,8 @@ from modbatt.errors import ConfigError, Reason
 from modbatt.model.policy import MessageClass
 from modbatt.protocol.delivery import Decision, DeliveryReceiver, DeliverySender, Outcome, RetryPolicy, newer
 from modbatt.protocol.validation import CommandExecutor, CommandSender
-from modbatt.sim.pack import DELIVERY_RECORD, PackSimulation, _Module
+from modbatt.sim.nodes import DELIVERY_RECORD, _Module
+from modbatt.sim.pack import PackSimulation
 from modbatt.sim.schedule import TrafficPlan
 from modbatt.transport.canbus import BusConfig
 

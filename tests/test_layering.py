@@ -22,14 +22,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 #: Upward imports the suite tolerates, each with the reason and the issue that removes it:
 #: (importing module, imported module) -> why. Empty means the layering holds everywhere.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    # ``__version__`` is defined in the package root, which Python imports before any submodule,
-    # so these edges load nothing new: the root's exports above layer 6 load on attribute access
-    # only (PEP 562 ``__getattr__``). Issue 16 ("one definition per constant"; the version is
-    # also in pyproject.toml) removes them by giving the version a layer-0 home.
-    ("modbatt.workbench.spec_tables", "modbatt"): "the version string from the package root",
-    ("modbatt.workbench.vectors._format", "modbatt"): "the version string from the package root",
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def layer_table(text: str | None = None) -> dict[str, int]:

@@ -18,7 +18,7 @@ def test_every_public_name_resolves_and_dir_lists_them():
 def test_import_modbatt_loads_no_layer_above_errors():
     code = "import sys, modbatt; print(sorted(m for m in sys.modules if m.startswith('modbatt')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['modbatt', 'modbatt.errors']"
+    assert out.strip() == "['modbatt', 'modbatt._version', 'modbatt.errors']"  # layer 0 only
 
 
 def test_the_entry_points_carry_a_paired_exchange_end_to_end():

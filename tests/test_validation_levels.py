@@ -31,7 +31,6 @@ from modbatt.protocol.validation import (
     PairedHandshakeInitiator,
     PairedHandshakeResponder,
     PairingValidationAuthority,
-    PairingValidationParty,
     SignedHandshakeInitiator,
     SignedHandshakeResponder,
     WitnessRequester,
@@ -357,26 +356,10 @@ def test_l5_bad_input():
 
 
 def _l6(p):
-    authority = PairingValidationAuthority(controller_key=p.world.controller_key, rng=p.world.rng)
-    rec = p.ctx.record
-    keys = {e.access_data.device_id: e.semi_public_key for e in (rec.entity_a, rec.entity_b)}
-    parties = {
-        s["device_id"]: PairingValidationParty(
-            secrets=s["secrets"],
-            device_id=s["device_id"],
-            partner_id=s["partner_id"],
-            binding_key=s["binding_key"],
-            partner_key=s["partner_key"],
-            controller_key=p.world.controller_key.public_key,
-        )
-        for s in (p.pack, p.module)
-    }
+    authority, parties = p.ctx.pairing_validation()  # wired as the level runs them
 
     def challenge(event="modification", changes=None):
-        return authority.challenge(
-            pairing_id=p.ctx.pairing_id, binding_id=p.ctx.binding_id, entities=keys, event=event, now=p.now,
-            changes=changes or {"max_messages_per_s": 50},
-        )  # fmt: skip
+        return p.ctx.pairing_validation_challenge(authority, event, changes or {"max_messages_per_s": 50})
 
     return authority, parties, challenge
 

@@ -1,8 +1,9 @@
 """The victim every scenario attacks: a real pack, bound and paired through the real protocol.
 
-Nothing here is a stand-in: an :class:`~modbatt.nodes.inmemory.InMemoryDeployment` with a real
-auth controller, ledger and key stores; bindings and pairings made by the real flows; link ends
-are the entities' own :class:`~modbatt.nodes.channel.PairedChannel` (what a deployment uses).
+Nothing here is a stand-in: the deployment is :func:`~modbatt.nodes.paired.paired_deployment`
+(a real auth controller, ledger and key stores; bindings and pairings made by the real flows);
+link ends are the entities' own :class:`~modbatt.nodes.channel.PairedChannel` (what a deployment
+uses), delivered across the attack bus when one is active.
 ``seed`` makes runs reproducible (it needs ``MODBATT_REPRODUCIBLE=1``, like every seeded
 source); ``None`` uses the system CSPRNG.
 
@@ -14,62 +15,34 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..can.ids import SEED_LAYOUT
 from ..can.secured import Direction, SecuredSender, TrafficKeys, derive_traffic_keys
 from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.freshness import FreshnessCounter, MemoryCounterStore
 from ..crypto.suite import PrivateKey
-from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.channel import PairedChannel
-from ..nodes.entity import EntityNode
 from ..nodes.inmemory import InMemoryDeployment
-from ..nodes.pairing_flow import PairingOutcome, pair_entities
+from ..nodes.paired import PairedDeployment, Side, paired_deployment
 from ..protocol.pairing import PairingSecrets
 from . import onbus
 
 __all__ = ["Pack", "RecordingClient", "forged_sender", "on_bus", "paired_pack", "tap"]
 
-Side = Literal["pack", "module"]
 
-
-@dataclass
-class Pack:
-    """A deployment whose pack is bound and paired with modules ``1..n``."""
-
-    dep: InMemoryDeployment
-    #: The protocol profile its pairings are issued under (docs/profiles.md).
-    profile: ProtocolProfile = DEFAULT_PROFILE
-    records: dict[int, BindingRecord] = field(default_factory=dict)
-    pairings: dict[int, PairingOutcome] = field(default_factory=dict)
-
-    def module(self, node_id: int) -> EntityNode:
-        return self.dep.modules[node_id]
-
-    def pairing_id(self, node_id: int) -> str:
-        return self.pairings[node_id].certificate.metadata.pairing_id
-
-    def entity(self, node_id: int, side: Side) -> EntityNode:
-        return self.dep.pack if side == "pack" else self.module(node_id)
+class Pack(PairedDeployment):
+    """The victim: a :class:`~modbatt.nodes.paired.PairedDeployment` whose links cross the attack bus."""
 
     def link(self, node_id: int, side: Side, *, profile: BusProfile = CLASSIC) -> PairedChannel:
         """The live channel of module ``node_id``'s pairing on the pack's or the module's side.
 
         Inside :func:`~modbatt.attacks.onbus.attack_bus` its receive path is the bus (see :func:`on_bus`).
         """
-        return on_bus(self.entity(node_id, side).channel(self.pairing_id(node_id), profile=profile))
-
-    def restart(self, node_id: int, side: Side) -> EntityNode:
-        """Restart one end (a new node on the same key store and channel state)."""
-        return self.dep.restart(self.entity(node_id, side))
-
-    def close(self) -> None:
-        self.dep.ledger.close()
+        return on_bus(self.channel(node_id, side, profile=profile))
 
 
 def on_bus(channel: PairedChannel) -> PairedChannel:
@@ -114,15 +87,8 @@ def paired_pack(
     profile: ProtocolProfile = DEFAULT_PROFILE,
 ) -> Pack:
     """Bind the pack to ``modules`` modules and (unless ``pair=False``) pair each one under ``profile``."""
-    pack = Pack(InMemoryDeployment(seed=seed, modules=modules), profile=ProtocolProfile(profile))
-    for node_id, module in pack.dep.modules.items():
-        pack.records[node_id] = pack.dep.bind(pack.dep.pack, module).record
-        if pair:
-            pack.pairings[node_id] = pair_entities(
-                pack.dep.controller, pack.dep.pack, module, pack.records[node_id].binding_id, mode=mode,
-                profile=profile,
-            )  # fmt: skip
-    return pack
+    made = paired_deployment(seed, modules, mode=mode, pair=pair, profile=profile)
+    return Pack(made.dep, made.profile, made.records, made.pairings, made.record_indexes)
 
 
 class RecordingClient:

@@ -66,7 +66,7 @@ def _cross_session(seed: int | None, mode: ControllerMode) -> Outcome:
     for profile in (CLASSIC, FD):
         pack = paired_pack(seed, pair=False)
         dep, module = pack.dep, pack.module(1)
-        cert = dep.controller.issue_pairing(pack.records[1].binding_id, mode=mode, max_uses=2)
+        cert = pack.issue_pairing(1, mode=mode, max_uses=2)
         pid = cert.metadata.pairing_id
         pair_entities(dep.controller, dep.pack, module, certificate=cert)
         tx, rx = on_bus(dep.pack.channel(pid, profile=profile)), on_bus(module.channel(pid, profile=profile))
@@ -199,7 +199,7 @@ def gcm_nonce_reuse_forgery_fd(seed: int | None = None) -> Outcome:
     """Listen to two sessions on FD, recover GHASH's H from equal nonces, forge a charge command."""
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=2)
+    cert = pack.issue_pairing(1, max_uses=2)
     pid = cert.metadata.pairing_id
     pair_entities(dep.controller, dep.pack, module, certificate=cert)
     tx, rx = on_bus(dep.pack.channel(pid, profile=FD)), on_bus(module.channel(pid, profile=FD))
@@ -313,7 +313,7 @@ def restart_sender_replay(seed: int | None = None) -> Outcome:
 def _service_world(seed: int | None, max_uses: int):  # type: ignore[no-untyped-def]
     pack = paired_pack(seed, pair=False)
     dep = pack.dep
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=max_uses)
+    cert = pack.issue_pairing(1, max_uses=max_uses)
     # What a network attacker reaches: each entity's pairing ops, no controller signature needed.
     wire = InProcessEntityClient({n.access_data.endpoint: PairingService(n) for n in (dep.pack, pack.module(1))})
     return pack, cert, wire

@@ -148,7 +148,7 @@ def app_bus_spoofed_vcu_command(seed: int | None = None) -> Outcome:
 
 def _restricted(seed: int | None, restrictions: Restrictions, profile: ProtocolProfile) -> tuple[Pack, object, object]:
     pack = paired_pack(seed, pair=False, profile=profile)
-    cert = pack.dep.controller.issue_pairing(pack.records[1].binding_id, restrictions=restrictions, profile=profile)
+    cert = pack.issue_pairing(1, restrictions=restrictions, profile=profile)
     pack.pairings[1] = pair_entities(pack.dep.controller, pack.dep.pack, pack.module(1), certificate=cert)
     return pack, pack.link(1, "pack"), pack.link(1, "module")
 

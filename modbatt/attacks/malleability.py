@@ -72,7 +72,7 @@ def high_s_certificate(seed: int | None = None) -> Outcome:
     """Swap a certificate's signature for its high-S twin (r, n − s) and deliver it to both entities."""
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=1)
+    cert = pack.issue_pairing(1, max_uses=1)
     twin = PairingCertificate(cert.metadata_bytes, dict(cert.sections), high_s_twin(cert.signature))
     key_der = dep.controller_key.public_key.to_spki_der()
     if not _valid_without_the_low_s_rule(twin, key_der):  # else the scenario proves nothing

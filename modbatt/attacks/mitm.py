@@ -65,9 +65,9 @@ def mitm_pairing_certificate_swap(seed: int | None = None) -> Outcome:
     """Deliver module 2's certificate to module 1, and splice sections between two certificates."""
     pack = paired_pack(seed, modules=2, pair=False)
     dep, m1 = pack.dep, pack.module(1)
-    cert1 = dep.controller.issue_pairing(pack.records[1].binding_id)
+    cert1 = pack.issue_pairing(1)
     cert2 = dep.controller.issue_pairing(pack.records[2].binding_id)
-    cert1b = dep.controller.issue_pairing(pack.records[1].binding_id)  # a second pairing of the same binding
+    cert1b = pack.issue_pairing(1)  # a second pairing of the same binding
     spliced = [
         PairingCertificate(cert1.metadata_bytes, cert2.sections, cert1.signature),  # sections of another pairing
         PairingCertificate(cert1.metadata_bytes, cert1b.sections, cert1.signature),  # same binding, other pairing
@@ -87,7 +87,7 @@ def mitm_pairing_offer_substitution(seed: int | None = None) -> Outcome:
     """Replace or edit A's offer (half, ephemeral key, session nonce) on its way to B, in blind mode."""
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, mode=ControllerMode.BLIND)
+    cert = pack.issue_pairing(1, mode=ControllerMode.BLIND)
     pid = cert.metadata.pairing_id
     dep.pack.accept_certificate(cert.encode())
     module.accept_certificate(cert.encode())

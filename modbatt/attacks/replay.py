@@ -10,8 +10,6 @@ and session nonces (pairing), freshness windows (CAN, per tier and direction), s
 from __future__ import annotations
 
 from ..can.wiretime import CLASSIC, FD
-from ..crypto.suite import PrivateKey
-from ..encoding import strict_loads
 from ..errors import Reason
 from ..model.pairing import ControllerMode
 from ..model.policy import MessageClass
@@ -19,31 +17,10 @@ from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
 from ..model.tier import Tier
 from ..nodes.inmemory import InMemoryDeployment
 from ..nodes.pairing_flow import pair_entities
+from ..nodes.validation import ValidationContext
 from ..protocol.binding import CLOCK_SKEW_SECONDS
-from ..protocol.validation import (
-    Announcer,
-    AnnounceVerifier,
-    BindingKeyRef,
-    BindingValidationAuthority,
-    BindingValidationSubject,
-    BindingValidationVerifier,
-    CommandExecutor,
-    CommandSender,
-    EscalationGate,
-    EscalationReason,
-    EscalationRequest,
-    LctAttestor,
-    PairedHandshakeInitiator,
-    PairedHandshakeResponder,
-    PairingValidationAuthority,
-    PairingValidationParty,
-    SignedEscalation,
-    SignedHandshakeInitiator,
-    SignedHandshakeResponder,
-    WitnessRequester,
-    WitnessService,
-)
-from ._world import Pack, paired_pack, tap
+from ..protocol.validation import EscalationGate, EscalationReason, EscalationRequest, SignedEscalation
+from ._world import paired_pack, tap
 from .outcome import Outcome, attempt, counted, judge
 from .registry import scenario
 
@@ -105,7 +82,7 @@ def replay_pairing_completion(seed: int | None = None) -> Outcome:
     """Send an accepted completion proof to the controller's callback again."""
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, max_uses=3)
+    cert = pack.issue_pairing(1, max_uses=3)
     pid = cert.metadata.pairing_id
     a = dep.pack.accept_certificate(cert.encode())
     module.accept_certificate(cert.encode())
@@ -162,50 +139,32 @@ def replay_can_binding(seed: int | None = None, *, profile: ProtocolProfile = DE
 
 @scenario("replay_validation", family=FAMILY, expected=("blocked", "replay"), profiles=("seed", "efficient"))
 def replay_validation(seed: int | None = None, *, profile: ProtocolProfile = DEFAULT_PROFILE) -> Outcome:
-    """Replay validation messages of every level (1-7) and a signed escalation."""
+    """Replay validation messages of every level (1-7) and a signed escalation.
+
+    Every level's machines are the ones the levels run on (:class:`~modbatt.nodes.validation.ValidationContext`).
+    """
     pack = paired_pack(seed, profile=profile)
-    dep, module = pack.dep, pack.module(1)
-    binding_id, pid = pack.records[1].binding_id, pack.pairing_id(1)
-    p_state, m_state = dep.pack.binding(binding_id), module.binding(binding_id)
-    assert p_state is not None and m_state is not None and p_state.partner_key and m_state.partner_key
-    p_sec, m_sec = dep.pack.pairing_secrets(pid), module.pairing_secrets(pid)
-    assert p_sec is not None and m_sec is not None
-    expires = dep.controller.pending_pairing(pid).expires_at
-    p_id, m_id = dep.pack.access_data.device_id, module.access_data.device_id
-    sender = CommandSender(
-        secrets=p_sec, device_id=p_id, partner_id=m_id, binding_key=p_state.private_key,
-        partner_key=p_state.partner_key, expires_at=expires, rng=dep.rng,
-    )  # fmt: skip
-    executor = CommandExecutor(
-        secrets=m_sec, device_id=m_id, partner_id=p_id, binding_key=m_state.private_key,
-        partner_key=m_state.partner_key, expires_at=expires,
-    )  # fmt: skip
-    now = dep.clock()
+    ctx = pack.validation(1)
+    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
+    now = ctx.now()
+    sender, executor = ctx.commands()
     _, command = sender.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", now)
     ack = executor.on_command(command, now)
     sender.on_ack(ack, now)
     reasons = [attempt(lambda: executor.on_command(command, now)), attempt(lambda: sender.on_ack(ack, now))]
-    gate = EscalationGate({m_id: p_state.partner_key}, receiver=p_id)
+    gate = EscalationGate({m["device_id"]: p["partner_key"]}, receiver=p["device_id"])
     esc = SignedEscalation.create(
-        EscalationRequest(5, EscalationReason.ANOMALY_DETECTED), binding_id=binding_id, sender=m_id, receiver=p_id,
-        seq=1, now=now, key=m_state.private_key,
+        EscalationRequest(5, EscalationReason.ANOMALY_DETECTED), binding_id=ctx.binding_id, sender=m["device_id"],
+        receiver=p["device_id"], seq=1, now=now, key=m["binding_key"],
     )  # fmt: skip
     gate.admit(esc, now)
     reasons.append(attempt(lambda: gate.admit(esc, now + 1)))
     # Level 1 announce, level 3 signed handshake (and its single-use session), level 4 paired handshake.
-    announcer = Announcer(binding_id=binding_id, access_data=module.access_data, binding_key=m_state.private_key)
-    announce = announcer.announce(now)
-    l1 = AnnounceVerifier([BindingKeyRef(binding_id, m_id, p_state.partner_key)])
+    announce = ctx.announcer().announce(now)
+    l1 = ctx.announce_verifier()
     l1.receive(announce, now)
     reasons.append(attempt(lambda: l1.receive(announce, now)))
-    ini3 = SignedHandshakeInitiator(
-        device_id=p_id, binding_key=p_state.private_key, partner_id=m_id, partner_key=p_state.partner_key,
-        binding_id=binding_id, rng=dep.rng, secrets=p_sec,
-    )  # fmt: skip
-    res3 = SignedHandshakeResponder(
-        device_id=m_id, binding_key=m_state.private_key, partner_id=p_id, partner_key=m_state.partner_key,
-        binding_id=binding_id, rng=dep.rng, secrets=m_sec,
-    )  # fmt: skip
+    ini3, res3 = ctx.signed_handshake()
     hello = ini3.start(now, ttl_s=60, single_use=True)
     finish = ini3.on_reply(res3.on_hello(hello, now), now)
     session = res3.on_finish(finish, now)
@@ -214,44 +173,26 @@ def replay_validation(seed: int | None = None, *, profile: ProtocolProfile = DEF
     session.open(sealed, now)
     reasons += [attempt(lambda: res3.on_hello(hello, now)), attempt(lambda: res3.on_finish(finish, now))]
     reasons.append(attempt(lambda: session.open(sealed, now)))  # single-use session: exhausted
-    ini4 = PairedHandshakeInitiator(secrets=p_sec, device_id=p_id, partner_id=m_id, rng=dep.rng)
-    res4 = PairedHandshakeResponder(secrets=m_sec, device_id=m_id, partner_id=p_id, rng=dep.rng)
+    ini4, res4 = ctx.paired_handshake()
     challenge = ini4.start(now)
     confirm = ini4.on_response(res4.on_challenge(challenge, now), now)
     res4.on_confirm(confirm, now)
     reasons += [attempt(lambda: res4.on_challenge(challenge, now)), attempt(lambda: res4.on_confirm(confirm, now))]
     # Level 6 pairing validation: the countersigned validation handed to the controller again.
-    record = pack.records[1]
-    keys = {e.access_data.device_id: e.semi_public_key for e in (record.entity_a, record.entity_b)}
-    authority = PairingValidationAuthority(controller_key=dep.controller.controller_key, rng=dep.rng)
-    party = {
-        d: PairingValidationParty(
-            secrets=sec,
-            device_id=d,
-            partner_id=other,
-            binding_key=st.private_key,
-            partner_key=st.partner_key,
-            controller_key=dep.controller.public_key,
-        )
-        for d, other, sec, st in ((p_id, m_id, p_sec, p_state), (m_id, p_id, m_sec, m_state))
-    }
-    ch6 = authority.challenge(
-        pairing_id=pid, binding_id=binding_id, entities=keys, event="completion", now=now, changes=None
-    )
-    both = party[m_id].countersign(party[p_id].sign(ch6, now), now)
+    authority, party = ctx.pairing_validation()
+    ch6 = ctx.pairing_validation_challenge(authority, "completion")
+    both = party[m["device_id"]].countersign(party[p["device_id"]].sign(ch6, now), now)
     authority.finalize(both, now)
     reasons.append(attempt(lambda: authority.finalize(both, now)))
     # Level 2: the witness request played to the witness again.
-    requester = WitnessRequester(binding_id=binding_id, device_id=p_id, binding_key=p_state.private_key, rng=dep.rng)
-    witness = WitnessService(
-        witness_id=m_id, signing_key=m_state.private_key, requesters={(binding_id, p_id): m_state.partner_key}
-    )
+    requester, witness = ctx.witness()
     request = requester.request(
-        witness=m_id, witness_key=p_state.partner_key, event="state_change", details={"state": "active"}, now=now
-    )
+        witness=m["device_id"], witness_key=p["partner_key"], event="state_change", details={"state": "active"},
+        now=now,
+    )  # fmt: skip
     requester.on_ack(witness.on_request(request, now), now)
     reasons.append(attempt(lambda: witness.on_request(request, now)))
-    l7 = _level7_replay(pack)
+    l7 = _level7_replay(ctx)
     reasons.append(l7[0])
     counters = {
         **l7[1],
@@ -279,7 +220,7 @@ def replay_pairing_offer_next_session(seed: int | None = None) -> Outcome:
     """
     pack = paired_pack(seed, pair=False)
     dep, module = pack.dep, pack.module(1)
-    cert = dep.controller.issue_pairing(pack.records[1].binding_id, mode=ControllerMode.BLIND, max_uses=2)
+    cert = pack.issue_pairing(1, mode=ControllerMode.BLIND, max_uses=2)
     pid = cert.metadata.pairing_id
     a = dep.pack.accept_certificate(cert.encode())
     module.accept_certificate(cert.encode())
@@ -331,37 +272,23 @@ def replay_can_binding_next_pairing(seed: int | None = None, *, profile: Protoco
     return judge(reasons, Reason.BAD_SIGNATURE, counters, detail="the pairing id is signed into binding-tier frames")
 
 
-def _level7_replay(pack: Pack) -> tuple[Reason | None, dict[str, int]]:
+def _level7_replay(ctx: ValidationContext) -> tuple[Reason | None, dict[str, int]]:
     """Level 7: a verified binding-validation bundle (ledger inclusion proof) presented again."""
-    dep, module = pack.dep, pack.module(1)
-    binding_id, record = pack.records[1].binding_id, pack.records[1]
-    lct = dep.pack.access_data.bound_lct
-    assert lct is not None
-    state = dep.pack.binding(binding_id)
-    assert state is not None
-    lct_key = PrivateKey.generate(dep.rng)  # the LCT custodian's key, pinned out of band
-    pinned = {lct.lct_id: lct_key.public_key}
-    verifier = BindingValidationVerifier(
-        verifier_id=module.access_data.device_id, controller_key=dep.controller.public_key, lct_keys=pinned,
-        rng=dep.rng,
-    )  # fmt: skip
-    subject = BindingValidationSubject(
-        binding_id=binding_id, device_id=dep.pack.access_data.device_id, binding_key=state.private_key
+    l7 = ctx.binding_validation()
+    now = ctx.now()
+    challenge = l7.verifier.challenge(
+        binding_id=ctx.binding_id, subject=l7.subject_node.access_data.device_id, event="verification", now=now
     )
-    authority = BindingValidationAuthority(controller_key=dep.controller.controller_key, lct_keys=pinned)
-    now = dep.clock()
-    challenge = verifier.challenge(binding_id=binding_id, subject=dep.pack.access_data.device_id, event="verification",
-                                   now=now)  # fmt: skip
-    proof = subject.prove(challenge, now)
-    attestation = LctAttestor(lct_id=lct.lct_id, key=lct_key).attest(proof, now)
-    authority.check(proof, attestation, record)
-    ledger = dep.ledger
+    proof = l7.subject.prove(challenge, now)
+    attestation = l7.attestor.attest(proof, now)
+    l7.authority.check(proof, attestation, ctx.record)
+    ledger = ctx.controller.ledger
     sth = ledger.signed_tree_head()
-    index = next(i for i in range(ledger.size) if strict_loads(ledger.entry(i)).get("binding_id") == binding_id)
-    bundle = authority.bundle(
+    index = ctx.binding_record_index()
+    bundle = l7.authority.bundle(
         entity_proof=proof, lct_attestation=attestation, record_entry=ledger.entry(index), record_index=index,
         audit_path=ledger.inclusion_proof(index, sth.tree_size), sth=sth, status="active", statement_index=index,
         now=now,
     )  # fmt: skip
-    verifier.verify(bundle, now)
-    return attempt(lambda: verifier.verify(bundle, now)), counted("l7_verifier.rejections", verifier.rejections)
+    l7.verifier.verify(bundle, now)
+    return attempt(lambda: l7.verifier.verify(bundle, now)), counted("l7_verifier.rejections", l7.verifier.rejections)

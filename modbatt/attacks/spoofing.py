@@ -8,6 +8,8 @@ is used*.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..can.functions import function_for
 from ..can.ids import SEED_LAYOUT
 from ..can.secured import Direction
@@ -85,9 +87,7 @@ def downgrade_clear(seed: int | None = None) -> Outcome:
     reasons = []
     for cls in (MessageClass.CHARGE_COMMAND, MessageClass.SAFETY_LIMITS, MessageClass.FIRMWARE_UPDATE):
         real = SEED_LAYOUT.decode(pack_link.send(cls, b"\x01").can_id)
-        clear_id = SEED_LAYOUT.encode(
-            real.__class__(real.function, real.node, real.priority, real.direction, Tier.NONE)
-        )
+        clear_id = SEED_LAYOUT.encode(dataclasses.replace(real, tier=Tier.NONE))
         reasons.append(attempt(lambda i=clear_id: module_link.receive(i, b"\x01\x00\x64")))
         reasons.append(attempt(lambda c=cls: pack_link.send(c, b"\x01", tier=Tier.NONE)))
     counters = {**counted("module_link.rejects", module_link.rejects), "refused_at_sender": 3}
@@ -108,7 +108,7 @@ def downgrade_lower_tier(seed: int | None = None) -> Outcome:
     assert secrets is not None
     sender = forged_sender(secrets, Tier.EXCHANGE, profile=pack_link.profile)
     real = SEED_LAYOUT.decode(pdu.can_id)
-    forged = sender.protect(real.__class__(real.function, real.node, real.priority, real.direction), b"\x01\x00\x64")
+    forged = sender.protect(dataclasses.replace(real, tier=None), b"\x01\x00\x64")
     reasons.append(attempt(lambda: module_link.receive(forged.can_id, forged.data)))
     reasons.append(attempt(lambda: pack_link.send(MessageClass.CHARGE_COMMAND, b"\x01", tier=Tier.EXCHANGE)))
     counters = counted("module_link.rejects", module_link.rejects)

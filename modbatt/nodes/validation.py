@@ -260,6 +260,135 @@ class ValidationContext:
                 raise VerificationError(Reason.UNKNOWN_BINDING, "binding record not found in the ledger")
         return self.record_index
 
+    # -- each level's machines, wired from what the parties hold ----------------------------
+    # The one place they are built: the levels below run them, attack scenarios drive them.
+
+    def announcer(self, *, seq: int = 0) -> Announcer:
+        """Level 1: the module's announcer, next announce numbered ``seq``."""
+        m = self.side(self.module)
+        return Announcer(
+            binding_id=self.binding_id, access_data=self.module.access_data, binding_key=m["binding_key"], seq=seq
+        )
+
+    def announce_verifier(self) -> AnnounceVerifier:
+        """Level 1: the pack's verifier of its partner's announces (the partner key it holds)."""
+        p, m = self.side(self.pack), self.side(self.module)
+        return AnnounceVerifier([BindingKeyRef(self.binding_id, m["device_id"], p["partner_key"])])
+
+    def witness(self) -> tuple[WitnessRequester, WitnessService]:
+        """Level 2: the pack's requester and the module's witness service."""
+        p, m = self.side(self.pack), self.side(self.module)
+        requester = WitnessRequester(
+            binding_id=self.binding_id, device_id=p["device_id"], binding_key=p["binding_key"], rng=self.rng
+        )
+        service = WitnessService(
+            witness_id=m["device_id"],
+            signing_key=m["binding_key"],
+            requesters={(self.binding_id, p["device_id"]): m["partner_key"]},
+        )
+        return requester, service
+
+    def signed_handshake(self) -> tuple[SignedHandshakeInitiator, SignedHandshakeResponder]:
+        """Level 3: the pack initiates, the module responds (ephemeral pools when the devices filled them)."""
+        p, m = self.side(self.pack), self.side(self.module)
+        common = {"binding_id": self.binding_id, "rng": self.rng}
+        ini = SignedHandshakeInitiator(
+            device_id=p["device_id"], binding_key=p["binding_key"], partner_id=m["device_id"],
+            partner_key=p["partner_key"], secrets=p["secrets"], ephemerals=self.ephemerals.get(p["device_id"]),
+            **common,
+        )  # fmt: skip
+        res = SignedHandshakeResponder(
+            device_id=m["device_id"], binding_key=m["binding_key"], partner_id=p["device_id"],
+            partner_key=m["partner_key"], secrets=m["secrets"], ephemerals=self.ephemerals.get(m["device_id"]),
+            **common,
+        )  # fmt: skip
+        return ini, res
+
+    def paired_handshake(self) -> tuple[PairedHandshakeInitiator, PairedHandshakeResponder]:
+        """Level 4: the pack initiates, the module responds, under the pairing secret."""
+        p, m = self.side(self.pack), self.side(self.module)
+        ini = PairedHandshakeInitiator(
+            secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], rng=self.rng
+        )
+        res = PairedHandshakeResponder(
+            secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], rng=self.rng
+        )
+        return ini, res
+
+    def commands(self) -> tuple[CommandSender, CommandExecutor]:
+        """Level 5: the pack's command sender and the module's executor, until the pairing expires."""
+        p, m = self.side(self.pack), self.side(self.module)
+        expires = self.controller.pending_pairing(self.pairing_id).expires_at
+        sender = CommandSender(
+            secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], binding_key=p["binding_key"],
+            partner_key=p["partner_key"], expires_at=expires, rng=self.rng,
+        )  # fmt: skip
+        executor = CommandExecutor(
+            secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], binding_key=m["binding_key"],
+            partner_key=m["partner_key"], expires_at=expires, rng=self.rng,
+        )  # fmt: skip
+        return sender, executor
+
+    def pairing_validation(self) -> tuple[PairingValidationAuthority, dict[str, PairingValidationParty]]:
+        """Level 6: the controller's authority and both parties, by device id."""
+        authority = PairingValidationAuthority(controller_key=self.controller.controller_key, rng=self.rng)
+        parties = {
+            s["device_id"]: PairingValidationParty(
+                secrets=s["secrets"],
+                device_id=s["device_id"],
+                partner_id=s["partner_id"],
+                binding_key=s["binding_key"],
+                partner_key=s["partner_key"],
+                controller_key=self.controller.public_key,
+            )
+            for s in (self.side(self.pack), self.side(self.module))
+        }
+        return authority, parties
+
+    def pairing_validation_challenge(
+        self, authority: PairingValidationAuthority, event: str, changes: Mapping[str, Any] | None = None
+    ) -> bytes:
+        """Level 6: the authority's challenge for ``event`` over both entities' recorded keys."""
+        keys = {e.access_data.device_id: e.semi_public_key for e in self.entities()}
+        return authority.challenge(
+            pairing_id=self.pairing_id, binding_id=self.binding_id, entities=keys, event=event, now=self.now(),
+            changes=changes,
+        )  # fmt: skip
+
+    def binding_validation(self) -> BindingValidationParties:
+        """Level 7: the entity bound to an LCT proves its binding key, its partner verifies offline."""
+        subject_node, verifier_node = (self.pack, self.module)
+        if subject_node.access_data.bound_lct is None:
+            subject_node, verifier_node = verifier_node, subject_node
+        lct = subject_node.access_data.bound_lct
+        if lct is None:
+            raise VerificationError(Reason.UNAUTHORIZED, "neither entity is bound to an LCT: level 7 needs one")
+        s = self.side(subject_node)
+        assert self.lct_key is not None
+        pinned = {lct.lct_id: self.lct_key.public_key}  # resolved from the LCT's chain, out of band
+        verifier = BindingValidationVerifier(
+            verifier_id=verifier_node.access_data.device_id, controller_key=self.controller.public_key,
+            lct_keys=pinned, rng=self.rng,
+        )  # fmt: skip
+        subject = BindingValidationSubject(
+            binding_id=self.binding_id, device_id=s["device_id"], binding_key=s["binding_key"]
+        )
+        attestor = LctAttestor(lct_id=lct.lct_id, key=self.lct_key)
+        authority = BindingValidationAuthority(controller_key=self.controller.controller_key, lct_keys=pinned)
+        return BindingValidationParties(subject_node, verifier_node, subject, verifier, attestor, authority)
+
+
+@dataclass(frozen=True)
+class BindingValidationParties:
+    """Level 7's machines: the subject (bound to the LCT), its verifier, the LCT's attestor, the controller."""
+
+    subject_node: EntityNode
+    verifier_node: EntityNode
+    subject: BindingValidationSubject
+    verifier: BindingValidationVerifier
+    attestor: LctAttestor
+    authority: BindingValidationAuthority
+
 
 def _summary(messages: list[bytes], **extra: Any) -> dict[str, Any]:
     sizes = [len(m) for m in messages]
@@ -268,11 +397,8 @@ def _summary(messages: list[bytes], **extra: Any) -> dict[str, Any]:
 
 def level1(ctx: ValidationContext) -> dict[str, Any]:
     """Module announces; the pack (partner) and the controller verify it."""
-    m = ctx.side(ctx.module)
-    announcer = Announcer(binding_id=ctx.binding_id, access_data=ctx.module.access_data, binding_key=m["binding_key"])
-    data = ctx.carry(ctx.module, ctx.pack, announcer.announce(ctx.now()), ANNOUNCE_BROADCAST, "announce")
-    partner = AnnounceVerifier([BindingKeyRef(ctx.binding_id, m["device_id"], m["binding_key"].public_key)])
-    msg = partner.receive(data, ctx.now())
+    data = ctx.carry(ctx.module, ctx.pack, ctx.announcer().announce(ctx.now()), ANNOUNCE_BROADCAST, "announce")
+    msg = ctx.announce_verifier().receive(data, ctx.now())
     # The controller holds both semi-public keys of the binding (its record).
     controller = AnnounceVerifier(
         [BindingKeyRef(ctx.binding_id, e.access_data.device_id, e.semi_public_key) for e in ctx.entities()]
@@ -284,14 +410,7 @@ def level1(ctx: ValidationContext) -> dict[str, Any]:
 def level2(ctx: ValidationContext) -> dict[str, Any]:
     """The pack asks the module to witness an event; the controller records the witnessed pair."""
     p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
-    requester = WitnessRequester(
-        binding_id=ctx.binding_id, device_id=p["device_id"], binding_key=p["binding_key"], rng=ctx.rng
-    )
-    witness = WitnessService(
-        witness_id=m["device_id"],
-        signing_key=m["binding_key"],
-        requesters={(ctx.binding_id, p["device_id"]): m["partner_key"]},
-    )
+    requester, witness = ctx.witness()
     req = requester.request(
         witness=m["device_id"],
         witness_key=p["partner_key"],
@@ -317,16 +436,7 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
     binding MAC of the pairing session, ephemeral keys taken from the pools :meth:`ValidationContext.idle`
     filled beforehand, off the critical path (:func:`run_level` lets the devices idle first).
     """
-    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
-    common = {"binding_id": ctx.binding_id, "rng": ctx.rng}
-    ini = SignedHandshakeInitiator(
-        device_id=p["device_id"], binding_key=p["binding_key"], partner_id=m["device_id"],
-        partner_key=p["partner_key"], secrets=p["secrets"], ephemerals=ctx.ephemerals.get(p["device_id"]), **common,
-    )  # fmt: skip
-    res = SignedHandshakeResponder(
-        device_id=m["device_id"], binding_key=m["binding_key"], partner_id=p["device_id"],
-        partner_key=m["partner_key"], secrets=m["secrets"], ephemerals=ctx.ephemerals.get(m["device_id"]), **common,
-    )  # fmt: skip
+    ini, res = ctx.signed_handshake()
     pack, module = ctx.pack, ctx.module
     hello = ctx.carry(pack, module, ini.start(ctx.now(), ttl_s=60, single_use=True), ISOTP, "hello")
     reply = ctx.carry(module, pack, res.on_hello(hello, ctx.now()), ISOTP, "reply")
@@ -347,13 +457,7 @@ def level3(ctx: ValidationContext) -> dict[str, Any]:
 
 def level4(ctx: ValidationContext) -> dict[str, Any]:
     """Paired handshake under the pairing secret, re-establishing a session with fresh keys."""
-    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
-    ini = PairedHandshakeInitiator(
-        secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], rng=ctx.rng
-    )
-    res = PairedHandshakeResponder(
-        secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], rng=ctx.rng
-    )
+    ini, res = ctx.paired_handshake()
     pack, module = ctx.pack, ctx.module
     challenge = ctx.carry(pack, module, ini.start(ctx.now()), CHANNEL, "challenge")
     response = ctx.carry(module, pack, res.on_challenge(challenge, ctx.now()), CHANNEL, "response")
@@ -367,16 +471,7 @@ def level4(ctx: ValidationContext) -> dict[str, Any]:
 
 def level5(ctx: ValidationContext) -> dict[str, Any]:
     """A charge command at L5 and its signed acknowledgement."""
-    p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
-    expires = ctx.controller.pending_pairing(ctx.pairing_id).expires_at
-    sender = CommandSender(
-        secrets=p["secrets"], device_id=p["device_id"], partner_id=m["device_id"], binding_key=p["binding_key"],
-        partner_key=p["partner_key"], expires_at=expires, rng=ctx.rng,
-    )  # fmt: skip
-    executor = CommandExecutor(
-        secrets=m["secrets"], device_id=m["device_id"], partner_id=p["device_id"], binding_key=m["binding_key"],
-        partner_key=m["partner_key"], expires_at=expires, rng=ctx.rng,
-    )  # fmt: skip
+    sender, executor = ctx.commands()
     _, command = sender.send(MessageClass.CHARGE_COMMAND, b"\x01\x00\x64", ctx.now())
     command = ctx.carry(ctx.pack, ctx.module, command, CHANNEL, "command")
     ack = ctx.carry(ctx.module, ctx.pack, executor.on_command(command, ctx.now()), CHANNEL, "acknowledgement")
@@ -387,24 +482,8 @@ def level5(ctx: ValidationContext) -> dict[str, Any]:
 def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[str, Any] | None = None) -> dict:
     """Pairing validation: controller challenge, both entities sign, controller records it."""
     p, m = ctx.side(ctx.pack), ctx.side(ctx.module)
-    authority = PairingValidationAuthority(controller_key=ctx.controller.controller_key, rng=ctx.rng)
-    keys = {ctx.record.entity_a.access_data.device_id: ctx.record.entity_a.semi_public_key}
-    keys[ctx.record.entity_b.access_data.device_id] = ctx.record.entity_b.semi_public_key
-    parties = {
-        s["device_id"]: PairingValidationParty(
-            secrets=s["secrets"],
-            device_id=s["device_id"],
-            partner_id=s["partner_id"],
-            binding_key=s["binding_key"],
-            partner_key=s["partner_key"],
-            controller_key=ctx.controller.public_key,
-        )
-        for s in (p, m)
-    }
-    challenge = authority.challenge(
-        pairing_id=ctx.pairing_id, binding_id=ctx.binding_id, entities=keys, event=event, now=ctx.now(),
-        changes=changes,
-    )  # fmt: skip
+    authority, parties = ctx.pairing_validation()
+    challenge = ctx.pairing_validation_challenge(authority, event, changes)
     # The controller reaches the pack directly (off the bus); the pack's signature crosses the bus.
     signed = ctx.carry(ctx.pack, ctx.module, parties[p["device_id"]].sign(challenge, ctx.now()), ISOTP, "signed")
     countersigned = parties[m["device_id"]].countersign(signed, ctx.now())
@@ -426,36 +505,22 @@ def level6(ctx: ValidationContext, event: str = "completion", changes: Mapping[s
 
 def level7(ctx: ValidationContext, event: str = "verification") -> dict[str, Any]:
     """Binding validation of the entity with a bound LCT, checked by the partner offline."""
-    subject_node, verifier_node = (ctx.pack, ctx.module)
-    if subject_node.access_data.bound_lct is None:
-        subject_node, verifier_node = verifier_node, subject_node
-    lct = subject_node.access_data.bound_lct
-    if lct is None:
-        raise VerificationError(Reason.UNAUTHORIZED, "neither entity is bound to an LCT: level 7 needs one")
-    s = ctx.side(subject_node)
-    assert ctx.lct_key is not None
-    pinned = {lct.lct_id: ctx.lct_key.public_key}  # resolved from the LCT's chain, out of band
-    verifier = BindingValidationVerifier(
-        verifier_id=verifier_node.access_data.device_id, controller_key=ctx.controller.public_key, lct_keys=pinned,
-        rng=ctx.rng,
-    )  # fmt: skip
-    subject = BindingValidationSubject(
-        binding_id=ctx.binding_id, device_id=s["device_id"], binding_key=s["binding_key"]
+    l7 = ctx.binding_validation()
+    subject_node, verifier_node, verifier = l7.subject_node, l7.verifier_node, l7.verifier
+    challenge = verifier.challenge(
+        binding_id=ctx.binding_id, subject=subject_node.access_data.device_id, event=event, now=ctx.now()
     )
-    attestor = LctAttestor(lct_id=lct.lct_id, key=ctx.lct_key)
-    authority = BindingValidationAuthority(controller_key=ctx.controller.controller_key, lct_keys=pinned)
-    challenge = verifier.challenge(binding_id=ctx.binding_id, subject=s["device_id"], event=event, now=ctx.now())
     challenge = ctx.carry(verifier_node, subject_node, challenge, ISOTP, "challenge")
     # The proof goes to the LCT's custodian and the controller, both behind the pack's gateway.
-    proof = ctx.carry(subject_node, "controller", subject.prove(challenge, ctx.now()), ISOTP, "proof")
-    attestation = attestor.attest(proof, ctx.now())
-    fields = authority.check(proof, attestation, ctx.record)
+    proof = ctx.carry(subject_node, "controller", l7.subject.prove(challenge, ctx.now()), ISOTP, "proof")
+    attestation = l7.attestor.attest(proof, ctx.now())
+    fields = l7.authority.check(proof, attestation, ctx.record)
     revoked = ctx.controller.is_revoked(ctx.binding_id)
     statement_index = ctx.record_statement("validation", {**fields, "status": "revoked" if revoked else "active"})
     ledger = ctx.controller.ledger
     sth = ledger.signed_tree_head()
     record_index = ctx.binding_record_index()
-    bundle = authority.bundle(
+    bundle = l7.authority.bundle(
         entity_proof=proof, lct_attestation=attestation, record_entry=ledger.entry(record_index),
         record_index=record_index, audit_path=ledger.inclusion_proof(record_index, sth.tree_size), sth=sth,
         status="revoked" if revoked else "active", statement_index=statement_index, now=ctx.now(),
@@ -511,29 +576,37 @@ def run_all_levels(
     the bus beside the model (:mod:`modbatt.transport.validation_bus`). ``None`` carries the
     messages in process. A message lost on the bus raises :class:`~modbatt.errors.TransportError`.
     """
-    with _carrier(bus, pack, module, pairing_id) as carrier:
-        ctx = ValidationContext.from_nodes(
-            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
-        )
+    with _context(controller, pack, module, binding_id, pairing_id, events, clock, rng, bus) as ctx:
         return {str(level): json_safe(run_level(ctx, level)) for level in LEVELS}
 
 
 @contextlib.contextmanager
-def _carrier(
-    bus: BusConfig | Carrier | None, pack: EntityNode, module: EntityNode, pairing_id: str
-) -> Iterator[Carrier]:
-    """The carrier for ``bus``: in process, the one given, or an on-bus driver opened for this run."""
-    if bus is None:
-        yield IN_PROCESS
-        return
-    if not isinstance(bus, BusConfig):
-        yield bus
-        return
-    from ..transport.validation_bus import ValidationBus
+def _context(
+    controller: AuthController,
+    pack: EntityNode,
+    module: EntityNode,
+    binding_id: str,
+    pairing_id: str,
+    events: EventLog | None,
+    clock: Callable[[], float] | None,
+    rng: RandomSource | None,
+    bus: BusConfig | Carrier | None,
+) -> Iterator[ValidationContext]:
+    """The context of one run, its carrier for ``bus``: in process, the one given, or an on-bus
+    driver opened for this run."""
+    with contextlib.ExitStack() as stack:
+        if bus is None:
+            carrier: Carrier = IN_PROCESS
+        elif not isinstance(bus, BusConfig):
+            carrier = bus
+        else:
+            from ..transport.validation_bus import ValidationBus
 
-    channels = {"pack": pack.channel(pairing_id), "module": module.channel(pairing_id)}
-    with ValidationBus(bus, node_id_of(module.access_data), channels=channels) as driver:
-        yield driver
+            channels = {"pack": pack.channel(pairing_id), "module": module.channel(pairing_id)}
+            carrier = stack.enter_context(ValidationBus(bus, node_id_of(module.access_data), channels=channels))
+        yield ValidationContext.from_nodes(
+            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
+        )
 
 
 # --------------------------------------------------------------------------- escalation
@@ -618,15 +691,12 @@ def run_escalation_scenario(
     broadcast fragments, the telemetry the pack's channel, and levels 5 and 7 their frames; the
     frames heard are logged as one ``escalation_wire`` event.
     """
-    with _carrier(bus, pack, module, pairing_id) as carrier:
-        ctx = ValidationContext.from_nodes(
-            controller, pack, module, binding_id, pairing_id, events=events, clock=clock, rng=rng, carrier=carrier
-        )
-        carrier.begin("escalation")
+    with _context(controller, pack, module, binding_id, pairing_id, events, clock, rng, bus) as ctx:
+        ctx.carrier.begin("escalation")
         try:
             return _escalation_scenario(ctx, advance)
         finally:
-            wire = carrier.end()
+            wire = ctx.carrier.end()
             if wire:
                 ctx.events.log("escalation_wire", t=ctx.now(), **wire)
 
@@ -671,12 +741,9 @@ def _escalation_scenario(ctx: ValidationContext, advance: Callable[[float], None
 
     def deliver(esc: SignedEscalation) -> None:
         # The request rides in the module's L1 announce; the pack verifies the announce, then the request.
-        data = Announcer(
-            binding_id=binding_id, access_data=module.access_data, binding_key=m["binding_key"], seq=esc.seq
-        ).announce(now(), escalation=esc)
+        data = ctx.announcer(seq=esc.seq).announce(now(), escalation=esc)
         data = ctx.carry(module, pack, data, ANNOUNCE_BROADCAST, "announce with an escalation request")
-        verifier = AnnounceVerifier([BindingKeyRef(binding_id, m["device_id"], p["partner_key"])])
-        announce = verifier.receive(data, now())
+        announce = ctx.announce_verifier().receive(data, now())
         assert announce.escalation is not None
         receiver.receive(announce.escalation, now())
 

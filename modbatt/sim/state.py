@@ -2,7 +2,7 @@
 
 Two setups, and the choice is always explicit (docs/simulation.md, "modbatt sim"):
 
-* :func:`ephemeral_pack` — everything in memory (an :class:`~modbatt.nodes.inmemory.InMemoryDeployment`):
+* :func:`ephemeral_pack` — everything in memory (:func:`~modbatt.nodes.paired.paired_deployment`):
   keys, ledger and channel freshness are gone when the process ends. Tests, notebooks, and
   ``modbatt sim --ephemeral``.
 * :func:`pack_on_disk` — a pack under a state directory: the controller's and the authority's key
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..crypto.keystore import KeyStore
-from ..crypto.rng import RandomSource, SystemRandom
+from ..crypto.rng import SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey
 from ..errors import ConfigError
 from ..files import write_atomic
@@ -33,14 +33,13 @@ from ..ledger import Ledger
 from ..model.access import MODULE_NODES, AccessData, LctRef, TransportProtocol
 from ..model.policy import EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile, profile_named
-from ..nodes.authority import authorize_binding
 from ..nodes.controller import AuthController
 from ..nodes.entity import EntityNode
-from ..nodes.inmemory import InMemoryDeployment, module_access
-from ..nodes.pairing_flow import pair_entities
+from ..nodes.inmemory import module_access
+from ..nodes.paired import bind_and_pair, paired_deployment
 from ..transport.http import InProcessEntityClient
 
-__all__ = ["MANIFEST", "PackSetup", "bind_and_pair", "check_modules", "ephemeral_pack", "pack_on_disk"]
+__all__ = ["MANIFEST", "PackSetup", "check_modules", "ephemeral_pack", "pack_on_disk"]
 
 #: The state directory's description of its pack (module count, pairing per module).
 MANIFEST = "pack.json"
@@ -76,41 +75,17 @@ def check_modules(modules: int) -> None:
         raise ConfigError("a pack has 1-31 modules (module ids 0x01-0x1F)")
 
 
-def bind_and_pair(
-    controller: AuthController,
-    pack: EntityNode,
-    modules: dict[int, EntityNode],
-    authority_key: PrivateKey,
-    clock: Callable[[], float],
-    rng: RandomSource,
-    protocol: ProtocolProfile = DEFAULT_PROFILE,
-) -> tuple[dict[int, str], EncryptionPolicy]:
-    """Bind the pack to every module through ``controller`` (``authority_key`` grants each) and pair
-    them under ``protocol``; each module's pairing id, and the policy the certificates carry."""
-    pairings: dict[int, str] = {}
-    policy: EncryptionPolicy | None = None
-    for node_id, module in modules.items():
-        grant = authorize_binding(authority_key, pack, module, clock(), rng)
-        record = controller.bind(pack.access_data, module.access_data, grant).record
-        outcome = pair_entities(controller, pack, module, record.binding_id, profile=protocol)
-        pairings[node_id] = outcome.certificate.metadata.pairing_id
-        policy = outcome.certificate.metadata.encryption_policy
-    assert policy is not None
-    return pairings, policy
-
-
 def ephemeral_pack(
     modules: int, seed: int | None = None, protocol: ProtocolProfile | str = DEFAULT_PROFILE
 ) -> PackSetup:
     """A pack bound and paired in memory under ``protocol`` (``seed``: reproducible keys,
-    ``MODBATT_REPRODUCIBLE=1`` only)."""
+    ``MODBATT_REPRODUCIBLE=1`` only): :func:`~modbatt.nodes.paired.paired_deployment`."""
     check_modules(modules)
-    chosen = profile_named(protocol)
-    dep = InMemoryDeployment(seed=seed, modules=modules)
-    pairings, policy = bind_and_pair(
-        dep.controller, dep.pack, dep.modules, dep.authority_key, dep.clock, dep.rng, chosen
+    made = paired_deployment(seed, modules, profile=protocol)
+    dep = made.dep
+    return PackSetup(
+        dep.pack, dict(dep.modules), made.pairing_ids(), made.policy, "ephemeral", made.profile, [dep.ledger.close]
     )
-    return PackSetup(dep.pack, dict(dep.modules), pairings, policy, "ephemeral", chosen, [dep.ledger.close])
 
 
 def _store(path: Path) -> KeyStore:
@@ -202,7 +177,9 @@ def pack_on_disk(
             controller_key=controller_key, authority_key=authority_key.public_key, ledger=ledger, client=client,
             records=controller_store,
         )  # fmt: skip
-        pairings, policy = bind_and_pair(controller, pack, nodes, authority_key, time.time, SystemRandom(), chosen)
+        _, outcomes, _ = bind_and_pair(controller, pack, nodes, authority_key, time.time, SystemRandom(), chosen)
+        pairings = {n: outcome.certificate.metadata.pairing_id for n, outcome in outcomes.items()}
+        policy = next(iter(outcomes.values())).certificate.metadata.encryption_policy
     finally:
         ledger.close()
     # The manifest last: a crash before it leaves a directory the next run refuses, never half a pack.

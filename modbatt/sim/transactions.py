@@ -310,6 +310,19 @@ def _signed(p: ProfileModel, sender: str, receiver: str, payload: int, label: st
             Compute(receiver, p.verify, label=f"verify {label}")]  # fmt: skip
 
 
+def _open_offer(actor: str, half: str, handshake: int) -> list[Step]:
+    """What an entity computes on its partner's offer: the half it carries, the pairing key, the
+    handshake section under it, and both traffic secrets."""
+    return [
+        Compute(actor, HKDF, label="exchange key"),
+        Compute(actor, GCM, 32, f"open half {half}"),
+        Compute(actor, HKDF, label="pairing key"),
+        Compute(actor, GCM, handshake, "open handshake section"),
+        Compute(actor, HKDF, label="traffic secrets"),
+        Compute(actor, HKDF, label="traffic secrets"),
+    ]
+
+
 def _pairing(p: ProfileModel, bus: BusProfile) -> list[Step]:
     # The certificate and both offers are signed in every profile: the binding MAC key is per
     # session and derives from the session id, which the offers themselves establish, so it
@@ -328,25 +341,15 @@ def _pairing(p: ProfileModel, bus: BusProfile) -> list[Step]:
         Compute("pack", GCM, 32, "seal its half"),
     ]
     steps += _signed(p, "pack", "module", offer_a, "offer A")
+    steps += _open_offer("module", "A", handshake)
     steps += [
-        Compute("module", HKDF, label="exchange key"),
-        Compute("module", GCM, 32, "open half A"),
-        Compute("module", HKDF, label="pairing key"),
-        Compute("module", GCM, handshake, "open handshake section"),
-        Compute("module", HKDF, label="traffic secrets"),
-        Compute("module", HKDF, label="traffic secrets"),
         Compute("module", p.sign, label="completion signature"),
         Compute("module", HKDF, label="exchange key"),
         Compute("module", GCM, 32, "seal half B"),
     ]
     steps += _signed(p, "module", "pack", offer_b, "offer B")
+    steps += _open_offer("pack", "B", handshake)
     steps += [
-        Compute("pack", HKDF, label="exchange key"),
-        Compute("pack", GCM, 32, "open half B"),
-        Compute("pack", HKDF, label="pairing key"),
-        Compute("pack", GCM, handshake, "open handshake section"),
-        Compute("pack", HKDF, label="traffic secrets"),
-        Compute("pack", HKDF, label="traffic secrets"),
         Compute("pack", p.verify, label="module's completion signature"),
         Compute("pack", p.sign, label="own completion signature (to the controller, off the bus)"),
     ]

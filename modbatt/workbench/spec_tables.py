@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from .. import __version__
+from .._version import __version__
 from ..can.ids import LAYOUTS, IdLayout
 from ..can.secured import CLASSIC, FD, frame_format
 from ..crypto import labels

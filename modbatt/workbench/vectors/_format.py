@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ... import __version__
+from ..._version import __version__
 from ...crypto.labels import SPEC_VERSION
 from ...crypto.rng import REPRODUCIBLE_ENV, SeededRandom
 from ...crypto.suite import PrivateKey
