@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import modbatt.protocol.messages as envelopes
-import modbatt.protocol.pairing  # noqa: F401  (registers the pairing records)
+import modbatt.protocol.pairing
 import modbatt.protocol.validation  # noqa: F401  (registers every validation message)
 from modbatt.encoding import canonical_dumps
 from modbatt.errors import Reason, VerificationError
@@ -40,7 +40,8 @@ def kind_strategy(kind: Kind) -> st.SearchStrategy[Any]:
     if kind.tag == "uint":
         return st.integers(a["lo"], a["hi"])
     if kind.tag == "text":
-        return st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=min(a["max_len"], 12))
+        printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+        return st.text(printable, min_size=1, max_size=min(a["max_len"], 12))
     if kind.tag == "one_of":
         return st.sampled_from(a["values"])
     if kind.tag == "enum":

@@ -70,8 +70,8 @@ def raw_bytes(value: Any, what: str, *, size: int | None = None, max_len: int = 
 
 
 def b64_bytes(value: Any, what: str, *, size: int | None = None, max_len: int = 4096) -> bytes:
-    """Bytes from a standard base64 JSON string (strict alphabet and padding); "" is no bytes, as in CBOR."""
-    s = text(value, what, max_len=(max_len * 4) // 3 + 4, min_len=0)
+    """Bytes from a standard base64 JSON string (strict alphabet and padding)."""
+    s = text(value, what, max_len=(max_len * 4) // 3 + 4)
     try:
         data = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):

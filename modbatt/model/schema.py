@@ -88,8 +88,13 @@ def bytes_(size: int | None = None, max_len: int = 4096, *, encoding: str = "CBO
         "bytes", {"size": size, "max_len": max_len},
         lambda v, w: raw_bytes(v, w, size=size, max_len=max_len),
         ("bytes", f"{size}" if size is not None else f"≤ {max_len}", encoding),
-        to_cbor=bytes, to_json=b64, read_json=lambda v, w: b64_bytes(v, w, size=size, max_len=max_len),
+        to_cbor=bytes, to_json=b64, read_json=lambda v, w: _json_bytes(v, w, size, max_len),
     )  # fmt: skip
+
+
+def _json_bytes(v: Any, w: str, size: int | None, max_len: int) -> bytes:
+    # "" is the empty byte string, as b"" is in CBOR, where the field allows it (no fixed size).
+    return b"" if v == "" and size is None else b64_bytes(v, w, size=size, max_len=max_len)
 
 
 def uint(
