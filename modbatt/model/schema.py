@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import uuid as _uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from ._fields import b64, b64_bytes, expect_map, integer, malformed, raw_bytes, text
+from ._fields import b64, b64_bytes, expect_map, integer, malformed, raw_bytes, text, uuid_text
 
 __all__ = [
     "REGISTRY",
@@ -200,19 +199,8 @@ def _list_json(kind: Kind, max_items: int, v: Any, w: str, t: str) -> list[Any]:
     return [kind.from_json(item, w) for item in v]
 
 
-def _read_uuid(v: Any, w: str) -> str:
-    s = text(v, w, max_len=36)
-    try:
-        parsed = _uuid.UUID(s)
-    except ValueError:
-        raise malformed(f"{w} is not a UUID") from None
-    if str(parsed) != s:
-        raise malformed(f"{w} must be a lower-case hyphenated UUID")
-    return s
-
-
 #: A lower-case hyphenated UUID as text.
-uuid_ = Kind("uuid", {}, _read_uuid, ("text", "36 chars", "lower-case hyphenated UUID"))
+uuid_ = Kind("uuid", {}, uuid_text, ("text", "36 chars", "lower-case hyphenated UUID"))
 
 
 def nested(

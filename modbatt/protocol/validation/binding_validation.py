@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -84,6 +84,25 @@ def lct_id_for_key(key: PublicKey) -> str:
 #: An audit path: at most MAX_PROOF_HASHES 32-byte hashes (RFC 9162 §2.1.3).
 AUDIT_PATH = list_of(b(32), MAX_PROOF_HASHES, size=f"≤ {MAX_PROOF_HASHES} × 32 B",
                      encoding="CBOR array of 32-byte byte strings")  # fmt: skip
+
+
+class LedgerProof(TypedDict):
+    """What the controller adds to a level-7 answer: the binding record's ledger entry, its inclusion
+    proof under a signed tree head, the binding's status and where the level-7 statement went."""
+
+    record_entry: bytes
+    record_index: int
+    audit_path: Sequence[bytes]
+    sth: SignedTreeHead
+    status: str
+    statement_index: int | None
+
+
+def signed_bundle(cls: type[Message], key: PrivateKey, now: float, proof: LedgerProof, **head: Any) -> bytes:
+    """A level-7 bundle of ``cls`` (``head``: its own leading fields, then ``proof``), signed by the controller."""
+    msg = cls(**head, **{**proof, "audit_path": list(proof["audit_path"]), "sth": proof["sth"].to_bytes()},
+              ts_ms=int(now * 1000))  # fmt: skip
+    return msg.authenticated(key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
 
 
 def proven_binding_record(
@@ -271,24 +290,9 @@ class BindingValidationAuthority(Counted):
             "lct_signature": att.sig,
         }
 
-    def bundle(
-        self,
-        *,
-        entity_proof: bytes,
-        lct_attestation: bytes,
-        record_entry: bytes,
-        record_index: int,
-        audit_path: Sequence[bytes],
-        sth: SignedTreeHead,
-        status: str,
-        statement_index: int | None,
-        now: float,
-    ) -> bytes:
-        msg = BindingValidationBundle(
-            entity_proof, lct_attestation, record_entry, record_index, list(audit_path), sth.to_bytes(), status,
-            statement_index, int(now * 1000),
-        )  # fmt: skip
-        return msg.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
+    def bundle(self, *, entity_proof: bytes, lct_attestation: bytes, now: float, **proof: Unpack[LedgerProof]) -> bytes:
+        return signed_bundle(BindingValidationBundle, self._key, now, proof, entity_proof=entity_proof,
+                             lct_attestation=lct_attestation)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

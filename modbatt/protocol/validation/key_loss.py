@@ -25,14 +25,12 @@ binding revoked, its pairings void) and they re-pair; each step is a ledger entr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from ...crypto import labels
 from ...crypto.suite import PrivateKey, PublicKey
 from ...errors import Reason, VerificationError
-from ...ledger import SignedTreeHead
 from ...model.access import AccessData
 from ...model.binding import BindingRecord
 from ._common import (
@@ -53,7 +51,7 @@ from ._common import (
 from ._common import t as text_field
 from ._common import u as uint
 from .announce import ANNOUNCE_MAX_AGE_S
-from .binding_validation import AUDIT_PATH, proven_binding_record
+from .binding_validation import AUDIT_PATH, LedgerProof, proven_binding_record, signed_bundle
 
 __all__ = [
     "KeyLossAnnounce",
@@ -173,24 +171,10 @@ class KeyLossAuthority(Counted):
         return msg
 
     def bundle(
-        self,
-        *,
-        announce: bytes,
-        binding_id: str,
-        subject: str,
-        record_entry: bytes,
-        record_index: int,
-        audit_path: Sequence[bytes],
-        sth: SignedTreeHead,
-        status: str,
-        statement_index: int | None,
-        now: float,
+        self, *, announce: bytes, binding_id: str, subject: str, now: float, **proof: Unpack[LedgerProof]
     ) -> bytes:
-        msg = KeyLossValidation(
-            announce, binding_id, subject, record_entry, record_index, list(audit_path), sth.to_bytes(), status,
-            statement_index, int(now * 1000),
-        )  # fmt: skip
-        return msg.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
+        return signed_bundle(KeyLossValidation, self._key, now, proof, announce=announce, binding_id=binding_id,
+                             subject=subject)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
