@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hmac as _hmac
+import inspect
 from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Self, TypeVar
@@ -187,10 +188,31 @@ def _finish(cls: Any, type_: str, level: int, profiles: tuple[str, ...]) -> Any:
     return cls
 
 
-def message(type_: str, level: int, *, profiles: tuple[str, ...] = ("seed", "efficient")) -> Callable[[M], M]:
-    """Declare a validation message: a frozen dataclass of schema fields, ``type`` and ``level`` on the wire."""
+def _copy_field(f: dataclasses.Field[Any]) -> dataclasses.Field[Any]:
+    kw: dict[str, Any] = {"repr": f.repr, "metadata": f.metadata}
+    if f.default is not dataclasses.MISSING:
+        kw["default"] = f.default
+    return dataclasses.field(**kw)  # type: ignore[no-any-return]
+
+
+def message(
+    type_: str, level: int, *, profiles: tuple[str, ...] = ("seed", "efficient"), then: type | None = None
+) -> Callable[[M], M]:
+    """Declare a validation message: a frozen dataclass of schema fields, ``type`` and ``level`` on the wire.
+
+    ``then``: a plain class of schema fields several messages share, declared there once and placed
+    after the message's own fields (before its authenticator).
+    """
 
     def wrap(cls: M) -> M:
+        if then is not None:
+            own = inspect.get_annotations(cls)
+            auth = [n for n in own if getattr(cls.__dict__.get(n), "metadata", {}).get("auth")]
+            shared = inspect.get_annotations(then)
+            for name in shared:
+                setattr(cls, name, _copy_field(then.__dict__[name]))
+            cls.__annotations__ = {**{n: t for n, t in own.items() if n not in auth}, **shared,
+                                   **{n: own[n] for n in auth}}  # fmt: skip
         return _finish(dataclasses.dataclass(frozen=True, slots=True)(cls), type_, level, profiles)  # type: ignore[no-any-return]
 
     return wrap
@@ -211,14 +233,8 @@ def derive(
     """A message class with ``cls``'s fields (declared once, there), at another level or with
     another authenticator (``auth``: its field name, or ``None`` for none)."""
 
-    def copy(f: dataclasses.Field[Any]) -> dataclasses.Field[Any]:
-        kw: dict[str, Any] = {"repr": f.repr, "metadata": f.metadata}
-        if f.default is not dataclasses.MISSING:
-            kw["default"] = f.default
-        return dataclasses.field(**kw)  # type: ignore[no-any-return]
-
     drop = cls.AUTH if auth is not _KEEP else None
-    fields: list[Any] = [(f.name, f.type, copy(f)) for f in dataclasses.fields(cls) if f.name != drop]
+    fields: list[Any] = [(f.name, f.type, _copy_field(f)) for f in dataclasses.fields(cls) if f.name != drop]
     if auth is not _KEEP and auth is not None:
         fields.append((auth, "bytes", authenticator(*sizes)))
     made = dataclasses.make_dataclass(

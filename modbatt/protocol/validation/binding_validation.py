@@ -165,10 +165,10 @@ class LctAttestation(Message):
     sig: bytes = authenticator(64)
 
 
-@message("binding_validation", 7)
-class BindingValidationBundle(Message):
-    entity_proof: bytes = wire(b(max_len=1024))
-    lct_attestation: bytes = wire(b(max_len=1024))
+class LedgerProofFields:
+    """The fields every level-7 bundle ends with (``binding_validation``, ``key_loss_validation``):
+    the binding record's ledger entry and inclusion proof, its status, the statement's index, the time."""
+
     record_entry: bytes = wire(b(max_len=4096))
     record_index: int = wire(uint())
     audit_path: list[bytes] = wire(AUDIT_PATH)
@@ -176,6 +176,12 @@ class BindingValidationBundle(Message):
     status: str = wire(one_of("active", "revoked"))
     statement_index: int | None = wire(opt(uint()))
     ts_ms: int = wire(uint())
+
+
+@message("binding_validation", 7, then=LedgerProofFields)
+class BindingValidationBundle(Message):
+    entity_proof: bytes = wire(b(max_len=1024))
+    lct_attestation: bytes = wire(b(max_len=1024))
     sig: bytes = authenticator(64)
 
 

@@ -44,14 +44,13 @@ from ._common import (
     check_timestamp,
     counted,
     message,
-    one_of,
     opt,
     wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
 from .announce import ANNOUNCE_MAX_AGE_S
-from .binding_validation import AUDIT_PATH, LedgerProof, proven_binding_record, signed_bundle
+from .binding_validation import LedgerProof, LedgerProofFields, proven_binding_record, signed_bundle
 
 __all__ = [
     "KeyLossAnnounce",
@@ -105,20 +104,13 @@ def _read_announce(data: bytes) -> KeyLossAnnounce:
     return msg
 
 
-@message("key_loss_validation", 7)
+@message("key_loss_validation", 7, then=LedgerProofFields)
 class KeyLossValidation(Message):
     """``key_loss_validation`` (level 7): the controller's offline-checkable answer to a key-loss claim."""
 
     announce: bytes = wire(b(max_len=1024))
     binding_id: str = wire(text_field(64))
     subject: str = wire(text_field(64))
-    record_entry: bytes = wire(b(max_len=4096))
-    record_index: int = wire(uint())
-    audit_path: list[bytes] = wire(AUDIT_PATH)
-    sth: bytes = wire(b(max_len=256))
-    status: str = wire(one_of("active", "revoked"))
-    statement_index: int | None = wire(opt(uint()))
-    ts_ms: int = wire(uint())
     sig: bytes = authenticator(64)
 
 
