@@ -55,6 +55,8 @@ def kind_strategy(kind: Kind) -> st.SearchStrategy[Any]:
                                st.integers(0, 1000) | st.booleans(), max_size=3)  # fmt: skip
     if kind.tag == "list":
         return st.lists(kind_strategy(a["kind"]), max_size=min(a["max_items"], 3))
+    if kind.tag == "per_role":
+        return st.fixed_dictionaries({r: kind_strategy(a["kind"]) for r in a["roles"]})
     if kind.tag == "uuid":
         return st.uuids().map(str)
     if kind.tag == "record":

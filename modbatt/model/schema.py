@@ -40,6 +40,7 @@ __all__ = [
     "nested",
     "one_of",
     "optional",
+    "per_role",
     "record",
     "small_map",
     "text_",
@@ -197,6 +198,27 @@ def _list_json(kind: Kind, max_items: int, v: Any, w: str, t: str) -> list[Any]:
     if not isinstance(v, list) or len(v) > max_items:
         raise malformed(f"{w} must be a list of at most {max_items} {t} values")
     return [kind.from_json(item, w) for item in v]
+
+
+def per_role(kind: Kind, roles: tuple[str, ...] = ("a", "b"), key: str = "entity_{}") -> Kind:
+    """A map with one ``kind`` value per role, keyed ``entity_a``, ``entity_b`` on the wire and read
+    as ``{role: value}``."""
+    keys = {role: key.format(role) for role in roles}
+
+    def reader(json: bool) -> Callable[[Any, str], dict[str, Any]]:
+        def read(v: Any, w: str) -> dict[str, Any]:
+            m = expect_map(v, w, required=set(keys.values()))
+            return {r: (kind.from_json if json else kind.read)(m[k], f"{w}.{k}") for r, k in keys.items()}
+
+        return read
+
+    t, s, _ = kind.describe()
+    return Kind(
+        "per_role", {"kind": kind, "roles": roles}, reader(False),
+        ("map", f"{len(roles)} × {t} {s}", "CBOR map " + ", ".join(f"`{k}`" for k in keys.values())),
+        to_cbor=lambda m: {k: kind.to_cbor(m[r]) for r, k in keys.items()},
+        to_json=lambda m: {k: kind.to_json(m[r]) for r, k in keys.items()}, read_json=reader(True),
+    )  # fmt: skip
 
 
 #: A lower-case hyphenated UUID as text.

@@ -47,7 +47,6 @@ from ..crypto.suite import (
 )
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import EncodingError, ProtocolError, Reason, VerificationError
-from ..model._fields import expect_map, uuid_text
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
@@ -60,9 +59,11 @@ from ..model.schema import (
     nested,
     one_of,
     optional,
+    per_role,
     record,
     text_,
     uint,
+    uuid_,
     wire,
 )
 
@@ -304,39 +305,16 @@ def _completion_bytes(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionProof:
-    """The seed's completion message, plus the session nonce that makes each use distinct."""
+@record(what="completion")
+class CompletionProof(Record):
+    """The seed's completion message, plus the session nonce that makes each use distinct (JSON view
+    over HTTP: :meth:`to_json`, :meth:`from_json`)."""
 
-    pairing_id: str
-    validation_nonce: bytes
-    session_nonce: bytes
-    entity_signatures: Mapping[str, bytes]
-
-    def to_json(self) -> dict[str, Any]:
-        from ..model._fields import b64
-
-        return {
-            "pairing_id": self.pairing_id,
-            "validation_nonce": b64(self.validation_nonce),
-            "session_nonce": b64(self.session_nonce),
-            "entity_signatures": {f"entity_{r}": b64(self.entity_signatures[r]) for r in _ROLES},
-        }
-
-    @classmethod
-    def from_json(cls, value: Any) -> CompletionProof:
-        from ..model._fields import b64_bytes
-
-        m = expect_map(
-            value, "completion", required={"pairing_id", "validation_nonce", "session_nonce", "entity_signatures"}
-        )
-        sigs = expect_map(m["entity_signatures"], "entity_signatures", required={"entity_a", "entity_b"})
-        return cls(
-            uuid_text(m["pairing_id"], "pairing_id"),
-            b64_bytes(m["validation_nonce"], "validation_nonce", size=VALIDATION_NONCE_BYTES),
-            b64_bytes(m["session_nonce"], "session_nonce", size=SESSION_NONCE_BYTES),
-            {r: b64_bytes(sigs[f"entity_{r}"], f"entity_signatures.entity_{r}", size=64) for r in _ROLES},
-        )
+    pairing_id: str = wire(uuid_)
+    validation_nonce: bytes = wire(bytes_(VALIDATION_NONCE_BYTES))
+    session_nonce: bytes = wire(bytes_(SESSION_NONCE_BYTES))
+    #: ``{"a": signature, "b": signature}`` (``entity_a``, ``entity_b`` on the wire).
+    entity_signatures: Mapping[str, bytes] = wire(per_role(bytes_(64)))
 
 
 def verify_completion(pending: PendingPairing, proof: CompletionProof, now: float) -> PendingPairing:
