@@ -236,10 +236,10 @@ def nested(
     if read is None:
         schema = Schema.of(cls)
         return Kind(
-            "record", {"cls": cls}, lambda v, w: cls(**schema.read(v, w)),
+            "record", {"cls": cls}, lambda v, w: cls(**schema.read(v, w, prefix=f"{w}.")),
             description or ("map", cls.__name__, "CBOR map"),
             to_cbor=lambda r: schema.write(r), to_json=lambda r: schema.write(r, json=True),
-            read_json=lambda v, w: cls(**schema.read(v, w, json=True)),
+            read_json=lambda v, w: cls(**schema.read(v, w, json=True, prefix=f"{w}.")),
         )  # fmt: skip
     assert to_cbor is not None and description is not None
     return Kind("record", {"cls": cls}, read, description, to_cbor=to_cbor, to_json=to_cbor)
