@@ -17,8 +17,10 @@ from urllib.parse import urlsplit
 
 from ..errors import Reason, VerificationError
 from ._fields import expect_map, malformed, text
+from .schema import nested
 
 __all__ = [
+    "ACCESS_DATA",
     "MODULE_NODES",
     "NODE_BROADCAST",
     "NODE_UNREGISTERED",
@@ -232,3 +234,12 @@ def _check_endpoint(protocol: TransportProtocol, endpoint: str) -> None:
             raise malformed("an MQTT endpoint topic may not contain wildcards, '#' or '?'")
         if parts.scheme != "mqtt" or not parts.hostname or not _MQTT_TOPIC.fullmatch(topic or ""):
             raise malformed("an MQTT endpoint is mqtt://HOST[:PORT]/TOPIC without wildcards")
+
+
+#: The schema kind of an access-data field (docs/architecture.md, Message schema).
+ACCESS_DATA = nested(
+    AccessData,
+    ("map", "AccessData", "CBOR map (docs/binding.md, access data)"),
+    to_cbor=lambda a: a.to_dict(),
+    read=AccessData.from_dict,
+)

@@ -3,21 +3,36 @@
 One typed envelope each way. The signature always covers the canonical CBOR of every
 field but the signature itself, so the JSON carried over HTTP and the CBOR carried over
 CAN or MQTT are two views of one signed message. Bodies have a fixed schema per
-operation; unknown fields are rejected.
+operation; unknown fields are rejected. Every field is declared once, in the schema
+(docs/architecture.md, Message schema).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Self
 
 from ..crypto import labels
 from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import EncodingError, Reason, VerificationError
-from ..model._fields import b64, b64_bytes, expect_map, integer, malformed, raw_bytes, text, uuid_text
-from ..model.access import AccessData
+from ..model._fields import malformed
+from ..model.access import ACCESS_DATA
+from ..model.schema import (
+    Record,
+    Schema,
+    authenticator,
+    bytes_,
+    flag,
+    one_of,
+    record,
+    text_,
+    uint,
+    uuid_,
+    variant,
+    wire,
+)
 
 __all__ = [
     "CLOCK_SKEW_S",
@@ -37,103 +52,28 @@ OPERATIONS = ("generate-keys", "distribute-key", "revoke")
 MAX_ENVELOPE_CBOR_BYTES = 16 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Kind:
-    """How one body field is converted between its typed, CBOR and JSON forms."""
+_ACCESS = ACCESS_DATA
+_SIGNATURE = bytes_(SIGNATURE_BYTES, encoding="CBOR byte string: ECDSA r‖s")
 
-    to_cbor: Callable[[Any], Any]
-    from_cbor: Callable[[Any, str], Any]
-    to_json: Callable[[Any], Any]
-    from_json: Callable[[Any, str], Any]
-
-
-def _bytes_kind(size: int | None = None, max_len: int = 4096) -> _Kind:
-    return _Kind(
-        to_cbor=bytes,
-        from_cbor=lambda v, w: raw_bytes(v, w, size=size, max_len=max_len),
-        to_json=b64,
-        from_json=lambda v, w: b64_bytes(v, w, size=size, max_len=max_len),
-    )
-
-
-def _text_kind(max_len: int) -> _Kind:
-    def read(v: Any, w: str) -> str:
-        return text(v, w, max_len=max_len)
-
-    return _Kind(str, read, str, read)
-
-
-def _bool_read(v: Any, w: str) -> bool:
-    if not isinstance(v, bool):
-        raise malformed(f"{w} must be true or false")
-    return v
-
-
-_ACCESS = _Kind(
-    to_cbor=lambda a: a.to_dict(),
-    from_cbor=lambda v, w: AccessData.from_dict(v, w),
-    to_json=lambda a: a.to_dict(),
-    from_json=lambda v, w: AccessData.from_dict(v, w),
-)
-_BOOL = _Kind(bool, _bool_read, bool, _bool_read)
-
-_REQUEST_BODIES: Mapping[str, Mapping[str, _Kind]] = {
-    "generate-keys": {"partner_access_data": _ACCESS},
-    "distribute-key": {
-        "partner_access_data": _ACCESS,
-        "sealed_partner_key": _bytes_kind(max_len=128),
-        "record": _bytes_kind(max_len=8192),
-    },
-    "revoke": {"reason": _text_kind(64)},
+#: The body of each operation (docs/binding.md): one schema per operation and direction.
+_REQUEST_BODIES: Mapping[str, Schema] = {
+    "generate-keys": Schema.build("body", partner_access_data=_ACCESS),
+    "distribute-key": Schema.build(
+        "body", partner_access_data=_ACCESS, sealed_partner_key=bytes_(max_len=128), record=bytes_(max_len=8192)
+    ),
+    "revoke": Schema.build("body", reason=text_(64)),
 }
-_RESPONSE_BODIES: Mapping[str, Mapping[str, _Kind]] = {
-    "generate-keys": {
-        "semi_public_key": _bytes_kind(size=33),
-        "proof_of_possession": _bytes_kind(size=SIGNATURE_BYTES),
-    },
-    "distribute-key": {
-        "partner_key_commitment": _bytes_kind(size=32),
-        "binding_signature": _bytes_kind(size=SIGNATURE_BYTES),
-    },
-    "revoke": {"revoked": _BOOL},
+_RESPONSE_BODIES: Mapping[str, Schema] = {
+    "generate-keys": Schema.build(
+        "body", semi_public_key=bytes_(size=33), proof_of_possession=bytes_(size=SIGNATURE_BYTES)
+    ),
+    "distribute-key": Schema.build(
+        "body", partner_key_commitment=bytes_(size=32), binding_signature=bytes_(size=SIGNATURE_BYTES)
+    ),
+    "revoke": Schema.build("body", revoked=flag),
 }
-
-
-def _op_read(value: Any, what: str) -> str:
-    if value not in OPERATIONS:
-        raise malformed(f"{what} must be one of {', '.join(OPERATIONS)}")
-    return str(value)
-
-
-def _uuid_read(value: Any, what: str) -> str:
-    return uuid_text(value, what)
-
-
-def _int53_read(value: Any, what: str) -> int:
-    return integer(value, what, lo=0, hi=2**53)
-
-
-_OP = _Kind(str, _op_read, str, _op_read)
-_UUID = _Kind(str, _uuid_read, str, _uuid_read)
-_INT53 = _Kind(int, _int53_read, int, _int53_read)
-_REQUEST_ID = _bytes_kind(size=REQUEST_ID_BYTES)
-_SIGNATURE = _bytes_kind(size=SIGNATURE_BYTES)
-
-#: (wire name, attribute name, kind) of each envelope's header, in order.
-_Header = tuple[tuple[str, str, _Kind], ...]
-_REQUEST_HEADER: _Header = (
-    ("op", "op", _OP),
-    ("binding_id", "binding_id", _UUID),
-    ("request_id", "request_id", _REQUEST_ID),
-    ("issued_at", "issued_at_ms", _INT53),
-    ("target", "target", _text_kind(64)),
-)
-_RESPONSE_HEADER: _Header = (
-    ("op", "op", _OP),
-    ("binding_id", "binding_id", _UUID),
-    ("request_id", "request_id", _REQUEST_ID),
-    ("device_id", "device_id", _text_kind(64)),
-)
+_OP = one_of(*OPERATIONS)
+_ISSUED_AT = uint(0, 2**53, size="0 … 2^53", encoding="CBOR unsigned integer (ms since the Unix epoch)")
 
 
 def _cbor_map(data: Any) -> Any:
@@ -144,87 +84,51 @@ def _cbor_map(data: Any) -> Any:
         raise VerificationError(exc.reason, str(exc)) from None
 
 
-def _fields_out(envelope: Any, header: _Header, bodies: Mapping[str, Mapping[str, _Kind]], *, json: bool) -> dict:
-    """Every field but the signature, in the JSON or the CBOR view."""
-    out = {wire: (kind.to_json if json else kind.to_cbor)(getattr(envelope, attr)) for wire, attr, kind in header}
-    schema = bodies[envelope.op]
-    out["body"] = {name: (kind.to_json if json else kind.to_cbor)(envelope.body[name]) for name, kind in schema.items()}
-    return out
-
-
-def _fields_in(
-    value: Any,
-    what: str,
-    header: _Header,
-    bodies: Mapping[str, Mapping[str, _Kind]],
-    *,
-    json: bool,
-    expected_op: str | None = None,
-) -> dict[str, Any]:
-    """Constructor arguments from an untrusted map (strict: no unknown or missing field)."""
-    m = expect_map(value, what, required={wire for wire, _, _ in header} | {"body", "signature"})
-    args = {attr: (kind.from_json if json else kind.from_cbor)(m[wire], wire) for wire, attr, kind in header}
-    if expected_op is not None and args["op"] != expected_op:
-        raise malformed(f"this endpoint takes op {expected_op!r}, not {args['op']!r}")
-    schema = bodies[args["op"]]
-    body = expect_map(m["body"], "body", required=set(schema))
-    args["body"] = {
-        name: (kind.from_json if json else kind.from_cbor)(body[name], f"body.{name}") for name, kind in schema.items()
-    }
-    args["signature"] = (_SIGNATURE.from_json if json else _SIGNATURE.from_cbor)(m["signature"], "signature")
-    return args
-
-
-class _Envelope:
-    """The shared codec of both envelopes: JSON and CBOR views of one signed field set."""
+class _Envelope(Record):
+    """The shared codec of both envelopes: JSON and CBOR views of one signed field set (from the schema)."""
 
     __slots__ = ()
-    _WHAT: str
-    _HEADER: _Header
-    _BODIES: Mapping[str, Mapping[str, _Kind]]
     signature: bytes
 
     def signed_bytes(self) -> bytes:
         """Canonical CBOR of every field but the signature: what the signature covers."""
-        return canonical_dumps(_fields_out(self, self._HEADER, self._BODIES, json=False))
+        return canonical_dumps(self.signed_map())
 
-    def to_json(self) -> dict[str, Any]:
-        return {**_fields_out(self, self._HEADER, self._BODIES, json=True), "signature": b64(self.signature)}
-
-    def to_cbor(self) -> bytes:
+    def to_cbor(self) -> bytes:  # type: ignore[override]
         """The whole envelope as canonical CBOR (the CAN/MQTT view); without ``signature`` it is
         exactly :meth:`signed_bytes`."""
-        return canonical_dumps(
-            {**_fields_out(self, self._HEADER, self._BODIES, json=False), "signature": self.signature}
-        )
+        return canonical_dumps(self.__schema__.write(self))
 
     @classmethod
-    def from_json(cls, value: Any, *, expected_op: str | None = None) -> Self:
+    def _read(cls, value: Any, json: bool, expected_op: str | None) -> Self:
+        def check_op(op: str) -> None:
+            if expected_op is not None and op != expected_op:
+                raise malformed(f"this endpoint takes op {expected_op!r}, not {op!r}")
+
+        return cls(**cls.__schema__.read(value, json=json, expect={"op": check_op}))
+
+    @classmethod
+    def from_json(cls, value: Any, *, expected_op: str | None = None) -> Self:  # type: ignore[override]
         """Parse the untrusted JSON view (``expected_op``: refuse another op); the signature is not checked here."""
-        return cls(**_fields_in(value, cls._WHAT, cls._HEADER, cls._BODIES, json=True, expected_op=expected_op))
+        return cls._read(value, True, expected_op)
 
     @classmethod
-    def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> Self:
+    def from_cbor(cls, data: bytes, *, expected_op: str | None = None) -> Self:  # type: ignore[override]
         """Parse untrusted CBOR (strict, canonical, size-capped); the signature is not checked here."""
-        m = _cbor_map(data)
-        return cls(**_fields_in(m, cls._WHAT, cls._HEADER, cls._BODIES, json=False, expected_op=expected_op))
+        return cls._read(_cbor_map(data), False, expected_op)
 
 
-@dataclass(frozen=True, slots=True)
+@record(what="request")
 class ControllerRequest(_Envelope):
     """A request from the auth controller to one entity, signed with the controller key."""
 
-    _WHAT: ClassVar[str] = "request"
-    _HEADER: ClassVar[_Header] = _REQUEST_HEADER
-    _BODIES: ClassVar[Mapping[str, Mapping[str, _Kind]]] = _REQUEST_BODIES
-
-    op: str
-    binding_id: str
-    request_id: bytes
-    issued_at_ms: int
-    target: str
-    body: Mapping[str, Any]
-    signature: bytes = field(default=b"", repr=False)
+    op: str = wire(_OP)
+    binding_id: str = wire(uuid_)
+    request_id: bytes = wire(bytes_(size=REQUEST_ID_BYTES))
+    issued_at_ms: int = wire(_ISSUED_AT, name="issued_at")
+    target: str = wire(text_(64))
+    body: Mapping[str, Any] = wire(variant("op", _REQUEST_BODIES))
+    signature: bytes = authenticator(kind=_SIGNATURE)
 
     def sign(self, controller_key: PrivateKey) -> ControllerRequest:
         return replace(self, signature=controller_key.sign(labels.SIG_CONTROLLER_REQUEST, self.signed_bytes()))
@@ -238,21 +142,16 @@ class ControllerRequest(_Envelope):
             ) from None
 
 
-
-@dataclass(frozen=True, slots=True)
+@record(what="response")
 class EntityResponse(_Envelope):
     """An entity's answer, signed with its device identity key (defeats key substitution)."""
 
-    _WHAT: ClassVar[str] = "response"
-    _HEADER: ClassVar[_Header] = _RESPONSE_HEADER
-    _BODIES: ClassVar[Mapping[str, Mapping[str, _Kind]]] = _RESPONSE_BODIES
-
-    op: str
-    binding_id: str
-    request_id: bytes
-    device_id: str
-    body: Mapping[str, Any]
-    signature: bytes = field(default=b"", repr=False)
+    op: str = wire(_OP)
+    binding_id: str = wire(uuid_)
+    request_id: bytes = wire(bytes_(size=REQUEST_ID_BYTES))
+    device_id: str = wire(text_(64))
+    body: Mapping[str, Any] = wire(variant("op", _RESPONSE_BODIES))
+    signature: bytes = authenticator(kind=_SIGNATURE)
 
     def sign(self, identity_key: PrivateKey) -> EntityResponse:
         return replace(self, signature=identity_key.sign(labels.SIG_ENTITY_RESPONSE, self.signed_bytes()))

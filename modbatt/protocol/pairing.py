@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..crypto import labels
@@ -47,11 +47,25 @@ from ..crypto.suite import (
 )
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import EncodingError, ProtocolError, Reason, VerificationError
-from ..model._fields import expect_map, integer, raw_bytes, text, uuid_text
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate, PairingMetadata, Restrictions
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
+from ..model.schema import (
+    Record,
+    authenticator,
+    bytes_,
+    list_of,
+    nested,
+    one_of,
+    optional,
+    per_role,
+    record,
+    text_,
+    uint,
+    uuid_,
+    wire,
+)
 
 __all__ = [
     "HALF_BYTES",
@@ -83,6 +97,8 @@ BINDING_SECRET_BYTES = 32
 #: Partial pairings are abandoned after this long by default (30 s, docs/pairing.md, Uses).
 DEFAULT_HANDSHAKE_TIMEOUT_S = 30
 _ROLES = ("a", "b")
+#: The fields of a completion proof, as the handshake section names them.
+_COMPLETION_FIELDS = ("pairing_id", "validation_nonce", "session_nonce", "entity_signatures")
 
 
 def _section_context(pairing_id: str, role: str) -> bytes:
@@ -96,6 +112,65 @@ def _handshake_key(pairing_key: bytes | bytearray, pairing_id: str) -> bytes:
 def _wipe(buf: bytearray) -> None:
     # Best effort in CPython: overwrite the one mutable copy we control.
     buf[:] = bytes(len(buf))
+
+
+# --------------------------------------------------------------------------- wire records
+
+
+@record(what="section")
+class EntitySection(Record):
+    """An entity's sealed certificate section: its half of the pairing key and the exchange key."""
+
+    role: str = wire(one_of(*_ROLES))
+    half: bytes = wire(bytes_(HALF_BYTES))
+    metadata_hash: bytes = wire(bytes_(32))
+    exchange_key: bytes = wire(bytes_(EXCHANGE_KEY_BYTES))
+
+
+@record(what="completion_instructions")
+class CompletionInstructions(Record):
+    """What the controller's completion callback expects (docs/pairing.md)."""
+
+    required_fields: list[str] = wire(list_of(text_(64), 8))
+    timeout_seconds: int = wire(uint(1, 86_400))
+
+
+@record(what="handshake")
+class HandshakeSection(Record):
+    """The certificate's handshake section, readable only with the rebuilt pairing key."""
+
+    validation_nonce: bytes = wire(bytes_(VALIDATION_NONCE_BYTES))
+    callback: str = wire(text_(256))
+    completion_instructions: CompletionInstructions = wire(nested(CompletionInstructions))
+
+
+#: Largest offer accepted from the wire.
+MAX_OFFER_BYTES = 1024
+
+
+@record(what="offer")
+class Offer(Record):
+    """One entity's signed offer: its half under the exchange key, the session nonce, and (blind
+    mode) its ephemeral key; entity b's also carries its completion signature."""
+
+    pairing_id: str = wire(text_(64))
+    role: str = wire(one_of(*_ROLES))
+    session_nonce: bytes = wire(bytes_(SESSION_NONCE_BYTES))
+    sealed_half: bytes = wire(bytes_(max_len=128))
+    ephemeral: bytes | None = wire(optional(bytes_(33)))
+    completion: bytes | None = wire(optional(bytes_(64)))
+    signature: bytes = authenticator(kind=bytes_(64))
+
+    def signed_bytes(self) -> bytes:
+        return canonical_dumps(self.signed_map())
+
+    def encode(self) -> bytes:
+        return canonical_dumps(self.to_cbor())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Offer:
+        """Strictly decode untrusted offer bytes (exact field set, every field checked)."""
+        return cls.from_cbor(strict_loads(data, max_bytes=MAX_OFFER_BYTES))  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- controller side
@@ -188,22 +263,12 @@ def issue_certificate(
             ("a", binding.entity_a, pairing_key[:HALF_BYTES]),
             ("b", binding.entity_b, pairing_key[HALF_BYTES:]),
         ):
-            plain = canonical_dumps(
-                {"role": role, "half": bytes(half), "metadata_hash": metadata_hash, "exchange_key": bytes(exchange_key)}
-            )
+            plain = canonical_dumps(EntitySection(role, bytes(half), metadata_hash, bytes(exchange_key)).to_cbor())
             sections[f"entity_{role}"] = seal_to_semi_public_key(
                 entity.semi_public_key, plain, context=_section_context(pairing_id, role), rng=rng
             )
-        handshake = canonical_dumps(
-            {
-                "validation_nonce": validation_nonce,
-                "callback": callback,
-                "completion_instructions": {
-                    "required_fields": ["pairing_id", "validation_nonce", "session_nonce", "entity_signatures"],
-                    "timeout_seconds": handshake_timeout_s,
-                },
-            }
-        )
+        instructions = CompletionInstructions(list(_COMPLETION_FIELDS), handshake_timeout_s)
+        handshake = canonical_dumps(HandshakeSection(validation_nonce, callback, instructions).to_cbor())
         nonce = rng.token_bytes(AEAD_NONCE_BYTES)
         sections["handshake_validation"] = nonce + aead_encrypt(
             _handshake_key(pairing_key, pairing_id), nonce, handshake, metadata_hash
@@ -240,39 +305,16 @@ def _completion_bytes(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionProof:
-    """The seed's completion message, plus the session nonce that makes each use distinct."""
+@record(what="completion")
+class CompletionProof(Record):
+    """The seed's completion message, plus the session nonce that makes each use distinct (JSON view
+    over HTTP: :meth:`to_json`, :meth:`from_json`)."""
 
-    pairing_id: str
-    validation_nonce: bytes
-    session_nonce: bytes
-    entity_signatures: Mapping[str, bytes]
-
-    def to_json(self) -> dict[str, Any]:
-        from ..model._fields import b64
-
-        return {
-            "pairing_id": self.pairing_id,
-            "validation_nonce": b64(self.validation_nonce),
-            "session_nonce": b64(self.session_nonce),
-            "entity_signatures": {f"entity_{r}": b64(self.entity_signatures[r]) for r in _ROLES},
-        }
-
-    @classmethod
-    def from_json(cls, value: Any) -> CompletionProof:
-        from ..model._fields import b64_bytes
-
-        m = expect_map(
-            value, "completion", required={"pairing_id", "validation_nonce", "session_nonce", "entity_signatures"}
-        )
-        sigs = expect_map(m["entity_signatures"], "entity_signatures", required={"entity_a", "entity_b"})
-        return cls(
-            uuid_text(m["pairing_id"], "pairing_id"),
-            b64_bytes(m["validation_nonce"], "validation_nonce", size=VALIDATION_NONCE_BYTES),
-            b64_bytes(m["session_nonce"], "session_nonce", size=SESSION_NONCE_BYTES),
-            {r: b64_bytes(sigs[f"entity_{r}"], f"entity_signatures.entity_{r}", size=64) for r in _ROLES},
-        )
+    pairing_id: str = wire(uuid_)
+    validation_nonce: bytes = wire(bytes_(VALIDATION_NONCE_BYTES))
+    session_nonce: bytes = wire(bytes_(SESSION_NONCE_BYTES))
+    #: ``{"a": signature, "b": signature}`` (``entity_a``, ``entity_b`` on the wire).
+    entity_signatures: Mapping[str, bytes] = wire(per_role(bytes_(64)))
 
 
 def verify_completion(pending: PendingPairing, proof: CompletionProof, now: float) -> PendingPairing:
@@ -408,15 +450,13 @@ def derive_binding_mac_secret(
     return hkdf_sha256(binding_key.exchange(partner_key), info=info + key_a.to_bytes() + key_b.to_bytes())
 
 
-def offer_hash(offer: bytes | Mapping[str, Any]) -> bytes:
+def offer_hash(offer: bytes | Offer) -> bytes:
     """SHA-256 of what an offer's signature covers: its canonical body without the signature.
 
     Hashing the signed content rather than the received bytes keeps the transcript independent of
     how the signature itself is encoded.
     """
-    body = dict(expect_map(strict_loads(offer, max_bytes=1024), "offer") if isinstance(offer, bytes) else offer)
-    body.pop("signature", None)
-    return sha256(canonical_dumps(body))
+    return sha256((Offer.decode(offer) if isinstance(offer, bytes) else offer).signed_bytes())
 
 
 def session_transcript(pairing_id: str, session_nonce: bytes, offer_a_hash: bytes, offer_b_hash: bytes) -> bytes:
@@ -439,14 +479,12 @@ def transcript_of_offers(offer_a: bytes, offer_b: bytes) -> bytes:
     secrets stay out of reach without the pairing and exchange keys (and, in blind mode, the
     entities' ECDH secret).
     """
-    a = expect_map(strict_loads(offer_a, max_bytes=1024), "offer", required=_OFFER_FIELDS)
-    b = expect_map(strict_loads(offer_b, max_bytes=1024), "offer", required=_OFFER_FIELDS)
-    if a["role"] != "a" or b["role"] != "b" or a["pairing_id"] != b["pairing_id"]:
+    a, b = Offer.decode(offer_a), Offer.decode(offer_b)
+    if a.role != "a" or b.role != "b" or a.pairing_id != b.pairing_id:
         raise VerificationError(Reason.WRONG_SESSION, "the offers are not the two halves of one session")
-    if a["session_nonce"] != b["session_nonce"]:
+    if a.session_nonce != b.session_nonce:
         raise VerificationError(Reason.WRONG_SESSION, "the offers belong to different sessions")
-    nonce = raw_bytes(a["session_nonce"], "offer.session_nonce", size=SESSION_NONCE_BYTES)
-    return session_transcript(text(a["pairing_id"], "pairing_id", max_len=64), nonce, offer_hash(a), offer_hash(b))
+    return session_transcript(a.pairing_id, a.session_nonce, offer_hash(a), offer_hash(b))
 
 
 def derive_session_secrets(
@@ -484,9 +522,6 @@ def derive_session_secrets(
             pairing_secret + binding_secret, salt=transcript, info=labels.PAIRING_BOUND_TRAFFIC_SECRET + pid
         )
     return pairing_secret, exchange_secret
-
-
-_OFFER_FIELDS = {"pairing_id", "role", "session_nonce", "sealed_half", "ephemeral", "completion", "signature"}
 
 
 class PairingParticipant:
@@ -531,23 +566,16 @@ class PairingParticipant:
             raise VerificationError(Reason.EXPIRED, "pairing certificate has expired")
         if uses_so_far >= meta.max_uses:
             raise VerificationError(Reason.EXHAUSTED, f"certificate already used {uses_so_far} time(s)")
-        section = expect_map(
-            strict_loads(
-                open_sealed(
-                    binding_key,
-                    certificate.sections[f"entity_{self.role}"],
-                    context=_section_context(meta.pairing_id, self.role),
-                )
-            ),
-            "section",
-            required={"role", "half", "metadata_hash", "exchange_key"},
+        sealed = certificate.sections[f"entity_{self.role}"]
+        section = EntitySection.from_cbor(
+            strict_loads(open_sealed(binding_key, sealed, context=_section_context(meta.pairing_id, self.role)))
         )
-        if section["role"] != self.role:
+        if section.role != self.role:
             raise VerificationError(Reason.WRONG_PEER, "section was made for the other role")
-        if raw_bytes(section["metadata_hash"], "metadata_hash", size=32) != certificate.metadata_hash:
+        if section.metadata_hash != certificate.metadata_hash:
             raise VerificationError(Reason.HASH_MISMATCH, "clear metadata differs from what the controller sealed")
-        self._half = raw_bytes(section["half"], "half", size=HALF_BYTES)
-        self._exchange_key = raw_bytes(section["exchange_key"], "exchange_key", size=EXCHANGE_KEY_BYTES)
+        self._half = section.half
+        self._exchange_key = section.exchange_key
         self._binding_key = binding_key
         self._partner_key = partner_key
         self._ephemeral = PrivateKey.generate(self._rng) if meta.controller_mode is ControllerMode.BLIND else None
@@ -576,18 +604,15 @@ class PairingParticipant:
         assert self.session_nonce is not None
         nonce = self._rng.token_bytes(AEAD_NONCE_BYTES)
         aad = self.pairing_id.encode("ascii") + self.role.encode()
-        body = {
-            "pairing_id": self.pairing_id,
-            "role": self.role,
-            "session_nonce": self.session_nonce,
-            "sealed_half": nonce + aead_encrypt(self._half_key(self.role), nonce, self._half, aad),
-            "ephemeral": self._ephemeral.public_key.to_bytes() if self._ephemeral else None,
-            "completion": completion,
-        }
-        signature = self._binding_key.sign(labels.SIG_PAIRING_OFFER, canonical_dumps(body))
+        offer = Offer(
+            self.pairing_id, self.role, self.session_nonce,
+            nonce + aead_encrypt(self._half_key(self.role), nonce, self._half, aad),
+            self._ephemeral.public_key.to_bytes() if self._ephemeral else None, completion,
+        )  # fmt: skip
+        offer = replace(offer, signature=self._binding_key.sign(labels.SIG_PAIRING_OFFER, offer.signed_bytes()))
         self._sent = True
-        self._own_offer_hash = offer_hash(body)
-        return canonical_dumps({**body, "signature": signature})
+        self._own_offer_hash = offer_hash(offer)
+        return offer.encode()
 
     def start(self, now: float) -> bytes:
         """Initiator: the first offer (this entity's half under the exchange key)."""
@@ -603,20 +628,19 @@ class PairingParticipant:
         self._check_deadline(now)
         if self.state is not PairingState.AWAITING_PARTNER:
             raise VerificationError(Reason.DUPLICATE, f"pairing is {self.state.value}")
-        offer = dict(expect_map(strict_loads(data, max_bytes=1024), "offer", required=_OFFER_FIELDS))
-        signature = raw_bytes(offer.pop("signature"), "offer.signature", size=64)
-        self._partner_key.verify(labels.SIG_PAIRING_OFFER, canonical_dumps(offer), signature)
+        offer = Offer.decode(data)
+        self._partner_key.verify(labels.SIG_PAIRING_OFFER, offer.signed_bytes(), offer.signature)
         partner_role = "b" if self.role == "a" else "a"
-        if offer["pairing_id"] != self.pairing_id or offer["role"] != partner_role:
+        if offer.pairing_id != self.pairing_id or offer.role != partner_role:
             raise VerificationError(Reason.WRONG_SESSION, "offer belongs to another pairing or role")
-        session_nonce = raw_bytes(offer["session_nonce"], "offer.session_nonce", size=SESSION_NONCE_BYTES)
+        session_nonce = offer.session_nonce
         if self.role == "b":
             if session_nonce in self._seen_sessions:
                 raise VerificationError(Reason.REPLAY, "offer of a session this entity already answered")
             self.session_nonce = session_nonce
         elif session_nonce != self.session_nonce:
             raise VerificationError(Reason.WRONG_SESSION, "offer answers another session")
-        sealed = raw_bytes(offer["sealed_half"], "offer.sealed_half", max_len=128)
+        sealed = offer.sealed_half
         aad = self.pairing_id.encode("ascii") + partner_role.encode()
         partner_half = aead_decrypt(
             self._half_key(partner_role), sealed[:AEAD_NONCE_BYTES], sealed[AEAD_NONCE_BYTES:], aad
@@ -627,7 +651,7 @@ class PairingParticipant:
         pairing_key = bytearray(self._half + partner_half if self.role == "a" else partner_half + self._half)
         try:
             self._open_handshake(pairing_key)
-            dh = self._blind_secret(offer.get("ephemeral"))
+            dh = self._blind_secret(offer.ephemeral)
             assert self._validation_nonce is not None
             my_completion = self._binding_key.sign(
                 labels.SIG_PAIRING_COMPLETION,
@@ -646,7 +670,9 @@ class PairingParticipant:
                 self.secrets = self._derive(pairing_key, dh, partner_hash, self._own_offer_hash)
                 self.state = PairingState.PAIRED
                 return reply
-            partner_completion = raw_bytes(offer["completion"], "offer.completion", size=64)
+            partner_completion = offer.completion
+            if partner_completion is None:
+                raise VerificationError(Reason.MALFORMED, "offer.completion must be a byte string")
             self._partner_key.verify(
                 labels.SIG_PAIRING_COMPLETION,
                 _completion_bytes(
@@ -694,24 +720,18 @@ class PairingParticipant:
         except VerificationError:
             self.state = PairingState.FAILED
             raise VerificationError(Reason.KEY_MISMATCH, "the halves do not rebuild the pairing key") from None
-        hs = expect_map(
-            strict_loads(plain), "handshake", required={"validation_nonce", "callback", "completion_instructions"}
-        )
-        self._validation_nonce = raw_bytes(hs["validation_nonce"], "validation_nonce", size=VALIDATION_NONCE_BYTES)
-        self.callback = text(hs["callback"], "callback", max_len=256)
-        instructions = expect_map(
-            hs["completion_instructions"], "completion_instructions", required={"required_fields", "timeout_seconds"}
-        )
-        integer(instructions["timeout_seconds"], "timeout_seconds", lo=1, hi=86_400)
+        hs = HandshakeSection.from_cbor(strict_loads(plain))
+        self._validation_nonce = hs.validation_nonce
+        self.callback = hs.callback
 
-    def _blind_secret(self, partner_ephemeral: Any) -> bytes | None:
+    def _blind_secret(self, partner_ephemeral: bytes | None) -> bytes | None:
         if self._ephemeral is None:
             if partner_ephemeral is not None:
                 raise VerificationError(Reason.MALFORMED, "standard-mode offer carries an ephemeral key")
             return None
         if partner_ephemeral is None:
             raise VerificationError(Reason.MALFORMED, "blind-mode offer lacks its ephemeral key")
-        return self._ephemeral.exchange(PublicKey.from_bytes(raw_bytes(partner_ephemeral, "ephemeral", size=33)))
+        return self._ephemeral.exchange(PublicKey.from_bytes(partner_ephemeral))
 
     def _derive(self, pairing_key: bytearray, dh: bytes | None, hash_a: bytes, hash_b: bytes) -> PairingSecrets:
         assert self.session_nonce is not None

@@ -3,15 +3,15 @@
 layouts and protocol states. ``modbatt spec build`` writes them before Sphinx runs, so the built
 document always describes the code it was built from.
 
-Field tables come from the field readers the decoders use (their kind and limits are read from
-the reader itself); a reader this module cannot describe is an error, so a new kind of field
-cannot reach the specification undocumented.
+Field tables come from the message schema the decoders use (modbatt.model.schema: each kind
+describes itself); a reader that is not a schema kind is an error, so a new kind of field cannot
+reach the specification undocumented.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import cbor2
@@ -22,6 +22,7 @@ from ..can.secured import CLASSIC, FD, frame_format
 from ..crypto import labels
 from ..errors import Reason
 from ..model.profile import ProtocolProfile
+from ..model.schema import Kind
 from ..model.tier import Tier
 from ..nodes.errors_http import http_status
 from ..protocol import messages as envelopes
@@ -73,46 +74,12 @@ STATE_MACHINES: dict[str, type[enum.Enum]] = {
 # --------------------------------------------------------------------------- field readers
 
 
-def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
-    return dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__ or ()), strict=True))
-
-
-def _size(size: int | None, max_len: int) -> str:
-    return f"{size}" if size is not None else f"≤ {max_len}"
-
-
-def describe_reader(reader: Callable[..., Any]) -> tuple[str, str, str]:
-    """(type, size, encoding) of one field reader; ``ValueError`` for a reader it does not know."""
-    name = reader.__qualname__
-    env = _closure(reader)
-    if name in ("b.<locals>.<lambda>", "_bytes_kind.<locals>.<lambda>"):
-        return "bytes", _size(env["size"], env["max_len"]), "CBOR byte string (major type 2)"
-    if name == "u.<locals>.<lambda>":
-        return "uint", f"{env['lo']} … {env['hi']:_}".replace("_", " "), "CBOR unsigned integer (major type 0)"
-    if name in ("t.<locals>.<lambda>", "_text_kind.<locals>.read"):
-        return "text", f"1 … {env['max_len']} chars", "CBOR text string (UTF-8), no control characters"
-    if name == "one_of.<locals>.read":
-        return "text", "one of " + ", ".join(f"`{v}`" for v in env["values"]), "CBOR text string"
-    if name in ("flag", "_bool_read"):
-        return "bool", "1", "CBOR true/false"
-    if name == "opt.<locals>.<lambda>":
-        t, s, e = describe_reader(env["reader"])
-        return f"{t} or null", s, f"{e}, or CBOR null"
-    if name in ("access", "AccessData.from_dict", "<lambda>"):
-        return "map", "AccessData", "CBOR map (docs/binding.md, access data)"
-    if name == "small_map":
-        return "map", "≤ 16 entries", "CBOR map of text keys to short text, integers, bools or bytes"
-    if name == "read_escalation":
-        return "map", "SignedEscalation", "CBOR map (docs/validation.md, escalation)"
-    if name == "_hashes":
-        return "array", "≤ 64 × 32 B", "CBOR array of 32-byte byte strings"
-    if name == "_op_read":
-        return "text", "one of " + ", ".join(f"`{o}`" for o in envelopes.OPERATIONS), "CBOR text string"
-    if name == "_uuid_read":
-        return "text", "36 chars", "lower-case hyphenated UUID"
-    if name == "_int53_read":
-        return "uint", "0 … 2^53", "CBOR unsigned integer (ms since the Unix epoch)"
-    raise ValueError(f"the specification cannot describe field reader {name}; teach spec_tables.describe_reader")
+def describe_reader(reader: Any) -> tuple[str, str, str]:
+    """(type, size, encoding) of one field kind; ``ValueError`` for a reader that is not a schema kind."""
+    if isinstance(reader, Kind):
+        return reader.describe()
+    name = getattr(reader, "__qualname__", repr(reader))
+    raise ValueError(f"the specification cannot describe field reader {name}; declare it as a schema kind")
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
@@ -158,10 +125,13 @@ def _messages() -> str:
     return "".join(out)
 
 
-def _envelope_table(header: Any, bodies: Mapping[str, Mapping[str, Any]], op: str) -> str:
-    rows = [(wire, *describe_reader(kind.from_cbor)) for wire, _, kind in header]
-    rows += [(f"body.{n}", *describe_reader(kind.from_cbor)) for n, kind in bodies[op].items()]
-    rows.append(("signature", "bytes", "64", "CBOR byte string: ECDSA r‖s"))
+def _envelope_table(cls: Any, op: str) -> str:
+    rows = []
+    for f in cls.__schema__.fields:
+        if f.kind.tag == "variant":
+            rows += [(f"{f.name}.{g.name}", *describe_reader(g.kind)) for g in f.kind.args["choices"][op].fields]
+        else:
+            rows.append((f.name, *describe_reader(f.kind)))
     return _table(("field", "type", "size", "encoding"), rows)
 
 
@@ -173,9 +143,9 @@ def _binding_messages() -> str:
     ]
     for op in envelopes.OPERATIONS:
         out.append(f"\n### `{op}` request\n\n")
-        out.append(_envelope_table(envelopes._REQUEST_HEADER, envelopes._REQUEST_BODIES, op))
+        out.append(_envelope_table(envelopes.ControllerRequest, op))
         out.append(f"\n### `{op}` response\n\n")
-        out.append(_envelope_table(envelopes._RESPONSE_HEADER, envelopes._RESPONSE_BODIES, op))
+        out.append(_envelope_table(envelopes.EntityResponse, op))
     return "".join(out)
 
 

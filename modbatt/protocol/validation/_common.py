@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hmac as _hmac
+import inspect
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, ClassVar, Self
+from types import MappingProxyType
+from typing import Any, ClassVar, Self, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -23,8 +25,23 @@ from ...crypto.freshness import ReplayWindow
 from ...crypto.suite import AEAD_NONCE_BYTES, aead_decrypt, aead_encrypt, hkdf_sha256, sha256
 from ...encoding import canonical_dumps, strict_loads
 from ...errors import EncodingError, Reason, VerificationError, counts_rejections
-from ...model._fields import expect_map, integer, malformed, raw_bytes, text
-from ...model.access import AccessData
+from ...model._fields import malformed
+from ...model.access import ACCESS_DATA
+from ...model.schema import (
+    REGISTRY,
+    Kind,
+    Record,
+    Schema,
+    authenticator,
+    bytes_,
+    flag,
+    one_of,
+    optional,
+    small_map,
+    text_,
+    uint,
+    wire,
+)
 from ..messages import CLOCK_SKEW_S
 
 __all__ = [
@@ -32,15 +49,28 @@ __all__ = [
     "ID_BYTES",
     "MAC_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MESSAGES",
     "Counted",
     "Message",
     "SequenceGuard",
     "Session",
+    "access",
     "auth_variant",
+    "authenticator",
+    "b",
     "check_timestamp",
     "counted",
+    "derive",
     "digest",
+    "flag",
     "mac",
+    "message",
+    "one_of",
+    "opt",
+    "small_map",
+    "t",
+    "u",
+    "wire",
 ]
 
 #: Session ids, nonces and challenges are 16 random bytes.
@@ -49,72 +79,15 @@ ID_BYTES = 16
 MAX_MESSAGE_BYTES = 8192
 #: HMAC-SHA256 authenticators (levels 3 and 4 under a MAC key, the level-6 pairing MAC).
 MAC_BYTES = 32
-_U63 = (1 << 63) - 1
 
 Reader = Callable[[Any, str], Any]
 
-
-# --------------------------------------------------------------------------- field readers
-
-
-def b(size: int | None = None, max_len: int = 4096) -> Reader:
-    """A byte-string field (exact ``size`` when given)."""
-    return lambda v, w: raw_bytes(v, w, size=size, max_len=max_len)
-
-
-def u(lo: int = 0, hi: int = _U63) -> Reader:
-    """An unsigned integer field in ``[lo, hi]``."""
-    return lambda v, w: integer(v, w, lo=lo, hi=hi)
-
-
-def t(max_len: int = 64) -> Reader:
-    """A text field."""
-    return lambda v, w: text(v, w, max_len=max_len)
-
-
-def one_of(*values: str) -> Reader:
-    """A text field restricted to ``values``."""
-
-    def read(v: Any, w: str) -> str:
-        if v not in values:
-            raise malformed(f"{w} must be one of {', '.join(values)}")
-        return str(v)
-
-    return read
-
-
-def flag(v: Any, w: str) -> bool:
-    if not isinstance(v, bool):
-        raise malformed(f"{w} must be true or false")
-    return v
-
-
-def opt(reader: Reader) -> Reader:
-    """``reader`` or CBOR null."""
-    return lambda v, w: None if v is None else reader(v, w)
-
-
-def access(v: Any, w: str) -> AccessData:
-    return AccessData.from_dict(v, w)
-
-
-def small_map(v: Any, w: str) -> dict[str, Any]:
-    """A map of short text keys to scalars/bytes (event details, changes)."""
-    if not isinstance(v, dict) or len(v) > 16:
-        raise malformed(f"{w} must be a map of at most 16 entries")
-    for key, item in v.items():
-        text(key, f"{w} key", max_len=64)
-        if not isinstance(item, (str, int, bytes, bool)) or (isinstance(item, (str, bytes)) and len(item) > 256):
-            raise malformed(f"{w}.{key} must be a short text, integer, bool or byte string")
-    return dict(v)
-
-
-def _out(value: Any) -> Any:
-    if hasattr(value, "to_cbor"):
-        return value.to_cbor()
-    if isinstance(value, AccessData):
-        return value.to_dict()
-    return value
+# The field kinds of the message schema (modbatt.model.schema), by their short names here.
+b = bytes_
+u = uint
+t = text_
+opt = optional
+access = ACCESS_DATA
 
 
 def loads(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
@@ -132,35 +105,39 @@ def digest(data: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- messages
 
+#: Every concrete validation message class, by (level, type, authenticator field or "none").
+MESSAGES: dict[tuple[int, str, str], type[Message]] = {}
 
-class Message:
-    """Base of every typed validation message (frozen dataclasses below it).
 
-    Subclasses set ``TYPE``, ``LEVEL``, ``SPEC`` (field name → reader, in declaration order)
-    and ``AUTH`` (the name of the signature/MAC field, ``None`` for an unauthenticated message).
+class Message(Record):
+    """Base of every typed validation message, declared with :func:`message`.
+
+    The fields are the class's :func:`~modbatt.model.schema.wire` fields, each declared once; the
+    authenticator (signature or MAC) is its :func:`~modbatt.model.schema.authenticator` field,
+    absent for an unauthenticated message. ``SPEC`` (field name → kind), ``AUTH`` and
+    ``AUTH_SIZES`` are derived from them.
     """
 
+    __slots__ = ()
     TYPE: ClassVar[str]
     LEVEL: ClassVar[int]
-    SPEC: ClassVar[Mapping[str, Reader]]
-    AUTH: ClassVar[str | None] = "sig"
-    AUTH_SIZES: ClassVar[tuple[int, ...]] = (64,)
+    SPEC: ClassVar[Mapping[str, Kind]]
+    AUTH: ClassVar[str | None] = None
+    AUTH_SIZES: ClassVar[tuple[int, ...]] = ()
     #: The protocol profiles that use this message class (docs/profiles.md).
     PROFILES: ClassVar[tuple[str, ...]] = ("seed", "efficient")
 
     def body(self) -> dict[str, Any]:
-        out = {name: _out(getattr(self, name)) for name in self.SPEC}
-        return {**out, "v": labels.PROTOCOL_VERSION, "type": self.TYPE, "level": self.LEVEL}
+        return {**self.__schema__.write(self, auth=False), "v": labels.PROTOCOL_VERSION, "type": self.TYPE,
+                "level": self.LEVEL}  # fmt: skip
 
     def signed_bytes(self) -> bytes:
         """What the signature or MAC covers: every field but the authenticator, canonically."""
         return canonical_dumps(self.body())
 
     def encode(self) -> bytes:
-        body = self.body()
-        if self.AUTH is not None:
-            body[self.AUTH] = getattr(self, self.AUTH)
-        return canonical_dumps(body)
+        return canonical_dumps({**self.__schema__.write(self), "v": labels.PROTOCOL_VERSION, "type": self.TYPE,
+                                "level": self.LEVEL})  # fmt: skip
 
     def authenticated(self, value: bytes) -> Self:
         """A copy carrying ``value`` as its signature/MAC."""
@@ -177,6 +154,7 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
+        """Version, then level (``wrong_level`` before anything else), then type, then the schema."""
         value = loads(data)
         if not isinstance(value, dict):
             raise malformed("a validation message is a CBOR map")
@@ -188,15 +166,82 @@ class Message:
             )
         if value.get("type") != cls.TYPE:
             raise malformed(f"expected a {cls.TYPE} message, got {value.get('type')!r}")
-        auth = {cls.AUTH} if cls.AUTH is not None else set()
-        m = expect_map(value, cls.TYPE, required=set(cls.SPEC) | {"v", "type", "level"} | auth)
-        kwargs = {name: reader(m[name], f"{cls.TYPE}.{name}") for name, reader in cls.SPEC.items()}
-        if cls.AUTH is not None:
-            sig = raw_bytes(m[cls.AUTH], f"{cls.TYPE}.{cls.AUTH}", max_len=64)
-            if len(sig) not in cls.AUTH_SIZES:
-                raise malformed(f"{cls.TYPE}.{cls.AUTH} has the wrong length")
-            kwargs[cls.AUTH] = sig
-        return cls(**kwargs)
+        return cls(**cls.__schema__.read(value, cls.TYPE, extra=_HEADER, prefix=f"{cls.TYPE}."))
+
+
+_HEADER = frozenset({"v", "type", "level"})
+M = TypeVar("M", bound=type[Message])
+
+
+def _finish(cls: Any, type_: str, level: int, profiles: tuple[str, ...]) -> Any:
+    schema = Schema.of(cls)
+    cls.__schema__ = dataclasses.replace(schema, what=type_)
+    cls.__schema_owner__ = cls
+    cls.TYPE, cls.LEVEL, cls.PROFILES = type_, level, profiles
+    auth = schema.auth
+    cls.AUTH = auth.attr if auth is not None else None
+    cls.AUTH_SIZES = auth.kind.args["sizes"] if auth is not None else ()
+    cls.SPEC = MappingProxyType({f.attr: f.kind for f in schema.fields if not f.auth})
+    if level:
+        MESSAGES[(level, type_, cls.AUTH or "none")] = cls
+    REGISTRY.append(cls)
+    return cls
+
+
+def _copy_field(f: dataclasses.Field[Any]) -> dataclasses.Field[Any]:
+    kw: dict[str, Any] = {"repr": f.repr, "metadata": f.metadata}
+    if f.default is not dataclasses.MISSING:
+        kw["default"] = f.default
+    return dataclasses.field(**kw)  # type: ignore[no-any-return]
+
+
+def message(
+    type_: str, level: int, *, profiles: tuple[str, ...] = ("seed", "efficient"), then: type | None = None
+) -> Callable[[M], M]:
+    """Declare a validation message: a frozen dataclass of schema fields, ``type`` and ``level`` on the wire.
+
+    ``then``: a plain class of schema fields several messages share, declared there once and placed
+    after the message's own fields (before its authenticator).
+    """
+
+    def wrap(cls: M) -> M:
+        if then is not None:
+            own = inspect.get_annotations(cls)
+            auth = [n for n in own if getattr(cls.__dict__.get(n), "metadata", {}).get("auth")]
+            shared = inspect.get_annotations(then)
+            for name in shared:
+                setattr(cls, name, _copy_field(then.__dict__[name]))
+            cls.__annotations__ = {**{n: t for n, t in own.items() if n not in auth}, **shared,
+                                   **{n: own[n] for n in auth}}  # fmt: skip
+        return _finish(dataclasses.dataclass(frozen=True, slots=True)(cls), type_, level, profiles)  # type: ignore[no-any-return]
+
+    return wrap
+
+
+_KEEP = object()
+
+
+def derive(
+    cls: type[Message],
+    *,
+    name: str,
+    level: int | None = None,
+    auth: Any = _KEEP,
+    sizes: tuple[int, ...] = (),
+    profiles: tuple[str, ...] | None = None,
+) -> type[Message]:
+    """A message class with ``cls``'s fields (declared once, there), at another level or with
+    another authenticator (``auth``: its field name, or ``None`` for none)."""
+
+    drop = cls.AUTH if auth is not _KEEP else None
+    fields: list[Any] = [(f.name, f.type, _copy_field(f)) for f in dataclasses.fields(cls) if f.name != drop]
+    if auth is not _KEEP and auth is not None:
+        fields.append((auth, "bytes", authenticator(*sizes)))
+    made = dataclasses.make_dataclass(
+        name, fields, bases=(Message,), namespace={"__module__": cls.__module__}, frozen=True, slots=True
+    )
+    return _finish(made, cls.TYPE, cls.LEVEL if level is None else level,  # type: ignore[no-any-return]
+                   cls.PROFILES if profiles is None else profiles)  # fmt: skip
 
 
 def auth_variant(
@@ -210,24 +255,8 @@ def auth_variant(
     authenticator of its own (its AEAD tag covers every field). A variant never decodes the other's
     bytes: the authenticator's key is missing (``malformed``) or unexpected (``unknown_field``).
     """
-
-    def copy(f: dataclasses.Field[Any]) -> dataclasses.Field[Any]:
-        kw: dict[str, Any] = {"repr": f.repr}
-        if f.default is not dataclasses.MISSING:
-            kw["default"] = f.default
-        if f.default_factory is not dataclasses.MISSING:
-            kw["default_factory"] = f.default_factory
-        return dataclasses.field(**kw)  # type: ignore[no-any-return]
-
-    fields: list[Any] = [(f.name, f.type, copy(f)) for f in dataclasses.fields(cls) if f.name != cls.AUTH]
-    if auth is not None:
-        fields.append((auth, "bytes", dataclasses.field(default=b"", repr=False)))
-    namespace = {"TYPE": cls.TYPE, "LEVEL": cls.LEVEL, "SPEC": cls.SPEC, "AUTH": auth, "AUTH_SIZES": sizes,
-                 "PROFILES": profiles, "__module__": cls.__module__}  # fmt: skip
     suffix = auth.capitalize() if auth is not None else "Sealed"
-    return dataclasses.make_dataclass(  # type: ignore[no-any-return]
-        f"{cls.__name__}{suffix}", fields, bases=(Message,), namespace=namespace, frozen=True, slots=True
-    )
+    return derive(cls, name=f"{cls.__name__}{suffix}", auth=auth, sizes=sizes, profiles=profiles)
 
 
 def mac(key: bytes, label: bytes, data: bytes) -> bytes:
@@ -299,25 +328,17 @@ counted = counts_rejections
 # --------------------------------------------------------------------------- sessions
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@message("session_data", 3)
 class SessionData(Message):
     """Application data inside an L3/L4 session: AES-256-GCM under the session's direction key."""
 
-    TYPE: ClassVar[str] = "session_data"
-    LEVEL: ClassVar[int] = 0  # replaced per level below; the level is in the header
-    SPEC: ClassVar[Mapping[str, Reader]] = {"session_id": b(ID_BYTES), "seq": u(), "ct": b(max_len=2048)}
-    AUTH: ClassVar[str | None] = None
-
-    session_id: bytes
-    seq: int
-    ct: bytes
+    session_id: bytes = wire(b(ID_BYTES))
+    seq: int = wire(u())
+    ct: bytes = wire(b(max_len=2048))
 
 
-def _session_data_class(level: int) -> type[SessionData]:
-    return type(f"SessionDataL{level}", (SessionData,), {"LEVEL": level, "__slots__": ()})
-
-
-_SESSION_DATA = {3: _session_data_class(3), 4: _session_data_class(4)}
+#: The same message at each session level (the level is in the header).
+_SESSION_DATA = {3: SessionData, 4: derive(SessionData, level=4, name="SessionDataL4")}
 
 
 class Session(Counted):

@@ -10,15 +10,26 @@ that reset the window).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from ...crypto import labels
 from ...crypto.suite import PrivateKey, PublicKey
 from ...errors import Reason, VerificationError
 from ...model.access import AccessData, LctRef
-from ._common import CLOCK_SKEW_S, Counted, Message, Reader, SequenceGuard, access, b, check_timestamp, counted, opt
+from ._common import (
+    CLOCK_SKEW_S,
+    Counted,
+    Message,
+    SequenceGuard,
+    access,
+    authenticator,
+    b,
+    check_timestamp,
+    counted,
+    message,
+    opt,
+    wire,
+)
 from ._common import t as text_field
 from ._common import u as uint
 from .escalation import SignedEscalation, read_escalation
@@ -29,30 +40,18 @@ __all__ = ["ANNOUNCE_MAX_AGE_S", "Announce", "AnnounceVerifier", "Announcer", "B
 ANNOUNCE_MAX_AGE_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@message("announce", 1)
 class Announce(Message):
     """``announce`` (level 1): who I am, where to reach me, which LCT I am bound to."""
 
-    TYPE: ClassVar[str] = "announce"
-    LEVEL: ClassVar[int] = 1
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "key_id": b(8),
-        "sender": text_field(64),
-        "seq": uint(),
-        "ts_ms": uint(),
-        "access_data": access,
-        "escalation": opt(read_escalation),
-    }
-
-    binding_id: str
-    key_id: bytes
-    sender: str
-    seq: int
-    ts_ms: int
-    access_data: AccessData
-    escalation: SignedEscalation | None = None
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str = wire(text_field(64))
+    key_id: bytes = wire(b(8))
+    sender: str = wire(text_field(64))
+    seq: int = wire(uint())
+    ts_ms: int = wire(uint())
+    access_data: AccessData = wire(access)
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    sig: bytes = authenticator(64)
 
     @property
     def bound_lct(self) -> LctRef | None:

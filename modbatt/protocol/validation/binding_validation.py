@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -37,9 +37,24 @@ from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
 from ...ledger import SignedTreeHead, verify_inclusion
 from ...ledger.merkle import MAX_PROOF_HASHES
-from ...model._fields import malformed, raw_bytes
+from ...model._fields import malformed
 from ...model.binding import BindingRecord, key_commitment
-from ._common import CLOCK_SKEW_S, ID_BYTES, Counted, Message, Reader, b, counted, digest, loads, one_of, opt
+from ...model.schema import list_of
+from ._common import (
+    CLOCK_SKEW_S,
+    ID_BYTES,
+    Counted,
+    Message,
+    authenticator,
+    b,
+    counted,
+    digest,
+    loads,
+    message,
+    one_of,
+    opt,
+    wire,
+)
 from ._common import t as text_field
 from ._common import u as uint
 from .escalation import SignedEscalation, read_escalation
@@ -66,10 +81,28 @@ def lct_id_for_key(key: PublicKey) -> str:
     return "lct:web4:" + base64.b32encode(sha256(labels.LCT_ID + key.to_bytes())).decode("ascii").lower()[:32]
 
 
-def _hashes(value: Any, what: str) -> list[bytes]:
-    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
-        raise malformed(f"{what} must be a list of at most {MAX_PROOF_HASHES} hashes")
-    return [raw_bytes(h, what, size=32) for h in value]
+#: An audit path: at most MAX_PROOF_HASHES 32-byte hashes (RFC 9162 §2.1.3).
+AUDIT_PATH = list_of(b(32), MAX_PROOF_HASHES, size=f"≤ {MAX_PROOF_HASHES} × 32 B",
+                     encoding="CBOR array of 32-byte byte strings")  # fmt: skip
+
+
+class LedgerProof(TypedDict):
+    """What the controller adds to a level-7 answer: the binding record's ledger entry, its inclusion
+    proof under a signed tree head, the binding's status and where the level-7 statement went."""
+
+    record_entry: bytes
+    record_index: int
+    audit_path: Sequence[bytes]
+    sth: SignedTreeHead
+    status: str
+    statement_index: int | None
+
+
+def signed_bundle(cls: type[Message], key: PrivateKey, now: float, proof: LedgerProof, **head: Any) -> bytes:
+    """A level-7 bundle of ``cls`` (``head``: its own leading fields, then ``proof``), signed by the controller."""
+    msg = cls(**head, **{**proof, "audit_path": list(proof["audit_path"]), "sth": proof["sth"].to_bytes()},
+              ts_ms=int(now * 1000))  # fmt: skip
+    return msg.authenticated(key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
 
 
 def proven_binding_record(
@@ -96,106 +129,60 @@ def proven_binding_record(
     return record, sth
 
 
-@dataclass(frozen=True, slots=True)
+@message("binding_challenge", 7)
 class BindingChallenge(Message):
-    TYPE: ClassVar[str] = "binding_challenge"
-    LEVEL: ClassVar[int] = 7
-    AUTH: ClassVar[str | None] = None
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "subject": text_field(64),
-        "verifier": text_field(64),
-        "event": one_of(*EVENTS),
-        "nonce": b(ID_BYTES),
-        "ts_ms": uint(),
-        "deadline_ms": uint(),
-    }
-
-    binding_id: str
-    subject: str
-    verifier: str
-    event: str
-    nonce: bytes
-    ts_ms: int
-    deadline_ms: int
+    binding_id: str = wire(text_field(64))
+    subject: str = wire(text_field(64))
+    verifier: str = wire(text_field(64))
+    event: str = wire(one_of(*EVENTS))
+    nonce: bytes = wire(b(ID_BYTES))
+    ts_ms: int = wire(uint())
+    deadline_ms: int = wire(uint())
 
 
-@dataclass(frozen=True, slots=True)
+@message("entity_proof", 7)
 class EntityProof(Message):
-    TYPE: ClassVar[str] = "entity_proof"
-    LEVEL: ClassVar[int] = 7
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "challenge_hash": b(32),
-        "binding_id": text_field(64),
-        "subject": text_field(64),
-        "event": one_of(*EVENTS),
-        "nonce": b(ID_BYTES),
-        "semi_public_key": b(33),
-        "ts_ms": uint(),
-        "escalation": opt(read_escalation),
-    }
-
-    challenge_hash: bytes
-    binding_id: str
-    subject: str
-    event: str
-    nonce: bytes
-    semi_public_key: bytes
-    ts_ms: int
-    escalation: SignedEscalation | None = None
-    sig: bytes = field(default=b"", repr=False)
+    challenge_hash: bytes = wire(b(32))
+    binding_id: str = wire(text_field(64))
+    subject: str = wire(text_field(64))
+    event: str = wire(one_of(*EVENTS))
+    nonce: bytes = wire(b(ID_BYTES))
+    semi_public_key: bytes = wire(b(33))
+    ts_ms: int = wire(uint())
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("lct_attestation", 7)
 class LctAttestation(Message):
-    TYPE: ClassVar[str] = "lct_attestation"
-    LEVEL: ClassVar[int] = 7
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "lct_id": text_field(128),
-        "lct_key": b(33),
-        "binding_id": text_field(64),
-        "subject": text_field(64),
-        "key_commitment": b(32),
-        "nonce": b(ID_BYTES),
-        "ts_ms": uint(),
-    }
-
-    lct_id: str
-    lct_key: bytes
-    binding_id: str
-    subject: str
-    key_commitment: bytes
-    nonce: bytes
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    lct_id: str = wire(text_field(128))
+    lct_key: bytes = wire(b(33))
+    binding_id: str = wire(text_field(64))
+    subject: str = wire(text_field(64))
+    key_commitment: bytes = wire(b(32))
+    nonce: bytes = wire(b(ID_BYTES))
+    ts_ms: int = wire(uint())
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+class LedgerProofFields:
+    """The fields every level-7 bundle ends with (``binding_validation``, ``key_loss_validation``):
+    the binding record's ledger entry and inclusion proof, its status, the statement's index, the time."""
+
+    record_entry: bytes = wire(b(max_len=4096))
+    record_index: int = wire(uint())
+    audit_path: list[bytes] = wire(AUDIT_PATH)
+    sth: bytes = wire(b(max_len=256))
+    status: str = wire(one_of("active", "revoked"))
+    statement_index: int | None = wire(opt(uint()))
+    ts_ms: int = wire(uint())
+
+
+@message("binding_validation", 7, then=LedgerProofFields)
 class BindingValidationBundle(Message):
-    TYPE: ClassVar[str] = "binding_validation"
-    LEVEL: ClassVar[int] = 7
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "entity_proof": b(max_len=1024),
-        "lct_attestation": b(max_len=1024),
-        "record_entry": b(max_len=4096),
-        "record_index": uint(),
-        "audit_path": _hashes,
-        "sth": b(max_len=256),
-        "status": one_of("active", "revoked"),
-        "statement_index": opt(uint()),
-        "ts_ms": uint(),
-    }
-
-    entity_proof: bytes
-    lct_attestation: bytes
-    record_entry: bytes
-    record_index: int
-    audit_path: list[bytes]
-    sth: bytes
-    status: str
-    statement_index: int | None
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    entity_proof: bytes = wire(b(max_len=1024))
+    lct_attestation: bytes = wire(b(max_len=1024))
+    sig: bytes = authenticator(64)
 
 
 class BindingValidationSubject(Counted):
@@ -309,24 +296,9 @@ class BindingValidationAuthority(Counted):
             "lct_signature": att.sig,
         }
 
-    def bundle(
-        self,
-        *,
-        entity_proof: bytes,
-        lct_attestation: bytes,
-        record_entry: bytes,
-        record_index: int,
-        audit_path: Sequence[bytes],
-        sth: SignedTreeHead,
-        status: str,
-        statement_index: int | None,
-        now: float,
-    ) -> bytes:
-        msg = BindingValidationBundle(
-            entity_proof, lct_attestation, record_entry, record_index, list(audit_path), sth.to_bytes(), status,
-            statement_index, int(now * 1000),
-        )  # fmt: skip
-        return msg.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
+    def bundle(self, *, entity_proof: bytes, lct_attestation: bytes, now: float, **proof: Unpack[LedgerProof]) -> bytes:
+        return signed_bundle(BindingValidationBundle, self._key, now, proof, entity_proof=entity_proof,
+                             lct_attestation=lct_attestation)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -42,14 +42,16 @@ from ._common import (
     CLOCK_SKEW_S,
     Counted,
     Message,
-    Reader,
     SequenceGuard,
     auth_variant,
+    authenticator,
     b,
     check_timestamp,
     counted,
+    message,
     one_of,
     opt,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
@@ -71,62 +73,32 @@ ACK_CACHE = 256
 _COMMAND_CLASSES = tuple(sorted(c.value for c in COMMAND_CLASSES))
 
 
-@dataclass(frozen=True, slots=True)
+@message("command", 5, profiles=("seed",))  # efficient: the variant below
 class Command(Message):
-    TYPE: ClassVar[str] = "command"
-    LEVEL: ClassVar[int] = 5
-    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "sender": text_field(64),
-        "epoch": b(EPOCH_BYTES),
-        "seq": uint(),
-        "command_id": b(COMMAND_ID_BYTES),
-        "attempt": uint(0, 255),
-        "message_class": one_of(*_COMMAND_CLASSES),
-        "ts_ms": uint(),
-        "ct": b(max_len=1024),
-        "escalation": opt(read_escalation),
-    }
-
-    pairing_id: str
-    sender: str
-    epoch: bytes
-    seq: int
-    command_id: bytes
-    attempt: int
-    message_class: str
-    ts_ms: int
-    ct: bytes
-    escalation: SignedEscalation | None = None
-    sig: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    epoch: bytes = wire(b(EPOCH_BYTES))
+    seq: int = wire(uint())
+    command_id: bytes = wire(b(COMMAND_ID_BYTES))
+    attempt: int = wire(uint(0, 255))
+    message_class: str = wire(one_of(*_COMMAND_CLASSES))
+    ts_ms: int = wire(uint())
+    ct: bytes = wire(b(max_len=1024))
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("command_ack", 5, profiles=("seed",))  # efficient: the variant below
 class CommandAck(Message):
-    TYPE: ClassVar[str] = "command_ack"
-    LEVEL: ClassVar[int] = 5
-    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "sender": text_field(64),
-        "epoch": b(EPOCH_BYTES),
-        "seq": uint(),
-        "command_id": b(COMMAND_ID_BYTES),
-        "status": one_of("ok", "refused"),
-        "ts_ms": uint(),
-        "ct": b(max_len=1024),
-    }
-
-    pairing_id: str
-    sender: str
-    epoch: bytes
-    seq: int
-    command_id: bytes
-    status: str
-    ts_ms: int
-    ct: bytes
-    sig: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    epoch: bytes = wire(b(EPOCH_BYTES))
+    seq: int = wire(uint())
+    command_id: bytes = wire(b(COMMAND_ID_BYTES))
+    status: str = wire(one_of("ok", "refused"))
+    ts_ms: int = wire(uint())
+    ct: bytes = wire(b(max_len=1024))
+    sig: bytes = authenticator(64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...crypto import labels
 from ...crypto.suite import PrivateKey, PublicKey
 from ...encoding import canonical_dumps
 from ...errors import Reason, VerificationError
-from ...model._fields import expect_map, integer, malformed, raw_bytes, text
+from ...model._fields import expect_map, integer, text
+from ...model.schema import Record, authenticator, bytes_, enum_of, nested, record, text_, uint, wire
 from ...model.tier import Tier
 from ._common import CLOCK_SKEW_S, Counted, SequenceGuard, check_timestamp, counted
 
@@ -62,13 +63,13 @@ class Urgency(enum.StrEnum):
     DEFERRED = "deferred"
 
 
-@dataclass(frozen=True, slots=True)
-class EscalationRequest:
+@record(what="escalation_request")
+class EscalationRequest(Record):
     """The seed's ``escalation_request`` object."""
 
-    target_level: int
-    reason: EscalationReason
-    urgency: Urgency = Urgency.IMMEDIATE
+    target_level: int = wire(uint(1, 7))
+    reason: EscalationReason = wire(enum_of(EscalationReason))
+    urgency: Urgency = wire(enum_of(Urgency), default=Urgency.IMMEDIATE)
 
     def __post_init__(self) -> None:
         integer(self.target_level, "escalation_request.target_level", lo=1, hi=7)
@@ -76,42 +77,24 @@ class EscalationRequest:
         object.__setattr__(self, "urgency", Urgency(self.urgency))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target_level": self.target_level, "reason": self.reason.value, "urgency": self.urgency.value}
+        return self.to_cbor()
 
     @classmethod
     def from_dict(cls, value: Any) -> EscalationRequest:
-        m = expect_map(value, "escalation_request", required={"target_level", "reason", "urgency"})
-        try:
-            return cls(
-                integer(m["target_level"], "target_level", lo=1, hi=7),
-                EscalationReason(m["reason"]),
-                Urgency(m["urgency"]),
-            )
-        except ValueError:
-            raise malformed("escalation reason or urgency is not one the seed defines") from None
+        return cls.from_cbor(value)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True, slots=True)
-class SignedEscalation:
+@record(what="escalation")
+class SignedEscalation(Record):
     """An escalation request signed by the sender's binding key; carried inside any level's message."""
 
-    request: EscalationRequest
-    binding_id: str
-    sender: str
-    receiver: str
-    seq: int
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
-
-    def _body(self) -> dict[str, Any]:
-        return {
-            "escalation_request": self.request.to_dict(),
-            "binding_id": self.binding_id,
-            "sender": self.sender,
-            "receiver": self.receiver,
-            "seq": self.seq,
-            "ts_ms": self.ts_ms,
-        }
+    request: EscalationRequest = wire(nested(EscalationRequest), name="escalation_request")
+    binding_id: str = wire(text_(64))
+    sender: str = wire(text_(64))
+    receiver: str = wire(text_(64))
+    seq: int = wire(uint())
+    ts_ms: int = wire(uint())
+    sig: bytes = authenticator(kind=bytes_(64))
 
     @classmethod
     def create(
@@ -126,29 +109,16 @@ class SignedEscalation:
         key: PrivateKey,
     ) -> SignedEscalation:
         unsigned = cls(request, binding_id, sender, receiver, seq, int(now * 1000))
-        sig = key.sign(labels.SIG_ESCALATION, canonical_dumps(unsigned._body()))
-        return SignedEscalation(request, binding_id, sender, receiver, seq, unsigned.ts_ms, sig)
+        return replace(unsigned, sig=key.sign(labels.SIG_ESCALATION, canonical_dumps(unsigned.signed_map())))
 
     def verify(self, key: PublicKey) -> None:
-        key.verify(labels.SIG_ESCALATION, canonical_dumps(self._body()), self.sig)
+        key.verify(labels.SIG_ESCALATION, canonical_dumps(self.signed_map()), self.sig)
 
-    def to_cbor(self) -> dict[str, Any]:
-        return {**self._body(), "sig": self.sig}
 
-    @classmethod
-    def from_cbor(cls, value: Any, what: str = "escalation") -> SignedEscalation:
-        m = expect_map(
-            value, what, required={"escalation_request", "binding_id", "sender", "receiver", "seq", "ts_ms", "sig"}
-        )
-        return cls(
-            EscalationRequest.from_dict(m["escalation_request"]),
-            text(m["binding_id"], f"{what}.binding_id", max_len=64),
-            text(m["sender"], f"{what}.sender", max_len=64),
-            text(m["receiver"], f"{what}.receiver", max_len=64),
-            integer(m["seq"], f"{what}.seq", lo=0, hi=(1 << 63) - 1),
-            integer(m["ts_ms"], f"{what}.ts_ms", lo=0, hi=(1 << 63) - 1),
-            raw_bytes(m["sig"], f"{what}.sig", size=64),
-        )
+#: The kind of the ``escalation`` field every level's message may carry.
+ESCALATION = nested(SignedEscalation, ("map", "SignedEscalation", "CBOR map (docs/validation.md, escalation)"))
+#: The same kind, by the name the level modules read it under.
+read_escalation = ESCALATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +142,6 @@ class SeenWindow:
             integer(m["highest"], "highest", lo=-1, hi=(1 << 63) - 1),
             integer(m["bitmap"], "bitmap", lo=0, hi=(1 << 64) - 1),
         )
-
-
-def read_escalation(value: Any, what: str) -> SignedEscalation:
-    """Field reader used by the level messages."""
-    return SignedEscalation.from_cbor(value, what)
 
 
 class _Bucket:

@@ -26,9 +26,7 @@ only the partner) and where the key generation happens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -41,17 +39,19 @@ from ._common import (
     MAC_BYTES,
     Counted,
     Message,
-    Reader,
     Session,
     _check_mac,
     auth_variant,
+    authenticator,
     b,
     check_timestamp,
     counted,
     digest,
     flag,
     mac,
+    message,
     opt,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
@@ -72,79 +72,40 @@ HANDSHAKE_TIMEOUT_S = 10.0
 MAX_SESSION_TTL_S = 300
 
 
-@dataclass(frozen=True, slots=True)
+@message("hello", 3, profiles=("seed",))  # efficient: the variant below
 class Hello(Message):
-    TYPE: ClassVar[str] = "hello"
-    LEVEL: ClassVar[int] = 3
-    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "sender": text_field(64),
-        "recipient": text_field(64),
-        "session_id": b(ID_BYTES),
-        "nonce": b(ID_BYTES),
-        "ephemeral": b(33),
-        "ts_ms": uint(),
-        "ttl_s": uint(1, MAX_SESSION_TTL_S),
-        "single_use": flag,
-        "escalation": opt(read_escalation),
-    }
-
-    binding_id: str
-    sender: str
-    recipient: str
-    session_id: bytes
-    nonce: bytes
-    ephemeral: bytes
-    ts_ms: int
-    ttl_s: int
-    single_use: bool
-    escalation: SignedEscalation | None = None
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    recipient: str = wire(text_field(64))
+    session_id: bytes = wire(b(ID_BYTES))
+    nonce: bytes = wire(b(ID_BYTES))
+    ephemeral: bytes = wire(b(33))
+    ts_ms: int = wire(uint())
+    ttl_s: int = wire(uint(1, MAX_SESSION_TTL_S))
+    single_use: bool = wire(flag)
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("reply", 3, profiles=("seed",))  # efficient: the variant below
 class Reply(Message):
-    TYPE: ClassVar[str] = "reply"
-    LEVEL: ClassVar[int] = 3
-    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "sender": text_field(64),
-        "session_id": b(ID_BYTES),
-        "hello_hash": b(32),
-        "nonce": b(ID_BYTES),
-        "ephemeral": b(33),
-        "ts_ms": uint(),
-    }
-
-    binding_id: str
-    sender: str
-    session_id: bytes
-    hello_hash: bytes
-    nonce: bytes
-    ephemeral: bytes
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    session_id: bytes = wire(b(ID_BYTES))
+    hello_hash: bytes = wire(b(32))
+    nonce: bytes = wire(b(ID_BYTES))
+    ephemeral: bytes = wire(b(33))
+    ts_ms: int = wire(uint())
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("finish", 3, profiles=("seed",))  # efficient: the variant below
 class Finish(Message):
-    TYPE: ClassVar[str] = "finish"
-    LEVEL: ClassVar[int] = 3
-    PROFILES: ClassVar[tuple[str, ...]] = ("seed",)  # efficient: the variant below
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "sender": text_field(64),
-        "session_id": b(ID_BYTES),
-        "transcript_hash": b(32),
-    }
-
-    binding_id: str
-    sender: str
-    session_id: bytes
-    transcript_hash: bytes
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    session_id: bytes = wire(b(ID_BYTES))
+    transcript_hash: bytes = wire(b(32))
+    sig: bytes = authenticator(64)
 
 
 #: The ``efficient`` profile's variants: the same messages authenticated by a MAC instead of a signature.

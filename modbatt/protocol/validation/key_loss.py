@@ -25,33 +25,32 @@ binding revoked, its pairings void) and they re-pair; each step is a ledger entr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Unpack
 
 from ...crypto import labels
 from ...crypto.suite import PrivateKey, PublicKey
 from ...errors import Reason, VerificationError
-from ...ledger import SignedTreeHead
 from ...model.access import AccessData
 from ...model.binding import BindingRecord
 from ._common import (
     CLOCK_SKEW_S,
     Counted,
     Message,
-    Reader,
     SequenceGuard,
     access,
+    authenticator,
     b,
     check_timestamp,
     counted,
-    one_of,
+    message,
     opt,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
 from .announce import ANNOUNCE_MAX_AGE_S
-from .binding_validation import _hashes, proven_binding_record
+from .binding_validation import LedgerProof, LedgerProofFields, proven_binding_record, signed_bundle
 
 __all__ = [
     "KeyLossAnnounce",
@@ -66,28 +65,17 @@ __all__ = [
 KEY_LOSS_EVENT = "key_loss"
 
 
-@dataclass(frozen=True, slots=True)
+@message("key_loss_announce", 1)
 class KeyLossAnnounce(Message):
     """``key_loss_announce`` (level 1): I lost the key of this binding; signed with my identity key."""
 
-    TYPE: ClassVar[str] = "key_loss_announce"
-    LEVEL: ClassVar[int] = 1
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": opt(text_field(64)),
-        "sender": text_field(64),
-        "identity_key": b(33),
-        "seq": uint(),
-        "ts_ms": uint(),
-        "access_data": access,
-    }
-
-    binding_id: str | None
-    sender: str
-    identity_key: bytes
-    seq: int
-    ts_ms: int
-    access_data: AccessData
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str | None = wire(opt(text_field(64)))
+    sender: str = wire(text_field(64))
+    identity_key: bytes = wire(b(33))
+    seq: int = wire(uint())
+    ts_ms: int = wire(uint())
+    access_data: AccessData = wire(access)
+    sig: bytes = authenticator(64)
 
 
 class KeyLossAnnouncer:
@@ -116,36 +104,14 @@ def _read_announce(data: bytes) -> KeyLossAnnounce:
     return msg
 
 
-@dataclass(frozen=True, slots=True)
+@message("key_loss_validation", 7, then=LedgerProofFields)
 class KeyLossValidation(Message):
     """``key_loss_validation`` (level 7): the controller's offline-checkable answer to a key-loss claim."""
 
-    TYPE: ClassVar[str] = "key_loss_validation"
-    LEVEL: ClassVar[int] = 7
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "announce": b(max_len=1024),
-        "binding_id": text_field(64),
-        "subject": text_field(64),
-        "record_entry": b(max_len=4096),
-        "record_index": uint(),
-        "audit_path": _hashes,
-        "sth": b(max_len=256),
-        "status": one_of("active", "revoked"),
-        "statement_index": opt(uint()),
-        "ts_ms": uint(),
-    }
-
-    announce: bytes
-    binding_id: str
-    subject: str
-    record_entry: bytes
-    record_index: int
-    audit_path: list[bytes]
-    sth: bytes
-    status: str
-    statement_index: int | None
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    announce: bytes = wire(b(max_len=1024))
+    binding_id: str = wire(text_field(64))
+    subject: str = wire(text_field(64))
+    sig: bytes = authenticator(64)
 
 
 class KeyLossAuthority(Counted):
@@ -197,24 +163,10 @@ class KeyLossAuthority(Counted):
         return msg
 
     def bundle(
-        self,
-        *,
-        announce: bytes,
-        binding_id: str,
-        subject: str,
-        record_entry: bytes,
-        record_index: int,
-        audit_path: Sequence[bytes],
-        sth: SignedTreeHead,
-        status: str,
-        statement_index: int | None,
-        now: float,
+        self, *, announce: bytes, binding_id: str, subject: str, now: float, **proof: Unpack[LedgerProof]
     ) -> bytes:
-        msg = KeyLossValidation(
-            announce, binding_id, subject, record_entry, record_index, list(audit_path), sth.to_bytes(), status,
-            statement_index, int(now * 1000),
-        )  # fmt: skip
-        return msg.authenticated(self._key.sign(labels.SIG_BINDING_VALIDATION, msg.signed_bytes())).encode()
+        return signed_bundle(KeyLossValidation, self._key, now, proof, announce=announce, binding_id=binding_id,
+                             subject=subject)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,6 @@ each re-establishment yields fresh keys although the pairing secret stays the sa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
 from ...crypto.suite import hkdf_sha256
@@ -31,16 +27,18 @@ from ._common import (
     MAC_BYTES,
     Counted,
     Message,
-    Reader,
     SequenceGuard,
     Session,
     _check_mac,
+    authenticator,
     b,
     check_timestamp,
     counted,
     digest,
     mac,
+    message,
     opt,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
@@ -49,76 +47,37 @@ from .handshake import HANDSHAKE_TIMEOUT_S, MAX_SESSION_TTL_S
 
 __all__ = ["Challenge", "Confirm", "PairedHandshakeInitiator", "PairedHandshakeResponder", "Response", "mac"]
 
-@dataclass(frozen=True, slots=True)
+@message("challenge", 4)
 class Challenge(Message):
-    TYPE: ClassVar[str] = "challenge"
-    LEVEL: ClassVar[int] = 4
-    AUTH: ClassVar[str | None] = "mac"
-    AUTH_SIZES: ClassVar[tuple[int, ...]] = (MAC_BYTES,)
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "sender": text_field(64),
-        "seq": uint(),
-        "session_id": b(ID_BYTES),
-        "challenge": b(ID_BYTES),
-        "ts_ms": uint(),
-        "ttl_s": uint(1, MAX_SESSION_TTL_S),
-        "escalation": opt(read_escalation),
-    }
-
-    pairing_id: str
-    sender: str
-    seq: int
-    session_id: bytes
-    challenge: bytes
-    ts_ms: int
-    ttl_s: int
-    escalation: SignedEscalation | None = None
-    mac: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    seq: int = wire(uint())
+    session_id: bytes = wire(b(ID_BYTES))
+    challenge: bytes = wire(b(ID_BYTES))
+    ts_ms: int = wire(uint())
+    ttl_s: int = wire(uint(1, MAX_SESSION_TTL_S))
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    mac: bytes = authenticator(MAC_BYTES)
 
 
-@dataclass(frozen=True, slots=True)
+@message("response", 4)
 class Response(Message):
-    TYPE: ClassVar[str] = "response"
-    LEVEL: ClassVar[int] = 4
-    AUTH: ClassVar[str | None] = "mac"
-    AUTH_SIZES: ClassVar[tuple[int, ...]] = (MAC_BYTES,)
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "sender": text_field(64),
-        "session_id": b(ID_BYTES),
-        "challenge_hash": b(32),
-        "challenge": b(ID_BYTES),
-        "ts_ms": uint(),
-    }
-
-    pairing_id: str
-    sender: str
-    session_id: bytes
-    challenge_hash: bytes
-    challenge: bytes
-    ts_ms: int
-    mac: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    session_id: bytes = wire(b(ID_BYTES))
+    challenge_hash: bytes = wire(b(32))
+    challenge: bytes = wire(b(ID_BYTES))
+    ts_ms: int = wire(uint())
+    mac: bytes = authenticator(MAC_BYTES)
 
 
-@dataclass(frozen=True, slots=True)
+@message("confirm", 4)
 class Confirm(Message):
-    TYPE: ClassVar[str] = "confirm"
-    LEVEL: ClassVar[int] = 4
-    AUTH: ClassVar[str | None] = "mac"
-    AUTH_SIZES: ClassVar[tuple[int, ...]] = (MAC_BYTES,)
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "sender": text_field(64),
-        "session_id": b(ID_BYTES),
-        "transcript_hash": b(32),
-    }
-
-    pairing_id: str
-    sender: str
-    session_id: bytes
-    transcript_hash: bytes
-    mac: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    session_id: bytes = wire(b(ID_BYTES))
+    transcript_hash: bytes = wire(b(32))
+    mac: bytes = authenticator(MAC_BYTES)
 
 
 class _PairedParty(Counted):

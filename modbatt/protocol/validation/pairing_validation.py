@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -41,15 +40,17 @@ from ._common import (
     MAC_BYTES,
     Counted,
     Message,
-    Reader,
     _check_mac,
+    authenticator,
     b,
     counted,
     loads,
     mac,
+    message,
     one_of,
     opt,
     small_map,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
@@ -69,54 +70,28 @@ EVENTS = ("completion", "revocation", "modification")
 DEFAULT_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@message("validation_challenge", 6)
 class ValidationChallenge(Message):
-    TYPE: ClassVar[str] = "validation_challenge"
-    LEVEL: ClassVar[int] = 6
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "pairing_id": text_field(64),
-        "binding_id": text_field(64),
-        "event": one_of(*EVENTS),
-        "changes": small_map,
-        "entity_a": text_field(64),
-        "entity_b": text_field(64),
-        "nonce": b(ID_BYTES),
-        "ts_ms": uint(),
-        "deadline_ms": uint(),
-    }
-
-    pairing_id: str
-    binding_id: str
-    event: str
-    changes: dict[str, Any]
-    entity_a: str
-    entity_b: str
-    nonce: bytes
-    ts_ms: int
-    deadline_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    pairing_id: str = wire(text_field(64))
+    binding_id: str = wire(text_field(64))
+    event: str = wire(one_of(*EVENTS))
+    changes: dict[str, Any] = wire(small_map)
+    entity_a: str = wire(text_field(64))
+    entity_b: str = wire(text_field(64))
+    nonce: bytes = wire(b(ID_BYTES))
+    ts_ms: int = wire(uint())
+    deadline_ms: int = wire(uint())
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("pairing_validation", 6)
 class PairingValidation(Message):
-    TYPE: ClassVar[str] = "pairing_validation"
-    LEVEL: ClassVar[int] = 6
-    AUTH: ClassVar[str | None] = "countersig"
-    AUTH_SIZES: ClassVar[tuple[int, ...]] = (0, 64)  # empty until the partner countersigns
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "challenge": b(max_len=1024),
-        "initiator": text_field(64),
-        "pairing_mac": b(MAC_BYTES),
-        "initiator_sig": b(64),
-        "escalation": opt(read_escalation),
-    }
-
-    challenge: bytes
-    initiator: str
-    pairing_mac: bytes
-    initiator_sig: bytes
-    escalation: SignedEscalation | None = None
-    countersig: bytes = field(default=b"", repr=False)
+    challenge: bytes = wire(b(max_len=1024))
+    initiator: str = wire(text_field(64))
+    pairing_mac: bytes = wire(b(MAC_BYTES))
+    initiator_sig: bytes = wire(b(64))
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    countersig: bytes = authenticator(0, 64)  # empty until the partner countersigns
 
     def initiator_bytes(self) -> bytes:
         """What the initiator signs: everything but its own signature and the countersignature."""

@@ -12,8 +12,8 @@ statement) or the event log. Neither message is encrypted (the seed makes that o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from ...crypto import labels
 from ...crypto.rng import RandomSource, SystemRandom
@@ -24,14 +24,16 @@ from ._common import (
     ID_BYTES,
     Counted,
     Message,
-    Reader,
     SequenceGuard,
+    authenticator,
     b,
     check_timestamp,
     counted,
     digest,
+    message,
     opt,
     small_map,
+    wire,
 )
 from ._common import t as text_field
 from ._common import u as uint
@@ -43,50 +45,27 @@ __all__ = ["WitnessAck", "WitnessRequest", "WitnessRequester", "WitnessService",
 WITNESS_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@message("witness_request", 2)
 class WitnessRequest(Message):
-    TYPE: ClassVar[str] = "witness_request"
-    LEVEL: ClassVar[int] = 2
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "binding_id": text_field(64),
-        "sender": text_field(64),
-        "witness": text_field(64),
-        "request_id": b(ID_BYTES),
-        "seq": uint(),
-        "ts_ms": uint(),
-        "event": text_field(64),
-        "details": small_map,
-        "escalation": opt(read_escalation),
-    }
-
-    binding_id: str
-    sender: str
-    witness: str
-    request_id: bytes
-    seq: int
-    ts_ms: int
-    event: str
-    details: dict[str, Any]
-    escalation: SignedEscalation | None = None
-    sig: bytes = field(default=b"", repr=False)
+    binding_id: str = wire(text_field(64))
+    sender: str = wire(text_field(64))
+    witness: str = wire(text_field(64))
+    request_id: bytes = wire(b(ID_BYTES))
+    seq: int = wire(uint())
+    ts_ms: int = wire(uint())
+    event: str = wire(text_field(64))
+    details: dict[str, Any] = wire(small_map)
+    escalation: SignedEscalation | None = wire(opt(read_escalation), default=None)
+    sig: bytes = authenticator(64)
 
 
-@dataclass(frozen=True, slots=True)
+@message("witness_ack", 2)
 class WitnessAck(Message):
-    TYPE: ClassVar[str] = "witness_ack"
-    LEVEL: ClassVar[int] = 2
-    SPEC: ClassVar[Mapping[str, Reader]] = {
-        "witness": text_field(64),
-        "request_id": b(ID_BYTES),
-        "request_hash": b(32),
-        "ts_ms": uint(),
-    }
-
-    witness: str
-    request_id: bytes
-    request_hash: bytes
-    ts_ms: int
-    sig: bytes = field(default=b"", repr=False)
+    witness: str = wire(text_field(64))
+    request_id: bytes = wire(b(ID_BYTES))
+    request_hash: bytes = wire(b(32))
+    ts_ms: int = wire(uint())
+    sig: bytes = authenticator(64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import cbor2
 from ...crypto import labels
 from ...crypto.suite import PublicKey
 from ...errors import Reason, VerificationError
-from ...protocol.validation._common import Message
+from ...protocol.validation._common import MESSAGES, Message
 from ._format import VectorFile, h
 from .keyschedule import label_of
 from .trace import Record
@@ -25,14 +25,7 @@ def message_classes() -> dict[tuple[int, str, str], type[Message]]:
     A message type may come in two variants that differ only in their authenticator, one per
     protocol profile (docs/profiles.md: a signature under seed, a MAC or none under efficient).
     """
-    out: dict[tuple[int, str, str], type[Message]] = {}
-    todo = list(Message.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if cls.LEVEL:
-            out[(cls.LEVEL, cls.TYPE, cls.AUTH or "none")] = cls
-    return dict(sorted(out.items()))
+    return dict(sorted(MESSAGES.items()))
 
 
 def _reencode(data: bytes, **changes: Any) -> bytes:
