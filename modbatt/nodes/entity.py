@@ -43,6 +43,7 @@ from ..protocol.validation.key_loss import KeyLossAnnouncer
 from .channel import RETIRED_SESSIONS, ChannelKeys, ChannelObserver, PairedChannel
 from .channel_store import ChannelFreshness, FileFreshness
 from .errors_http import http_status
+from .killpoints import kill_point
 from .link import node_id_of
 from .renewal import DEFAULT_OVERLAP_S, Handover
 
@@ -205,10 +206,16 @@ class EntityNode:
             return 404, {"error": "not_found", "detail": f"no binding operation {op!r}"}
         try:
             request = ControllerRequest.from_json(payload, expected_op=op)
+            step = "entity." + op.replace("-", "_")
+            kill_point(f"{step}.received")
             with self._lock:
                 decision = self.machine.decide(request, self._clock())
-                self._persist(decision)
+                superseded = self._superseded_by(decision)
+                self._persist(decision, superseded)
+                kill_point(f"{step}.stored")  # and before answering: only memory changes after it
                 self.machine.apply(decision)
+                for binding_id in superseded:
+                    self.machine.bindings.pop(binding_id, None)
         except VerificationError as exc:
             self.rejections[exc.reason] += 1
             return http_status(exc.reason), rejection(exc.reason, exc.detail)
@@ -218,7 +225,21 @@ class EntityNode:
             return 503, {"error": "unavailable", "detail": "the entity could not persist the change"}
         return 200, decision.response.to_json()
 
-    def _persist(self, decision: EntityDecision) -> None:
+    def _superseded_by(self, decision: EntityDecision) -> list[str]:
+        """Bindings with the same partner that a new binding's generated keys supersede.
+
+        The controller starts binding two entities only when it holds no live binding of them
+        (docs/controller.md): any binding of this entity with that partner is revoked, or was never
+        recorded (an attempt aborted while this entity was down). Either way its keys must go, here,
+        in the transaction that stores the new keys (docs/delivery.md §5).
+        """
+        new = decision.store
+        if new is None or new.binding_id in self.machine.bindings:
+            return []
+        partner = new.partner_access.device_id
+        return sorted(bid for bid, st in self.machine.bindings.items() if st.partner_access.device_id == partner)
+
+    def _persist(self, decision: EntityDecision, superseded: list[str]) -> None:
         seen = {rid.hex(): exp for rid, exp in self.machine.seen_requests.items() if exp >= self._clock()}
         seen[decision.request_id.hex()] = decision.forget_after
         # A key backend outside the key store (a token) cannot join its transaction: its key is
@@ -226,6 +247,7 @@ class EntityNode:
         # record is gone, so a record never outlives or precedes its key.
         joined = self._keys.joins_store_transaction
         voided: list[str] = []
+        removals = [*([decision.remove] if decision.remove is not None else []), *superseded]
         new_key = None
         try:
             with self._store.transaction():
@@ -235,15 +257,15 @@ class EntityNode:
                         new_key = _key_name(state.binding_id)
                         self._keys.store(new_key, state.private_key)
                     self._store.put_record(_record_name(state.binding_id), state.to_record())
-                if decision.remove is not None:
+                for removed in removals:
                     # Revocation destroys the binding key, and the pairings that relied on the
                     # binding are void (seed: re-binding issues new keys, pairings void).
-                    if joined and _key_name(decision.remove) in self._keys:
-                        self._keys.delete(_key_name(decision.remove))
-                    if _record_name(decision.remove) in self._store:
-                        self._store.delete(_record_name(decision.remove))
+                    if joined and _key_name(removed) in self._keys:
+                        self._keys.delete(_key_name(removed))
+                    if _record_name(removed) in self._store:
+                        self._store.delete(_record_name(removed))
                     for name in self._store.record_names():
-                        if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
+                        if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == removed:
                             self._store.delete(name)
                             voided.append(name[len(_PAIRING) :])
                 self._store.put_record(_SEEN, seen)
@@ -251,8 +273,9 @@ class EntityNode:
             if new_key is not None and not joined and new_key in self._keys:
                 self._keys.delete(new_key)
             raise
-        if decision.remove is not None and not joined and _key_name(decision.remove) in self._keys:
-            self._keys.delete(_key_name(decision.remove))
+        for removed in removals:
+            if not joined and _key_name(removed) in self._keys:
+                self._keys.delete(_key_name(removed))
         self._drop_pairing_state(voided)
 
     # ----------------------------------------------------------------------- pairing
@@ -396,6 +419,7 @@ class EntityNode:
             self._store.put_record(
                 _PAIRING_USES + pid, {"uses": len(sessions) + 1, "sessions": [*sessions, participant.session_nonce]}
             )
+        kill_point("entity.pairing_offer.stored")
         if self._freshness is not None or getattr(self._store, "path", None) is not None:
             self.freshness.forget(pid, keep=[k["session_id"] for k in kept])
         live = self._channels.get(pid)
