@@ -1,4 +1,5 @@
-"""``modbatt entity serve`` processes for tests: start them, read their access data, stop them.
+"""``modbatt entity serve`` processes for tests: start them, read their access data, stop them; and
+the check of a nonce trace they wrote (``MODBATT_NONCE_TRACE``).
 
 Shared by the controller command-line tests and the kill-and-restart tests. Every process gets an
 environment without the CAN bus, kill-point and nonce-trace variables of the test run, plus the
@@ -7,6 +8,7 @@ ones the test names (a kill point for this process, a trace file shared by all o
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -95,3 +97,15 @@ class Entities:
     def close(self) -> None:
         for proc in self.procs:
             stop(proc)
+
+
+def assert_no_nonce_reuse(trace: Path) -> int:
+    """Every ``FINGERPRINT NONCE`` line of the trace is whole and unique; returns how many."""
+    lines = trace.read_text(encoding="ascii").splitlines()
+    for line in lines:
+        fingerprint, nonce = line.split(" ")
+        assert len(fingerprint) == 16 and len(nonce) == 24, line
+    reused = [k for k, n in collections.Counter(lines).items() if n > 1]
+    assert reused == [], f"(key, nonce) sealed twice: {reused[:3]}"
+    assert lines, "nothing sealed: the trace is not wired"
+    return len(lines)

@@ -14,7 +14,6 @@ used, reopened and used again).
 
 from __future__ import annotations
 
-import collections
 import json
 import signal
 import subprocess
@@ -22,13 +21,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers_entities import MODBATT, Entities, clean_env, stop
+from helpers_entities import MODBATT, Entities, assert_no_nonce_reuse, clean_env, stop
 
 from modbatt.cli import main
 from modbatt.model.policy import MessageClass
 from modbatt.nodes.channel import NONCE_TRACE_ENV
 from modbatt.nodes.killpoints import KILL_AT_ENV, KILL_TRACE_ENV
 from modbatt.sim.multiprocess import multicast_available
+from modbatt.sim.soak import run_soak
 
 pytestmark = [
     pytest.mark.slow,
@@ -133,18 +133,6 @@ def exercise_channels(entities: Entities, held: dict[str, dict[str, str]], trace
                 node.keystore.close()
     finally:
         mp.undo()
-
-
-def assert_no_nonce_reuse(trace: Path) -> int:
-    """Every ``FINGERPRINT NONCE`` line of the trace is whole and unique; returns how many."""
-    lines = trace.read_text(encoding="ascii").splitlines()
-    for line in lines:
-        fingerprint, nonce = line.split(" ")
-        assert len(fingerprint) == 16 and len(nonce) == 24, line
-    reused = [k for k, n in collections.Counter(lines).items() if n > 1]
-    assert reused == [], f"(key, nonce) sealed twice: {reused[:3]}"
-    assert lines, "nothing sealed: the trace is not wired"
-    return len(lines)
 
 
 def _steps(trace: Path) -> list[str]:
@@ -288,3 +276,58 @@ def test_entity_killed_at_every_step_of_bind_revoke_and_pair_recovers(rig: Rig, 
         rig.check_ledger()
 
     rig.check_stores(binding)
+
+
+# ----------------------------------------------------------------------------- the command exchange
+
+MODULE_STEPS = ("module.command.received", "module.command.committed", "module.command.acked")
+PACK_STEPS = ("pack.command.reserved", "pack.command.sent", "pack.command.acked")
+
+
+def test_modules_killed_at_every_command_step_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pack in this process, each module in its own (docs/delivery.md §6), no faults: module n
+    # dies at the n-th module step on its 3rd command and comes back from its state on disk.
+    nonces = tmp_path / "nonce-trace"
+    monkeypatch.setenv(NONCE_TRACE_ENV, str(nonces))  # the module processes inherit it
+    kill_at = {n: f"{step}#3" for n, step in enumerate(MODULE_STEPS, start=1)}
+    report = run_soak(3, 8.0, faults="", restart_every=None, kill_at=kill_at, drain=20.0, seed=3)
+    s = report.stats
+    assert sorted(report.killed) == [1, 2, 3] and report.restarts == 3
+    # Every acknowledged command applied exactly once (counted from the modules' journals, which
+    # a kill does not lose); the retries after a restart are new units under fresh freshness.
+    assert s.acknowledged_not_applied == 0 and s.applied_twice == 0, report.to_dict()["commands"]
+    assert report.ok, json.dumps(report.to_dict()["commands"])
+    assert s.retransmissions > 0  # tries while a module was down, each a new unit
+    assert set(s.gave_up) <= {"charge_command", "discharge_command", "safety_limits", "firmware_update"}
+    assert assert_no_nonce_reuse(nonces) > 100
+
+
+def test_pack_killed_at_every_command_step_restarts_from_its_state(tmp_path: Path) -> None:
+    # ``modbatt sim --state DIR``: pack and module in one process, killed at each pack and module
+    # step of the command exchange; every run restarts from what the killed one persisted.
+    state, nonces, trace = tmp_path / "pack", tmp_path / "nonce-trace", tmp_path / "trace"
+    bus = ["-i", "udp_multicast", "--run-id", f"test-kill-sim-{uuid.uuid4().hex}"]
+
+    def sim(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MODBATT, "sim", "--state", str(state), "-m", "1", "-d", "2", "--json", *bus],
+            capture_output=True, text=True, env=clean_env(**{NONCE_TRACE_ENV: str(nonces), **env}), timeout=120,
+        )  # fmt: skip
+
+    first = sim(**{KILL_TRACE_ENV: str(trace)})
+    assert first.returncode == 0, first.stderr
+    reached = set(trace.read_text().split())
+    assert {*MODULE_STEPS, *PACK_STEPS} <= reached
+    for step in (*PACK_STEPS, *MODULE_STEPS):
+        killed = sim(**{KILL_AT_ENV: f"{step}#3"})
+        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr)
+    # After six kills: the pack's sequence numbers continue past every block it reserved (the
+    # module drops nothing as stale), every command is acknowledged and applied once, the
+    # channels resynchronise, and no (key, nonce) pair was sealed twice in any of the runs.
+    last = sim()
+    assert last.returncode == 0, last.stderr
+    result, _ = json.JSONDecoder().raw_decode(last.stdout)
+    commands = result["commands"]
+    assert result["ok"] and commands["sent"] > 0 and commands["acknowledged"] == commands["sent"], commands
+    assert commands["acknowledged_not_applied"] == 0 and commands["applied_twice"] == 0
+    assert assert_no_nonce_reuse(nonces) > 100
