@@ -94,6 +94,10 @@ class Entities:
         finally:
             node.keystore.close()
 
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        """Stop one of them (see :func:`stop`)."""
+        stop(proc)
+
     def close(self) -> None:
         for proc in self.procs:
             stop(proc)

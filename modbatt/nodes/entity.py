@@ -58,6 +58,8 @@ _BINDING_PREFIX = "binding/"
 _PAIRING = "pairing/"
 _PAIRING_USES = "pairing-uses/"
 _PAIRING_REVOKED = "pairing-revoked/"
+#: In a binding record: when the controller requested its keys (ms), to tell which binding supersedes.
+_REQUESTED_AT = "requested_at_ms"
 #: A renewal's handover begun by this entity (new pairing id -> the old one): a restart finds it.
 _HANDOVER = "handover/"
 #: The key-loss announcer's next sequence number (it must survive restarts: the verifier keeps a window).
@@ -210,8 +212,8 @@ class EntityNode:
             kill_point(f"{step}.received")
             with self._lock:
                 decision = self.machine.decide(request, self._clock())
-                superseded = self._superseded_by(decision)
-                self._persist(decision, superseded)
+                superseded = self._superseded_by(decision, request.issued_at_ms)
+                self._persist(decision, superseded, request.issued_at_ms)
                 kill_point(f"{step}.stored")  # and before answering: only memory changes after it
                 self.machine.apply(decision)
                 for binding_id in superseded:
@@ -225,21 +227,31 @@ class EntityNode:
             return 503, {"error": "unavailable", "detail": "the entity could not persist the change"}
         return 200, decision.response.to_json()
 
-    def _superseded_by(self, decision: EntityDecision) -> list[str]:
+    def _superseded_by(self, decision: EntityDecision, issued_at_ms: int) -> list[str]:
         """Bindings with the same partner that a new binding's generated keys supersede.
 
         The controller starts binding two entities only when it holds no live binding of them
-        (docs/controller.md): any binding of this entity with that partner is revoked, or was never
-        recorded (an attempt aborted while this entity was down). Either way its keys must go, here,
-        in the transaction that stores the new keys (docs/delivery.md §5).
+        (docs/binding.md): a binding of this entity with that partner whose keys were requested
+        *earlier* is revoked, or was never recorded (an attempt aborted while this entity was
+        down). Its keys go in the transaction that stores the new ones (docs/delivery.md §5). One
+        requested later stays: the new request is the late one (a call that overran its claim).
         """
         new = decision.store
         if new is None or new.binding_id in self.machine.bindings:
             return []
         partner = new.partner_access.device_id
-        return sorted(bid for bid, st in self.machine.bindings.items() if st.partner_access.device_id == partner)
+        return sorted(
+            bid
+            for bid, st in self.machine.bindings.items()
+            if st.partner_access.device_id == partner and self._requested_at_ms(bid) < issued_at_ms
+        )
 
-    def _persist(self, decision: EntityDecision, superseded: list[str]) -> None:
+    def _requested_at_ms(self, binding_id: str) -> int:
+        """When the controller requested this binding's keys (0: a record that predates keeping it)."""
+        name = _record_name(binding_id)
+        return int(self._store.record(name).get(_REQUESTED_AT, 0)) if name in self._store else 0
+
+    def _persist(self, decision: EntityDecision, superseded: list[str], issued_at_ms: int) -> None:
         seen = {rid.hex(): exp for rid, exp in self.machine.seen_requests.items() if exp >= self._clock()}
         seen[decision.request_id.hex()] = decision.forget_after
         # A key backend outside the key store (a token) cannot join its transaction: its key is
@@ -256,7 +268,9 @@ class EntityNode:
                     if _key_name(state.binding_id) not in self._keys:
                         new_key = _key_name(state.binding_id)
                         self._keys.store(new_key, state.private_key)
-                    self._store.put_record(_record_name(state.binding_id), state.to_record())
+                    name = _record_name(state.binding_id)
+                    requested = self._store.record(name).get(_REQUESTED_AT, 0) if name in self._store else issued_at_ms
+                    self._store.put_record(name, {**state.to_record(), _REQUESTED_AT: requested})
                 for removed in removals:
                     # Revocation destroys the binding key, and the pairings that relied on the
                     # binding are void (seed: re-binding issues new keys, pairings void).
