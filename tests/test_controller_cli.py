@@ -10,78 +10,22 @@ cannot be opened, an entity that refuses) is one line and leaves no state behind
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest_mqtt import mosquitto  # noqa: F401  (the broker fixture)
+from helpers_entities import Entities
 
 from modbatt.cli import main
-from modbatt.crypto.keystore import KeyStore
-from modbatt.nodes.entity import EntityNode
 from modbatt.sim.multiprocess import multicast_available
 from modbatt.workbench.controller_home import ControllerHome
-
-MODBATT = [sys.executable, "-m", "modbatt.cli"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("CAN_INTERFACE", "CAN_CHANNEL", "CAN_BITRATE", "CAN_CONFIG"):
-        env.pop(var, None)
-    return env
-
-
-class Entities:
-    """Entity processes started by a test, all stopped at its end."""
-
-    def __init__(self, root: Path, controller_key: Path) -> None:
-        self.root = root
-        self.controller_key = controller_key
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def serve(self, name: str, *transport: str, controller_key: Path | None = None) -> subprocess.Popen[str]:
-        state = self.root / name
-        proc = subprocess.Popen(
-            [*MODBATT, "entity", "serve", "--state", str(state), "--device-id", name,
-             "--controller-key", str(controller_key or self.controller_key), *transport],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-        )  # fmt: skip
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "serving its binding API at" in line, proc.stderr.read() if proc.stderr else line
-        return proc
-
-    def stop(self, proc: subprocess.Popen[str]) -> None:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 def _json(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = 0) -> dict:
     assert main([*argv, "--json"]) == code, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
-
-
-def _show(capsys: pytest.CaptureFixture[str], root: Path, name: str) -> Path:
-    assert main(["entity", "show", "--state", str(root / name)]) == 0
-    path = root / f"{name}.json"
-    path.write_text(capsys.readouterr().out)
-    return path
 
 
 @pytest.fixture
@@ -107,10 +51,11 @@ def _ledger_size(state: Path) -> int:
         home.close()
 
 
-def _lifecycle(capsys: pytest.CaptureFixture[str], state: Path, root: Path, bus: list[str]) -> None:
+def _lifecycle(capsys: pytest.CaptureFixture[str], state: Path, entities: Entities, bus: list[str]) -> None:
     """grant, bind, pair, validate, escalate, status and revoke, all through the command line."""
     ctl = ["--state", str(state)]
-    a, b = _show(capsys, root, "pack-01"), _show(capsys, root, "module-01")
+    root = entities.root
+    a, b = entities.show(capsys, "pack-01"), entities.show(capsys, "module-01")
     grant = root / "grant.json"
     assert main(["controller", "grant", *ctl, str(a), str(b), "-o", str(grant)]) == 0
     capsys.readouterr()
@@ -148,7 +93,7 @@ def test_http_entities_in_other_processes(
     state, entities = controller
     entities.serve("pack-01", "--port", "0")
     entities.serve("module-01", "--port", "0")
-    _lifecycle(capsys, state, entities.root, [])
+    _lifecycle(capsys, state, entities, [])
     # re-bind the revoked pair with a fresh grant: new keys, a new binding, the old one superseded
     root, ctl = entities.root, ["--state", str(state)]
     old = _json(capsys, ["controller", "status", *ctl])["bindings"][0]["binding_id"]
@@ -174,7 +119,7 @@ def test_mqtt_entities_through_a_real_broker(
     host, port = mosquitto.address
     entities.serve("pack-01", "--mqtt-broker", f"{host}:{port}")
     entities.serve("module-01", "--mqtt-broker", f"{host}:{port}")
-    _lifecycle(capsys, state, entities.root, [])
+    _lifecycle(capsys, state, entities, [])
 
 
 @pytest.mark.skipif(not multicast_available()[0], reason=f"no IPv4 multicast here: {multicast_available()[1]}")
@@ -183,7 +128,7 @@ def test_can_entities_over_udp_multicast(controller: tuple[Path, Entities], caps
     bus = ["-i", "udp_multicast", "--run-id", f"test-ctl-{uuid.uuid4().hex}"]
     entities.serve("pack-01", "--can-node", "0x10", *bus)
     proc = entities.serve("module-01", "--can-node", "0x01", *bus)
-    _lifecycle(capsys, state, entities.root, bus)
+    _lifecycle(capsys, state, entities, bus)
     entities.stop(proc)
 
 
@@ -196,7 +141,7 @@ def test_one_controller_binds_an_http_entity_to_a_can_entity(
     entities.serve("pack-01", "--port", "0")
     entities.serve("module-01", "--can-node", "0x02", *bus)
     root = entities.root
-    a, b = _show(capsys, root, "pack-01"), _show(capsys, root, "module-01")
+    a, b = entities.show(capsys, "pack-01"), entities.show(capsys, "module-01")
     assert main(["controller", "grant", "--state", str(state), str(a), str(b), "-o", str(root / "g.json")]) == 0
     capsys.readouterr()
     bound = _json(capsys, ["controller", "bind", "--state", str(state), "--grant", str(root / "g.json"), str(a),
@@ -225,7 +170,7 @@ def test_unreachable_entity_broker_down_and_no_bus_change_nothing(
     entities.serve("pack-01", "--port", "0")
     gone = entities.serve("module-01", "--port", "0")
     root = entities.root
-    a, b = _show(capsys, root, "pack-01"), _show(capsys, root, "module-01")
+    a, b = entities.show(capsys, "pack-01"), entities.show(capsys, "module-01")
     grant = root / "grant.json"
     assert main(["controller", "grant", "--state", str(state), str(a), str(b), "-o", str(grant)]) == 0
     entities.stop(gone)
@@ -261,7 +206,7 @@ def test_an_entity_that_refuses_leaves_no_half_bound_partner(
     pack = entities.serve("pack-01", "--port", "0")
     entities.serve("module-01", "--port", "0", controller_key=other / "controller.pub.der")
     root = entities.root
-    a, b = _show(capsys, root, "pack-01"), _show(capsys, root, "module-01")
+    a, b = entities.show(capsys, "pack-01"), entities.show(capsys, "module-01")
     grant = root / "grant.json"
     assert main(["controller", "grant", "--state", str(state), str(a), str(b), "-o", str(grant)]) == 0
     capsys.readouterr()
@@ -271,8 +216,6 @@ def test_an_entity_that_refuses_leaves_no_half_bound_partner(
     assert err.startswith("modbatt controller: error: ") and len(err.strip().splitlines()) == 1
     assert _unchanged(state) == before  # no record, no ledger entry, the grant's claim released
     entities.stop(pack)
-    store = root / "pack-01" / "entity.keystore"
-    node = EntityNode(KeyStore.open(store, key_file=store.with_suffix(".kek")))
-    assert node.machine.bindings == {}  # the pack was told to drop the keys it generated
+    assert entities.bindings("pack-01") == {}  # the pack was told to drop the keys it generated
     events = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     assert events[-1]["kind"] == "binding" and events[-1]["outcome"] == "failed"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,6 +115,8 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
     clients = None
     try:
         if hasattr(args, "interface"):
+            # A failed ISO-TP transfer is the TransportError's one line, not can-isotp's warnings too.
+            logging.getLogger("isotp").setLevel(logging.ERROR)
             clients = EntityClients(
                 bus=lambda: bus_from_args(args, embedded=False, purpose="reaching can:// entities"),
                 timeout=args.timeout,

@@ -27,6 +27,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +50,7 @@ from .link import Received, SelectiveLink, session_traffic_keys
 
 __all__ = [
     "CLASSIFY_WRAPS",
+    "NONCE_TRACE_ENV",
     "RETIRED_SESSIONS",
     "ChannelKeys",
     "ChannelObserver",
@@ -66,6 +69,12 @@ CLASSIFY_WRAPS = 4
 #: (its sender may have jumped past a reservation without the restart notice reaching us).
 RESYNC_AFTER_BAD_MACS = 8
 _WINDOW = 32
+#: ``MODBATT_NONCE_TRACE=FILE``: every AEAD seal of every channel appends ``FINGERPRINT NONCE`` (hex)
+#: to FILE, so a test checks that no (key, nonce) pair repeats across processes and restarts
+#: (docs/delivery.md §5). Never the key: its fingerprint is :data:`_TRACE_LABEL`-labelled SHA-256
+#: of what derives it (tier secret, tier, direction, classic or FD), cut to 8 bytes.
+NONCE_TRACE_ENV = "MODBATT_NONCE_TRACE"
+_TRACE_LABEL = b"modbatt nonce-trace key fingerprint"
 _FRESH_TIERS = (Tier.EXCHANGE, Tier.PAIRING, Tier.BINDING)
 _REQUEST = function_named("RESYNC_REQUEST")
 _RESTART = function_named("RESYNC_RESTART")
@@ -253,7 +262,9 @@ class PairedChannel:
     def send(self, message_class: MessageClass, payload: bytes, *, tier: Tier | None = None) -> SecuredPdu:
         """Protect one message under the current session (tier from the policy, see SelectiveLink)."""
         self._check_live()
-        return self._link.send(message_class, payload, tier=tier)
+        pdu = self._link.send(message_class, payload, tier=tier)
+        self._trace(pdu)
+        return pdu
 
     def receive(self, can_id: int, data: bytes, *, reassembled: bool = False) -> Received | None:
         """Verify one unit from the partner; None for a resync frame (see :meth:`frames_to_send`).
@@ -288,6 +299,8 @@ class PairedChannel:
         if self._answer_for is not None:
             answer = _ANSWER.id_fields(self.node, int(self._out_dir))
             out += [self._link.sender(tier).protect_resync(answer, self._answer_for) for tier in _FRESH_TIERS]
+            for pdu in out:
+                self._trace(pdu)
             self._answer_for = None
         if self._want_challenge is not None:
             challenge = self._rng.token_bytes(RESYNC_CHALLENGE_BYTES)
@@ -352,6 +365,29 @@ class PairedChannel:
             # Our counters resumed past a reservation and our windows are empty: the partner must
             # answer us, and (classic CAN) learn where our counters are now.
             self._challenge(_RESTART)
+
+    def _trace(self, pdu: SecuredPdu) -> None:
+        """Append the (key fingerprint, nonce) of an AEAD-sealed unit to the nonce trace, if enabled."""
+        path = os.environ.get(NONCE_TRACE_ENV)
+        if not path or pdu.freshness is None:
+            return
+        tier = self.layout.decode(pdu.can_id).tier
+        sender = self._link.sender(tier)
+        secrets = self._keys.secrets
+        secret = {Tier.EXCHANGE: secrets.exchange_secret, Tier.PAIRING: secrets.pairing_secret}.get(
+            tier, secrets.binding_secret
+        )
+        if secret is None or sender.keys.signed:
+            return  # a signed binding tier (seed): a signature, no AEAD nonce
+        what = bytes([int(tier), int(sender.keys.direction), int(self.profile.fd)])
+        fingerprint = hashlib.sha256(_TRACE_LABEL + secret + what).hexdigest()[:16]
+        line = f"{fingerprint} {sender._nonce(pdu.can_id, pdu.freshness).hex()}\n".encode("ascii")
+        # O_APPEND and one write per line: concurrent processes interleave whole lines.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def _check_live(self) -> None:
         if self._revoked:

@@ -43,6 +43,7 @@ from ..protocol.validation.key_loss import KeyLossAnnouncer
 from .channel import RETIRED_SESSIONS, ChannelKeys, ChannelObserver, PairedChannel
 from .channel_store import ChannelFreshness, FileFreshness
 from .errors_http import http_status
+from .killpoints import kill_point
 from .link import node_id_of
 from .renewal import DEFAULT_OVERLAP_S, Handover
 
@@ -57,6 +58,8 @@ _BINDING_PREFIX = "binding/"
 _PAIRING = "pairing/"
 _PAIRING_USES = "pairing-uses/"
 _PAIRING_REVOKED = "pairing-revoked/"
+#: In a binding record: when the controller requested its keys (ms), to tell which binding supersedes.
+_REQUESTED_AT = "requested_at_ms"
 #: A renewal's handover begun by this entity (new pairing id -> the old one): a restart finds it.
 _HANDOVER = "handover/"
 #: The key-loss announcer's next sequence number (it must survive restarts: the verifier keeps a window).
@@ -205,10 +208,16 @@ class EntityNode:
             return 404, {"error": "not_found", "detail": f"no binding operation {op!r}"}
         try:
             request = ControllerRequest.from_json(payload, expected_op=op)
+            step = "entity." + op.replace("-", "_")
+            kill_point(f"{step}.received")
             with self._lock:
                 decision = self.machine.decide(request, self._clock())
-                self._persist(decision)
+                superseded = self._superseded_by(decision, request.issued_at_ms)
+                self._persist(decision, superseded, request.issued_at_ms)
+                kill_point(f"{step}.stored")  # and before answering: only memory changes after it
                 self.machine.apply(decision)
+                for binding_id in superseded:
+                    self.machine.bindings.pop(binding_id, None)
         except VerificationError as exc:
             self.rejections[exc.reason] += 1
             return http_status(exc.reason), rejection(exc.reason, exc.detail)
@@ -218,7 +227,31 @@ class EntityNode:
             return 503, {"error": "unavailable", "detail": "the entity could not persist the change"}
         return 200, decision.response.to_json()
 
-    def _persist(self, decision: EntityDecision) -> None:
+    def _superseded_by(self, decision: EntityDecision, issued_at_ms: int) -> list[str]:
+        """Bindings with the same partner that a new binding's generated keys supersede.
+
+        The controller starts binding two entities only when it holds no live binding of them
+        (docs/binding.md): a binding of this entity with that partner whose keys were requested
+        *earlier* is revoked, or was never recorded (an attempt aborted while this entity was
+        down). Its keys go in the transaction that stores the new ones (docs/delivery.md §5). One
+        requested later stays: the new request is the late one (a call that overran its claim).
+        """
+        new = decision.store
+        if new is None or new.binding_id in self.machine.bindings:
+            return []
+        partner = new.partner_access.device_id
+        return sorted(
+            bid
+            for bid, st in self.machine.bindings.items()
+            if st.partner_access.device_id == partner and self._requested_at_ms(bid) < issued_at_ms
+        )
+
+    def _requested_at_ms(self, binding_id: str) -> int:
+        """When the controller requested this binding's keys (0: a record that predates keeping it)."""
+        name = _record_name(binding_id)
+        return int(self._store.record(name).get(_REQUESTED_AT, 0)) if name in self._store else 0
+
+    def _persist(self, decision: EntityDecision, superseded: list[str], issued_at_ms: int) -> None:
         seen = {rid.hex(): exp for rid, exp in self.machine.seen_requests.items() if exp >= self._clock()}
         seen[decision.request_id.hex()] = decision.forget_after
         # A key backend outside the key store (a token) cannot join its transaction: its key is
@@ -226,6 +259,7 @@ class EntityNode:
         # record is gone, so a record never outlives or precedes its key.
         joined = self._keys.joins_store_transaction
         voided: list[str] = []
+        removals = [*([decision.remove] if decision.remove is not None else []), *superseded]
         new_key = None
         try:
             with self._store.transaction():
@@ -234,16 +268,18 @@ class EntityNode:
                     if _key_name(state.binding_id) not in self._keys:
                         new_key = _key_name(state.binding_id)
                         self._keys.store(new_key, state.private_key)
-                    self._store.put_record(_record_name(state.binding_id), state.to_record())
-                if decision.remove is not None:
+                    name = _record_name(state.binding_id)
+                    requested = self._store.record(name).get(_REQUESTED_AT, 0) if name in self._store else issued_at_ms
+                    self._store.put_record(name, {**state.to_record(), _REQUESTED_AT: requested})
+                for removed in removals:
                     # Revocation destroys the binding key, and the pairings that relied on the
                     # binding are void (seed: re-binding issues new keys, pairings void).
-                    if joined and _key_name(decision.remove) in self._keys:
-                        self._keys.delete(_key_name(decision.remove))
-                    if _record_name(decision.remove) in self._store:
-                        self._store.delete(_record_name(decision.remove))
+                    if joined and _key_name(removed) in self._keys:
+                        self._keys.delete(_key_name(removed))
+                    if _record_name(removed) in self._store:
+                        self._store.delete(_record_name(removed))
                     for name in self._store.record_names():
-                        if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == decision.remove:
+                        if name.startswith(_PAIRING) and self._store.record(name).get("binding_id") == removed:
                             self._store.delete(name)
                             voided.append(name[len(_PAIRING) :])
                 self._store.put_record(_SEEN, seen)
@@ -251,8 +287,9 @@ class EntityNode:
             if new_key is not None and not joined and new_key in self._keys:
                 self._keys.delete(new_key)
             raise
-        if decision.remove is not None and not joined and _key_name(decision.remove) in self._keys:
-            self._keys.delete(_key_name(decision.remove))
+        for removed in removals:
+            if not joined and _key_name(removed) in self._keys:
+                self._keys.delete(_key_name(removed))
         self._drop_pairing_state(voided)
 
     # ----------------------------------------------------------------------- pairing
@@ -396,6 +433,7 @@ class EntityNode:
             self._store.put_record(
                 _PAIRING_USES + pid, {"uses": len(sessions) + 1, "sessions": [*sessions, participant.session_nonce]}
             )
+        kill_point("entity.pairing_offer.stored")
         if self._freshness is not None or getattr(self._store, "path", None) is not None:
             self.freshness.forget(pid, keep=[k["session_id"] for k in kept])
         live = self._channels.get(pid)

@@ -87,6 +87,8 @@ class PairingService:
 
     def handle(self, op: str, payload: Any) -> tuple[int, dict[str, Any]]:
         """Answer one pairing op; never raises for bad input (4xx with the classified reason)."""
+        # Kill point (docs/delivery.md §5); the offer, the one op that stores, has ``.stored`` too.
+        kill_point("entity." + op.replace("-", "_") + ".received")
         try:
             return 200, self._handle(op, payload)
         except (VerificationError, EncodingError) as exc:

@@ -253,6 +253,7 @@ class _Module(_Node):
             kill_point("module.command.committed")
         ack = seq | (0 if ok else NACK_FLAG)
         self.send(self.node_id, cls, ack.to_bytes(2, "big"))
+        kill_point("module.command.acked")
 
     def effect(self, cls: MessageClass, body: bytes) -> Any:
         """What applying the command changed, recorded with it (here: the body's CRC-32)."""
@@ -377,6 +378,7 @@ class _Pack(_Node):
         self._submitted[(node, cls)] += 1
         self.stats.commands_sent += 1
         self._reserve(node, cls)
+        kill_point("pack.command.reserved")
         for t in self.delivery.submit((node, cls), body, self.clock.now()):
             self._transmit(t)
         for settled in self.delivery.superseded:
@@ -399,6 +401,7 @@ class _Pack(_Node):
         if t.attempt > 1:
             self.stats.retransmissions += 1
         self.send(node, cls, t.seq.to_bytes(SEQ_BYTES, "big") + t.body, retry=t.attempt > 1)
+        kill_point("pack.command.sent")
 
     def handle(self, peer: int, got: Received) -> None:
         cls = got.message_class
@@ -429,6 +432,7 @@ class _Pack(_Node):
         self.stats.ack_latency_sum += settled.latency
         self.stats.ack_latency_max = max(self.stats.ack_latency_max, settled.latency)
         self.stats.latencies[cls.value].append(settled.latency)
+        kill_point("pack.command.acked")
         for t in following:
             self._transmit(t)
 
