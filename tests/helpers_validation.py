@@ -7,7 +7,7 @@ from typing import Any
 
 from helpers_binding import World
 
-from modbatt.nodes.pairing_flow import pair_entities
+from modbatt.nodes.paired import PairedDeployment
 from modbatt.nodes.validation import ValidationContext
 
 
@@ -28,14 +28,5 @@ class Paired:
 
 def paired_world(seed: int = 7) -> Paired:
     w = World(seed=seed)
-    outcome = w.bind()
-    pairing = pair_entities(w.controller, w.pack, w.module, outcome.record.binding_id)
-    ctx = ValidationContext.from_nodes(
-        w.controller,
-        w.pack,
-        w.module,
-        outcome.record.binding_id,
-        pairing.certificate.metadata.pairing_id,
-        record_index=outcome.ledger_index,
-    )
+    ctx = PairedDeployment.of(w).validation(1)
     return Paired(w, ctx, ctx.side(w.pack), ctx.side(w.module))

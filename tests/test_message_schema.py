@@ -19,6 +19,7 @@ import modbatt.protocol.validation  # noqa: F401  (registers every validation me
 from modbatt.encoding import canonical_dumps
 from modbatt.errors import Reason, VerificationError
 from modbatt.model.access import AccessData, LctRef, TransportProtocol
+from modbatt.model.binding import format_timestamp
 from modbatt.model.schema import REGISTRY, Kind, Schema
 from modbatt.protocol.validation._common import MESSAGES, Message
 
@@ -59,6 +60,8 @@ def kind_strategy(kind: Kind) -> st.SearchStrategy[Any]:
         return st.fixed_dictionaries({r: kind_strategy(a["kind"]) for r in a["roles"]})
     if kind.tag == "uuid":
         return st.uuids().map(str)
+    if kind.tag == "timestamp":
+        return st.integers(0, 4_102_444_800_000).map(lambda ms: format_timestamp(ms / 1000))
     if kind.tag == "record":
         return st.sampled_from(ACCESS) if a["cls"] is AccessData else record_strategy(a["cls"])
     raise AssertionError(f"no strategy for kind {kind.tag}")

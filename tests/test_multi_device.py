@@ -9,10 +9,9 @@ from modbatt.crypto.keystore import KeyStore
 from modbatt.errors import Reason, VerificationError
 from modbatt.model import AccessData, TransportProtocol
 from modbatt.model.policy import MessageClass
-from modbatt.nodes.authority import authorize_binding
 from modbatt.nodes.channel_store import EphemeralFreshness
 from modbatt.nodes.entity import EntityNode
-from modbatt.nodes.pairing_flow import pair_entities
+from modbatt.nodes.paired import bind_and_pair
 
 
 def _pack_with_modules(n):
@@ -27,12 +26,8 @@ def _pack_with_modules(n):
         )  # fmt: skip
         w.client.nodes[access.endpoint] = node
         modules[node_id] = node
-    pairings = {}
-    for node_id, module in modules.items():
-        auth = authorize_binding(w.authority_key, w.pack, module, w.clock(), w.rng)
-        record = w.controller.bind(w.pack.access_data, module.access_data, auth).record
-        pairings[node_id] = (record, pair_entities(w.controller, w.pack, module, record.binding_id))
-    return w, modules, pairings
+    records, outcomes, _ = bind_and_pair(w.controller, w.pack, modules, w.authority_key, w.clock, w.rng)
+    return w, modules, {node_id: (records[node_id], outcomes[node_id]) for node_id in modules}
 
 
 def _links(w, module, record, outcome, node_id):

@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from modbatt.cli import main
 from modbatt.encoding import strict_loads
 from modbatt.nodes.inmemory import InMemoryDeployment
-from modbatt.nodes.pairing_flow import pair_entities
+from modbatt.nodes.paired import paired_deployment
 from modbatt.workbench.figures import (
     certificate_anatomy_figure,
     tier_overhead_figure,
@@ -207,12 +207,9 @@ def test_report_stands_alone_in_a_browser(notebooks, tmp_path):
 
 
 def test_trust_graph_reflects_the_ledger():
-    d = InMemoryDeployment(seed=3, modules=3)
-    records = {}
-    for node_id, module in d.modules.items():
-        records[node_id] = d.bind(d.pack, module).record
-        pair_entities(d.controller, d.pack, module, records[node_id].binding_id)
-    d.controller.revoke(records[3].binding_id, "removed")
+    made = paired_deployment(3, modules=3)
+    d = made.dep
+    d.controller.revoke(made.binding_id(3), "removed")
     g = trust_graph(d.ledger.entries())
     assert set(g.nodes) == {"pack-01", "module-01", "module-02", "module-03"}
     edges = {(frozenset((u, v)), data["relation"]): data for u, v, data in g.edges(data=True)}

@@ -18,18 +18,10 @@ import time
 from collections.abc import Callable
 
 from ..can.wiretime import CLASSIC, FD, isotp_frame_lengths, message_time
-from ..crypto.keystore import KeyStore
-from ..crypto.rng import SystemRandom
-from ..crypto.suite import PrivateKey
-from ..ledger import Ledger
 from ..model.access import AccessData, LctRef, TransportProtocol
 from ..model.profile import DEFAULT_PROFILE, ProtocolProfile
-from ..nodes.authority import authorize_binding
-from ..nodes.controller import AuthController
-from ..nodes.entity import EntityNode
-from ..nodes.pairing_flow import pair_entities
+from ..nodes.paired import paired_deployment
 from ..nodes.validation import LEVELS, ValidationContext
-from ..transport.http import InProcessEntityClient
 
 NAME = "validation"
 DESCRIPTION = "validation levels 1-7: host µs per run, messages, bytes, classic/FD CAN frames and wire time"
@@ -39,33 +31,9 @@ _CAN_250K = dataclasses.replace(CLASSIC, name="classic-250k", nominal_bitrate=25
 
 def build_context(profile: ProtocolProfile = DEFAULT_PROFILE) -> ValidationContext:
     """A bound and paired pack + module with an in-memory controller and ledger, paired under ``profile``."""
-    rng = SystemRandom()
-    controller_key = PrivateKey.generate(rng)
-    authority_key = PrivateKey.generate(rng)
-    ledger = Ledger(":memory:", signer=controller_key)
     lct = LctRef("lct:web4:bench-pack", "bench-ledger")
-    access = {
-        "pack": AccessData("http://pack.invalid", TransportProtocol.HTTP, "pack-01", lct),
-        "module": AccessData("can://can0/0x01", TransportProtocol.CAN, "module-01"),
-    }
-    nodes = {
-        n: EntityNode.provision(KeyStore.in_memory(), access_data=a, controller_key=controller_key.public_key)
-        for n, a in access.items()
-    }
-    controller = AuthController(
-        controller_key=controller_key,
-        authority_key=authority_key.public_key,
-        ledger=ledger,
-        client=InProcessEntityClient({a.endpoint: nodes[n] for n, a in access.items()}),
-        records=KeyStore.in_memory(),
-    )
-    auth = authorize_binding(authority_key, nodes["pack"], nodes["module"], time.time(), rng)
-    binding = controller.bind(access["pack"], access["module"], auth)
-    pairing = pair_entities(controller, nodes["pack"], nodes["module"], binding.record.binding_id, profile=profile)
-    return ValidationContext.from_nodes(
-        controller, nodes["pack"], nodes["module"], binding.record.binding_id,
-        pairing.certificate.metadata.pairing_id, record_index=binding.ledger_index,
-    )  # fmt: skip
+    pack = AccessData("http://pack.invalid", TransportProtocol.HTTP, "pack-01", lct)
+    return paired_deployment(profile=profile, clock=time.time, pack_access=pack).validation(1)
 
 
 def _host_seconds(ctx: ValidationContext, fn: Callable[[ValidationContext], object], runs: int) -> float:

@@ -20,9 +20,11 @@ from ..encoding import canonical_dumps
 from ..errors import Reason, VerificationError
 from ._fields import b64, b64_bytes, expect_map, integer, malformed, text, uuid_text
 from .access import AccessData, LctRef
+from .schema import Kind
 
 __all__ = [
     "LEDGER_ENTRY_VERSION",
+    "TIMESTAMP",
     "BindingAuthorization",
     "BindingRecord",
     "BoundEntity",
@@ -50,6 +52,20 @@ def parse_timestamp(value: Any, what: str = "timestamp") -> float:
     except ValueError:
         raise malformed(f"{what} must be RFC 3339 UTC like 2026-01-01T00:00:00.000Z") from None
     return dt.timestamp()
+
+
+def _read_timestamp(value: Any, what: str) -> str:
+    parse_timestamp(value, what)
+    return str(value)
+
+
+#: The schema kind of a record's time, as :func:`format_timestamp` writes it (kept as that text).
+TIMESTAMP = Kind(
+    "timestamp",
+    {},
+    _read_timestamp,
+    ("text", "≤ 32 chars", "RFC 3339 UTC with milliseconds, e.g. 2026-01-01T00:00:00.000Z"),
+)
 
 
 def key_commitment(binding_id: str, key: PublicKey) -> bytes:

@@ -272,10 +272,10 @@ def wire(kind: Kind, *, name: str | None = None, default: Any = dataclasses.MISS
     return dataclasses.field(default=default, metadata=meta)
 
 
-def authenticator(*sizes: int, kind: Kind | None = None) -> Any:
+def authenticator(*sizes: int, kind: Kind | None = None, name: str | None = None) -> Any:
     """Declare the authenticator (signature or MAC): one of ``sizes`` bytes (or ``kind``), empty
-    until signed, left out of the signed bytes."""
-    meta = {"kind": kind or auth_kind(sizes), "wire": None, "auth": True}
+    until signed, left out of the signed bytes (``name``: its key on the wire, as for :func:`wire`)."""
+    meta = {"kind": kind or auth_kind(sizes), "wire": name, "auth": True}
     return dataclasses.field(default=b"", repr=False, metadata=meta)
 
 

@@ -19,16 +19,17 @@ data can confirm it is in the binding (:meth:`BindingWitness.names`). docs/bindi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from typing import Any, Final
 
 from ..crypto import labels
 from ..crypto.suite import SIGNATURE_BYTES, PrivateKey, PublicKey, sha256
 from ..encoding import canonical_dumps, strict_loads
 from ..errors import Reason, VerificationError
-from ._fields import expect_map, malformed, raw_bytes, uuid_text
+from ._fields import expect_map, malformed
 from .access import AccessData
-from .binding import BindingRecord, parse_timestamp
+from .binding import TIMESTAMP, BindingRecord
+from .schema import Record, authenticator, bytes_, record, uuid_, wire
 
 __all__ = ["WITNESS_KIND", "BindingWitness", "access_hash"]
 
@@ -36,7 +37,8 @@ WITNESS_KIND: Final = "binding_witness"
 _VERSION: Final = labels.PROTOCOL_VERSION
 _MAX_BYTES: Final = 512  # an encoded witness is 276 bytes
 _HASH_BYTES: Final = 32
-_FIELDS: Final = {"v", "kind", "binding_id", "entity_a_hash", "entity_b_hash", "timestamp", "sig"}
+#: The constant keys of every witness, outside its declared fields.
+_HEADER: Final = frozenset({"v", "kind"})
 
 
 def access_hash(access: AccessData) -> bytes:
@@ -44,60 +46,51 @@ def access_hash(access: AccessData) -> bytes:
     return sha256(labels.WITNESS_ACCESS_HASH + canonical_dumps(access.to_dict()))
 
 
-@dataclass(frozen=True, slots=True)
-class BindingWitness:
-    """The witness broadcast; make one with :meth:`of` and :meth:`sign`, read one with :meth:`decode`."""
+@record(what="binding witness")
+class BindingWitness(Record):
+    """The witness broadcast; make one with :meth:`of` and :meth:`sign`, read one with :meth:`decode`.
 
-    binding_id: str
-    entity_a_hash: bytes
-    entity_b_hash: bytes
-    timestamp: str
-    signature: bytes = field(default=b"", repr=False)
+    Its fields are declared once (docs/architecture.md, Message schema); the time is declared
+    first because an untrusted witness is read in declaration order and its time is checked first.
+    """
+
+    timestamp: str = wire(TIMESTAMP)
+    binding_id: str = wire(uuid_)
+    entity_a_hash: bytes = wire(bytes_(_HASH_BYTES))
+    entity_b_hash: bytes = wire(bytes_(_HASH_BYTES))
+    signature: bytes = authenticator(kind=bytes_(SIGNATURE_BYTES), name="sig")
 
     @classmethod
     def of(cls, record: BindingRecord) -> BindingWitness:
         """The unsigned witness of a recorded binding."""
         return cls(
-            record.binding_id,
-            access_hash(record.entity_a.access_data),
-            access_hash(record.entity_b.access_data),
-            record.timestamp,
+            timestamp=record.timestamp,
+            binding_id=record.binding_id,
+            entity_a_hash=access_hash(record.entity_a.access_data),
+            entity_b_hash=access_hash(record.entity_b.access_data),
         )
 
     def _body(self) -> dict[str, Any]:
-        return {
-            "v": _VERSION,
-            "kind": WITNESS_KIND,
-            "binding_id": self.binding_id,
-            "entity_a_hash": self.entity_a_hash,
-            "entity_b_hash": self.entity_b_hash,
-            "timestamp": self.timestamp,
-        }
+        return {"v": _VERSION, "kind": WITNESS_KIND, **self.signed_map()}
 
     def sign(self, controller_key: PrivateKey) -> BindingWitness:
         sig = controller_key.sign(labels.SIG_BINDING_WITNESS, canonical_dumps(self._body()))
-        return BindingWitness(self.binding_id, self.entity_a_hash, self.entity_b_hash, self.timestamp, sig)
+        return dataclasses.replace(self, signature=sig)
 
     def encode(self) -> bytes:
         """The broadcast bytes (deterministic CBOR)."""
         if not self.signature:
             raise VerificationError(Reason.UNAUTHORIZED, "the witness is not signed")
-        return canonical_dumps({**self._body(), "sig": self.signature})
+        return canonical_dumps({"v": _VERSION, "kind": WITNESS_KIND, **self.to_cbor()})
 
     @classmethod
     def decode(cls, data: bytes) -> BindingWitness:
         """Parse untrusted bytes strictly (the signature is checked by :meth:`verify`)."""
-        m = expect_map(strict_loads(data, max_bytes=_MAX_BYTES), "binding witness", required=_FIELDS)
+        schema = cls.__schema__
+        m = expect_map(strict_loads(data, max_bytes=_MAX_BYTES), schema.what, required=set(schema.names | _HEADER))
         if m["v"] != _VERSION or m["kind"] != WITNESS_KIND:
             raise malformed(f"not a version-{_VERSION} binding witness")
-        parse_timestamp(m["timestamp"])
-        return cls(
-            uuid_text(m["binding_id"], "binding_id"),
-            raw_bytes(m["entity_a_hash"], "entity_a_hash", size=_HASH_BYTES),
-            raw_bytes(m["entity_b_hash"], "entity_b_hash", size=_HASH_BYTES),
-            m["timestamp"],
-            raw_bytes(m["sig"], "sig", size=SIGNATURE_BYTES),
-        )
+        return cls(**schema.read(m, extra=_HEADER))
 
     def verify(self, controller_key: PublicKey) -> None:
         """Raise ``bad_signature`` unless ``controller_key`` signed this witness."""

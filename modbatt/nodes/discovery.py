@@ -24,19 +24,23 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ..errors import ModbattError, Reason, TransportError, VerificationError
+from ..crypto.rng import RandomSource, SystemRandom
+from ..errors import ConfigError, ModbattError, Reason, TransportError, VerificationError
 from ..model.access import AccessData, TransportProtocol
 from ..model.binding import BindingRecord
 from ..protocol.validation.announce import AnnounceVerifier, BindingKeyRef
+from ..transport.http import EntityClient
 from ..transport.routing import protocol_of
+from .controller import AuthController
+from .liveness import prove_binding_key
 
-__all__ = ["Directory", "DiscoveredEntity", "probe_http_entity"]
+__all__ = ["Directory", "Discovered", "DiscoveredEntity", "Discovery", "probe_http_entity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +173,71 @@ def probe_http_entity(url: str, *, timeout: float = 3.0) -> tuple[AccessData, st
     if not isinstance(key_id, str):
         raise VerificationError(Reason.MALFORMED, f"{target} gave no identity key id")
     return AccessData.from_dict(answer.get("access_data")), key_id
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """A device the controller learned from an announce and reached."""
+
+    device_id: str
+    binding_id: str
+    access_data: AccessData
+    moved: bool
+    reached_via: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id, "binding_id": self.binding_id, "access_data": self.access_data.to_dict(),
+            "moved": self.moved, "reached_via": self.reached_via,
+        }  # fmt: skip
+
+
+class Discovery:
+    """The controller's side of dynamic discovery.
+
+    It verifies announces with the semi-public keys of every live binding it recorded and learns
+    the device's current access data (a :class:`~modbatt.nodes.discovery.Directory`), picks the
+    client for the protocol that access data names, and proves the device is live there
+    (:func:`~modbatt.nodes.liveness.prove_binding_key`: a level-7 ``binding_challenge`` answered
+    with a binding-key signature the controller checks against its record).
+    """
+
+    def __init__(
+        self,
+        controller: AuthController,
+        clients: Mapping[TransportProtocol, EntityClient],
+        *,
+        rng: RandomSource | None = None,
+    ) -> None:
+        self.controller = controller
+        self.clients = dict(clients)
+        self._rng = rng or SystemRandom()
+        self.directory: dict[str, AccessData] = {}
+        #: Rejections by reason: announces refused, devices that could not prove their key.
+        self.rejections: collections.Counter[Reason] = collections.Counter()
+        live = (controller.record(binding_id) for binding_id in controller.binding_ids())
+        self._announces = Directory(r for r in live if r is not None and not controller.is_revoked(r.binding_id))
+
+    def on_announce(self, data: bytes, now: float) -> Discovered:
+        """Verify an announce, learn where the device is, and reach it there."""
+        try:
+            return self._on_announce(data, now)
+        except VerificationError as exc:
+            self.rejections[exc.reason] += 1
+            raise
+
+    def _on_announce(self, data: bytes, now: float) -> Discovered:
+        found = self._announces.learn(data, now)
+        access = found.access_data
+        client = self.clients.get(access.protocol)
+        if client is None:
+            raise ConfigError(f"no client for {access.protocol.value}: cannot reach {access.device_id}")
+        prove_binding_key(
+            self.controller, client, found.binding_id, found.device_id,
+            clock=lambda: now, rng=self._rng, endpoint=access.endpoint,
+        )  # fmt: skip
+        record = self.controller.record(found.binding_id)
+        assert record is not None  # the directory trusts recorded bindings only
+        moved = access != record.entity(found.device_id).access_data
+        self.directory[found.device_id] = access
+        return Discovered(found.device_id, found.binding_id, access, moved, access.protocol.value)

@@ -2,7 +2,10 @@
 
 :func:`paired_deployment` makes an :class:`~modbatt.nodes.inmemory.InMemoryDeployment` (real
 auth controller, ledger and key stores, explicitly ephemeral channel freshness), binds the pack
-to every module and pairs each binding with :func:`~modbatt.nodes.pairing_flow.pair_entities`.
+to every module and pairs each binding with :func:`~modbatt.nodes.pairing_flow.pair_entities`;
+:meth:`PairedDeployment.of` does the same for a deployment the caller made (a test's own world),
+and :meth:`PairedDeployment.bind` binds and pairs one module at a time for a caller that runs
+something between modules.
 What it returns, a :class:`PairedDeployment`, hands out each end's link through its entity's own
 :class:`~modbatt.nodes.channel.PairedChannel` (the channel owner), the context that runs the
 validation levels over a pairing, and an entity's key store copied to disk for a process that
@@ -26,6 +29,7 @@ from ..can.wiretime import CLASSIC, BusProfile
 from ..crypto.keystore import KeyStore
 from ..crypto.rng import RandomSource
 from ..crypto.suite import PrivateKey
+from ..model.access import AccessData
 from ..model.binding import BindingRecord
 from ..model.pairing import ControllerMode, PairingCertificate
 from ..model.policy import EncryptionPolicy
@@ -117,6 +121,52 @@ class PairedDeployment:
     def close(self) -> None:
         self.dep.ledger.close()
 
+    @classmethod
+    def of(
+        cls,
+        dep: InMemoryDeployment,
+        *,
+        profile: ProtocolProfile | str = DEFAULT_PROFILE,
+        mode: ControllerMode = ControllerMode.STANDARD,
+        pair: bool = True,
+    ) -> PairedDeployment:
+        """``dep``'s pack bound to each of its modules and, unless ``pair=False``, paired under ``profile``."""
+        made = cls(dep, profile_named(profile))
+        for node_id in dep.modules:
+            made.bind(node_id, mode=mode, pair=pair)
+        return made
+
+    def bind(self, node_id: int, *, mode: ControllerMode = ControllerMode.STANDARD, pair: bool = True) -> None:
+        """Bind the pack to module ``node_id`` and, unless ``pair=False``, pair them under :attr:`profile`."""
+        dep = self.dep
+        record, index, pairing = _bind_and_pair_one(
+            dep.controller, dep.pack, self.module(node_id), dep.authority_key, dep.clock, dep.rng, self.profile,
+            mode=mode, pair=pair,
+        )  # fmt: skip
+        self.records[node_id], self.record_indexes[node_id] = record, index
+        if pairing is not None:
+            self.pairings[node_id] = pairing
+
+
+def _bind_and_pair_one(
+    controller: AuthController,
+    pack: EntityNode,
+    module: EntityNode,
+    authority_key: PrivateKey,
+    clock: Callable[[], float],
+    rng: RandomSource,
+    protocol: ProtocolProfile,
+    *,
+    mode: ControllerMode,
+    pair: bool,
+) -> tuple[BindingRecord, int, PairingOutcome | None]:
+    grant = authorize_binding(authority_key, pack, module, clock(), rng)
+    bound = controller.bind(pack.access_data, module.access_data, grant)
+    if not pair:
+        return bound.record, bound.ledger_index, None
+    pairing = pair_entities(controller, pack, module, bound.record.binding_id, mode=mode, profile=protocol)
+    return bound.record, bound.ledger_index, pairing
+
 
 def bind_and_pair(
     controller: AuthController,
@@ -137,13 +187,11 @@ def bind_and_pair(
     pairings: dict[int, PairingOutcome] = {}
     indexes: dict[int, int] = {}
     for node_id, module in modules.items():
-        grant = authorize_binding(authority_key, pack, module, clock(), rng)
-        bound = controller.bind(pack.access_data, module.access_data, grant)
-        records[node_id], indexes[node_id] = bound.record, bound.ledger_index
-        if pair:
-            pairings[node_id] = pair_entities(
-                controller, pack, module, bound.record.binding_id, mode=mode, profile=protocol
-            )
+        records[node_id], indexes[node_id], pairing = _bind_and_pair_one(
+            controller, pack, module, authority_key, clock, rng, protocol, mode=mode, pair=pair
+        )
+        if pairing is not None:
+            pairings[node_id] = pairing
     return records, pairings, indexes
 
 
@@ -155,18 +203,16 @@ def paired_deployment(
     mode: ControllerMode = ControllerMode.STANDARD,
     pair: bool = True,
     clock: Callable[[], float] | None = None,
+    pack_access: AccessData | None = None,
 ) -> PairedDeployment:
     """An in-memory pack bound to ``modules`` modules, each pairing issued under ``profile``.
 
     ``mode`` is the pairings' controller mode; ``pair=False`` stops after binding (scenarios
-    that run the pairing themselves); ``clock`` as for :class:`InMemoryDeployment`.
+    that run the pairing themselves); ``clock`` and ``pack_access`` as for :class:`InMemoryDeployment`.
     """
-    chosen = profile_named(profile)
-    dep = InMemoryDeployment(seed=seed, modules=modules, clock=clock)
-    records, pairings, indexes = bind_and_pair(
-        dep.controller, dep.pack, dep.modules, dep.authority_key, dep.clock, dep.rng, chosen, mode=mode, pair=pair
-    )
-    return PairedDeployment(dep, chosen, records, pairings, indexes)
+    chosen = profile_named(profile)  # an unknown name fails before anything is made
+    dep = InMemoryDeployment(seed=seed, modules=modules, clock=clock, pack_access=pack_access)
+    return PairedDeployment.of(dep, profile=chosen, mode=mode, pair=pair)
 
 
 def persist_entity(node: EntityNode, path: Path) -> Path:

@@ -236,24 +236,21 @@ def whole_pack_trust_graph(
     revoked (their pairings become void) and the ``rebound`` ones bound again with a fresh grant.
     """
     from ..nodes.inmemory import InMemoryDeployment
-    from ..nodes.pairing_flow import pair_entities
-    from ..nodes.validation import ValidationContext, run_level
+    from ..nodes.paired import PairedDeployment
+    from ..nodes.validation import run_level
 
     d = InMemoryDeployment(seed=seed, modules=modules)
     try:
-        records = {}
-        for node_id, module in d.modules.items():
-            records[node_id] = d.bind(d.pack, module).record
-            pairing = pair_entities(d.controller, d.pack, module, records[node_id].binding_id)
+        made = PairedDeployment(d)
+        for node_id in d.modules:
+            made.bind(node_id)  # one module at a time: each witness statement follows its own pairing
             if node_id in (witnessed if witnessed is not None else range(1, modules + 1, 3)):
-                ctx = ValidationContext.from_nodes(d.controller, d.pack, module, records[node_id].binding_id,
-                                                   pairing.certificate.metadata.pairing_id)  # fmt: skip
-                run_level(ctx, 2)
+                run_level(made.validation(node_id), 2)
         for node_id in revoked:
-            d.controller.revoke(records[node_id].binding_id, "module replaced")
+            d.controller.revoke(made.binding_id(node_id), "module replaced")
         d.clock.advance(60)
         for node_id in rebound:
-            d.controller.rebind(records[node_id].binding_id, d.authorize(d.pack, d.modules[node_id]))
+            d.controller.rebind(made.binding_id(node_id), d.authorize(d.pack, d.modules[node_id]))
         return trust_graph(d.ledger.entries())
     finally:
         d.ledger.close()

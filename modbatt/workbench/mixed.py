@@ -326,7 +326,7 @@ class MixedBench:
     def announce(self, entity: MixedEntity, access: AccessData | None = None) -> bytes:
         """Send ``entity``'s level-1 announce over its own transport (its current access data unless given).
 
-        Returns the announce bytes (e.g. to hand to :class:`modbatt.nodes.validation.Discovery`).
+        Returns the announce bytes (e.g. to hand to :class:`modbatt.nodes.discovery.Discovery`).
         """
         if entity.binding_id is None:
             raise ConfigError(f"{entity.name} has no binding key to announce with")

@@ -28,6 +28,7 @@ from ...model.pairing import ControllerMode
 from ...model.profile import ProtocolProfile
 from ...nodes.events import EventIntake, EventOutbox
 from ...nodes.inmemory import InMemoryDeployment
+from ...nodes.paired import PairedDeployment
 from ...nodes.pairing_flow import pair_entities
 from ...nodes.recovery import KeyLossIntake
 from ...nodes.validation import run_all_levels
@@ -112,9 +113,9 @@ def _recording(rec: Record) -> Iterator[None]:
 
 def _bind_and_pair(dep: InMemoryDeployment, rec: Record) -> None:
     module = dep.modules[1]
-    outcome = dep.bind(dep.pack, module)
-    binding_id = outcome.record.binding_id
-    std = pair_entities(dep.controller, dep.pack, module, binding_id)
+    made = PairedDeployment.of(dep)
+    binding_id, std = made.binding_id(1), made.pairings[1]
+    # Two more pairings of the same binding: a blind one and one under the efficient profile.
     blind = pair_entities(dep.controller, dep.pack, module, binding_id, mode=ControllerMode.BLIND)
     efficient = pair_entities(dep.controller, dep.pack, module, binding_id, profile=ProtocolProfile.EFFICIENT)
     eff_pid = efficient.certificate.metadata.pairing_id
