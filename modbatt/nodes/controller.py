@@ -27,7 +27,7 @@ from typing import Any
 
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey, sha256
-from ..errors import ModbattError, Reason, VerificationError, counts_rejections
+from ..errors import ModbattError, Reason, TransportError, VerificationError, counts_rejections
 from ..ledger.pin import KeyStoreHeadPin
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
@@ -358,7 +358,9 @@ class AuthController:
             try:
                 self._deliver(out)
             except ModbattError as exc:
-                told = False
+                # A rejection is an answer (an entity without keys says unknown_binding); only
+                # an entity that could not be reached may still hold keys.
+                told = told and not isinstance(exc, TransportError)
                 log.warning("could not abort binding on %s: %s", out.to.device_id, exc.__class__.__name__)
         return told
 

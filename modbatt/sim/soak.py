@@ -51,8 +51,8 @@ from .multiprocess import (
     spawn_module,
     start_modules,
 )
-from .pack import SimStats, _paired, _persist_entity
-from .schedule import TrafficPlan
+from .pack import FIRMWARE_RETRY, SimStats, _paired, _persist_entity
+from .schedule import TrafficPlan, sized_plan
 from .state import check_modules
 from .summary import command_summary
 
@@ -60,8 +60,6 @@ __all__ = ["DEFAULT_SOAK_FAULTS", "SoakReport", "rss_kib", "run_soak", "slope_pe
 
 #: The issue's soak rates: 10 % loss with duplication, reordering and corruption.
 DEFAULT_SOAK_FAULTS = "loss=0.1,dup=0.02,reorder=0.02,corrupt=0.01"
-#: Firmware blocks small enough to cross a 10 % lossy bus (docs/delivery.md §3).
-SOAK_FIRMWARE_BLOCK = 32
 _SAMPLE_S = 1.0
 #: A module process's first seconds (imports, first allocations) are left out of its slope, and a
 #: process is fitted only if it lived this long in the second half of the run.
@@ -241,7 +239,7 @@ def run_soak(
         raise ConfigError("restart_every must be positive (or None: no random restarts)")
     base = FaultSpec.parse(faults)
     logging.getLogger("isotp").setLevel(logging.ERROR)  # framing faults are counted, not logged
-    plan = plan or TrafficPlan(firmware_block=SOAK_FIRMWARE_BLOCK)
+    plan = plan or sized_plan(CLASSIC, base, FIRMWARE_RETRY.max_tries)  # blocks sized for the loss
     port = port or _free_port()
     rng = random.Random(seed)
     bus_kw: dict[str, Any] = {"interface": "udp_multicast", "channel": group, "kwargs": {"port": port}}

@@ -106,6 +106,11 @@ class FaultSpec:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
 
+    @property
+    def frame_loss(self) -> float:
+        """The fraction of frames one receiver misses: ``loss`` once, or twice over with ``dir=both``."""
+        return 1.0 - (1.0 - self.loss) ** (2 if self.dir == "both" else 1)
+
     @classmethod
     def parse(cls, text: str | FaultSpec | None) -> FaultSpec | None:
         """``"loss=0.1,dup=0.02,seed=7"`` → a spec (``None`` or ``""`` → None); ConfigError if unusable."""
