@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .state import check_modules as _check_modules
 
 __all__ = [
     "collect_stats",
+    "memory_growth",
     "multicast_available",
     "pack_end",
     "reap_children",
@@ -81,6 +83,18 @@ class _ChildSpec:
     deadline: float  # wall seconds the child may live at most
     kill_at: str = ""  # a kill point (nodes/killpoints.py) this child dies at
     journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
+    trace_memory: bool = False  # trace allocations; report what grew from mid-run to the end
+
+
+def memory_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 10) -> list[str]:
+    """The ``top`` source lines whose live allocations grew most between two snapshots."""
+    mine = tracemalloc.Filter(False, tracemalloc.__file__)
+    diff = after.filter_traces([mine]).compare_to(before.filter_traces([mine]), "lineno")
+    return [
+        f"{d.traceback[0].filename}:{d.traceback[0].lineno} {d.size_diff / 1024:+.1f} KiB ({d.count_diff:+d} blocks)"
+        for d in diff[:top]
+        if d.size_diff > 0
+    ]
 
 
 def reap_children(children: Iterable[tuple[Any, Any]]) -> None:
@@ -138,12 +152,17 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
             return
         t0 = clock.now()
         module.start(sched, t0, (spec.node - 1) / spec.modules)
+        snapshots: list[tracemalloc.Snapshot] = []
+        if spec.trace_memory:
+            tracemalloc.start()
+            sched.at(t0 + duration / 2, lambda: snapshots.append(tracemalloc.take_snapshot()))
         sched.run(t0 + duration, max_wall=max(wall_end - time.monotonic(), 0.1))
+        growth = memory_growth(snapshots[0], tracemalloc.take_snapshot()) if snapshots else []
         sched.cancel_all()
         while not conn.poll(0.0) and time.monotonic() < wall_end:  # serve late commands until told to stop
             ep.drain(0.01)
         stats.truncated = sched.truncated
-        conn.send(("stats", stats.to_dict()))
+        conn.send(("stats", {**stats.to_dict(), "memory_growth": growth}))
     except Exception as exc:
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -201,13 +220,16 @@ def start_modules(children: Iterable[tuple[Any, Any]], ep: _Endpoint, duration: 
         pipe.send(("go", duration))
 
 
-def collect_stats(children: Iterable[tuple[Any, Any]], stats: SimStats, wait: float, *, strict: bool) -> None:
-    """Tell every child to stop and merge the statistics it sends back into ``stats``.
+def collect_stats(
+    children: Iterable[tuple[Any, Any]], stats: SimStats, wait: float, *, strict: bool
+) -> list[dict[str, Any]]:
+    """Tell every child to stop and merge the statistics it sends back into ``stats``; returns them.
 
     ``strict``: a child that sends none is an error; otherwise it is skipped (the soak counts
     what was applied from the modules' journals, which a kill does not lose).
     """
     children = list(children)
+    reports: list[dict[str, Any]] = []
     for _, pipe in children:
         with contextlib.suppress(Exception):
             pipe.send(("stop", 0))
@@ -219,8 +241,10 @@ def collect_stats(children: Iterable[tuple[Any, Any]], stats: SimStats, wait: fl
         kind, detail = _recv(pipe, proc)
         if kind == "stats":
             stats.merge(detail)
+            reports.append(detail)
         elif strict:
             raise ModbattError(f"{proc.name}: {detail}")
+    return reports
 
 
 def _recv(pipe: Any, proc: Any) -> tuple[str, Any]:

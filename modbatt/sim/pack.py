@@ -151,6 +151,7 @@ class SimStats:
     repeats: int = 0  # copies of an applied command answered again without applying it
     stale: int = 0  # copies older than the last applied command, dropped
     stray_acks: int = 0  # acks for nothing in flight (duplicates, late copies), ignored
+    superseded_units: int = 0  # best-effort units replaced by a newer one before they left (ISO-TP queue)
     #: Seconds from submission to acknowledgement, per class (the pack's view).
     latencies: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     #: The bus injected faults: loss is expected, so :attr:`ok` judges delivery, not completeness.
@@ -185,6 +186,7 @@ class SimStats:
             "repeats",
             "stale",
             "stray_acks",
+            "superseded_units",
         ):
             setattr(self, name, getattr(self, name) + data.get(name, 0))
         self.ack_latency_max = max(self.ack_latency_max, data["ack_latency_max"])
@@ -412,15 +414,24 @@ class _Conn:
     def _error(self, exc: Exception) -> None:
         self.node.endpoint.stats.transport_errors[type(exc).__name__] += 1
 
-    def send(self, data: bytes, *, retry: bool = False) -> None:
+    def send(self, data: bytes, *, retry: bool = False, supersede: bool = False) -> int:
+        """Send one unit; returns how many queued units it replaced (``supersede``: best-effort
+        classes, where the newest value is the one that matters, docs/delivery.md §1)."""
         if self._tp is None:
             self.node.endpoint.send(self.tx_id, data)
-            return
+            return 0
+        dropped = 0
         if retry and self._tp.transmitting():
             # A retry supersedes a transfer stuck on a lost flow-control frame (docs/delivery.md §ISO-TP).
             self._tp.stop_sending()
+        elif supersede:
+            # Units queued behind a transfer waiting out a lost flow control (N_Bs, 1 s) would pile
+            # up without bound on a lossy bus, each older than the next: keep only the newest.
+            dropped = self._tp.tx_queue.qsize()
+            self._tp.clear_tx_queue()
         self._tp.send(data)
         self._process()
+        return dropped
 
     def feed(self, data: bytes) -> None:
         if self._tp is None:
@@ -483,8 +494,9 @@ class _Node:
             raise ModbattError(f"link chose id {pdu.can_id:#x}, connection expects {c.tx_id:#x}")
         if not c.isotp and not pdu.single_frame:  # pragma: no cover - the plan's sizes were exceeded
             raise ModbattError(f"{message_class} unit of {len(pdu.data)} B does not fit one frame")
-        self.stats.units_tx[_key(message_class, tier)] += 1
-        c.send(pdu.data, retry=retry)
+        dropped = c.send(pdu.data, retry=retry, supersede=message_class not in _ACK_CLASSES)
+        self.stats.units_tx[_key(message_class, tier)] += 1 - dropped  # units that went to the bus
+        self.stats.superseded_units += dropped
 
     def on_frame(self, fields: CanIdFields, can_id: int, data: bytes) -> None:
         if fields.node not in self.links:

@@ -46,6 +46,7 @@ from .multiprocess import (
     _free_port,
     _recv,
     collect_stats,
+    memory_growth,
     pack_end,
     reap_children,
     spawn_module,
@@ -124,8 +125,10 @@ class SoakReport:
     memory: list[dict[str, Any]] = field(default_factory=list)
     #: Module process ids and the module each one ran, with the second it started.
     processes: dict[int, tuple[int, float]] = field(default_factory=dict)
-    #: With ``trace_memory``: the pack's largest allocation growths between mid-run and the end.
+    #: With ``trace_memory``: the pack's largest allocation growths between mid-run and the end,
+    #: and each module process's (those that ran to the end) five largest.
     memory_growth: list[str] = field(default_factory=list)
+    module_memory_growth: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
     @property
@@ -197,19 +200,11 @@ class SoakReport:
             "rejects": dict(sorted(s.rejects.items())),
             "transport_errors": sum(s.transport_errors.values()),
             "latency_ms": s.latency_percentiles(),
-            "memory": {"samples": self.memory, **self.slopes(), "growth": self.memory_growth},
+            "memory": {
+                "samples": self.memory, **self.slopes(), "growth": self.memory_growth,
+                "module_growth": self.module_memory_growth,
+            },
         }
-
-
-def _growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 10) -> list[str]:
-    """The ``top`` source lines whose live allocations grew most between two snapshots."""
-    mine = tracemalloc.Filter(False, tracemalloc.__file__)
-    diff = after.filter_traces([mine]).compare_to(before.filter_traces([mine]), "lineno")
-    return [
-        f"{d.traceback[0].filename}:{d.traceback[0].lineno} {d.size_diff / 1024:+.1f} KiB ({d.count_diff:+d} blocks)"
-        for d in diff[:top]
-        if d.size_diff > 0
-    ]
 
 
 def run_soak(
@@ -268,6 +263,7 @@ def run_soak(
             specs[n] = _ChildSpec(
                 n, pairings[n], str(store), str(key_file), policy.to_dict(), bus_for(n), CLASSIC, plan_kw,
                 SEED_LAYOUT.name, modules, deadline, (kill_at or {}).get(n, ""), str(state / f"applied-{n:02d}"),
+                trace_memory,
             )  # fmt: skip
             live[n] = spawn_module(ctx, specs[n])
         clock = RealClock()
@@ -319,7 +315,7 @@ def run_soak(
         sched.at(t0, supervise)
         sched.run(t_end, max_wall=duration + 30.0)
         if trace_memory and snapshots:
-            report.memory_growth = _growth(snapshots[0], tracemalloc.take_snapshot())
+            report.memory_growth = memory_growth(snapshots[0], tracemalloc.take_snapshot())
         pack.sending = False
         sched.cancel_all()
         sched.at(clock.now(), pack._retries)
@@ -328,7 +324,8 @@ def run_soak(
         while clock.now() < settle and (pack.outstanding() or starting):
             sched.run(min(clock.now() + 0.5, settle), max_wall=drain + 5.0)
         sched.cancel_all()
-        collect_stats(live.values(), stats, 15.0, strict=False)
+        for detail in collect_stats(live.values(), stats, 15.0, strict=False):
+            report.module_memory_growth.extend(detail.get("memory_growth", [])[:5])
         stats.merge(pack_stats)
         applied: collections.Counter[str] = collections.Counter()  # from the journals: they survive kills
         for n in specs:
