@@ -122,14 +122,21 @@ def _soak(args: argparse.Namespace) -> int:
         print()
     else:
         _print_soak(summary)
+    status, problem = soak_status(report, fail_on_give_up=args.fail_on_give_up)
+    if problem:
+        print(f"modbatt sim: error: {problem}", file=sys.stderr)
+    return status
+
+
+def soak_status(report: Any, *, fail_on_give_up: bool = False) -> tuple[int, str | None]:
+    """The soak's exit status and why it failed: the contract (docs/delivery.md §6), and with
+    ``fail_on_give_up`` also any command given up or left unsettled."""
     if not report.ok:
-        print("modbatt sim: error: the delivery contract was broken (see above)", file=sys.stderr)
-        return EXIT_FAILED
-    if args.fail_on_give_up and report.given_up:
-        print(f"modbatt sim: error: {report.given_up} commands given up or unsettled (--fail-on-give-up)",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED
-    return EXIT_OK
+        return EXIT_FAILED, "the delivery contract was broken (acknowledged and not applied, applied twice, or "\
+            "an unclassified reject)"
+    if fail_on_give_up and report.given_up:
+        return EXIT_FAILED, f"{report.given_up} commands given up or unsettled (--fail-on-give-up)"
+    return EXIT_OK, None
 
 
 def _print_soak(summary: dict[str, Any]) -> None:
