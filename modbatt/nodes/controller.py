@@ -27,7 +27,7 @@ from typing import Any
 
 from ..crypto.rng import RandomSource, SystemRandom
 from ..crypto.suite import PrivateKey, PublicKey, sha256
-from ..errors import ModbattError, Reason, TransportError, VerificationError, counts_rejections
+from ..errors import ModbattError, Reason, VerificationError, counts_rejections
 from ..ledger.pin import KeyStoreHeadPin
 from ..model.access import AccessData
 from ..model.binding import BindingAuthorization, BindingRecord, RevocationRecord, format_timestamp
@@ -252,11 +252,8 @@ class AuthController:
                 self.records.delete(pending)
                 self.ledger.signed_tree_head()
         except ModbattError:
-            # An entity the abort did not reach may keep keys of this unrecorded binding: the
-            # relationship's claim then stays behind, lapsed, and the next bind of these two
-            # entities tells them to drop those keys first (_claim, _abort_abandoned).
-            told = self._abort(tx)
-            self._release(claim, tx.binding_id, keep_lapsed=not told)
+            self._abort(tx)
+            self._release(claim, tx.binding_id)
             raise
         log.info("bound %s and %s as %s", entity_a.device_id, entity_b.device_id, record.binding_id)
         return BindingOutcome(record, index, BindingWitness.of(record).sign(self.controller_key).encode())
@@ -330,18 +327,15 @@ class AuthController:
             if value.get("claim") != claim.token:
                 raise VerificationError(Reason.TIMEOUT, "this binding overran its claim, which another call took")
 
-    def _release(self, claim: _Claim, binding_id: str, *, keep_lapsed: bool = False) -> None:
-        """Undo this call's claims and anything it stored; never another call's. ``keep_lapsed``:
-        leave the relationship's claim, lapsed, for the next bind to clean up after."""
+    def _release(self, claim: _Claim, binding_id: str) -> None:
+        """Undo this call's claims and anything it stored; never another call's."""
         with self._exclusive(), self.records.transaction():
             for name in (claim.grant, claim.relationship):
                 value = self.records.record(name) if name in self.records else {}
                 if value.get("claim") == claim.token or (
                     "claim" not in value and value.get("binding_id") == binding_id
                 ):
-                    if name == claim.relationship and keep_lapsed and value.get("claim") == claim.token:
-                        self.records.put_record(name, {**value, "lease_until": 0.0})
-                    elif name == claim.relationship and claim.previous is not None:
+                    if name == claim.relationship and claim.previous is not None:
                         self.records.put_record(name, {"binding_id": claim.previous})
                     elif value:
                         self.records.delete(name)
@@ -350,19 +344,13 @@ class AuthController:
                 if name in self.records:
                     self.records.delete(name)
 
-    def _abort(self, tx: BindingTransaction) -> bool:
-        """Best effort: tell the entities to drop any keys (the binding was never recorded);
-        whether every entity was told."""
-        told = True
+    def _abort(self, tx: BindingTransaction) -> None:
+        # Best effort: tell the entities to drop any keys; the binding was never recorded.
         for out in tx.fail(self._clock()):
             try:
                 self._deliver(out)
             except ModbattError as exc:
-                # A rejection is an answer (an entity without keys says unknown_binding); only
-                # an entity that could not be reached may still hold keys.
-                told = told and not isinstance(exc, TransportError)
                 log.warning("could not abort binding on %s: %s", out.to.device_id, exc.__class__.__name__)
-        return told
 
     def binding_ids(self) -> list[str]:
         """Every binding this controller recorded, live or revoked (sorted)."""
