@@ -105,7 +105,15 @@ class LedgerError(ModbattError):
 
 
 class TransportError(ModbattError):
-    """An endpoint could not be reached or answered outside the protocol."""
+    """An endpoint could not be reached or answered outside the protocol.
+
+    :attr:`reason` classifies it where the transport knows why (``Reason.TIMEOUT``: no answer
+    within the retry policy, or the bus refused to send, e.g. in bus-off); ``None`` otherwise.
+    """
+
+    def __init__(self, detail: str = "", reason: Reason | None = None) -> None:
+        self.reason = None if reason is None else Reason(reason)
+        super().__init__(detail)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

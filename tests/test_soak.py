@@ -50,3 +50,36 @@ def test_soak_command_line_refuses_a_state_or_another_bus(capsys: pytest.Capture
     assert main(["sim", "--soak", "5", "--ephemeral", "--profile", "efficient"]) == 2
     assert "seed profile" in capsys.readouterr().err
     assert main(["sim", "--soak", "0", "--ephemeral"]) == 2
+
+
+def test_the_soak_exit_status_is_the_contract_not_the_give_ups() -> None:
+    from modbatt.cli.sim_cmd import soak_status
+    from modbatt.sim.pack import SimStats
+    from modbatt.sim.soak import SoakReport
+
+    stats = SimStats(faults=True)
+    stats.acknowledged.update({"1/charge_command/0": 1})
+    stats.applied.update({"1/charge_command/0": 1, "1/charge_command/1": 1})  # applied, ack lost, given up
+    stats.gave_up.update({"charge_command": 1})
+    stats.rejects.update({"bad_mac": 3, "stale": 2})
+    report = SoakReport(2, 5.0, "loss=0.1", stats, 1)
+    assert report.ok and report.given_up == 1  # a classified, reported outcome: the contract held
+    assert soak_status(report) == (0, None)
+    assert soak_status(report, fail_on_give_up=True)[0] == 1
+    stats.rejects["mystery"] += 1  # a reject no Reason names
+    assert not report.ok and report.unclassified_rejects == {"mystery": 1} and soak_status(report)[0] == 1
+    del stats.rejects["mystery"]
+    stats.applied["1/charge_command/0"] += 1  # applied twice
+    assert not report.ok and report.to_dict()["commands"]["applied_twice"] == 1
+
+
+def test_memory_slope_and_its_half_width() -> None:
+    from modbatt.sim.soak import slope_per_min
+
+    flat = [(t, 1000.0 + (t % 2)) for t in range(60)]
+    slope, ci = slope_per_min(flat)
+    assert abs(slope) < 1.0 and 0 < ci < 5.0
+    rising = [(t, 1000.0 + 10 * t) for t in range(60)]  # 10 KiB a second: 600 KiB a minute
+    slope, ci = slope_per_min(rising)
+    assert abs(slope - 600.0) < 1e-6 and ci < 1e-6
+    assert slope_per_min([(0, 1.0), (1, 2.0)])[1] == float("inf")  # too few points to say

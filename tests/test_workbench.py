@@ -134,8 +134,9 @@ def test_list_params(notebooks, capsys):
 
 
 #: The design-space notebook runs only the latency model (no keys, no bus): no seed or bus settings.
-#: 07 is a model notebook too, but replays one measured level on the bus beside the model.
-MODEL_ONLY = ("09-",)
+#: 07 is a model notebook too, but replays one measured level on the bus beside the model. The soak
+#: (11) runs its own udp_multicast bus and real randomness: no seed or bus settings either.
+MODEL_ONLY = ("09-", "11-")
 
 
 def _annotated_names(nb: Path) -> set[str]:

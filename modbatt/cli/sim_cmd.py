@@ -65,6 +65,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--restart-every", type=float, default=5.0, metavar="S", help="soak: kill and restart a module every S seconds"
     )
+    p.add_argument(
+        "--fail-on-give-up",
+        action="store_true",
+        help="soak: also exit 1 if any command was given up or left unsettled (by default the exit status is the "
+        "contract: 0 acknowledged and not applied, 0 applied twice, every reject classified)",
+    )
+    p.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="soak: trace the pack's allocations (tracemalloc) and report what grew between mid-run and the end",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_bus_arguments(p, faults=True)
     p.set_defaults(handler=_sim)
@@ -102,26 +113,60 @@ def _soak(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
     faults = args.faults or DEFAULT_SOAK_FAULTS
     print(f"soak: {args.modules} module processes on udp_multicast for {args.soak:g} s, faults {faults}", file=out)
-    report = run_soak(args.modules, args.soak, faults=faults, restart_every=args.restart_every)
+    report = run_soak(
+        args.modules, args.soak, faults=faults, restart_every=args.restart_every, trace_memory=args.trace_memory
+    )
     summary = report.to_dict()
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        c = summary["commands"]
-        print(f"ran {summary['duration_s']:g} s ({summary['wall_s']:g} s wall), {summary['restarts']} module restarts")
-        print(
-            f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged, {c['applied']} applied, "
-            f"{c['acknowledged_not_applied']} acknowledged and not applied, {c['applied_twice']} applied twice, "
-            f"given up {sum(c['given_up'].values())}, unsettled {c['unsettled']}, {c['retransmissions']} retries"
-        )
-        print("rejects: " + (", ".join(f"{r} {n}" for r, n in summary["rejects"].items()) or "none"))
-        for cls, q in summary["latency_ms"].items():
-            print(f"latency {cls}: p50 {q['p50']:.0f} ms, p90 {q['p90']:.0f} ms, p99 {q['p99']:.0f} ms (n={q['n']})")
-        m = summary["memory"]
-        print(f"memory slope: pack {m['pack_kib_per_min']} KiB/min, module {m['module_kib_per_min']} KiB/min")
-        print("ok" if report.ok else "FAILED")
-    return EXIT_OK if report.ok else EXIT_FAILED
+        _print_soak(summary)
+    status, problem = soak_status(report, fail_on_give_up=args.fail_on_give_up)
+    if problem:
+        print(f"modbatt sim: error: {problem}", file=sys.stderr)
+    return status
+
+
+def soak_status(report: Any, *, fail_on_give_up: bool = False) -> tuple[int, str | None]:
+    """The soak's exit status and why it failed: the contract (docs/delivery.md §6), and with
+    ``fail_on_give_up`` also any command given up or left unsettled."""
+    if not report.ok:
+        return EXIT_FAILED, "the delivery contract was broken (acknowledged and not applied, applied twice, or "\
+            "an unclassified reject)"
+    if fail_on_give_up and report.given_up:
+        return EXIT_FAILED, f"{report.given_up} commands given up or unsettled (--fail-on-give-up)"
+    return EXIT_OK, None
+
+
+def _print_soak(summary: dict[str, Any]) -> None:
+    c = summary["commands"]
+    print(f"ran {summary['duration_s']:g} s ({summary['wall_s']:g} s wall), {summary['restarts']} module restarts")
+    print(
+        f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged, {c['applied']} applied, "
+        f"{c['acknowledged_not_applied']} acknowledged and not applied, {c['applied_twice']} applied twice, "
+        f"given up {sum(c['given_up'].values())}, unsettled {c['unsettled']}, {c['retransmissions']} retries"
+    )
+    print("rejects: " + (", ".join(f"{r} {n}" for r, n in summary["rejects"].items()) or "none"))
+    if summary["unclassified_rejects"]:
+        print("UNCLASSIFIED rejects: " + ", ".join(f"{r} {n}" for r, n in summary["unclassified_rejects"].items()))
+    for cls, q in c["latency_ms"].items():
+        print(f"latency {cls}: p50 {q['p50']:.0f} ms, p90 {q['p90']:.0f} ms, p99 {q['p99']:.0f} ms (n={q['n']})")
+    m = summary["memory"]
+
+    def fit(f: dict[str, Any]) -> str:
+        ci = "n/a" if f["ci95"] is None else f"{f['ci95']:g}"
+        return f"{f['kib_per_min']:g} ± {ci} KiB/min"
+
+    per = m["module_process_slopes"]
+    spread = f", {per['n']} module processes fitted: min {per['min']}, median {per['median']}, max {per['max']}"
+    print(f"memory slope (95 %): pack {fit(m['pack'])}, median module {fit(m['module_median'])}"
+          + (spread if per["n"] else ""))  # fmt: skip
+    for line in m["growth"]:
+        print(f"  grew: {line}")
+    if summary["truncated"]:
+        print("note: a process fell more than 30 s behind real time (the machine is overloaded)")
+    print("contract held" if summary["ok"] else "CONTRACT BROKEN")
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -183,6 +228,8 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _summary(stats: Any, bus: Any, args: argparse.Namespace, where: str, sim_protocol: str) -> dict[str, Any]:
+    from ..sim.summary import command_summary
+
     return {
         "ok": stats.ok,
         "problems": stats.problems(),
@@ -199,21 +246,7 @@ def _summary(stats: Any, bus: Any, args: argparse.Namespace, where: str, sim_pro
         "rejects": dict(sorted(stats.rejects.items())),
         "resync_rejects": dict(sorted(stats.resync_rejects.items())),
         "transport_errors": dict(sorted(stats.transport_errors.items())),
-        "commands": {
-            "sent": stats.commands_sent,
-            "acknowledged": stats.acks_received,
-            "refused": stats.refused,
-            "never_acknowledged": stats.lost_acknowledged,
-            "out_of_order": stats.misordered_acknowledged,
-            # docs/delivery.md: exactly once, retries with fresh protection, repeats not re-applied
-            "acknowledged_not_applied": stats.acknowledged_not_applied,
-            "applied_twice": stats.applied_twice,
-            "given_up": dict(sorted(stats.gave_up.items())),
-            "superseded": dict(sorted(stats.superseded.items())),
-            "retransmissions": stats.retransmissions,
-            "repeats_not_applied": stats.repeats,
-            "latency_ms": stats.latency_percentiles(),
-        },
+        "commands": command_summary(stats),
         "telemetry_decoded": stats.telemetry_decoded,
     }
 
@@ -238,7 +271,7 @@ def _print(summary: dict[str, Any]) -> None:
     c = summary["commands"]
     print(
         f"commands: {c['sent']} sent, {c['acknowledged']} acknowledged ({c['refused']} refused), "
-        f"{c['never_acknowledged']} never acknowledged, {c['out_of_order']} out of order"
+        f"{c['unsettled']} never acknowledged, {c['out_of_order']} out of order"
     )
     print(
         f"delivery: {c['retransmissions']} retries, {c['repeats_not_applied']} repeats answered without applying, "

@@ -132,15 +132,24 @@ class _Conn:
     def _error(self, exc: Exception) -> None:
         self.node.endpoint.stats.transport_errors[type(exc).__name__] += 1
 
-    def send(self, data: bytes, *, retry: bool = False) -> None:
+    def send(self, data: bytes, *, retry: bool = False, supersede: bool = False) -> int:
+        """Send one unit; returns how many queued units it replaced (``supersede``: best-effort
+        classes, where the newest value is the one that matters, docs/delivery.md §1)."""
         if self._tp is None:
             self.node.endpoint.send(self.tx_id, data)
-            return
+            return 0
+        dropped = 0
         if retry and self._tp.transmitting():
             # A retry supersedes a transfer stuck on a lost flow-control frame (docs/delivery.md §ISO-TP).
             self._tp.stop_sending()
+        elif supersede:
+            # Units queued behind a transfer waiting out a lost flow control (N_Bs, 1 s) would pile
+            # up without bound on a lossy bus, each older than the next: keep only the newest.
+            dropped = self._tp.tx_queue.qsize()
+            self._tp.clear_tx_queue()
         self._tp.send(data)
         self._process()
+        return dropped
 
     def feed(self, data: bytes) -> None:
         if self._tp is None:

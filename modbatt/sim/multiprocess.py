@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,16 @@ from .pack import SimStats, _db, _Endpoint, _Module, _Node, _Pack, _paired, _per
 from .schedule import TrafficPlan
 from .state import check_modules as _check_modules
 
-__all__ = ["multicast_available", "pack_end", "reap_children", "run_multiprocess"]
+__all__ = [
+    "collect_stats",
+    "memory_growth",
+    "multicast_available",
+    "pack_end",
+    "reap_children",
+    "run_multiprocess",
+    "spawn_module",
+    "start_modules",
+]
 
 def multicast_available(group: str = DEFAULT_UDP_GROUP) -> tuple[bool, str]:
     """Whether this host can open and join an IPv4 multicast socket; ``(ok, reason)``."""
@@ -73,6 +83,18 @@ class _ChildSpec:
     deadline: float  # wall seconds the child may live at most
     kill_at: str = ""  # a kill point (nodes/killpoints.py) this child dies at
     journal: str = ""  # file the module appends each applied command to (docs/delivery.md §4)
+    trace_memory: bool = False  # trace allocations; report what grew from mid-run to the end
+
+
+def memory_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 10) -> list[str]:
+    """The ``top`` source lines whose live allocations grew most between two snapshots."""
+    mine = tracemalloc.Filter(False, tracemalloc.__file__)
+    diff = after.filter_traces([mine]).compare_to(before.filter_traces([mine]), "lineno")
+    return [
+        f"{d.traceback[0].filename}:{d.traceback[0].lineno} {d.size_diff / 1024:+.1f} KiB ({d.count_diff:+d} blocks)"
+        for d in diff[:top]
+        if d.size_diff > 0
+    ]
 
 
 def reap_children(children: Iterable[tuple[Any, Any]]) -> None:
@@ -130,12 +152,17 @@ def _module_process(conn: Any, spec: _ChildSpec) -> None:
             return
         t0 = clock.now()
         module.start(sched, t0, (spec.node - 1) / spec.modules)
+        snapshots: list[tracemalloc.Snapshot] = []
+        if spec.trace_memory:
+            tracemalloc.start()
+            sched.at(t0 + duration / 2, lambda: snapshots.append(tracemalloc.take_snapshot()))
         sched.run(t0 + duration, max_wall=max(wall_end - time.monotonic(), 0.1))
+        growth = memory_growth(snapshots[0], tracemalloc.take_snapshot()) if snapshots else []
         sched.cancel_all()
         while not conn.poll(0.0) and time.monotonic() < wall_end:  # serve late commands until told to stop
             ep.drain(0.01)
         stats.truncated = sched.truncated
-        conn.send(("stats", stats.to_dict()))
+        conn.send(("stats", {**stats.to_dict(), "memory_growth": growth}))
     except Exception as exc:
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -166,6 +193,58 @@ def pack_end(
         pack.links[node_id] = pack_node.channel(pairing_id, profile=profile, layout=layout)
         nodes[node_id] = pack
     return ep, pack, pack_stats
+
+
+def spawn_module(ctx: Any, spec: _ChildSpec) -> tuple[Any, Any]:
+    """Start one module process (``ctx``: a ``spawn`` context); ``(process, the parent's pipe end)``."""
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_module_process, args=(child, spec), name=f"modbatt-module-{spec.node:02d}")
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def start_modules(children: Iterable[tuple[Any, Any]], ep: _Endpoint, duration: float, timeout: float) -> None:
+    """Wait until every child reported ready (reading the bus meanwhile), then tell each to run ``duration``."""
+    children = list(children)
+    ready_by = time.monotonic() + timeout
+    for proc, pipe in children:
+        while not pipe.poll(0.01):
+            ep.drain(0.0)
+            if time.monotonic() > ready_by or not proc.is_alive():
+                raise ModbattError(f"{proc.name} did not start (exit code {proc.exitcode})")
+        kind, detail = _recv(pipe, proc)
+        if kind != "ready":
+            raise ModbattError(f"{proc.name}: {detail}")
+    for _, pipe in children:
+        pipe.send(("go", duration))
+
+
+def collect_stats(
+    children: Iterable[tuple[Any, Any]], stats: SimStats, wait: float, *, strict: bool
+) -> list[dict[str, Any]]:
+    """Tell every child to stop and merge the statistics it sends back into ``stats``; returns them.
+
+    ``strict``: a child that sends none is an error; otherwise it is skipped (the soak counts
+    what was applied from the modules' journals, which a kill does not lose).
+    """
+    children = list(children)
+    reports: list[dict[str, Any]] = []
+    for _, pipe in children:
+        with contextlib.suppress(Exception):
+            pipe.send(("stop", 0))
+    for proc, pipe in children:
+        if not pipe.poll(wait):
+            if strict:
+                raise ModbattError(f"{proc.name} sent no statistics")
+            continue
+        kind, detail = _recv(pipe, proc)
+        if kind == "stats":
+            stats.merge(detail)
+            reports.append(detail)
+        elif strict:
+            raise ModbattError(f"{proc.name}: {detail}")
+    return reports
 
 
 def _recv(pipe: Any, proc: Any) -> tuple[str, Any]:
@@ -220,24 +299,10 @@ def run_multiprocess(
                 node_id, pairings[node_id], str(store), str(key_file), policy.to_dict(), bus_kw, profile, plan_kw,
                 layout.name, modules, deadline,
             )  # fmt: skip
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_module_process, args=(child, spec), name=f"modbatt-module-{node_id:02d}")
-            proc.start()
-            child.close()
-            children.append((proc, parent))
+            children.append(spawn_module(ctx, spec))
         clock = RealClock()
         ep, pack, pack_stats = pack_end(bus, profile, layout, plan_kw, policy, dep.pack, pairings, clock)
-        ready_by = time.monotonic() + start_timeout
-        for proc, pipe in children:
-            while not pipe.poll(0.01):
-                ep.drain(0.0)
-                if time.monotonic() > ready_by or not proc.is_alive():
-                    raise ModbattError(f"{proc.name} did not start (exit code {proc.exitcode})")
-            kind, detail = _recv(pipe, proc)
-            if kind != "ready":
-                raise ModbattError(f"{proc.name}: {detail}")
-        for _, pipe in children:
-            pipe.send(("go", duration))
+        start_modules(children, ep, duration, start_timeout)
         sched = Scheduler(clock, [ep])
         t0 = clock.now()
         pack.start(sched, t0, list(range(1, modules + 1)), modules)
@@ -246,15 +311,7 @@ def run_multiprocess(
         sched.cancel_all()
         sched.at(clock.now(), pack._retries)  # retries go on during the drain
         sched.run(clock.now() + drain, max_wall=drain + 5.0)
-        for _, pipe in children:
-            pipe.send(("stop", 0))
-        for proc, pipe in children:
-            if not pipe.poll(10.0):
-                raise ModbattError(f"{proc.name} sent no statistics")
-            kind, detail = _recv(pipe, proc)
-            if kind != "stats":
-                raise ModbattError(f"{proc.name}: {detail}")
-            stats.merge(detail)
+        collect_stats(children, stats, 10.0, strict=True)
         stats.merge(pack_stats)
         stats.lost_acknowledged += pack.outstanding()
         stats.truncated = stats.truncated or sched.truncated

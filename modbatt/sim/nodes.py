@@ -103,8 +103,9 @@ class _Node:
             raise ModbattError(f"link chose id {pdu.can_id:#x}, connection expects {c.tx_id:#x}")
         if not c.isotp and not pdu.single_frame:  # pragma: no cover - the plan's sizes were exceeded
             raise ModbattError(f"{message_class} unit of {len(pdu.data)} B does not fit one frame")
-        self.stats.units_tx[_key(message_class, tier)] += 1
-        c.send(pdu.data, retry=retry)
+        dropped = c.send(pdu.data, retry=retry, supersede=message_class not in _ACK_CLASSES)
+        self.stats.units_tx[_key(message_class, tier)] += 1 - dropped  # units that went to the bus
+        self.stats.superseded_units += dropped
 
     def on_frame(self, fields: CanIdFields, can_id: int, data: bytes) -> None:
         if fields.node not in self.links:

@@ -59,8 +59,8 @@ from ..protocol.delivery import RetryPolicy
 from ..transport.canbus import BusConfig, open_bus, resolve_bus
 from .clock import AcceleratedClock, RealClock, Scheduler, SimClock, VirtualClock
 from .connection import _Endpoint
-from .nodes import _db, _Module, _Node, _Pack
-from .schedule import TrafficPlan
+from .nodes import FIRMWARE_RETRY, _db, _Module, _Node, _Pack
+from .schedule import TrafficPlan, sized_plan
 from .state import PackSetup, ephemeral_pack
 from .state import check_modules as _check_modules
 from .stats import SimStats
@@ -137,12 +137,12 @@ class PackSimulation:
         if setup is not None and protocol is not None and profile_named(protocol) is not setup.protocol:
             raise ConfigError(f"the setup is paired under {setup.protocol.value}, not {profile_named(protocol).value}")
         self.protocol = setup.protocol if setup is not None else profile_named(protocol or DEFAULT_PROFILE)
-        self.plan = plan or TrafficPlan()
         self.clock: SimClock = clock or VirtualClock()
         self.layout = layout
         # The bus rule when none is given: python-can's configuration, else the embedded virtual bus.
         config = bus if bus is not None else resolve_bus()
         self.config = dataclasses.replace(config, fd=True) if config.embedded and profile.fd else config
+        self.plan = plan or sized_plan(profile, config.faults, FIRMWARE_RETRY.max_tries)
         self.setup = setup if setup is not None else ephemeral_pack(modules, seed, self.protocol)
         pairings, self.policy = self.setup.pairings, self.setup.policy
         if self.policy.to_dict() != self.plan.policy.to_dict():

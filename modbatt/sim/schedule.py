@@ -49,13 +49,17 @@ from ..can.payloads import (
     Transport,
     transport_for,
 )
+from ..can.secured import frame_format
 from ..can.wiretime import BusProfile, frame_length, isotp_frame_lengths
 from ..model.policy import DEFAULT_POLICY, EncryptionPolicy, MessageClass
 from ..model.tier import Tier
+from ..transport.faultbus import FaultSpec
 
 __all__ = [
     "ACK_BYTES",
     "COMMAND_CLASSES",
+    "FIRMWARE_BLOCKS",
+    "FIRMWARE_GIVE_UP",
     "HEARTBEAT_BYTES",
     "NACK_FLAG",
     "SEQ_BYTES",
@@ -63,7 +67,9 @@ __all__ = [
     "TELEMETRY",
     "TelemetrySpec",
     "TrafficPlan",
+    "firmware_block_for",
     "frames_for_unit",
+    "sized_plan",
     "uses_isotp",
 ]
 
@@ -126,6 +132,41 @@ def uses_isotp(plan: TrafficPlan, message_class: MessageClass, profile: BusProfi
     """
     tier = plan.tier(message_class) if tier is None else tier
     return transport_for(function_for(message_class), tier, profile) is not Transport.SINGLE_FRAME
+
+
+#: The chance a firmware block may be given up with, at most, on a lossy bus (docs/delivery.md §3).
+FIRMWARE_GIVE_UP: Final = 1e-6
+#: Firmware block sizes to choose from, largest (the default on a clean bus) first.
+FIRMWARE_BLOCKS: Final = (256, 128, 64, 32, 16, 8)
+
+
+def firmware_block_for(
+    profile: BusProfile, loss: float, tries: int, *, policy: EncryptionPolicy = DEFAULT_POLICY,
+    give_up: float = FIRMWARE_GIVE_UP,
+) -> int:  # fmt: skip
+    """The largest block of :data:`FIRMWARE_BLOCKS` that ``tries`` tries deliver except with
+    probability ``give_up`` when the bus loses a fraction ``loss`` of frames.
+
+    ISO-TP has no retransmission of its own: a try succeeds only if every frame of the secured
+    unit, the receiver's flow control and the one-frame acknowledgement arrive, with probability
+    ``q = (1 - loss) ** (frames + 1)``; all ``tries`` fail with ``(1 - q) ** tries``
+    (docs/delivery.md §3). The smallest block if none is good enough.
+    """
+    if not 0.0 <= loss < 1.0 or tries < 1:
+        raise ValueError("loss must be in [0, 1) and tries at least 1")
+    overhead = frame_format(policy.tier_for(MessageClass.FIRMWARE_UPDATE), profile).overhead
+    for block in FIRMWARE_BLOCKS:
+        unit = SEQ_BYTES + FIRMWARE_HEADER + block + FIRMWARE_CHECK + overhead
+        arrives = (1.0 - loss) ** (len(frames_for_unit(unit, profile, isotp=True)) + 1)
+        if (1.0 - arrives) ** tries <= give_up:
+            return block
+    return FIRMWARE_BLOCKS[-1]
+
+
+def sized_plan(profile: BusProfile, faults: FaultSpec | None, tries: int) -> TrafficPlan:
+    """The default plan, its firmware blocks sized for the bus's configured faults (:func:`firmware_block_for`)."""
+    loss = faults.frame_loss if faults is not None else 0.0
+    return TrafficPlan(firmware_block=firmware_block_for(profile, loss, tries))
 
 
 def frames_for_unit(unit_bytes: int, profile: BusProfile, isotp: bool) -> list[int]:

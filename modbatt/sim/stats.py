@@ -55,6 +55,7 @@ class SimStats:
     repeats: int = 0  # copies of an applied command answered again without applying it
     stale: int = 0  # copies older than the last applied command, dropped
     stray_acks: int = 0  # acks for nothing in flight (duplicates, late copies), ignored
+    superseded_units: int = 0  # best-effort units replaced by a newer one before they left (ISO-TP queue)
     #: Seconds from submission to acknowledgement, per class (the pack's view).
     latencies: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     #: The bus injected faults: loss is expected, so :attr:`ok` judges delivery, not completeness.
@@ -89,6 +90,7 @@ class SimStats:
             "repeats",
             "stale",
             "stray_acks",
+            "superseded_units",
         ):
             setattr(self, name, getattr(self, name) + data.get(name, 0))
         self.ack_latency_max = max(self.ack_latency_max, data["ack_latency_max"])

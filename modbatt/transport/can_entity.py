@@ -50,6 +50,7 @@ from ..encoding import canonical_dumps, strict_loads
 from ..errors import ConfigError, EncodingError, ModbattError, Reason, TransportError, VerificationError
 from ..model.access import is_can_address
 from ..model.tier import Tier
+from ..protocol.delivery import RetryPolicy
 from ..protocol.messages import OPERATIONS, ControllerRequest, EntityResponse
 from .http import _raise_rejection
 from .isotp_link import IsoTpLink
@@ -76,6 +77,8 @@ PDU_VERSION = 1
 #: transport-protocol priority, if the table carries none.
 PRIORITY: int = getattr(_FUNCTION, "priority", 6)
 _SEQ_MOD = 1 << 16
+#: Wait between attempts after a send failure: the delivery policy's 0.1 s, doubling, at most 1 s.
+SEND_BACKOFF = RetryPolicy()
 _CAN_ENDPOINT = re.compile(r"can://([A-Za-z0-9._-]{1,32})/0x([0-9a-fA-F]{2})")
 
 
@@ -139,7 +142,11 @@ class CanEntityClient:
     ``bus`` is one python-can bus (any channel name in endpoints is accepted unless ``channel`` is
     given) or a mapping from channel name to bus. One ISO-TP link per node is opened on first use
     and shares the bus's single Notifier. ``timeout`` bounds the wait for an answer per attempt;
-    ``retries`` re-sends the same PDU after a send failure or a timeout.
+    ``retries`` re-sends the same PDU after a send failure or a timeout (the node answers a repeat
+    from its cache, never processing it twice). After a send failure (the bus refused the frames,
+    e.g. bus-off, or flow control never came) the next attempt waits ``backoff.delay(attempt)``.
+    A call that runs out of attempts raises :class:`TransportError` with ``Reason.TIMEOUT``
+    (docs/delivery.md §3).
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class CanEntityClient:
         fd: bool = False,
         layout: IdLayout = SEED_LAYOUT,
         isotp_params: Mapping[str, Any] | None = None,
+        backoff: RetryPolicy = SEND_BACKOFF,
     ) -> None:
         if retries < 0 or timeout <= 0:
             raise ConfigError("timeout must be positive and retries not negative")
@@ -160,6 +168,7 @@ class CanEntityClient:
         )
         self.timeout = timeout
         self.retries = retries
+        self.backoff = backoff
         self.fd = fd
         self.layout = layout
         self._params = dict(isotp_params or {})
@@ -229,12 +238,14 @@ class CanEntityClient:
                 except (TransportError, ConfigError) as exc:
                     self.counters["send_failed"] += 1
                     last = f"node 0x{node:02x} did not take the request ({exc})"
+                    if attempt < self.retries:
+                        time.sleep(self.backoff.delay(attempt + 1))  # a bus in bus-off recovers meanwhile
                     continue
                 answer = self._await(link, seq, time.monotonic() + self.timeout)
                 if answer is not None:
                     return self._result(endpoint, op, *answer)
                 last = f"no answer from node 0x{node:02x} within {self.timeout:g} s"
-        raise TransportError(f"cannot reach {endpoint}: {last} (after {self.retries + 1} attempts)")
+        raise TransportError(f"cannot reach {endpoint}: {last} (after {self.retries + 1} attempts)", Reason.TIMEOUT)
 
     def _await(self, link: IsoTpLink, seq: int, deadline: float) -> tuple[int, bytes] | None:
         while (remaining := deadline - time.monotonic()) > 0:

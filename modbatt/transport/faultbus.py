@@ -51,6 +51,7 @@ CAN_ERR_BUSOFF = 0x00000040
 
 Direction = Literal["rx", "tx", "both"]
 _RATES = ("loss", "dup", "reorder", "corrupt", "delay", "errors")
+_INTS = ("burst", "seed", "busoff_after")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class FaultSpec:
     ``loss``, ``dup``, ``reorder``, ``corrupt`` (one random data bit flipped), ``delay`` and
     ``errors`` (an error-frame burst of ``burst`` frames) are probabilities in [0, 1]. ``delay_s``
     is how late a delayed frame comes, ``hold`` the longest a reordered frame waits for the next
-    one. ``busoff_at``/``busoff_s`` schedule one bus-off episode (seconds after the bus opens).
+    one. ``busoff_at``/``busoff_s`` schedule one bus-off episode (seconds after the bus opens);
+    ``busoff_after`` starts it instead when this handle sends that many frames (reproducible:
+    in the middle of a given transfer, whatever the machine's speed).
     ``dir`` is ``rx``, ``tx`` or ``both``; ``seed`` makes the run reproducible.
     """
 
@@ -74,6 +77,7 @@ class FaultSpec:
     hold: float = 0.05
     burst: int = 3
     busoff_at: float | None = None
+    busoff_after: int | None = None
     busoff_s: float = 0.0
     dir: Direction = "rx"
     seed: int | None = None
@@ -91,12 +95,21 @@ class FaultSpec:
             isinstance(self.busoff_at, (int, float)) and 0 <= self.busoff_at < math.inf
         ):
             raise ConfigError(f"busoff_at must be a finite number of seconds >= 0, got {self.busoff_at!r}")
+        if self.busoff_after is not None and (
+            isinstance(self.busoff_after, bool) or not isinstance(self.busoff_after, int) or self.busoff_after < 1
+        ):
+            raise ConfigError(f"busoff_after must be a number of frames >= 1, got {self.busoff_after!r}")
         if isinstance(self.burst, bool) or not isinstance(self.burst, int) or not 1 <= self.burst <= 64:
             raise ConfigError(f"burst must be 1..64 error frames, got {self.burst!r}")
         if self.dir not in ("rx", "tx", "both"):
             raise ConfigError(f"dir must be rx, tx or both, got {self.dir!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def frame_loss(self) -> float:
+        """The fraction of frames one receiver misses: ``loss`` once, or twice over with ``dir=both``."""
+        return 1.0 - (1.0 - self.loss) ** (2 if self.dir == "both" else 1)
 
     @classmethod
     def parse(cls, text: str | FaultSpec | None) -> FaultSpec | None:
@@ -115,7 +128,7 @@ class FaultSpec:
             if name in values:
                 raise ConfigError(f"fault setting {name} given twice")
             try:
-                values[name] = raw if name == "dir" else int(raw) if name in ("burst", "seed") else float(raw)
+                values[name] = raw if name == "dir" else int(raw) if name in _INTS else float(raw)
             except ValueError:
                 raise ConfigError(f"fault setting {name}={raw!r} is not a number") from None
         return cls(**values) if values else None
@@ -154,11 +167,27 @@ class FaultBus(can.BusABC):
         self._opened = clock()
         self._dark_until: float | None = None
         self._scheduled_done = self.spec.busoff_at is None
+        self._sent_since_spec = 0  # frames sent under the current spec (busoff_after counts these)
         #: What the bus did: frames seen per direction and every fault applied, by name.
         self.counters: collections.Counter[str] = collections.Counter()
         self.channel_info = f"{getattr(inner, 'channel_info', type(inner).__name__)} with faults ({self.spec})"
         self._can_protocol = getattr(inner, "protocol", can.CanProtocol.CAN_20)
         super().__init__(channel=getattr(inner, "channel", None), **kwargs)
+
+    def set_spec(self, spec: FaultSpec | str | None) -> None:
+        """Change the faults from now on (``None``: a clean bus), e.g. a bus that recovers.
+
+        A seed in the new spec reseeds the fault RNG; a scheduled bus-off applies only as
+        ``busoff_at`` seconds after opening, so one already past does not recur; ``busoff_after``
+        counts the frames sent from now on.
+        """
+        parsed = FaultSpec.parse(spec) or FaultSpec()
+        with self._lock:
+            self.spec = parsed
+            if parsed.seed is not None:
+                self._rng = random.Random(parsed.seed)
+            self._scheduled_done = parsed.busoff_at is None or self._clock() >= self._opened + parsed.busoff_at
+            self._sent_since_spec = 0
 
     # -- bus-off ----------------------------------------------------------------------------------
 
@@ -190,6 +219,12 @@ class FaultBus(can.BusABC):
                 self.counters["bus_off_refused"] += 1
                 raise can.CanOperationError("bus-off: the controller does not transmit until it has recovered")
             self.counters["tx_frames"] += 1
+            if self.spec.busoff_after is not None and self._sent_since_spec + 1 == self.spec.busoff_after:
+                self._sent_since_spec += 1
+                self.enter_bus_off(self.spec.busoff_s)
+                self.counters["bus_off_refused"] += 1
+                raise can.CanOperationError("bus-off: the controller does not transmit until it has recovered")
+            self._sent_since_spec += 1
             copies = [msg]
             if self.spec.dir in ("tx", "both"):
                 copies = self._decide(msg, "tx_")

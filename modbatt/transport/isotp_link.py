@@ -18,7 +18,7 @@ import can
 import isotp
 
 from ..can.fragment import isotp_address, isotp_params
-from ..errors import ConfigError, TransportError
+from ..errors import ConfigError, Reason, TransportError
 
 __all__ = ["MALFORMED_ERRORS", "IsoTpLink"]
 
@@ -39,6 +39,33 @@ MALFORMED_ERRORS: frozenset[str] = frozenset(
         "UnsupportedWaitFrameError",
     }
 )
+
+#: python-can's report of a transmit the bus refused (counted in :attr:`IsoTpLink.reports` by name).
+_REFUSALS: frozenset[str] = frozenset({"CanError", "CanOperationError", "CanTimeoutError"})
+
+
+class _Stack(isotp.NotifierBasedCanStack):
+    """can-isotp's stack whose transmit survives a frame the bus refuses.
+
+    python-can reports a refused transmit (a controller in bus-off, a full queue) by raising
+    ``can.CanError`` from ``bus.send``; can-isotp 2.x calls it from its worker thread, which the
+    exception would end, leaving a link that never sends again. Here the refusal is reported and
+    the transfer in progress fails at once (its blocking send raises), so the caller can retry
+    once the bus is back (docs/delivery.md §3).
+    """
+
+    def __init__(self, *args: Any, on_refused: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        send = self.txfn
+
+        def txfn(msg: Any) -> None:
+            try:
+                send(msg)
+            except can.CanError as exc:
+                on_refused(exc)
+                self._stop_sending(success=False)  # runs on the worker thread, which owns the tx state
+
+        self.txfn = txfn
 
 
 class IsoTpLink:
@@ -70,9 +97,10 @@ class IsoTpLink:
         #: Every report by kind (can-isotp's error class name), kept for the link's whole life.
         self.reports: collections.Counter[str] = collections.Counter()
         try:
-            self._stack = isotp.NotifierBasedCanStack(
-                bus, self._notifier, address=self.address, params=self.params, error_handler=self._report
-            )
+            self._stack = _Stack(
+                bus, self._notifier, address=self.address, params=self.params, error_handler=self._report,
+                on_refused=self._report,
+            )  # fmt: skip
             self._stack.start()
         except Exception as exc:
             if self._owns_notifier:  # do not leave a Notifier thread behind a failed constructor
@@ -93,6 +121,11 @@ class IsoTpLink:
         return sum(n for kind, n in self.reports.items() if kind in MALFORMED_ERRORS)
 
     @property
+    def refused(self) -> int:
+        """Frames the bus refused to send (python-can's ``CanError`` from ``send``, e.g. bus-off)."""
+        return sum(n for kind, n in self.reports.items() if kind in _REFUSALS)
+
+    @property
     def max_payload(self) -> int:
         """Largest message this link accepts in either direction."""
         return int(self.params["max_frame_size"])
@@ -101,10 +134,12 @@ class IsoTpLink:
         """Send one message; blocks until the last frame left or raises :class:`TransportError`."""
         if len(payload) > self.max_payload:
             raise ConfigError(f"{len(payload)}-byte message exceeds the ISO-TP limit {self.max_payload}")
+        refused = self.refused
         try:
             self._stack.send(bytes(payload), send_timeout=timeout)
         except isotp.BlockingSendFailure as exc:
-            raise TransportError(f"ISO-TP send failed: {exc}") from exc
+            why = "the bus refused a frame (bus-off?)" if self.refused > refused else str(exc)
+            raise TransportError(f"ISO-TP send failed: {why}", Reason.TIMEOUT) from exc
 
     def recv(self, timeout: float | None = None) -> bytes | None:
         """The next complete message, or ``None`` if none arrived within ``timeout`` seconds."""

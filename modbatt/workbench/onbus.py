@@ -25,6 +25,7 @@ from ..nodes.pairing_flow import PairingOutcome, pair_over
 from ..nodes.services import entity_services
 from ..transport.can_entity import CanEntityClient, CanEntityServer
 from ..transport.canbus import BusConfig, open_bus
+from ..transport.faultbus import FaultBus
 from ..transport.http import EntityClient
 from ..transport.tap import BusTap, WireSpan
 
@@ -46,11 +47,11 @@ class DeploymentOnBus:
         try:
             self.tap = BusTap(open_bus(config))
             self._stack.callback(self.tap.close)
-            gateway = open_bus(config)
-            self._stack.callback(gateway.shutdown)
+            self.gateway_bus = open_bus(config)
+            self._stack.callback(self.gateway_bus.shutdown)
             self.field_bus = open_bus(config)
             self._stack.callback(self.field_bus.shutdown)
-            self.client = CanEntityClient(gateway, timeout=timeout)
+            self.client = CanEntityClient(self.gateway_bus, timeout=timeout)
             self._stack.callback(self.client.close)
             self.field_notifier = can.Notifier(self.field_bus, [], timeout=0.05)
             self._stack.callback(self.field_notifier.stop)
@@ -84,6 +85,15 @@ class DeploymentOnBus:
         yield out
         self.tap.settle()
         out.append(WireSpan.of(self.tap.since(mark)))
+
+    def fault_buses(self) -> list[FaultBus]:
+        """The gateway and field handles when ``config`` names faults (the tap hears the wire as is)."""
+        return [b for b in (self.gateway_bus, self.field_bus) if isinstance(b, FaultBus)]
+
+    def set_faults(self, spec: str | None) -> None:
+        """Change every handle's faults from now on (``None``: the bus recovers)."""
+        for bus in self.fault_buses():
+            bus.set_spec(spec)
 
     def describe(self) -> str:
         return self.config.describe()

@@ -6,13 +6,15 @@ Built from :meth:`modbatt.sim.soak.SoakReport.to_dict`, so a notebook is a call 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["soak_figure"]
+__all__ = ["save_soak_figure", "soak_figure"]
 
 
 def soak_figure(summary: Mapping[str, Any]) -> Figure:
@@ -51,3 +53,24 @@ def soak_figure(summary: Mapping[str, Any]) -> Figure:
     ax_m.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def save_soak_figure(
+    fig: Figure, name: str = "soak", figures_dir: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """Save a soak figure beside the run's figures, in its ``build/`` folder, never in ``figures/``.
+
+    A soak is measured on this machine, now: its figure differs on every run, so it belongs with
+    the executed notebooks (``build/``, ``$MODBATT_OUTPUT_DIR/build``, ``--output DIR/build``), not
+    with the tracked figures a reproducible ``modbatt run`` rewrites byte for byte.
+    """
+    from .results import output_dir, save_figure
+
+    build = output_dir("figures", figures_dir).parent / "build" / "figures"
+    return save_figure(fig, name, build, caption=_CAPTION)
+
+
+_CAPTION = (
+    "The soak: critical commands sent, acknowledged, applied and given up with the two counts that must "
+    "be 0; acknowledgement latency per class; resident memory of the pack and the median module over time."
+)
