@@ -26,7 +26,7 @@ from filefuzz_mutations import (
 )
 from hypothesis import strategies as st
 
-from modbatt.crypto import keystore as ks
+from modbatt.crypto import keystore_format as ks
 from modbatt.crypto import labels
 from modbatt.crypto.suite import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, aead_decrypt, aead_encrypt
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...crypto import keystore, labels, suite
+from ...crypto import keystore_format, labels, suite
 from ...crypto.suite import PrivateKey, PublicKey
 from ...model.pairing import ControllerMode
 from ...model.profile import ProtocolProfile
@@ -162,7 +162,7 @@ def _key_store_keys(dep: InMemoryDeployment, rec: Record) -> None:
     secret = bytes(range(32))
     salt = bytes(range(0x40, 0x50))
     for label in (labels.KEYSTORE_KEK, labels.KEYSTORE_BACKUP):
-        keystore._derive(secret, keystore._KDF_KEY_FILE, (0, 0, 0), salt, label)
+        keystore_format._derive(secret, keystore_format._KDF_KEY_FILE, (0, 0, 0), salt, label)
 
 
 def _ledger(dep: InMemoryDeployment, rec: Record) -> None:
