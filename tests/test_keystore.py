@@ -16,7 +16,7 @@ from helpers_files import fail_directory_fsync
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modbatt.crypto import keystore as ks_mod
+from modbatt.crypto import keystore_format as ks_mod
 from modbatt.crypto.keystore import HEADER_BYTES, KdfParams, KeyStore
 from modbatt.crypto.rng import SeededRandom
 from modbatt.crypto.suite import PrivateKey
