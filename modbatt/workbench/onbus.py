@@ -38,7 +38,9 @@ class DeploymentOnBus:
     A context manager; :meth:`close` puts the controller's previous client back.
     """
 
-    def __init__(self, deployment: InMemoryDeployment, config: BusConfig, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, deployment: InMemoryDeployment, config: BusConfig, *, timeout: float = 5.0, retries: int = 2
+    ) -> None:
         self.deployment = deployment
         self.config = config
         self._previous: EntityClient = deployment.controller.client
@@ -51,7 +53,8 @@ class DeploymentOnBus:
             self._stack.callback(self.gateway_bus.shutdown)
             self.field_bus = open_bus(config)
             self._stack.callback(self.field_bus.shutdown)
-            self.client = CanEntityClient(self.gateway_bus, timeout=timeout)
+            # Three tries: a repeated request is answered from the node's cache, never applied twice.
+            self.client = CanEntityClient(self.gateway_bus, timeout=timeout, retries=retries)
             self._stack.callback(self.client.close)
             self.field_notifier = can.Notifier(self.field_bus, [], timeout=0.05)
             self._stack.callback(self.field_notifier.stop)
